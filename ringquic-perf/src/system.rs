@@ -1,0 +1,395 @@
+//! The seam between the workloads and the QUIC implementation under test.
+//!
+//! Workloads and the perf protocol are written once, against the small traits here
+//! ([`EndpointOps`], [`ConnOps`], [`SendOps`], [`RecvOps`]). Since ringquic mirrors quinn's API
+//! method for method, one macro implements those traits for both crates' types, and only endpoint
+//! construction ([`System`]) is written per implementation. [`SystemKind`] names a system (and a
+//! ringquic backend) at run time; [`with_system!`](crate::with_system) turns it into a concrete
+//! type for the generic code.
+
+use std::{fmt, future::Future, net::SocketAddr, pin::Pin, str::FromStr, sync::Arc};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use quinn_proto::{ClientConfig, EndpointConfig, ServerConfig};
+use serde::Serialize;
+
+/// A connection attempt in progress, as handed out by [`EndpointOps::accept`].
+pub type Handshake<C> = Pin<Box<dyn Future<Output = Result<C>> + Send>>;
+
+/// The sending half of a stream.
+pub trait SendOps: Send + 'static {
+    /// Queues `data` (zero-copy where the implementation can).
+    fn write_chunk(&mut self, data: Bytes) -> impl Future<Output = Result<()>> + Send;
+    /// Writes all of `data`.
+    fn write_all(&mut self, data: &[u8]) -> impl Future<Output = Result<()>> + Send;
+    /// Sends FIN once everything written has been sent.
+    fn finish(&mut self) -> Result<()>;
+}
+
+/// The receiving half of a stream.
+pub trait RecvOps: Send + 'static {
+    /// Reads the next chunk of at most `max` bytes in order; `None` at the end of the stream.
+    fn read_chunk(&mut self, max: usize) -> impl Future<Output = Result<Option<Bytes>>> + Send;
+    /// Reads into `buf`; `None` at the end of the stream.
+    fn read(&mut self, buf: &mut [u8]) -> impl Future<Output = Result<Option<usize>>> + Send;
+}
+
+/// An established connection.
+pub trait ConnOps: Clone + Send + Sync + 'static {
+    /// The sending half of a stream.
+    type Send: SendOps;
+    /// The receiving half of a stream.
+    type Recv: RecvOps;
+    /// Opens a bidirectional stream.
+    fn open_bi(&self) -> impl Future<Output = Result<(Self::Send, Self::Recv)>> + Send;
+    /// Opens a unidirectional stream.
+    fn open_uni(&self) -> impl Future<Output = Result<Self::Send>> + Send;
+    /// Accepts the peer's next bidirectional stream.
+    fn accept_bi(&self) -> impl Future<Output = Result<(Self::Send, Self::Recv)>> + Send;
+    /// Accepts the peer's next unidirectional stream.
+    fn accept_uni(&self) -> impl Future<Output = Result<Self::Recv>> + Send;
+    /// Sends an unreliable datagram, waiting for room in the send buffer.
+    fn send_datagram_wait(&self, data: Bytes) -> impl Future<Output = Result<()>> + Send;
+    /// Receives the next datagram.
+    fn read_datagram(&self) -> impl Future<Output = Result<Bytes>> + Send;
+    /// The largest datagram payload the peer accepts now, if datagrams are supported.
+    fn max_datagram_size(&self) -> Option<usize>;
+    /// Closes the connection with an application error code.
+    fn close(&self, code: u32, reason: &[u8]);
+}
+
+/// A bound endpoint.
+pub trait EndpointOps: Clone + Send + Sync + 'static {
+    /// Its connections.
+    type Conn: ConnOps;
+    /// Waits for the next incoming connection attempt; `None` once the endpoint is closed.
+    fn accept(&self) -> impl Future<Output = Option<Handshake<Self::Conn>>> + Send;
+    /// Connects to `addr`, authenticating it as `server_name`, with the default client config.
+    fn connect(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> impl Future<Output = Result<Self::Conn>> + Send;
+    /// The bound address.
+    fn local_addr(&self) -> Result<SocketAddr>;
+    /// Closes every connection.
+    fn close(&self, code: u32, reason: &[u8]);
+    /// Waits until every connection has been cleanly shut down.
+    fn wait_idle(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// Implements the traits above for a crate with quinn's API (`quinn` itself, or `ringquic`).
+macro_rules! impl_quic_ops {
+    ($q:ident) => {
+        impl SendOps for $q::SendStream {
+            async fn write_chunk(&mut self, data: Bytes) -> Result<()> {
+                Ok($q::SendStream::write_chunk(self, data).await?)
+            }
+            async fn write_all(&mut self, data: &[u8]) -> Result<()> {
+                Ok($q::SendStream::write_all(self, data).await?)
+            }
+            fn finish(&mut self) -> Result<()> {
+                Ok($q::SendStream::finish(self)?)
+            }
+        }
+
+        impl RecvOps for $q::RecvStream {
+            async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>> {
+                let chunk = $q::RecvStream::read_chunk(self, max, true).await?;
+                Ok(chunk.map(|c| c.bytes))
+            }
+            async fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
+                Ok($q::RecvStream::read(self, buf).await?)
+            }
+        }
+
+        impl ConnOps for $q::Connection {
+            type Send = $q::SendStream;
+            type Recv = $q::RecvStream;
+            async fn open_bi(&self) -> Result<(Self::Send, Self::Recv)> {
+                Ok($q::Connection::open_bi(self).await?)
+            }
+            async fn open_uni(&self) -> Result<Self::Send> {
+                Ok($q::Connection::open_uni(self).await?)
+            }
+            async fn accept_bi(&self) -> Result<(Self::Send, Self::Recv)> {
+                Ok($q::Connection::accept_bi(self).await?)
+            }
+            async fn accept_uni(&self) -> Result<Self::Recv> {
+                Ok($q::Connection::accept_uni(self).await?)
+            }
+            async fn send_datagram_wait(&self, data: Bytes) -> Result<()> {
+                Ok($q::Connection::send_datagram_wait(self, data).await?)
+            }
+            async fn read_datagram(&self) -> Result<Bytes> {
+                Ok($q::Connection::read_datagram(self).await?)
+            }
+            fn max_datagram_size(&self) -> Option<usize> {
+                $q::Connection::max_datagram_size(self)
+            }
+            fn close(&self, code: u32, reason: &[u8]) {
+                $q::Connection::close(self, code.into(), reason)
+            }
+        }
+
+        impl EndpointOps for $q::Endpoint {
+            type Conn = $q::Connection;
+            async fn accept(&self) -> Option<Handshake<Self::Conn>> {
+                let incoming = $q::Endpoint::accept(self).await?;
+                Some(Box::pin(async move { Ok(incoming.await?) }))
+            }
+            fn connect(
+                &self,
+                addr: SocketAddr,
+                server_name: &str,
+            ) -> impl Future<Output = Result<Self::Conn>> + Send {
+                let connecting = $q::Endpoint::connect(self, addr, server_name);
+                async move { Ok(connecting?.await?) }
+            }
+            fn local_addr(&self) -> Result<SocketAddr> {
+                Ok($q::Endpoint::local_addr(self)?)
+            }
+            fn close(&self, code: u32, reason: &[u8]) {
+                $q::Endpoint::close(self, code.into(), reason)
+            }
+            async fn wait_idle(&self) {
+                $q::Endpoint::wait_idle(self).await
+            }
+        }
+    };
+}
+
+impl_quic_ops!(quinn);
+#[cfg(feature = "ringquic")]
+impl_quic_ops!(ringquic);
+
+/// A QUIC implementation that can make server and client endpoints.
+///
+/// Endpoints are made on the thread (and inside the tokio runtime) that will use them.
+pub trait System: Clone + Send + 'static {
+    /// Its endpoint type.
+    type Endpoint: EndpointOps;
+    /// Binds a server endpoint.
+    fn server(
+        &self,
+        endpoint: EndpointConfig,
+        server: ServerConfig,
+        addr: SocketAddr,
+    ) -> Result<Self::Endpoint>;
+    /// Binds a client endpoint whose default client config is `client`.
+    fn client(
+        &self,
+        endpoint: EndpointConfig,
+        client: ClientConfig,
+        addr: SocketAddr,
+    ) -> Result<Self::Endpoint>;
+    /// The name to report for endpoints of this system, e.g. `quinn` or `ringquic/uring`.
+    fn label(&self, endpoint: &Self::Endpoint) -> String;
+}
+
+/// Stock quinn 0.11 on the calling thread's tokio runtime.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quinn;
+
+impl Quinn {
+    fn bind(
+        endpoint: EndpointConfig,
+        server: Option<ServerConfig>,
+        addr: SocketAddr,
+    ) -> Result<quinn::Endpoint> {
+        let socket = std::net::UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))?;
+        let runtime = quinn::default_runtime().context("quinn needs a tokio runtime")?;
+        Ok(quinn::Endpoint::new(endpoint, server, socket, runtime)?)
+    }
+}
+
+impl System for Quinn {
+    type Endpoint = quinn::Endpoint;
+
+    fn server(
+        &self,
+        endpoint: EndpointConfig,
+        server: ServerConfig,
+        addr: SocketAddr,
+    ) -> Result<quinn::Endpoint> {
+        Self::bind(endpoint, Some(server), addr)
+    }
+
+    fn client(
+        &self,
+        endpoint: EndpointConfig,
+        client: ClientConfig,
+        addr: SocketAddr,
+    ) -> Result<quinn::Endpoint> {
+        let mut ep = Self::bind(endpoint, None, addr)?;
+        ep.set_default_client_config(client);
+        Ok(ep)
+    }
+
+    fn label(&self, _endpoint: &quinn::Endpoint) -> String {
+        "quinn".into()
+    }
+}
+
+/// ringquic, on the given backend (or its default: io_uring where available).
+#[cfg(feature = "ringquic")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ringquic(pub Option<ringquic::BackendKind>);
+
+#[cfg(feature = "ringquic")]
+impl Ringquic {
+    fn builder(&self, endpoint: EndpointConfig) -> ringquic::EndpointBuilder {
+        let mut b = ringquic::Endpoint::builder().endpoint_config(endpoint);
+        if let Some(kind) = self.0 {
+            b = b.backend(kind);
+        }
+        b
+    }
+}
+
+#[cfg(feature = "ringquic")]
+impl System for Ringquic {
+    type Endpoint = ringquic::Endpoint;
+
+    fn server(
+        &self,
+        endpoint: EndpointConfig,
+        server: ServerConfig,
+        addr: SocketAddr,
+    ) -> Result<ringquic::Endpoint> {
+        Ok(self.builder(endpoint).server_config(server).bind(addr)?)
+    }
+
+    fn client(
+        &self,
+        endpoint: EndpointConfig,
+        client: ClientConfig,
+        addr: SocketAddr,
+    ) -> Result<ringquic::Endpoint> {
+        Ok(self
+            .builder(endpoint)
+            .default_client_config(client)
+            .bind(addr)?)
+    }
+
+    fn label(&self, endpoint: &ringquic::Endpoint) -> String {
+        format!("ringquic/{}", endpoint.backend())
+    }
+}
+
+/// Which implementation (and ringquic backend) to run, chosen at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum SystemKind {
+    /// Stock quinn on tokio.
+    Quinn,
+    /// ringquic; `None` is its default backend.
+    Ringquic(Option<Backend>),
+}
+
+/// A ringquic backend, named independently of the `ringquic` feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Backend {
+    /// io_uring.
+    Uring,
+    /// The portable poll fallback.
+    Poll,
+}
+
+impl FromStr for Backend {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "uring" | "io_uring" | "io-uring" => Ok(Backend::Uring),
+            "poll" => Ok(Backend::Poll),
+            other => bail!("unknown backend {other:?} (expected uring or poll)"),
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Uring => "uring",
+            Backend::Poll => "poll",
+        })
+    }
+}
+
+impl SystemKind {
+    /// A label usable before an endpoint exists (the default backend shows as `ringquic`).
+    pub fn name(&self) -> String {
+        match self {
+            SystemKind::Quinn => "quinn".into(),
+            SystemKind::Ringquic(None) => "ringquic".into(),
+            SystemKind::Ringquic(Some(b)) => format!("ringquic/{b}"),
+        }
+    }
+
+    /// Whether this is the baseline system (stock quinn).
+    pub fn is_baseline(&self) -> bool {
+        matches!(self, SystemKind::Quinn)
+    }
+}
+
+#[cfg(feature = "ringquic")]
+impl From<Backend> for ringquic::BackendKind {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Uring => ringquic::BackendKind::IoUring,
+            Backend::Poll => ringquic::BackendKind::Poll,
+        }
+    }
+}
+
+/// Runs `$body` with `$sys` bound to the concrete [`System`] that a [`SystemKind`] names.
+///
+/// Without the `ringquic` feature, a ringquic kind evaluates to an error via `$unavailable`.
+#[macro_export]
+macro_rules! with_system {
+    ($kind:expr, $sys:ident => $body:expr) => {
+        match $kind {
+            $crate::system::SystemKind::Quinn => {
+                let $sys = $crate::system::Quinn;
+                $body
+            }
+            #[allow(unused_variables)]
+            $crate::system::SystemKind::Ringquic(backend) => {
+                $crate::with_ringquic!(backend, $sys => $body)
+            }
+        }
+    };
+}
+
+/// Helper of [`with_system!`] for the ringquic arm.
+#[cfg(feature = "ringquic")]
+#[macro_export]
+#[doc(hidden)]
+macro_rules! with_ringquic {
+    ($backend:expr, $sys:ident => $body:expr) => {{
+        let $sys = $crate::system::Ringquic($backend.map(Into::into));
+        $body
+    }};
+}
+
+/// Helper of [`with_system!`] for the ringquic arm (feature off: an error).
+#[cfg(not(feature = "ringquic"))]
+#[macro_export]
+#[doc(hidden)]
+macro_rules! with_ringquic {
+    ($backend:expr, $sys:ident => $body:expr) => {
+        Err(::anyhow::anyhow!(
+            "ringquic-perf was built without the `ringquic` feature"
+        ))
+    };
+}
+
+/// Shared handles that both sides of a run need.
+#[derive(Clone)]
+pub struct Shared {
+    /// Settings common to every endpoint.
+    pub net: crate::config::NetOptions,
+    /// The server's certificate and key.
+    pub identity: Arc<crate::config::Identity>,
+}

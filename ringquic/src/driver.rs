@@ -1,0 +1,565 @@
+//! The I/O thread's loop (seed point 1 and its follow-up): the `quinn_proto::Endpoint` and every
+//! connection are driven here, next to the socket.
+//!
+//! One turn of the loop:
+//!
+//! 1. take the application's commands from the [`Mailbox`](crate::mailbox::Mailbox);
+//! 2. drive every connection marked dirty (datagrams arrived, a timer fired, the application
+//!    wrote): fire timers, hand endpoint events to the endpoint, wake application tasks, and
+//!    write transmits straight into free TX buffers — at most [`MAX_TRANSMITS_PER_DRIVE`] GSO
+//!    batches per connection per turn, so one busy connection cannot starve the rest;
+//! 3. sleep in the backend (`io_uring_enter`) until a completion, the earliest connection
+//!    timer, or a wakeup — unless work is already waiting, then do not sleep;
+//! 4. feed received datagrams to the endpoint and their connections, marking them dirty.
+//!
+//! A connection that finds every TX buffer in flight waits in `waiting_tx` and becomes dirty
+//! again when a send completes and frees one: no spinning, no unbounded queue.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::SocketAddr,
+    panic::AssertUnwindSafe,
+    sync::{mpsc, Arc},
+    task::Waker,
+    time::Instant,
+};
+
+use bytes::BytesMut;
+use quinn_proto::{self as proto, ConnectionHandle, DatagramEvent, EndpointConfig, ServerConfig, Transmit};
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    connection::ConnectionInner,
+    endpoint::{EndpointShared, EndpointStats},
+    io::{poll::PollBackend, BackendKind, IoBackend, IoConfig, RecvMeta},
+    mailbox::{lock, Command},
+    ConnectionError, EndpointError, TransportError, TransportErrorCode,
+};
+
+/// GSO batches one connection may send per turn before others get their go.
+pub(crate) const MAX_TRANSMITS_PER_DRIVE: usize = 16;
+/// Endpoint-level responses (version negotiation, stateless resets, …) kept for sending; more
+/// are dropped, as a stateless responder should under flood.
+const MAX_PENDING_RESPONSES: usize = 64;
+
+/// Headroom any backend may need in a receive buffer in front of the payload.
+#[cfg(target_os = "linux")]
+pub(crate) const RECV_HEADROOM: usize = crate::io::uring::RECV_HEADROOM;
+#[cfg(not(target_os = "linux"))]
+pub(crate) const RECV_HEADROOM: usize = 0;
+
+/// What the thread needs to start.
+pub(crate) struct DriverSetup {
+    pub shared: Arc<EndpointShared>,
+    pub socket: std::net::UdpSocket,
+    pub io: IoConfig,
+    pub backend: Option<BackendKind>,
+    pub endpoint_config: Arc<EndpointConfig>,
+    pub server_config: Option<Arc<ServerConfig>>,
+    pub ready: mpsc::SyncSender<Result<(), EndpointError>>,
+}
+
+/// The thread's entry point.
+pub(crate) fn run(setup: DriverSetup) {
+    let DriverSetup {
+        shared,
+        socket,
+        io,
+        backend,
+        endpoint_config,
+        server_config,
+        ready,
+    } = setup;
+    let _ = shared.thread_id.set(std::thread::current().id());
+    let backend = match open_backend(socket, &io, backend) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let local = match backend.local_addr() {
+        Ok(a) => a,
+        Err(source) => {
+            let _ = ready.send(Err(EndpointError::Socket {
+                option: "getsockname",
+                source,
+            }));
+            return;
+        }
+    };
+    log_backend(backend.kind(), local);
+    let _ = shared.info.set((backend.kind(), local));
+    shared.mailbox.set_waker(backend.waker());
+    let max_segments = backend
+        .max_gso_segments()
+        .min(io.tx_buffer_size / io.max_udp_payload.max(1))
+        .max(1);
+    let allow_mtud = true;
+    let endpoint = proto::Endpoint::new(endpoint_config, server_config, allow_mtud, None);
+    let mut driver = Driver {
+        io: backend,
+        core: Core {
+            shared: shared.clone(),
+            endpoint,
+            conns: HashMap::new(),
+            timers: HashMap::new(),
+            dirty: VecDeque::new(),
+            in_dirty: HashSet::new(),
+            waiting_tx: Vec::new(),
+            responses: VecDeque::new(),
+            resp_buf: Vec::new(),
+            woken: Vec::new(),
+            max_segments,
+            shutting_down: false,
+            stats: EndpointStats::default(),
+            now: None,
+        },
+        commands: VecDeque::new(),
+    };
+    let _ = ready.send(Ok(()));
+    drop(ready);
+
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| driver.run()));
+    let reason = match &result {
+        Ok(()) => ConnectionError::LocallyClosed,
+        Err(_) => {
+            error!("ringquic I/O thread panicked; failing every connection");
+            ConnectionError::TransportError(TransportError {
+                code: TransportErrorCode::INTERNAL_ERROR,
+                frame: None,
+                reason: "ringquic I/O thread panicked".into(),
+            })
+        }
+    };
+    driver.finish(reason);
+    // Dropping the driver drops the backend, which cancels and reaps in-flight I/O before its
+    // buffers are freed.
+    drop(driver);
+}
+
+fn open_backend(
+    socket: std::net::UdpSocket,
+    cfg: &IoConfig,
+    wanted: Option<BackendKind>,
+) -> Result<Box<dyn IoBackend>, EndpointError> {
+    #[cfg(target_os = "linux")]
+    {
+        if wanted != Some(BackendKind::Poll) {
+            match crate::io::uring::open_ring(cfg) {
+                Ok(ring) => return Ok(Box::new(crate::io::uring::UringBackend::new(ring, socket, cfg)?)),
+                Err(source) if wanted == Some(BackendKind::IoUring) => {
+                    return Err(EndpointError::BackendUnavailable {
+                        backend: BackendKind::IoUring,
+                        source,
+                    })
+                }
+                Err(e) => log_fallback(&e),
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        if wanted == Some(BackendKind::IoUring) {
+            return Err(EndpointError::BackendUnavailable {
+                backend: BackendKind::IoUring,
+                source: std::io::Error::new(std::io::ErrorKind::Unsupported, "io_uring exists only on Linux"),
+            });
+        }
+    }
+    let b = PollBackend::new(socket, cfg).map_err(|source| EndpointError::Backend {
+        what: "poll backend",
+        source,
+    })?;
+    Ok(Box::new(b))
+}
+
+#[cfg(target_os = "linux")]
+fn log_fallback(e: &std::io::Error) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| warn!("io_uring is not available ({e}); using the poll backend"));
+}
+
+fn log_backend(kind: BackendKind, addr: SocketAddr) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let mut first = false;
+    ONCE.call_once(|| first = true);
+    if first {
+        info!(backend = %kind, %addr, "ringquic endpoint running");
+    } else {
+        debug!(backend = %kind, %addr, "ringquic endpoint running");
+    }
+}
+
+struct Driver {
+    io: Box<dyn IoBackend>,
+    core: Core,
+    commands: VecDeque<Command>,
+}
+
+/// Everything but the backend, so the receive callback can borrow it while the backend runs.
+struct Core {
+    shared: Arc<EndpointShared>,
+    endpoint: proto::Endpoint,
+    conns: HashMap<ConnectionHandle, Arc<ConnectionInner>>,
+    /// Each connection's next timeout. Scanned linearly each turn: the protocol work per
+    /// connection dwarfs it at the connection counts one endpoint serves.
+    timers: HashMap<ConnectionHandle, Instant>,
+    dirty: VecDeque<ConnectionHandle>,
+    in_dirty: HashSet<ConnectionHandle>,
+    waiting_tx: Vec<ConnectionHandle>,
+    responses: VecDeque<(Vec<u8>, Transmit)>,
+    resp_buf: Vec<u8>,
+    woken: Vec<Waker>,
+    max_segments: usize,
+    shutting_down: bool,
+    stats: EndpointStats,
+    /// `Instant::now()` of the current batch of received datagrams.
+    now: Option<Instant>,
+}
+
+impl Driver {
+    fn run(&mut self) {
+        loop {
+            self.core.stats.loop_turns += 1;
+            self.take_commands();
+            if self.core.shutting_down {
+                self.core.close_all(proto::VarInt::from_u32(0), bytes::Bytes::from_static(b"endpoint dropped"));
+            }
+            self.drive_dirty();
+            self.send_responses();
+            self.publish_stats();
+            if self.core.shutting_down {
+                // Push the close frames out; the backend's shutdown waits for their completions.
+                let mut sink = |_: RecvMeta, _: BytesMut| {};
+                let _ = self.io.turn(Some(Instant::now()), &mut sink);
+                return;
+            }
+            let deadline = if !self.core.dirty.is_empty() || self.core.shared.mailbox.is_notified() {
+                Some(Instant::now())
+            } else {
+                self.core.timers.values().min().copied()
+            };
+            let core = &mut self.core;
+            core.now = None;
+            let mut on_recv = |meta: RecvMeta, data: BytesMut| core.on_datagram(meta, data);
+            if let Err(e) = self.io.turn(deadline, &mut on_recv) {
+                error!("I/O backend failed: {e}; closing the endpoint");
+                return;
+            }
+            self.core.expire_timers();
+            if !self.core.waiting_tx.is_empty() && self.io.has_free_tx() {
+                for ch in std::mem::take(&mut self.core.waiting_tx) {
+                    self.core.mark_dirty(ch);
+                }
+            }
+        }
+    }
+
+    fn take_commands(&mut self) {
+        self.core.shared.mailbox.drain(&mut self.commands);
+        while let Some(cmd) = self.commands.pop_front() {
+            self.core.command(cmd);
+        }
+    }
+
+    fn drive_dirty(&mut self) {
+        // Drive only the connections dirty at the start of this phase; ones marked again while
+        // driving (bound reached) wait for the next turn.
+        let n = self.core.dirty.len();
+        for _ in 0..n {
+            let Some(ch) = self.core.dirty.pop_front() else { break };
+            self.core.in_dirty.remove(&ch);
+            self.core.drive(ch, &mut *self.io);
+        }
+    }
+
+    fn send_responses(&mut self) {
+        while let Some((bytes, t)) = self.core.responses.pop_front() {
+            match self.io.take_tx() {
+                Some(mut tx) => {
+                    tx.buf.extend_from_slice(&bytes[..t.size]);
+                    self.io.send(tx, &t);
+                }
+                None => {
+                    self.core.stats.responses_dropped += 1 + self.core.responses.len() as u64;
+                    self.core.responses.clear();
+                }
+            }
+        }
+    }
+
+    fn publish_stats(&mut self) {
+        let io = self.io.stats();
+        let c = &self.core.stats;
+        let mut st = lock(&self.core.shared.state);
+        st.stats = EndpointStats {
+            datagrams_received: io.datagrams_received,
+            bytes_received: io.bytes_received,
+            datagrams_sent: io.datagrams_sent,
+            bytes_sent: io.bytes_sent,
+            recv_dropped: io.recv_dropped,
+            recv_rearms: io.recv_rearms,
+            send_errors: io.send_errors,
+            tx_exhausted: io.tx_exhausted,
+            gso_disabled: io.gso_disabled,
+            responses_dropped: c.responses_dropped,
+            app_wakeups: 0,
+            loop_turns: c.loop_turns,
+            open_connections: self.core.conns.len() as u64,
+        };
+    }
+
+    /// The loop has ended (shutdown, backend failure or panic): nothing will drive connections
+    /// any more. Fail everything still waiting so no future hangs, and refuse new commands.
+    fn finish(&mut self, reason: ConnectionError) {
+        // Commands still queued are dropped: their reply channels close, so callers see an
+        // error instead of waiting.
+        drop(self.core.shared.mailbox.close());
+        let mut woken = Vec::new();
+        for conn in self.core.conns.values() {
+            conn.lock().terminate(reason.clone(), &mut woken);
+        }
+        self.core.conns.clear();
+        {
+            let mut st = lock(&self.core.shared.state);
+            st.driver_exited = true;
+            st.open_connections = 0;
+            st.incoming.clear();
+            EndpointShared::wake_waiters(&mut st);
+        }
+        for w in woken {
+            w.wake();
+        }
+        self.publish_stats();
+        self.io.shutdown();
+    }
+}
+
+impl Core {
+    fn now(&mut self) -> Instant {
+        *self.now.get_or_insert_with(Instant::now)
+    }
+
+    fn mark_dirty(&mut self, ch: ConnectionHandle) {
+        if self.in_dirty.insert(ch) {
+            self.dirty.push_back(ch);
+        }
+    }
+
+    fn on_datagram(&mut self, meta: RecvMeta, data: BytesMut) {
+        let now = self.now();
+        match self
+            .endpoint
+            .handle(now, meta.remote, meta.local_ip, meta.ecn, data, &mut self.resp_buf)
+        {
+            Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
+                if let Some(conn) = self.conns.get(&ch) {
+                    conn.lock().inner.handle_event(ev);
+                    self.mark_dirty(ch);
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                let mut st = lock(&self.shared.state);
+                if st.closed || self.shutting_down {
+                    drop(st);
+                    let t = self.endpoint.refuse(incoming, &mut self.resp_buf);
+                    self.queue_response(t);
+                } else {
+                    st.incoming.push_back(incoming);
+                    if let Some(w) = st.accept_waiters.pop() {
+                        w.wake();
+                    }
+                }
+            }
+            Some(DatagramEvent::Response(t)) => self.queue_response(t),
+            None => {}
+        }
+        self.resp_buf.clear();
+    }
+
+    fn queue_response(&mut self, t: Transmit) {
+        if self.responses.len() < MAX_PENDING_RESPONSES {
+            self.responses.push_back((self.resp_buf[..t.size].to_vec(), t));
+        } else {
+            self.stats.responses_dropped += 1;
+        }
+        self.resp_buf.clear();
+    }
+
+    fn expire_timers(&mut self) {
+        let now = Instant::now();
+        let due: Vec<_> = self.timers.iter().filter(|(_, t)| **t <= now).map(|(ch, _)| *ch).collect();
+        for ch in due {
+            self.mark_dirty(ch);
+        }
+    }
+
+    fn add_connection(&mut self, ch: ConnectionHandle, conn: proto::Connection) -> Arc<ConnectionInner> {
+        let inner = ConnectionInner::new(ch, conn, self.shared.clone());
+        self.conns.insert(ch, inner.clone());
+        lock(&self.shared.state).open_connections = self.conns.len();
+        self.mark_dirty(ch);
+        inner
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Drive(ch) => {
+                if let Some(c) = self.conns.get(&ch) {
+                    c.clear_queued();
+                    self.mark_dirty(ch);
+                }
+            }
+            Command::Connect {
+                config,
+                remote,
+                server_name,
+                reply,
+            } => {
+                let res = if self.shutting_down {
+                    Err(proto::ConnectError::EndpointStopping)
+                } else {
+                    self.endpoint
+                        .connect(now, config, remote, &server_name)
+                        .map(|(ch, conn)| self.add_connection(ch, conn))
+                };
+                let _ = reply.send(res);
+            }
+            Command::Accept {
+                incoming,
+                server_config,
+                reply,
+            } => {
+                let res = match self.endpoint.accept(incoming, now, &mut self.resp_buf, server_config) {
+                    Ok((ch, conn)) => Ok(self.add_connection(ch, conn)),
+                    Err(e) => {
+                        if let Some(t) = e.response {
+                            self.queue_response(t);
+                        }
+                        Err(e.cause)
+                    }
+                };
+                self.resp_buf.clear();
+                let _ = reply.send(res);
+            }
+            Command::Refuse(incoming) => {
+                let t = self.endpoint.refuse(incoming, &mut self.resp_buf);
+                self.queue_response(t);
+            }
+            Command::Retry(incoming) => match self.endpoint.retry(incoming, &mut self.resp_buf) {
+                Ok(t) => self.queue_response(t),
+                Err(e) => self.endpoint.ignore(e.into_incoming()),
+            },
+            Command::Ignore(incoming) => self.endpoint.ignore(incoming),
+            Command::SetServerConfig(c) => self.endpoint.set_server_config(c),
+            Command::Close { code, reason } => {
+                self.close_all(code, reason);
+                let pending: Vec<_> = {
+                    let mut st = lock(&self.shared.state);
+                    st.closed = true;
+                    EndpointShared::wake_waiters(&mut st);
+                    st.incoming.drain(..).collect()
+                };
+                for inc in pending {
+                    let t = self.endpoint.refuse(inc, &mut self.resp_buf);
+                    self.queue_response(t);
+                }
+            }
+            Command::Shutdown => self.shutting_down = true,
+        }
+    }
+
+    fn close_all(&mut self, code: proto::VarInt, reason: bytes::Bytes) {
+        let now = Instant::now();
+        let mut woken = std::mem::take(&mut self.woken);
+        let chs: Vec<_> = self.conns.keys().copied().collect();
+        for ch in chs {
+            if let Some(conn) = self.conns.get(&ch) {
+                let mut st = conn.lock();
+                if st.error.is_none() {
+                    st.inner.close(now, code, reason.clone());
+                }
+                st.terminate(ConnectionError::LocallyClosed, &mut woken);
+            }
+            self.mark_dirty(ch);
+        }
+        for w in woken.drain(..) {
+            w.wake();
+        }
+        self.woken = woken;
+    }
+
+    /// Drive one connection: timers, events, transmits. Bounded.
+    fn drive(&mut self, ch: ConnectionHandle, io: &mut dyn IoBackend) {
+        let Some(conn) = self.conns.get(&ch).cloned() else { return };
+        let now = Instant::now();
+        let mut woken = std::mem::take(&mut self.woken);
+        let mut drained = false;
+        let mut again = false;
+        {
+            let mut st = conn.lock();
+            if self.timers.get(&ch).is_some_and(|t| *t <= now) {
+                st.inner.handle_timeout(now);
+            }
+            // Transmit first: ACKs and data go out before we look at events.
+            let mut sent = 0;
+            loop {
+                if sent >= MAX_TRANSMITS_PER_DRIVE {
+                    again = true;
+                    break;
+                }
+                let Some(mut tx) = io.take_tx() else {
+                    self.waiting_tx.push(ch);
+                    break;
+                };
+                match st.inner.poll_transmit(now, self.max_segments, &mut tx.buf) {
+                    Some(t) => {
+                        io.send(tx, &t);
+                        sent += 1;
+                    }
+                    None => {
+                        io.put_tx(tx);
+                        break;
+                    }
+                }
+            }
+            while let Some(ev) = st.inner.poll_endpoint_events() {
+                drained |= ev.is_drained();
+                if let Some(cev) = self.endpoint.handle_event(ch, ev) {
+                    st.inner.handle_event(cev);
+                    again = true;
+                }
+            }
+            while let Some(ev) = st.inner.poll() {
+                st.on_event(ev, &mut woken);
+            }
+            match st.inner.poll_timeout() {
+                Some(t) => {
+                    self.timers.insert(ch, t);
+                }
+                None => {
+                    self.timers.remove(&ch);
+                }
+            }
+        }
+        for w in woken.drain(..) {
+            w.wake();
+        }
+        self.woken = woken;
+        if drained {
+            self.conns.remove(&ch);
+            self.timers.remove(&ch);
+            let mut st = lock(&self.shared.state);
+            st.open_connections = self.conns.len();
+            if self.conns.is_empty() {
+                for w in st.idle_waiters.drain(..) {
+                    w.wake();
+                }
+            }
+        } else if again {
+            self.mark_dirty(ch);
+        }
+    }
+}

@@ -1,0 +1,671 @@
+//! [`Endpoint`], its builder, and [`Incoming`] connections.
+//!
+//! An endpoint is a UDP socket served by one I/O thread (see `driver.rs`). The application holds
+//! cheap handles; they reach the I/O thread through the [`Mailbox`]. When the last handle of any
+//! kind (endpoint, connection, stream) is dropped, the I/O thread closes what is left, cancels
+//! in-flight I/O, frees its buffers and is joined.
+
+use std::{
+    collections::VecDeque,
+    future::{Future, IntoFuture},
+    io,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Arc, Mutex, OnceLock,
+    },
+    task::{Context, Poll, Waker},
+    thread::{JoinHandle, ThreadId},
+};
+
+use bytes::Bytes;
+use quinn_proto::{self as proto, ClientConfig, ConnectError, EndpointConfig, ServerConfig, VarInt};
+
+use crate::{
+    connection::{register, Connecting, Connection, ConnectionRef},
+    driver::{self, DriverSetup},
+    io::{BackendKind, IoConfig},
+    mailbox::{lock, Command, Mailbox},
+    ConnectionError, EndpointError,
+};
+
+/// Counters of an endpoint's I/O, for monitoring and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// UDP datagrams received (after splitting GRO batches).
+    pub datagrams_received: u64,
+    /// UDP payload bytes received.
+    pub bytes_received: u64,
+    /// UDP datagrams sent (GSO batches counted per datagram).
+    pub datagrams_sent: u64,
+    /// UDP payload bytes sent.
+    pub bytes_sent: u64,
+    /// Datagrams dropped on receive: no free receive buffer, truncated, or unparsable metadata.
+    pub recv_dropped: u64,
+    /// Times the kernel ended a multishot receive and the I/O thread re-armed it.
+    pub recv_rearms: u64,
+    /// Sends that failed (the datagrams are lost, as on a lossy path; QUIC recovers them).
+    pub send_errors: u64,
+    /// Times a connection had data to send but every TX buffer was in flight.
+    pub tx_exhausted: u64,
+    /// Times GSO was refused by the kernel and turned off.
+    pub gso_disabled: u64,
+    /// Endpoint-level responses (version negotiation, stateless reset, refusals) dropped for lack
+    /// of a TX buffer.
+    pub responses_dropped: u64,
+    /// Wakeups the application sent to the I/O thread (coalesced: many commands, one wakeup).
+    pub app_wakeups: u64,
+    /// Turns of the I/O loop.
+    pub loop_turns: u64,
+    /// Connections the I/O thread drives now.
+    pub open_connections: u64,
+}
+
+/// Application-visible endpoint state, shared with the I/O thread.
+pub(crate) struct EpState {
+    pub(crate) incoming: VecDeque<proto::Incoming>,
+    pub(crate) accept_waiters: Vec<Waker>,
+    pub(crate) idle_waiters: Vec<Waker>,
+    pub(crate) open_connections: usize,
+    /// `Endpoint::close` was called, or the I/O thread exited: `accept` yields `None`.
+    pub(crate) closed: bool,
+    pub(crate) driver_exited: bool,
+    pub(crate) default_client_config: Option<ClientConfig>,
+    pub(crate) stats: EndpointStats,
+}
+
+/// Everything the handles and the I/O thread share.
+pub(crate) struct EndpointShared {
+    pub(crate) mailbox: Mailbox,
+    pub(crate) state: Mutex<EpState>,
+    /// Handles of any kind alive (endpoints, connections, streams, incoming).
+    handles: AtomicUsize,
+    /// Endpoint handles alive; at zero no new connections are accepted.
+    endpoint_handles: AtomicUsize,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) thread_id: OnceLock<ThreadId>,
+    pub(crate) info: OnceLock<(BackendKind, SocketAddr)>,
+}
+
+impl EndpointShared {
+    /// Wake every task waiting on the endpoint (accept, wait_idle).
+    pub(crate) fn wake_waiters(st: &mut EpState) {
+        for w in st.accept_waiters.drain(..).chain(st.idle_waiters.drain(..)) {
+            w.wake();
+        }
+    }
+}
+
+/// A counted handle keeping the I/O thread alive. The last one to drop shuts the thread down
+/// and joins it.
+pub(crate) struct EndpointRef(pub(crate) Arc<EndpointShared>);
+
+impl EndpointRef {
+    fn new(shared: Arc<EndpointShared>) -> Self {
+        shared.handles.fetch_add(1, Ordering::AcqRel);
+        Self(shared)
+    }
+}
+
+impl Clone for EndpointRef {
+    fn clone(&self) -> Self {
+        Self::new(self.0.clone())
+    }
+}
+
+impl Drop for EndpointRef {
+    fn drop(&mut self) {
+        if self.0.handles.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        // Last handle: stop the I/O thread and wait for it, unless we *are* the I/O thread
+        // (a waker dropped there released the last handle); then it exits on its own.
+        let _ = self.0.mailbox.push(Command::Shutdown);
+        if self.0.thread_id.get() == Some(&std::thread::current().id()) {
+            return;
+        }
+        if let Some(t) = lock(&self.0.thread).take() {
+            if t.join().is_err() {
+                tracing::error!("ringquic I/O thread panicked");
+            }
+        }
+    }
+}
+
+/// A QUIC endpoint: one UDP socket, one I/O thread, any number of connections.
+///
+/// Cheap to clone. Created with [`Endpoint::server`], [`Endpoint::client`] or
+/// [`Endpoint::builder`].
+pub struct Endpoint {
+    inner: EndpointRef,
+}
+
+impl Clone for Endpoint {
+    fn clone(&self) -> Self {
+        self.inner.0.endpoint_handles.fetch_add(1, Ordering::AcqRel);
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        if self.inner.0.endpoint_handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // No one can accept any more: refuse newcomers, as quinn does.
+            let _ = self.inner.0.mailbox.push(Command::SetServerConfig(None));
+        }
+    }
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("backend", &self.backend())
+            .field("local_addr", &self.local_addr().ok())
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// A builder with the defaults: automatic backend choice, 256 receive buffers of 64 KiB
+    /// (plus headers), 64 TX buffers of 64 KiB.
+    pub fn builder() -> EndpointBuilder {
+        EndpointBuilder::default()
+    }
+
+    /// A server (that can also connect out) bound to `addr`.
+    pub fn server(config: ServerConfig, addr: SocketAddr) -> Result<Self, EndpointError> {
+        Self::builder().server_config(config).bind(addr)
+    }
+
+    /// A client bound to `addr` (use port 0 for any). Set a client configuration with
+    /// [`Endpoint::set_default_client_config`] or use [`Endpoint::connect_with`].
+    pub fn client(addr: SocketAddr) -> Result<Self, EndpointError> {
+        Self::builder().bind(addr)
+    }
+
+    fn shared(&self) -> &Arc<EndpointShared> {
+        &self.inner.0
+    }
+
+    /// Which I/O backend serves this endpoint.
+    pub fn backend(&self) -> BackendKind {
+        self.shared().info.get().map_or(BackendKind::Poll, |i| i.0)
+    }
+
+    /// The socket's local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.shared()
+            .info
+            .get()
+            .map(|i| i.1)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "endpoint not running"))
+    }
+
+    /// Counters of the endpoint's I/O.
+    pub fn stats(&self) -> EndpointStats {
+        let mut s = lock(&self.shared().state).stats;
+        s.app_wakeups = self.shared().mailbox.wakeups();
+        s
+    }
+
+    /// Number of connections the I/O thread is driving (including closing ones).
+    pub fn open_connections(&self) -> usize {
+        lock(&self.shared().state).open_connections
+    }
+
+    /// Set the client configuration [`Endpoint::connect`] uses.
+    pub fn set_default_client_config(&mut self, config: ClientConfig) {
+        lock(&self.shared().state).default_client_config = Some(config);
+    }
+
+    /// Replace the server configuration (new connections only); `None` stops accepting.
+    pub fn set_server_config(&self, config: Option<ServerConfig>) {
+        let _ = self.shared().mailbox.push(Command::SetServerConfig(config.map(Arc::new)));
+    }
+
+    /// Connect to `addr` with the default client configuration.
+    pub fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<Connecting, ConnectError> {
+        let config = lock(&self.shared().state)
+            .default_client_config
+            .clone()
+            .ok_or(ConnectError::NoDefaultClientConfig)?;
+        self.connect_with(config, addr, server_name)
+    }
+
+    /// Connect to `addr` with `config`. `server_name` is checked against the server's
+    /// certificate.
+    ///
+    /// Briefly waits for the I/O thread to register the connection (one turn of its loop).
+    pub fn connect_with(
+        &self,
+        config: ClientConfig,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<Connecting, ConnectError> {
+        let addr = match (addr, self.local_addr()) {
+            // A v4 destination is fine on a dual-stack v6 socket; a v6 one is not on a v4 socket.
+            (SocketAddr::V6(v6), Ok(SocketAddr::V4(_))) if v6.ip().to_ipv4_mapped().is_none() => {
+                return Err(ConnectError::InvalidRemoteAddress(addr))
+            }
+            _ => addr,
+        };
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.shared()
+            .mailbox
+            .push(Command::Connect {
+                config,
+                remote: addr,
+                server_name: server_name.to_owned(),
+                reply: tx,
+            })
+            .map_err(|_| ConnectError::EndpointStopping)?;
+        let inner = rx.recv().map_err(|_| ConnectError::EndpointStopping)??;
+        Ok(Connecting::new(ConnectionRef::adopt(inner, self.inner.clone())))
+    }
+
+    /// Wait for the next incoming connection; `None` once the endpoint is closed.
+    pub fn accept(&self) -> Accept<'_> {
+        Accept { endpoint: self }
+    }
+
+    /// Close every connection with `code` and `reason` and stop accepting. Use
+    /// [`Endpoint::wait_idle`] to let the close frames reach the peers.
+    pub fn close(&self, code: VarInt, reason: &[u8]) {
+        let _ = self.shared().mailbox.push(Command::Close {
+            code,
+            reason: Bytes::copy_from_slice(reason),
+        });
+    }
+
+    /// Wait until every connection has been cleaned up (closed and drained), so close frames
+    /// and in-flight data have gone out.
+    pub async fn wait_idle(&self) {
+        std::future::poll_fn(|cx| {
+            let mut st = lock(&self.shared().state);
+            if st.open_connections == 0 || st.driver_exited {
+                return Poll::Ready(());
+            }
+            register(&mut st.idle_waiters, cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Future of [`Endpoint::accept`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Accept<'a> {
+    endpoint: &'a Endpoint,
+}
+
+impl Future for Accept<'_> {
+    type Output = Option<Incoming>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
+        let shared = self.endpoint.shared();
+        let mut st = lock(&shared.state);
+        if let Some(inc) = st.incoming.pop_front() {
+            drop(st);
+            return Poll::Ready(Some(Incoming {
+                inner: Some(inc),
+                endpoint: self.endpoint.inner.clone(),
+            }));
+        }
+        if st.closed || st.driver_exited {
+            return Poll::Ready(None);
+        }
+        register(&mut st.accept_waiters, cx.waker());
+        Poll::Pending
+    }
+}
+
+/// A connection attempt not yet accepted. Await it (or call [`Incoming::accept`]) to accept;
+/// dropping it refuses the connection.
+pub struct Incoming {
+    inner: Option<proto::Incoming>,
+    endpoint: EndpointRef,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming").field("remote", &self.remote_address()).finish()
+    }
+}
+
+impl Incoming {
+    fn take(&mut self) -> proto::Incoming {
+        self.inner.take().expect("Incoming is consumed only once")
+    }
+
+    /// Accept with the endpoint's server configuration.
+    pub fn accept(self) -> Result<Connecting, ConnectionError> {
+        self.accept_inner(None)
+    }
+
+    /// Accept with a specific server configuration.
+    pub fn accept_with(self, server_config: Arc<ServerConfig>) -> Result<Connecting, ConnectionError> {
+        self.accept_inner(Some(server_config))
+    }
+
+    fn accept_inner(mut self, server_config: Option<Arc<ServerConfig>>) -> Result<Connecting, ConnectionError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let incoming = self.take();
+        self.endpoint
+            .0
+            .mailbox
+            .push(Command::Accept {
+                incoming,
+                server_config,
+                reply: tx,
+            })
+            .map_err(|_| ConnectionError::LocallyClosed)?;
+        let inner = rx.recv().map_err(|_| ConnectionError::LocallyClosed)??;
+        Ok(Connecting::new(ConnectionRef::adopt(inner, self.endpoint.clone())))
+    }
+
+    /// Refuse: the peer gets a CONNECTION_REFUSED close.
+    pub fn refuse(mut self) {
+        let inc = self.take();
+        let _ = self.endpoint.0.mailbox.push(Command::Refuse(inc));
+    }
+
+    /// Answer with a Retry packet so the peer proves its address. Fails if the peer's address is
+    /// already validated (see [`Incoming::may_retry`]).
+    pub fn retry(mut self) -> Result<(), RetryError> {
+        if !self.may_retry() {
+            return Err(RetryError(Box::new(self)));
+        }
+        let inc = self.take();
+        let _ = self.endpoint.0.mailbox.push(Command::Retry(inc));
+        Ok(())
+    }
+
+    /// Drop the attempt silently.
+    pub fn ignore(mut self) {
+        let inc = self.take();
+        let _ = self.endpoint.0.mailbox.push(Command::Ignore(inc));
+    }
+
+    /// The local IP address the peer sent to, when known.
+    pub fn local_ip(&self) -> Option<IpAddr> {
+        self.inner.as_ref().and_then(|i| i.local_ip())
+    }
+
+    /// The peer's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.inner.as_ref().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |i| i.remote_address())
+    }
+
+    /// Whether the peer's address was validated (by a Retry token).
+    pub fn remote_address_validated(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.remote_address_validated())
+    }
+
+    /// Whether [`Incoming::retry`] is allowed.
+    pub fn may_retry(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.may_retry())
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if let Some(inc) = self.inner.take() {
+            let _ = self.endpoint.0.mailbox.push(Command::Refuse(inc));
+        }
+    }
+}
+
+impl IntoFuture for Incoming {
+    type Output = Result<Connection, ConnectionError>;
+    type IntoFuture = IncomingFuture;
+
+    fn into_future(self) -> IncomingFuture {
+        IncomingFuture(self.accept().map_err(Some))
+    }
+}
+
+/// Future of awaiting an [`Incoming`]: accept, then complete the handshake.
+pub struct IncomingFuture(Result<Connecting, Option<ConnectionError>>);
+
+impl Future for IncomingFuture {
+    type Output = Result<Connection, ConnectionError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Ok(c) => Pin::new(c).poll(cx),
+            Err(e) => Poll::Ready(Err(e.take().unwrap_or(ConnectionError::LocallyClosed))),
+        }
+    }
+}
+
+/// [`Incoming::retry`] was not possible; the incoming connection is given back.
+#[derive(Debug, thiserror::Error)]
+#[error("retry() with validated Incoming")]
+pub struct RetryError(Box<Incoming>);
+
+impl RetryError {
+    /// Take the incoming connection back.
+    pub fn into_incoming(self) -> Incoming {
+        *self.0
+    }
+}
+
+/// Builds an [`Endpoint`] with non-default settings.
+#[derive(Debug)]
+#[must_use]
+pub struct EndpointBuilder {
+    backend: Option<BackendKind>,
+    server_config: Option<ServerConfig>,
+    client_config: Option<ClientConfig>,
+    endpoint_config: EndpointConfig,
+    recv_buffers: usize,
+    recv_buffer_size: usize,
+    tx_buffers: usize,
+    tx_buffer_size: usize,
+}
+
+/// Default number of receive buffers.
+pub const DEFAULT_RECV_BUFFERS: usize = 256;
+/// Default size of one receive buffer: a 64 KiB GRO batch plus the backend's headers.
+pub const DEFAULT_RECV_BUFFER_SIZE: usize = 65536 + 256;
+/// Default number of TX buffers.
+pub const DEFAULT_TX_BUFFERS: usize = 64;
+/// Default size of one TX buffer: the largest GSO batch.
+pub const DEFAULT_TX_BUFFER_SIZE: usize = 65536;
+
+impl Default for EndpointBuilder {
+    fn default() -> Self {
+        Self {
+            backend: None,
+            server_config: None,
+            client_config: None,
+            endpoint_config: EndpointConfig::default(),
+            recv_buffers: DEFAULT_RECV_BUFFERS,
+            recv_buffer_size: DEFAULT_RECV_BUFFER_SIZE,
+            tx_buffers: DEFAULT_TX_BUFFERS,
+            tx_buffer_size: DEFAULT_TX_BUFFER_SIZE,
+        }
+    }
+}
+
+impl EndpointBuilder {
+    /// Choose the backend. Without this, `RINGQUIC_BACKEND` (`uring` or `poll`) decides, and
+    /// without that, io_uring is used where the kernel allows it and the poll backend elsewhere.
+    /// A backend chosen here or through the variable that cannot run is an error, not a silent
+    /// fallback.
+    pub fn backend(mut self, kind: BackendKind) -> Self {
+        self.backend = Some(kind);
+        self
+    }
+
+    /// Accept incoming connections with this configuration.
+    pub fn server_config(mut self, config: ServerConfig) -> Self {
+        self.server_config = Some(config);
+        self
+    }
+
+    /// The client configuration [`Endpoint::connect`] uses.
+    pub fn default_client_config(mut self, config: ClientConfig) -> Self {
+        self.client_config = Some(config);
+        self
+    }
+
+    /// Endpoint-wide QUIC settings (maximum UDP payload, connection ID generator, …).
+    pub fn endpoint_config(mut self, config: EndpointConfig) -> Self {
+        self.endpoint_config = config;
+        self
+    }
+
+    /// Number of receive buffers kept armed with the kernel (rounded up to a power of two for
+    /// io_uring). More absorbs bigger bursts. Default 256.
+    pub fn recv_buffers(mut self, n: usize) -> Self {
+        self.recv_buffers = n;
+        self
+    }
+
+    /// Bytes per receive buffer, headers included. Below 64 KiB + 256 the io_uring backend
+    /// turns GRO off (a coalesced batch would not fit). Default 64 KiB + 256.
+    pub fn recv_buffer_size(mut self, n: usize) -> Self {
+        self.recv_buffer_size = n;
+        self
+    }
+
+    /// Number of TX buffers; when all are in flight, sending waits for a completion.
+    /// Default 64.
+    pub fn tx_buffers(mut self, n: usize) -> Self {
+        self.tx_buffers = n;
+        self
+    }
+
+    /// Bytes per TX buffer: the largest GSO batch one send carries. Default 64 KiB.
+    pub fn tx_buffer_size(mut self, n: usize) -> Self {
+        self.tx_buffer_size = n;
+        self
+    }
+
+    fn io_config(&self) -> Result<IoConfig, EndpointError> {
+        let max_udp_payload = self.endpoint_config.get_max_udp_payload_size() as usize;
+        if self.recv_buffers == 0 {
+            return Err(EndpointError::Config("recv_buffers must be at least 1"));
+        }
+        if self.recv_buffers > 32768 {
+            return Err(EndpointError::Config("recv_buffers must be at most 32768"));
+        }
+        if self.tx_buffers == 0 {
+            return Err(EndpointError::Config("tx_buffers must be at least 1"));
+        }
+        if self.tx_buffers > 4096 {
+            return Err(EndpointError::Config("tx_buffers must be at most 4096"));
+        }
+        let min_rx = max_udp_payload + crate::driver::RECV_HEADROOM;
+        if self.recv_buffer_size < min_rx {
+            return Err(EndpointError::RecvBufferTooSmall {
+                size: self.recv_buffer_size,
+                min: min_rx,
+                max_udp_payload,
+            });
+        }
+        if self.tx_buffer_size < max_udp_payload {
+            return Err(EndpointError::TxBufferTooSmall {
+                size: self.tx_buffer_size,
+                min: max_udp_payload,
+            });
+        }
+        Ok(IoConfig {
+            recv_buffers: self.recv_buffers,
+            recv_buffer_size: self.recv_buffer_size,
+            tx_buffers: self.tx_buffers,
+            tx_buffer_size: self.tx_buffer_size,
+            max_udp_payload,
+        })
+    }
+
+    fn choose_backend(&self) -> Result<Option<BackendKind>, EndpointError> {
+        if let Some(b) = self.backend {
+            return Ok(Some(b));
+        }
+        match std::env::var("RINGQUIC_BACKEND") {
+            Ok(v) if !v.trim().is_empty() => v.parse().map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Create a socket bound to `addr` and start the endpoint on it. An IPv6 wildcard address
+    /// (`[::]:port`) is dual-stack.
+    pub fn bind(self, addr: SocketAddr) -> Result<Endpoint, EndpointError> {
+        let cfg = self.io_config()?;
+        let backend = self.choose_backend()?;
+        let socket = crate::socket::create(addr)?;
+        self.start(socket, cfg, backend)
+    }
+
+    /// Start the endpoint on an existing socket. The socket must be a bound UDP socket; ringquic
+    /// sets the options it needs on it (non-blocking, ECN and packet-info control messages, GRO,
+    /// no fragmentation) and says which one failed if it cannot.
+    pub fn socket(self, socket: std::net::UdpSocket) -> Result<Endpoint, EndpointError> {
+        let cfg = self.io_config()?;
+        let backend = self.choose_backend()?;
+        crate::socket::adopt(&socket)?;
+        self.start(socket, cfg, backend)
+    }
+
+    fn start(
+        self,
+        socket: std::net::UdpSocket,
+        cfg: IoConfig,
+        backend: Option<BackendKind>,
+    ) -> Result<Endpoint, EndpointError> {
+        let shared = Arc::new(EndpointShared {
+            mailbox: Mailbox::new(),
+            state: Mutex::new(EpState {
+                incoming: VecDeque::new(),
+                accept_waiters: Vec::new(),
+                idle_waiters: Vec::new(),
+                open_connections: 0,
+                closed: false,
+                driver_exited: false,
+                default_client_config: self.client_config,
+                stats: EndpointStats::default(),
+            }),
+            handles: AtomicUsize::new(0),
+            endpoint_handles: AtomicUsize::new(1),
+            thread: Mutex::new(None),
+            thread_id: OnceLock::new(),
+            info: OnceLock::new(),
+        });
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let setup = DriverSetup {
+            shared: shared.clone(),
+            socket,
+            io: cfg,
+            backend,
+            endpoint_config: Arc::new(self.endpoint_config),
+            server_config: self.server_config.map(Arc::new),
+            ready: ready_tx,
+        };
+        let thread = std::thread::Builder::new()
+            .name("ringquic-io".into())
+            .spawn(move || driver::run(setup))
+            .map_err(EndpointError::Thread)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {
+                *lock(&shared.thread) = Some(thread);
+                Ok(Endpoint {
+                    inner: EndpointRef::new(shared),
+                })
+            }
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(EndpointError::Thread(io::Error::other("the I/O thread exited during setup")))
+            }
+        }
+    }
+}

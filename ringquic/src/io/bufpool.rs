@@ -1,0 +1,218 @@
+//! Buffers made with the socket and reused for the endpoint's life (seed point 2).
+//!
+//! Two pools, both platform-independent bookkeeping that every backend (io_uring, the poll
+//! fallback, RIO on Windows) builds on:
+//!
+//! * [`RxArena`]: one allocation carved into `count` equal receive buffers. The kernel writes
+//!   into them (through the provided-buffer ring, or a RIO registration); buffer `i` starts at
+//!   `i * size`. The arena is freed only by its owner's `Drop`, which runs after the backend has
+//!   made sure the kernel no longer holds any of its buffers.
+//! * [`TxPool`]: `count` send buffers handed out as [`TxBuf`]s and taken back when their send
+//!   completes. A slot is either free (its `Vec` is in the free list) or in flight (its `Vec`
+//!   is parked in `in_flight[slot]`), never both; [`TxPool::in_flight`] counts the latter.
+//!
+//! ```text
+//!   TxPool:  free: [TxBuf 3, TxBuf 0]      in_flight: [None, Some(vec), Some(vec), None]
+//!            take() ─► driver writes a GSO batch ─► park(slot) ─► kernel ─► complete(slot)
+//! ```
+
+use std::{alloc::Layout, ptr::NonNull};
+
+use super::TxBuf;
+
+/// One aligned allocation split into fixed-size receive buffers.
+pub(crate) struct RxArena {
+    ptr: NonNull<u8>,
+    layout: Layout,
+    size: usize,
+    count: usize,
+}
+
+// SAFETY: the arena is plain memory owned by exactly one backend; nothing in it is tied to a
+// thread. Access is mediated by the backend, which holds it by value.
+unsafe impl Send for RxArena {}
+
+impl RxArena {
+    /// Allocate `count` buffers of `size` bytes each, zeroed, page-aligned.
+    ///
+    /// Fails (instead of aborting) when the size overflows or the allocator refuses.
+    pub(crate) fn new(count: usize, size: usize) -> Option<Self> {
+        let total = count.checked_mul(size)?;
+        if total == 0 {
+            return None;
+        }
+        let layout = Layout::from_size_align(total, 4096).ok()?;
+        // SAFETY: the layout has a non-zero size (checked above).
+        let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+        Some(Self {
+            ptr,
+            layout,
+            size,
+            count,
+        })
+    }
+
+    /// Number of buffers.
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Size of each buffer in bytes.
+    pub(crate) fn buf_size(&self) -> usize {
+        self.size
+    }
+
+    /// Address of buffer `id` (for the kernel). Panics if `id` is out of range: ids come from
+    /// our own bookkeeping, never from the network.
+    pub(crate) fn addr(&self, id: usize) -> *mut u8 {
+        assert!(id < self.count, "receive buffer id out of range");
+        // SAFETY: id < count, so the offset stays inside the allocation.
+        unsafe { self.ptr.as_ptr().add(id * self.size) }
+    }
+
+    /// The first `len` bytes of buffer `id`, after the kernel has completed a write into it and
+    /// before it is handed back to the kernel. Returns `None` when the id or the length reported
+    /// by a completion is out of range (a bad completion is dropped, never trusted).
+    pub(crate) fn filled(&self, id: usize, len: usize) -> Option<&[u8]> {
+        if id >= self.count || len > self.size {
+            return None;
+        }
+        // SAFETY: in range (checked above). The caller (the backend) only asks for buffers whose
+        // ownership the kernel has returned through a completion, so nothing writes them now.
+        Some(unsafe { std::slice::from_raw_parts(self.addr(id), len) })
+    }
+}
+
+impl Drop for RxArena {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout. Backends keep the arena alive until the
+        // kernel has returned every buffer (see their `shutdown`).
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// The TX buffers of one endpoint.
+pub(crate) struct TxPool {
+    free: Vec<TxBuf>,
+    in_flight: Vec<Option<Vec<u8>>>,
+    busy: usize,
+    buf_size: usize,
+}
+
+impl TxPool {
+    /// `count` buffers, each with capacity `buf_size`.
+    pub(crate) fn new(count: usize, buf_size: usize) -> Self {
+        Self {
+            free: (0..count as u32)
+                .rev()
+                .map(|slot| TxBuf {
+                    slot,
+                    buf: Vec::with_capacity(buf_size),
+                })
+                .collect(),
+            in_flight: (0..count).map(|_| None).collect(),
+            busy: 0,
+            buf_size,
+        }
+    }
+
+    /// A free buffer, cleared; `None` when all are taken or in flight.
+    pub(crate) fn take(&mut self) -> Option<TxBuf> {
+        let mut b = self.free.pop()?;
+        b.buf.clear();
+        Some(b)
+    }
+
+    /// Give back a buffer that was not sent.
+    pub(crate) fn put(&mut self, mut b: TxBuf) {
+        debug_assert!(self.in_flight[b.slot as usize].is_none());
+        if b.buf.capacity() < self.buf_size {
+            // quinn-proto never shrinks a Vec, but keep the promise of `buf_size` regardless.
+            b.buf.reserve(self.buf_size);
+        }
+        self.free.push(b);
+    }
+
+    /// Park a buffer while the kernel sends from it; returns a pointer to its bytes, which stay
+    /// put until [`TxPool::complete`] is called for the slot.
+    pub(crate) fn park(&mut self, b: TxBuf) -> &[u8] {
+        let slot = b.slot as usize;
+        debug_assert!(self.in_flight[slot].is_none());
+        self.busy += 1;
+        self.in_flight[slot].insert(b.buf).as_slice()
+    }
+
+    /// The kernel is done with `slot`: back to the free list. Returns false (and changes
+    /// nothing) for a slot that was not in flight, so a duplicated completion cannot corrupt
+    /// the pool.
+    pub(crate) fn complete(&mut self, slot: u32) -> bool {
+        match self.in_flight.get_mut(slot as usize).and_then(Option::take) {
+            Some(buf) => {
+                self.busy -= 1;
+                self.free.push(TxBuf { slot, buf });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The bytes of an in-flight slot.
+    pub(crate) fn parked(&self, slot: u32) -> Option<&[u8]> {
+        self.in_flight.get(slot as usize)?.as_deref()
+    }
+
+    /// Whether a buffer is free.
+    pub(crate) fn has_free(&self) -> bool {
+        !self.free.is_empty()
+    }
+
+    /// Number of buffers the kernel holds.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.busy
+    }
+
+    /// Total number of buffers.
+    pub(crate) fn capacity(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tx_pool_cycle() {
+        let mut p = TxPool::new(2, 100);
+        let a = p.take().unwrap();
+        let mut b = p.take().unwrap();
+        assert!(p.take().is_none());
+        assert!(a.buf.capacity() >= 100);
+        b.buf.extend_from_slice(b"hello");
+        let slot = b.slot;
+        assert_eq!(p.park(b), b"hello");
+        assert_eq!(p.in_flight(), 1);
+        assert_eq!(p.parked(slot), Some(&b"hello"[..]));
+        p.put(a);
+        assert!(p.complete(slot));
+        assert!(!p.complete(slot), "a duplicate completion is ignored");
+        assert_eq!(p.in_flight(), 0);
+        let c = p.take().unwrap();
+        assert!(c.buf.is_empty());
+        assert_eq!(p.capacity(), 2);
+    }
+
+    #[test]
+    fn rx_arena_bounds() {
+        let a = RxArena::new(4, 256).unwrap();
+        assert_eq!(a.count(), 4);
+        assert_eq!(a.buf_size(), 256);
+        assert_eq!(a.addr(1) as usize - a.addr(0) as usize, 256);
+        assert_eq!(a.addr(0) as usize % 4096, 0);
+        assert!(a.filled(3, 256).is_some());
+        assert!(a.filled(4, 1).is_none());
+        assert!(a.filled(0, 257).is_none());
+        assert!(RxArena::new(0, 10).is_none());
+        assert!(RxArena::new(usize::MAX, 2).is_none());
+    }
+}

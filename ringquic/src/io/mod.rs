@@ -1,0 +1,176 @@
+//! The backend seam: how the I/O thread talks to the kernel.
+//!
+//! The seam is completion-oriented, whatever the backend underneath:
+//!
+//! * **TX**: the driver takes a free TX buffer ([`IoBackend::take_tx`]), lets quinn-proto write
+//!   one GSO batch straight into it (`Connection::poll_transmit`), and hands it back with
+//!   [`IoBackend::send`]. The buffer returns to the backend's free list when the kernel is done
+//!   with it. When every TX buffer is in flight `take_tx` returns `None`; the driver stops polling
+//!   connections for transmits and resumes on the completion that frees one. There is no unbounded
+//!   queue anywhere on the send path.
+//! * **RX**: [`IoBackend::turn`] submits what is queued, sleeps until a completion, the deadline or
+//!   a wakeup, and hands every received datagram (GRO batches already split by segment size) to a
+//!   callback, together with its [`RecvMeta`].
+//! * **Wakeup**: [`IoBackend::waker`] gives the handle that other threads use to interrupt the
+//!   sleep (an eventfd watched by the ring, or a `mio::Waker`).
+//!
+//! Nothing in this module knows about connections or streams.
+
+use std::{
+    fmt, io,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+    sync::Arc,
+    time::Instant,
+};
+
+use bytes::BytesMut;
+use quinn_proto::{EcnCodepoint, Transmit};
+
+pub(crate) mod bufpool;
+pub(crate) mod poll;
+#[cfg(target_os = "linux")]
+pub(crate) mod cmsg;
+#[cfg(target_os = "linux")]
+pub(crate) mod uring;
+
+/// Which I/O backend an endpoint runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// Linux io_uring: multishot `recvmsg` into a provided-buffer ring, `sendmsg` with GSO.
+    IoUring,
+    /// Portable readiness-based fallback: `quinn-udp` system calls driven by epoll/kqueue/IOCP
+    /// through `mio`.
+    Poll,
+}
+
+impl BackendKind {
+    /// The name used by `RINGQUIC_BACKEND` and the builder: `uring` or `poll`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::IoUring => "uring",
+            BackendKind::Poll => "poll",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = crate::EndpointError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "uring" | "io_uring" | "io-uring" => Ok(BackendKind::IoUring),
+            "poll" | "fallback" => Ok(BackendKind::Poll),
+            _ => Err(crate::EndpointError::UnknownBackend(s.to_owned())),
+        }
+    }
+}
+
+/// Where a received datagram came from and how it arrived.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecvMeta {
+    /// The peer's address (IPv4 peers on a dual-stack socket are reported as IPv4).
+    pub remote: SocketAddr,
+    /// The local address the datagram was sent to (`IP_PKTINFO` / `IPV6_PKTINFO`), if known.
+    pub local_ip: Option<IpAddr>,
+    /// ECN bits from the IP header, if any.
+    pub ecn: Option<EcnCodepoint>,
+}
+
+/// A TX buffer owned by the driver between [`IoBackend::take_tx`] and [`IoBackend::send`]
+/// (or [`IoBackend::put_tx`]).
+///
+/// Ownership is explicit, as in tokio-uring: whoever holds the `TxBuf` may write into it; once it
+/// is given to `send` the backend (and the kernel) own it until the send completes. Moving a
+/// `TxBuf` never moves its heap memory, which is what the kernel points at.
+#[derive(Debug)]
+pub(crate) struct TxBuf {
+    /// Backend-private slot number.
+    pub(crate) slot: u32,
+    /// The bytes to send; cleared when handed out, with at least the capacity the backend
+    /// promised (`IoConfig::tx_buffer_size`).
+    pub(crate) buf: Vec<u8>,
+}
+
+/// Counters kept by a backend, reported through [`crate::EndpointStats`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IoStats {
+    pub datagrams_received: u64,
+    pub bytes_received: u64,
+    pub datagrams_sent: u64,
+    pub bytes_sent: u64,
+    /// Datagrams lost because every receive buffer was in use (`ENOBUFS` on the provided-buffer
+    /// ring) or because a datagram did not fit a buffer (truncated).
+    pub recv_dropped: u64,
+    /// Multishot receives the kernel ended and we re-armed.
+    pub recv_rearms: u64,
+    /// Sends that failed with an error other than "try again" (the datagram is dropped, as a
+    /// lossy network would; QUIC recovers it).
+    pub send_errors: u64,
+    /// Times the driver found every TX buffer in flight.
+    pub tx_exhausted: u64,
+    /// Times a GSO send was refused and the backend fell back to one datagram per send.
+    pub gso_disabled: u64,
+}
+
+/// What a backend needs to know, validated by the builder before the I/O thread starts.
+#[derive(Debug, Clone)]
+pub(crate) struct IoConfig {
+    /// Number of receive buffers (provided-buffer ring entries).
+    pub recv_buffers: usize,
+    /// Bytes per receive buffer, including the backend's headers.
+    pub recv_buffer_size: usize,
+    /// Number of TX buffers.
+    pub tx_buffers: usize,
+    /// Bytes per TX buffer: the largest GSO batch one send may carry.
+    pub tx_buffer_size: usize,
+    /// The largest UDP payload quinn-proto will write (`EndpointConfig::max_udp_payload_size`).
+    pub max_udp_payload: usize,
+}
+
+/// Interrupts the I/O thread's sleep. Implemented by each backend's wakeup primitive.
+pub(crate) trait Wakeup: Send + Sync + 'static {
+    /// Make the I/O thread's current or next sleep return promptly.
+    fn wake(&self);
+}
+
+/// One kernel I/O backend, owned and driven by the I/O thread.
+pub(crate) trait IoBackend {
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+    /// The socket's local address.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+    /// Largest number of datagrams one [`TxBuf`] may carry as a GSO batch (1 without GSO).
+    fn max_gso_segments(&self) -> usize;
+    /// Take a free TX buffer, empty. `None` when every TX buffer is in flight.
+    fn take_tx(&mut self) -> Option<TxBuf>;
+    /// Whether [`IoBackend::take_tx`] would return a buffer now.
+    fn has_free_tx(&self) -> bool;
+    /// Return a TX buffer unused.
+    fn put_tx(&mut self, buf: TxBuf);
+    /// Queue `buf.buf[..transmit.size]` for sending as described by `transmit`. Errors are
+    /// counted, never returned: a datagram that cannot be sent is a lost datagram.
+    fn send(&mut self, buf: TxBuf, transmit: &Transmit);
+    /// Submit what is queued, then wait until there is I/O to report, `deadline` passes (`None`:
+    /// no deadline) or [`Wakeup::wake`] is called, and hand received datagrams to `on_recv`.
+    /// A deadline in the past means "do not sleep". Does a bounded amount of work per call.
+    fn turn(
+        &mut self,
+        deadline: Option<Instant>,
+        on_recv: &mut dyn FnMut(RecvMeta, BytesMut),
+    ) -> io::Result<()>;
+    /// The wakeup handle for other threads.
+    fn waker(&self) -> Arc<dyn Wakeup>;
+    /// Counters.
+    fn stats(&self) -> IoStats;
+    /// Cancel everything in flight and wait until the kernel no longer references any buffer.
+    /// Called once before the backend is dropped; `Drop` must also be safe without it.
+    fn shutdown(&mut self);
+}

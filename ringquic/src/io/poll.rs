@@ -1,0 +1,1044 @@
+//! The portable readiness-based backend: `quinn-udp` system calls driven by `mio`
+//! (epoll on Linux, kqueue on the BSDs and macOS, IOCP-emulated readiness on Windows).
+//!
+//! Design, in short:
+//!
+//! * **Readiness, edge-triggered.** The socket is registered with a [`mio::Poll`]. Readiness is
+//!   reported once per edge, so the backend remembers it: `readable` stays set until a receive
+//!   returns `WouldBlock`, `writable` until a send does. A [`turn`](IoBackend::turn) that stopped
+//!   receiving because of its work bound leaves `readable` set, and the next turn polls with a
+//!   zero timeout instead of sleeping.
+//! * **Receive** uses one preallocated block of memory, split into up to
+//!   [`quinn_udp::BATCH_SIZE`] buffers, each large enough for a whole GRO batch (≤ 64 KiB).
+//!   Every `recvmmsg` batch is copied into one [`BytesMut`] and split per datagram.
+//! * **Send** tries the system call right away. A send that would block is parked in a FIFO,
+//!   which is bounded by construction (it only holds TX buffers, and there are `tx_buffers` of
+//!   them), and flushed, in order, when the socket reports writability. Interest in writability
+//!   is registered only while that FIFO is non-empty: a UDP socket is almost always writable, and
+//!   with permanent write interest every datagram the kernel finishes sending would end the
+//!   sleep of the next turn for nothing.
+//! * **Errors** other than "would block" on send are counted and the datagram is dropped, as a
+//!   lossy network would drop it; QUIC recovers.
+
+use std::{
+    collections::VecDeque,
+    fmt,
+    io::{self, IoSliceMut},
+    net::{IpAddr, SocketAddr, SocketAddrV6},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::BytesMut;
+use mio::{net::UdpSocket, Events, Interest, Poll, Token, Waker};
+use quinn_udp::{UdpSocketState, BATCH_SIZE};
+use tracing::{debug, trace};
+
+use super::{BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup};
+
+/// Token of the UDP socket in the `mio` registry.
+const SOCKET: Token = Token(0);
+/// Token of the [`MioWakeup`] in the `mio` registry.
+const WAKER: Token = Token(1);
+/// Receive system calls per [`IoBackend::turn`] at most (each takes up to `BATCH_SIZE` buffers).
+const MAX_RECV_CALLS_PER_TURN: usize = 32;
+/// No UDP datagram, nor any GRO batch (the kernel caps a coalesced packet below 64 KiB), is
+/// larger than this.
+const MAX_RECV_BUFFER: usize = 64 * 1024;
+/// Bytes one GSO send may carry: the largest UDP payload over IPv4 (the kernel refuses more with
+/// `EMSGSIZE`, for IPv6 too); larger batches are split.
+const MAX_GSO_BYTES: usize = 65_507;
+/// Readiness events taken per poll; there are only two sources.
+const EVENTS_CAPACITY: usize = 8;
+/// Send errors are logged at most once per this interval (the rest are counted).
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// [`Wakeup`] over a [`mio::Waker`] registered with the backend's `Poll`.
+#[derive(Debug)]
+struct MioWakeup(Waker);
+
+impl Wakeup for MioWakeup {
+    fn wake(&self) {
+        if let Err(e) = self.0.wake() {
+            debug!(error = %e, "failed to wake the I/O thread");
+        }
+    }
+}
+
+/// A send that has not (completely) reached the kernel yet.
+#[derive(Debug)]
+struct PendingTx {
+    buf: TxBuf,
+    /// Destination, in the socket's address family.
+    destination: SocketAddr,
+    ecn: Option<quinn_udp::EcnCodepoint>,
+    /// Source address, in the socket's address family.
+    src_ip: Option<IpAddr>,
+    /// Bytes of `buf.buf` to send.
+    len: usize,
+    /// Size of each datagram in the batch; `None` (one datagram) or at least 1.
+    segment_size: Option<usize>,
+    /// Bytes already handed to the kernel (a GSO batch may go out in several system calls after
+    /// GSO was disabled).
+    sent: usize,
+}
+
+/// The portable, readiness-based [`IoBackend`]: a non-blocking UDP socket driven by `mio`, with
+/// `quinn-udp` doing the system calls (GSO/GRO, ECN, packet info, don't-fragment).
+///
+/// All memory is allocated in [`PollBackend::new`]: the receive block, the TX buffers and the
+/// FIFO of pending sends. Nothing on the hot path allocates except the one [`BytesMut`] per
+/// received batch that carries the datagrams to the driver.
+pub(crate) struct PollBackend {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    poll: Poll,
+    events: Events,
+    waker: Arc<MioWakeup>,
+    /// The socket is IPv6 (possibly dual-stack): IPv4 destinations are sent v4-mapped.
+    ipv6: bool,
+    /// Readable edge seen and no `WouldBlock` since: there may be data waiting.
+    readable: bool,
+    /// No `WouldBlock` since the last writable edge (or since start).
+    writable: bool,
+    /// The socket is registered with `WRITABLE` interest too (only while sends are pending).
+    write_interest: bool,
+    /// `shutdown` was called: the socket is deregistered and sends are dropped.
+    closed: bool,
+    /// Receive system calls per turn at most.
+    max_recv_calls: usize,
+    /// `recv_slots` buffers of `recv_slot_size` bytes each, back to back.
+    recv_buf: Vec<u8>,
+    recv_slot_size: usize,
+    recv_slots: usize,
+    recv_meta: [quinn_udp::RecvMeta; BATCH_SIZE],
+    /// Free TX buffers.
+    tx_free: Vec<TxBuf>,
+    /// TX buffers in the pool.
+    tx_count: usize,
+    tx_buffer_size: usize,
+    /// Sends that hit `WouldBlock`, oldest first. Never longer than `tx_count`.
+    pending: VecDeque<PendingTx>,
+    stats: IoStats,
+    last_error_log: Option<Instant>,
+    suppressed_errors: u64,
+}
+
+impl fmt::Debug for PollBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PollBackend")
+            .field("socket", &self.socket)
+            .field("readable", &self.readable)
+            .field("writable", &self.writable)
+            .field("closed", &self.closed)
+            .field("recv_slots", &self.recv_slots)
+            .field("recv_slot_size", &self.recv_slot_size)
+            .field("tx_free", &self.tx_free.len())
+            .field("tx_count", &self.tx_count)
+            .field("pending", &self.pending.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PollBackend {
+    /// Wraps an already bound UDP socket (it is made non-blocking here) and allocates all the
+    /// memory the backend will use.
+    ///
+    /// Receive memory: `min(cfg.recv_buffers, BATCH_SIZE)` buffers (at least one) of
+    /// `max(cfg.recv_buffer_size, gro_segments × cfg.max_udp_payload, cfg.max_udp_payload + 1)`
+    /// bytes each, capped at 64 KiB. TX memory: `cfg.tx_buffers` × `cfg.tx_buffer_size`.
+    pub(crate) fn new(socket: std::net::UdpSocket, cfg: &IoConfig) -> io::Result<Self> {
+        if cfg.tx_buffers == 0 || u32::try_from(cfg.tx_buffers).is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "tx_buffers must be between 1 and u32::MAX",
+            ));
+        }
+        socket.set_nonblocking(true)?;
+        let mut socket = UdpSocket::from_std(socket);
+        let state = UdpSocketState::new((&socket).into())?;
+        let ipv6 = socket.local_addr()?.is_ipv6();
+
+        let poll = Poll::new()?;
+        let waker = Arc::new(MioWakeup(Waker::new(poll.registry(), WAKER)?));
+        poll.registry()
+            .register(&mut socket, SOCKET, Interest::READABLE)?;
+
+        // One datagram of the largest size we accept must fit with room to spare (so a full
+        // buffer means "truncated"), and so must a whole GRO batch.
+        let max_payload = cfg.max_udp_payload.clamp(1, MAX_RECV_BUFFER - 1);
+        let gro_batch = state.gro_segments().max(1).saturating_mul(max_payload);
+        let recv_slot_size = cfg
+            .recv_buffer_size
+            .max(gro_batch)
+            .max(max_payload + 1)
+            .min(MAX_RECV_BUFFER);
+        let recv_slots = cfg.recv_buffers.clamp(1, BATCH_SIZE);
+
+        let tx_free = (0..cfg.tx_buffers)
+            .rev()
+            .map(|slot| TxBuf {
+                // In range: checked above.
+                slot: slot as u32,
+                buf: Vec::with_capacity(cfg.tx_buffer_size),
+            })
+            .collect();
+
+        Ok(Self {
+            socket,
+            state,
+            poll,
+            events: Events::with_capacity(EVENTS_CAPACITY),
+            waker,
+            ipv6,
+            readable: false,
+            writable: true,
+            write_interest: false,
+            closed: false,
+            max_recv_calls: MAX_RECV_CALLS_PER_TURN,
+            recv_buf: vec![0; recv_slots * recv_slot_size],
+            recv_slot_size,
+            recv_slots,
+            recv_meta: [quinn_udp::RecvMeta::default(); BATCH_SIZE],
+            tx_free,
+            tx_count: cfg.tx_buffers,
+            tx_buffer_size: cfg.tx_buffer_size,
+            pending: VecDeque::with_capacity(cfg.tx_buffers),
+            stats: IoStats::default(),
+            last_error_log: None,
+            suppressed_errors: 0,
+        })
+    }
+
+    /// Bytes of receive memory this backend holds.
+    #[cfg(test)]
+    fn recv_memory(&self) -> usize {
+        self.recv_buf.len()
+    }
+
+    /// Return a TX buffer to the free list (emptied, capacity kept).
+    fn recycle(&mut self, mut buf: TxBuf) {
+        if self.tx_free.len() >= self.tx_count {
+            debug!(
+                slot = buf.slot,
+                "TX buffer returned twice or foreign; dropped"
+            );
+            return;
+        }
+        buf.buf.clear();
+        if buf.buf.capacity() < self.tx_buffer_size {
+            buf.buf.reserve(self.tx_buffer_size);
+        }
+        self.tx_free.push(buf);
+    }
+
+    /// Send pending datagrams in order until the FIFO is empty or the socket would block; adjust
+    /// write interest accordingly.
+    fn flush_pending(&mut self) {
+        while let Some(mut p) = self.pending.pop_front() {
+            if self.transmit(&mut p) {
+                self.recycle(p.buf);
+            } else {
+                self.writable = false;
+                self.pending.push_front(p);
+                break;
+            }
+        }
+        self.set_write_interest(!self.pending.is_empty());
+    }
+
+    /// (De)register interest in writability. Only called on transitions between "sends pending"
+    /// and "nothing pending", which are rare.
+    fn set_write_interest(&mut self, on: bool) {
+        if self.write_interest == on || self.closed {
+            return;
+        }
+        let interest = if on {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        match self
+            .poll
+            .registry()
+            .reregister(&mut self.socket, SOCKET, interest)
+        {
+            Ok(()) => self.write_interest = on,
+            Err(e) => {
+                debug!(error = %e, "failed to change the socket's poll interest");
+                // Without a writable edge to wait for, retry the pending sends on every turn.
+                if on {
+                    self.writable = true;
+                }
+            }
+        }
+    }
+
+    /// Hand what is left of `p` to the kernel. `true` when done with it (sent, or dropped on an
+    /// error), `false` when the socket would block (progress is kept in `p.sent`).
+    fn transmit(&mut self, p: &mut PendingTx) -> bool {
+        while p.sent < p.len {
+            let remaining = p.len - p.sent;
+            let max_segments = self.state.max_gso_segments().max(1);
+            // A batch written before GSO was disabled (or larger than the kernel takes) goes out
+            // in several sends.
+            let (chunk, segment_size) = match p.segment_size {
+                Some(seg) if remaining > seg => {
+                    let segments = max_segments.min((MAX_GSO_BYTES / seg).max(1));
+                    let chunk = remaining.min(seg.saturating_mul(segments));
+                    (chunk, (chunk > seg).then_some(seg))
+                }
+                _ => (remaining, None),
+            };
+            let transmit = quinn_udp::Transmit {
+                destination: p.destination,
+                ecn: p.ecn,
+                contents: &p.buf.buf[p.sent..p.sent + chunk],
+                segment_size,
+                src_ip: p.src_ip,
+            };
+            match self.state.try_send((&self.socket).into(), &transmit) {
+                Ok(()) => {
+                    p.sent += chunk;
+                    self.stats.datagrams_sent +=
+                        segment_size.map_or(1, |seg| chunk.div_ceil(seg)) as u64;
+                    self.stats.bytes_sent += chunk as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e)
+                    if segment_size.is_some() && self.state.max_gso_segments() < max_segments =>
+                {
+                    // quinn-udp saw the GSO send refused and lowered the segment count: resend
+                    // the batch in smaller pieces.
+                    self.stats.gso_disabled += 1;
+                    debug!(error = %e, "GSO send refused; falling back to smaller sends");
+                }
+                Err(e) => {
+                    self.stats.send_errors += 1;
+                    self.log_send_error(&e, p.destination, chunk);
+                    return true;
+                }
+            }
+        }
+        true
+    }
+
+    fn log_send_error(&mut self, e: &io::Error, destination: SocketAddr, len: usize) {
+        let now = Instant::now();
+        match self.last_error_log {
+            Some(last) if now.saturating_duration_since(last) < ERROR_LOG_INTERVAL => {
+                self.suppressed_errors += 1;
+            }
+            _ => {
+                debug!(
+                    error = %e,
+                    %destination,
+                    len,
+                    suppressed = self.suppressed_errors,
+                    "send failed; datagram dropped"
+                );
+                self.last_error_log = Some(now);
+                self.suppressed_errors = 0;
+            }
+        }
+    }
+
+    /// Receive until the socket would block or `max_recv_calls` system calls were made (then
+    /// `readable` stays set, so the next turn does not sleep).
+    fn recv_bounded(&mut self, on_recv: &mut dyn FnMut(RecvMeta, BytesMut)) -> io::Result<()> {
+        let slots = self.recv_slots;
+        let slot_size = self.recv_slot_size;
+        let mut chunks = self.recv_buf.chunks_mut(slot_size);
+        let mut bufs: [IoSliceMut<'_>; BATCH_SIZE] =
+            std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+        let bufs = &mut bufs[..slots];
+        let metas = &mut self.recv_meta[..slots];
+
+        for _ in 0..self.max_recv_calls {
+            let count = match self.state.recv((&self.socket).into(), bufs, metas) {
+                Ok(count) => count.min(slots),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return Ok(());
+                }
+                Err(e) if is_transient_recv_error(&e) => {
+                    // ICMP feedback about an earlier send (Windows reports it on unconnected
+                    // sockets); nothing was received.
+                    trace!(error = %e, "ignoring receive error");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+
+            let total: usize = metas[..count].iter().map(|m| m.len.min(slot_size)).sum();
+            let mut batch = BytesMut::with_capacity(total);
+            for (buf, meta) in bufs[..count].iter().zip(metas[..count].iter()) {
+                batch.extend_from_slice(&buf[..meta.len.min(slot_size)]);
+            }
+
+            for meta in metas[..count].iter() {
+                let len = meta.len.min(slot_size);
+                let mut data = batch.split_to(len);
+                if len == 0 {
+                    continue;
+                }
+                let stride = if meta.stride == 0 || meta.stride > len {
+                    len
+                } else {
+                    meta.stride
+                };
+                // A full buffer holding a lone datagram (larger than max_udp_payload) or ending
+                // in a short segment may have been cut by the kernel: drop that last datagram.
+                let drop_last = len >= slot_size && (stride == len || len % stride != 0);
+                let recv_meta = RecvMeta {
+                    remote: canonical_addr(meta.addr),
+                    local_ip: meta.dst_ip.map(canonical_ip),
+                    ecn: meta
+                        .ecn
+                        .and_then(|ecn| quinn_proto::EcnCodepoint::from_bits(ecn as u8)),
+                };
+                while !data.is_empty() {
+                    let datagram = if data.len() > stride {
+                        data.split_to(stride)
+                    } else {
+                        std::mem::take(&mut data)
+                    };
+                    if drop_last && data.is_empty() {
+                        self.stats.recv_dropped += 1;
+                        trace!(remote = %recv_meta.remote, "dropping a truncated datagram");
+                        break;
+                    }
+                    self.stats.datagrams_received += 1;
+                    self.stats.bytes_received += datagram.len() as u64;
+                    on_recv(recv_meta, datagram);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl IoBackend for PollBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Poll
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    fn max_gso_segments(&self) -> usize {
+        self.state.max_gso_segments().max(1)
+    }
+
+    fn take_tx(&mut self) -> Option<TxBuf> {
+        match self.tx_free.pop() {
+            Some(mut buf) => {
+                buf.buf.clear();
+                Some(buf)
+            }
+            None => {
+                self.stats.tx_exhausted += 1;
+                None
+            }
+        }
+    }
+
+    fn has_free_tx(&self) -> bool {
+        !self.tx_free.is_empty()
+    }
+
+    fn put_tx(&mut self, buf: TxBuf) {
+        self.recycle(buf);
+    }
+
+    /// Sends right away if the socket is writable and nothing is queued before; otherwise (or on
+    /// `WouldBlock`) the buffer waits in the FIFO for the next writable edge.
+    fn send(&mut self, buf: TxBuf, transmit: &quinn_proto::Transmit) {
+        if self.closed {
+            self.recycle(buf);
+            return;
+        }
+        let len = transmit.size.min(buf.buf.len());
+        if len < transmit.size {
+            debug!(
+                size = transmit.size,
+                len = buf.buf.len(),
+                "transmit larger than its buffer; sending what is there"
+            );
+        }
+        let pending = PendingTx {
+            destination: addr_for_socket(transmit.destination, self.ipv6),
+            ecn: transmit
+                .ecn
+                .and_then(|ecn| quinn_udp::EcnCodepoint::from_bits(ecn as u8)),
+            src_ip: transmit.src_ip.map(|ip| ip_for_socket(ip, self.ipv6)),
+            len,
+            segment_size: transmit.segment_size.filter(|&seg| seg > 0),
+            sent: 0,
+            buf,
+        };
+        self.pending.push_back(pending);
+        if self.writable {
+            self.flush_pending();
+        } else {
+            self.set_write_interest(true);
+        }
+    }
+
+    /// Flushes pending sends, sleeps in `mio::Poll::poll` (zero timeout if received data may be
+    /// left over or the deadline has passed), then receives at most
+    /// `MAX_RECV_CALLS_PER_TURN` batches and flushes again if the socket became writable.
+    /// An interrupted poll (`EINTR`) is a turn where nothing happened.
+    fn turn(
+        &mut self,
+        deadline: Option<Instant>,
+        on_recv: &mut dyn FnMut(RecvMeta, BytesMut),
+    ) -> io::Result<()> {
+        if self.writable && !self.pending.is_empty() {
+            self.flush_pending();
+        }
+
+        let timeout = if self.readable {
+            Some(Duration::ZERO)
+        } else {
+            deadline.map(|d| d.saturating_duration_since(Instant::now()))
+        };
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        for event in self.events.iter() {
+            // WAKER events need no handling: returning from the turn is the point.
+            if event.token() == SOCKET && !self.closed {
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    self.readable = true;
+                }
+                if event.is_writable() || event.is_write_closed() || event.is_error() {
+                    self.writable = true;
+                }
+            }
+        }
+
+        if self.readable {
+            self.recv_bounded(on_recv)?;
+        }
+        if self.writable && !self.pending.is_empty() {
+            self.flush_pending();
+        }
+        Ok(())
+    }
+
+    fn waker(&self) -> Arc<dyn Wakeup> {
+        self.waker.clone()
+    }
+
+    fn stats(&self) -> IoStats {
+        self.stats
+    }
+
+    /// Drops pending sends (returning their buffers) and deregisters the socket. Nothing is in
+    /// the kernel's hands between system calls, so there is nothing to wait for.
+    fn shutdown(&mut self) {
+        if self.closed {
+            return;
+        }
+        while let Some(p) = self.pending.pop_front() {
+            self.recycle(p.buf);
+        }
+        if let Err(e) = self.poll.registry().deregister(&mut self.socket) {
+            debug!(error = %e, "failed to deregister the socket");
+        }
+        self.closed = true;
+        self.readable = false;
+        self.writable = false;
+        self.write_interest = false;
+    }
+}
+
+/// Receive errors that say nothing about the socket itself (ICMP feedback).
+fn is_transient_recv_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}
+
+/// IPv4 peers on a dual-stack socket are reported as IPv4.
+fn canonical_addr(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// The address to give the kernel: v4-mapped on an IPv6 socket, plain IPv4 on an IPv4 socket.
+fn addr_for_socket(addr: SocketAddr, ipv6: bool) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) if ipv6 => {
+            SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+        }
+        SocketAddr::V6(_) if !ipv6 => canonical_addr(addr),
+        _ => addr,
+    }
+}
+
+fn ip_for_socket(ip: IpAddr, ipv6: bool) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) if ipv6 => IpAddr::V6(v4.to_ipv6_mapped()),
+        IpAddr::V6(_) if !ipv6 => canonical_ip(ip),
+        _ => ip,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{Ipv4Addr, Ipv6Addr},
+        sync::mpsc,
+        thread,
+    };
+
+    use quinn_proto::{EcnCodepoint, Transmit};
+
+    use super::*;
+
+    const MAX_ITERATIONS: usize = 1000;
+    const MAX_WAIT: Duration = Duration::from_secs(2);
+
+    fn config() -> IoConfig {
+        IoConfig {
+            recv_buffers: 64,
+            recv_buffer_size: 2048,
+            tx_buffers: 8,
+            tx_buffer_size: 16 * 1024,
+            max_udp_payload: 1472,
+        }
+    }
+
+    fn bind(addr: &str) -> io::Result<PollBackend> {
+        PollBackend::new(std::net::UdpSocket::bind(addr)?, &config())
+    }
+
+    fn transmit(
+        backend: &mut PollBackend,
+        destination: SocketAddr,
+        payload: &[u8],
+        segment_size: Option<usize>,
+        ecn: Option<EcnCodepoint>,
+    ) {
+        let mut buf = backend.take_tx().expect("a free TX buffer");
+        assert!(buf.buf.is_empty());
+        assert!(buf.buf.capacity() >= config().tx_buffer_size);
+        buf.buf.extend_from_slice(payload);
+        let transmit = Transmit {
+            destination,
+            ecn,
+            size: payload.len(),
+            segment_size,
+            src_ip: None,
+        };
+        backend.send(buf, &transmit);
+    }
+
+    /// Turns `backend` until `n` datagrams arrived (bounded in time and iterations).
+    fn receive(backend: &mut PollBackend, n: usize) -> Vec<(RecvMeta, BytesMut)> {
+        let mut received = Vec::new();
+        let end = Instant::now() + MAX_WAIT;
+        for _ in 0..MAX_ITERATIONS {
+            if received.len() >= n || Instant::now() >= end {
+                break;
+            }
+            let deadline = (Instant::now() + Duration::from_millis(50)).min(end);
+            backend
+                .turn(Some(deadline), &mut |meta, data| {
+                    received.push((meta, data))
+                })
+                .expect("turn");
+        }
+        assert_eq!(received.len(), n, "datagrams received");
+        received
+    }
+
+    fn payload(tag: u8, len: usize) -> Vec<u8> {
+        (0..len).map(|i| tag.wrapping_add(i as u8)).collect()
+    }
+
+    #[test]
+    fn datagrams_of_many_sizes_arrive() {
+        let mut a = bind("127.0.0.1:0").unwrap();
+        let mut b = bind("127.0.0.1:0").unwrap();
+        assert_eq!(a.kind(), BackendKind::Poll);
+        assert!(a.max_gso_segments() >= 1);
+        let a_addr = a.local_addr().unwrap();
+        let b_addr = b.local_addr().unwrap();
+        let sizes = [1, 10, 100, 200, 500, 700, 1000, 1200, 1350, 1472];
+
+        for (i, &len) in sizes.iter().enumerate() {
+            let data = payload(i as u8, len);
+            transmit(&mut a, b_addr, &data, None, Some(EcnCodepoint::Ect0));
+        }
+        let received = receive(&mut b, sizes.len());
+
+        let mut seen = [false; 10];
+        for (meta, data) in &received {
+            let i = usize::from(data[0]);
+            assert!(i < sizes.len() && !seen[i], "unexpected datagram {i}");
+            seen[i] = true;
+            assert_eq!(&data[..], &payload(i as u8, sizes[i])[..]);
+            assert_eq!(meta.remote, a_addr);
+            if let Some(ip) = meta.local_ip {
+                assert_eq!(ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
+            }
+            if cfg!(target_os = "linux") {
+                assert_eq!(meta.ecn, Some(EcnCodepoint::Ect0));
+            }
+        }
+        let total: u64 = sizes.iter().map(|&s| s as u64).sum();
+        let (sa, sb) = (a.stats(), b.stats());
+        assert_eq!(sa.datagrams_sent, 10);
+        assert_eq!(sa.bytes_sent, total);
+        assert_eq!(sa.send_errors, 0);
+        assert_eq!(sb.datagrams_received, 10);
+        assert_eq!(sb.bytes_received, total);
+        assert_eq!(sb.recv_dropped, 0);
+        // Every buffer came back.
+        assert_eq!(a.tx_free.len(), config().tx_buffers);
+    }
+
+    #[test]
+    fn gso_batch_arrives_as_separate_datagrams() {
+        let mut a = bind("127.0.0.1:0").unwrap();
+        let mut b = bind("127.0.0.1:0").unwrap();
+        let b_addr = b.local_addr().unwrap();
+        let batch: Vec<u8> = (0..5u8).flat_map(|i| payload(i * 40, 1200)).collect();
+        transmit(&mut a, b_addr, &batch, Some(1200), None);
+
+        let received = receive(&mut b, 5);
+        let mut seen = [false; 5];
+        for (meta, data) in &received {
+            assert_eq!(data.len(), 1200);
+            assert_eq!(meta.remote, a.local_addr().unwrap());
+            let i = usize::from(data[0] / 40);
+            assert!(i < 5 && !seen[i]);
+            seen[i] = true;
+            assert_eq!(&data[..], &batch[i * 1200..(i + 1) * 1200]);
+        }
+        assert_eq!(a.stats().datagrams_sent, 5);
+        assert_eq!(a.stats().bytes_sent, 6000);
+        assert_eq!(b.stats().datagrams_received, 5);
+    }
+
+    #[test]
+    fn gso_batch_over_64k_is_split() {
+        let mut cfg = config();
+        cfg.tx_buffer_size = 64 * 1024;
+        let mut a =
+            PollBackend::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), &cfg).unwrap();
+        let mut b = bind("127.0.0.1:0").unwrap();
+        let b_addr = b.local_addr().unwrap();
+        // 64 × 1024 = 65536 bytes: more than one UDP send may carry.
+        let batch: Vec<u8> = (0..64u8).flat_map(|i| payload(i, 1024)).collect();
+        transmit(&mut a, b_addr, &batch, Some(1024), None);
+        assert_eq!(a.stats().send_errors, 0);
+        assert_eq!(a.stats().datagrams_sent, 64);
+        assert_eq!(a.stats().bytes_sent, 65536);
+
+        let mut seen = [false; 64];
+        for (_, data) in receive(&mut b, 64) {
+            assert_eq!(data.len(), 1024);
+            let i = usize::from(data[0]);
+            assert!(!seen[i]);
+            seen[i] = true;
+            assert_eq!(&data[..], &batch[i * 1024..(i + 1) * 1024]);
+        }
+    }
+
+    #[test]
+    fn waker_interrupts_an_unbounded_turn() {
+        let mut backend = bind("127.0.0.1:0").unwrap();
+        let waker = backend.waker();
+        let (done_tx, done_rx) = mpsc::channel();
+        let io_thread = thread::spawn(move || {
+            let start = Instant::now();
+            let result = backend.turn(None, &mut |_, _| {});
+            let _ = done_tx.send((result.is_ok(), start.elapsed()));
+        });
+        thread::sleep(Duration::from_millis(100));
+        waker.wake();
+        let (ok, _elapsed) = done_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("turn(None) returned after wake()");
+        assert!(ok);
+        io_thread.join().unwrap();
+    }
+
+    #[test]
+    fn tx_pool_exhaustion() {
+        let mut backend = bind("127.0.0.1:0").unwrap();
+        let n = config().tx_buffers;
+        let mut taken: Vec<TxBuf> = (0..n).map(|_| backend.take_tx().unwrap()).collect();
+        let mut slots: Vec<u32> = taken.iter().map(|b| b.slot).collect();
+        slots.sort_unstable();
+        assert_eq!(slots, (0..n as u32).collect::<Vec<_>>());
+        assert!(backend.take_tx().is_none());
+        assert!(backend.take_tx().is_none());
+        assert_eq!(backend.stats().tx_exhausted, 2);
+
+        let mut buf = taken.pop().unwrap();
+        buf.buf.extend_from_slice(b"scribbled on");
+        let slot = buf.slot;
+        backend.put_tx(buf);
+        let again = backend.take_tx().expect("a buffer after put_tx");
+        assert_eq!(again.slot, slot);
+        assert!(again.buf.is_empty());
+        assert!(backend.take_tx().is_none());
+        for buf in taken.into_iter().chain(Some(again)) {
+            backend.put_tx(buf);
+        }
+        assert_eq!(backend.tx_free.len(), n);
+    }
+
+    #[test]
+    fn ipv6_round_trip() {
+        let (mut a, mut b) = match (bind("[::1]:0"), bind("[::1]:0")) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => {
+                eprintln!("IPv6 loopback unavailable; skipping");
+                return;
+            }
+        };
+        let a_addr = a.local_addr().unwrap();
+        let b_addr = b.local_addr().unwrap();
+        transmit(&mut a, b_addr, b"ping over v6", None, None);
+        let (meta, data) = receive(&mut b, 1).pop().unwrap();
+        assert_eq!(&data[..], b"ping over v6");
+        assert_eq!(meta.remote, a_addr);
+        if let Some(ip) = meta.local_ip {
+            assert_eq!(ip, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        }
+
+        transmit(&mut b, meta.remote, b"pong", None, None);
+        let (meta, data) = receive(&mut a, 1).pop().unwrap();
+        assert_eq!(&data[..], b"pong");
+        assert_eq!(meta.remote, b_addr);
+    }
+
+    #[test]
+    fn dual_stack_reports_and_accepts_ipv4() {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        );
+        let Ok(socket) = socket else {
+            eprintln!("no IPv6 sockets; skipping");
+            return;
+        };
+        let any: SocketAddr = (Ipv6Addr::UNSPECIFIED, 0).into();
+        if socket.set_only_v6(false).is_err() || socket.bind(&any.into()).is_err() {
+            eprintln!("no dual-stack sockets; skipping");
+            return;
+        }
+        let mut server = PollBackend::new(socket.into(), &config()).unwrap();
+        let port = server.local_addr().unwrap().port();
+        let mut client = bind("127.0.0.1:0").unwrap();
+        let client_addr = client.local_addr().unwrap();
+
+        transmit(
+            &mut client,
+            (Ipv4Addr::LOCALHOST, port).into(),
+            b"hello",
+            None,
+            None,
+        );
+        let (meta, data) = receive(&mut server, 1).pop().unwrap();
+        assert_eq!(&data[..], b"hello");
+        assert_eq!(meta.remote, client_addr, "reported as IPv4");
+        if let Some(ip) = meta.local_ip {
+            assert_eq!(ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+
+        transmit(&mut server, meta.remote, b"hi", None, None);
+        let (meta, data) = receive(&mut client, 1).pop().unwrap();
+        assert_eq!(&data[..], b"hi");
+        assert_eq!(meta.remote, (Ipv4Addr::LOCALHOST, port).into());
+        assert_eq!(server.stats().send_errors, 0);
+    }
+
+    #[test]
+    fn send_error_is_counted_and_buffer_returned() {
+        let mut a = bind("127.0.0.1:0").unwrap();
+        // An IPv6 destination on an IPv4 socket cannot be sent to.
+        let v6: SocketAddr = (Ipv6Addr::LOCALHOST, 9).into();
+        transmit(&mut a, v6, b"nowhere", None, None);
+        transmit(&mut a, v6, b"nowhere again", None, None);
+        let stats = a.stats();
+        assert_eq!(stats.send_errors, 2);
+        assert_eq!(stats.datagrams_sent, 0);
+        assert_eq!(a.tx_free.len(), config().tx_buffers);
+        assert!(a.pending.is_empty());
+    }
+
+    #[test]
+    fn sending_does_not_end_the_next_sleep() {
+        let mut a = bind("127.0.0.1:0").unwrap();
+        let b = bind("127.0.0.1:0").unwrap();
+        let b_addr = b.local_addr().unwrap();
+        for i in 0..5 {
+            transmit(&mut a, b_addr, &payload(i, 100), None, None);
+        }
+        let start = Instant::now();
+        let mut calls = 0;
+        a.turn(Some(start + Duration::from_millis(200)), &mut |_, _| {
+            calls += 1
+        })
+        .unwrap();
+        assert_eq!(calls, 0);
+        assert!(
+            start.elapsed() >= Duration::from_millis(150),
+            "turn returned early after {:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn blocked_sends_wait_in_order_for_the_writable_edge() {
+        let mut a = bind("127.0.0.1:0").unwrap();
+        let mut b = bind("127.0.0.1:0").unwrap();
+        let b_addr = b.local_addr().unwrap();
+        // Pretend the last send hit WouldBlock (loopback never pushes back).
+        a.writable = false;
+        for i in 1..=3u8 {
+            transmit(
+                &mut a,
+                b_addr,
+                &payload(i, 100 * usize::from(i)),
+                None,
+                None,
+            );
+        }
+        assert_eq!(a.pending.len(), 3);
+        assert_eq!(a.tx_free.len(), config().tx_buffers - 3);
+        assert!(a.write_interest);
+        assert_eq!(a.stats().datagrams_sent, 0);
+
+        // The socket is writable, so registering interest produces an edge at once.
+        let start = Instant::now();
+        a.turn(Some(start + MAX_WAIT), &mut |_, _| {}).unwrap();
+        assert!(start.elapsed() < Duration::from_secs(1), "no writable edge");
+        assert!(a.pending.is_empty());
+        assert!(!a.write_interest);
+        assert_eq!(a.tx_free.len(), config().tx_buffers);
+        assert_eq!(a.stats().datagrams_sent, 3);
+
+        let lens: Vec<usize> = receive(&mut b, 3).iter().map(|(_, d)| d.len()).collect();
+        assert_eq!(lens, [100, 200, 300]);
+    }
+
+    #[test]
+    fn leftover_readable_data_is_received_without_sleeping() {
+        let mut a = bind("127.0.0.1:0").unwrap();
+        let mut cfg = config();
+        cfg.recv_buffers = 1;
+        let mut b =
+            PollBackend::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), &cfg).unwrap();
+        b.max_recv_calls = 1;
+        let b_addr = b.local_addr().unwrap();
+        // Different sizes, so that GRO cannot coalesce them.
+        for i in 1..=5u8 {
+            transmit(
+                &mut a,
+                b_addr,
+                &payload(i, usize::from(i) * 100),
+                None,
+                None,
+            );
+        }
+        let mut received = Vec::new();
+        for _ in 0..20 {
+            if received.len() == 5 {
+                break;
+            }
+            let start = Instant::now();
+            b.turn(Some(start + Duration::from_secs(3)), &mut |_, data| {
+                received.push(data.len())
+            })
+            .unwrap();
+            assert!(start.elapsed() < Duration::from_secs(1), "turn slept");
+        }
+        assert_eq!(received, [100, 200, 300, 400, 500]);
+    }
+
+    #[test]
+    fn deadline_in_the_past_does_not_sleep() {
+        let mut backend = bind("127.0.0.1:0").unwrap();
+        let start = Instant::now();
+        let past = start.checked_sub(Duration::from_secs(1)).unwrap_or(start);
+        backend.turn(Some(past), &mut |_, _| {}).unwrap();
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn receive_memory_holds_a_gro_batch() {
+        let backend = bind("127.0.0.1:0").unwrap();
+        let cfg = config();
+        let slot = backend.recv_slot_size;
+        assert!(slot > cfg.max_udp_payload && slot <= MAX_RECV_BUFFER);
+        let gro = backend.state.gro_segments() * cfg.max_udp_payload;
+        assert!(slot >= gro.min(MAX_RECV_BUFFER));
+        assert_eq!(
+            backend.recv_memory(),
+            cfg.recv_buffers.clamp(1, BATCH_SIZE) * slot
+        );
+    }
+
+    #[test]
+    fn shutdown_returns_buffers_and_drops_sends() {
+        let mut a = bind("127.0.0.1:0").unwrap();
+        let b_addr = bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let held = a.take_tx().unwrap();
+        a.shutdown();
+        transmit(&mut a, b_addr, b"after shutdown", None, None);
+        assert_eq!(a.stats().datagrams_sent, 0);
+        a.put_tx(held);
+        assert_eq!(a.tx_free.len(), config().tx_buffers);
+        // A turn after shutdown still honours its deadline.
+        let deadline = Instant::now() + Duration::from_millis(10);
+        a.turn(Some(deadline), &mut |_, _| {}).unwrap();
+        a.shutdown();
+    }
+
+    #[test]
+    fn address_mapping() {
+        let v4: SocketAddr = (Ipv4Addr::new(192, 0, 2, 1), 443).into();
+        let mapped: SocketAddr = (Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped(), 443).into();
+        assert_eq!(canonical_addr(mapped), v4);
+        assert_eq!(addr_for_socket(v4, true), mapped);
+        assert_eq!(addr_for_socket(mapped, false), v4);
+        assert_eq!(addr_for_socket(v4, false), v4);
+        let v6: SocketAddr = (Ipv6Addr::LOCALHOST, 443).into();
+        assert_eq!(canonical_addr(v6), v6);
+        assert_eq!(addr_for_socket(v6, true), v6);
+        assert_eq!(
+            ip_for_socket(Ipv4Addr::LOCALHOST.into(), true),
+            IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped())
+        );
+    }
+}

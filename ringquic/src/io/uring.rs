@@ -1,0 +1,591 @@
+//! The Linux io_uring backend.
+//!
+//! ```text
+//!          provided-buffer ring (bgid 0)              TX slots (TxPool + SendSlot)
+//!   ┌──────────────────────────────────┐       ┌───────────────────────────────────┐
+//!   │ RxArena: N buffers, each          │       │ slot i: msghdr ─► iovec ─► Vec<u8> │
+//!   │ [recvmsg_out|name|control|payload]│       │         name (dest), control (GSO, │
+//!   └──────────────▲───────────────────┘       │         ECN, src ip)                │
+//!     recycle bid  │  kernel picks a buffer    └──────────────┬────────────────────┘
+//!                  │                                          │ SENDMSG (user_data SEND|i)
+//!   RECVMSG multishot (user_data RECV) ──► CQE(bid, len) ──► split GRO ──► on_recv(meta, BytesMut)
+//!   POLL_ADD multishot on the eventfd (user_data WAKE) ──► CQE ──► read eventfd, loop turns
+//! ```
+//!
+//! * One multishot `recvmsg` stays armed on the socket; every completion names the provided
+//!   buffer the kernel filled. We parse it (`RecvMsgOut`), copy the payload once into a
+//!   `BytesMut` for quinn-proto, and put the buffer straight back into the ring. When the kernel
+//!   ends the multishot (ENOBUFS while every buffer was in use, or any other reason) we re-arm
+//!   it on the next turn and count the drop.
+//! * Sends go out as `sendmsg` with `UDP_SEGMENT` (GSO), ECN and the source address. A slot's
+//!   `msghdr`, name, control and data stay put until its completion arrives. If the kernel
+//!   refuses GSO at run time (EIO), later sends carry one datagram each.
+//! * The eventfd is the application's wakeup: [`EventFdWaker::wake`] writes it, the ring's
+//!   multishot poll completes, `io_uring_enter` returns.
+//! * Shutdown cancels the receive and the poll, waits (bounded) until every operation has
+//!   completed, unregisters the buffer ring and only then frees memory. If the kernel does not
+//!   give everything back in time the memory is leaked on purpose: leaking is safe, freeing
+//!   memory the kernel may still write is not.
+
+use std::{
+    io,
+    net::SocketAddr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::{atomic::AtomicU16, atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use bytes::BytesMut;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use quinn_proto::Transmit;
+use tracing::{debug, warn};
+
+use super::{
+    bufpool::{RxArena, TxPool},
+    cmsg::{self, SendCmsgs},
+    BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
+};
+
+const RECV: u64 = 1 << 56;
+const SEND: u64 = 2 << 56;
+const WAKE: u64 = 3 << 56;
+const CANCEL: u64 = 4 << 56;
+const KIND_MASK: u64 = 0xff << 56;
+const BGID: u16 = 0;
+/// `sizeof(struct io_uring_recvmsg_out)`.
+const RECVMSG_OUT: usize = 16;
+/// Room for a `sockaddr_in6`.
+const NAME_LEN: usize = std::mem::size_of::<libc::sockaddr_in6>();
+/// Room for GRO, packet info (v4 or v6) and TOS/TCLASS, with slack.
+const CONTROL_LEN: usize = 128;
+/// Most completions handled per turn, so the driver gets control back regularly.
+const CQE_BOUND: usize = 1024;
+
+/// Headroom every receive buffer needs before the payload.
+pub(crate) const RECV_HEADROOM: usize = RECVMSG_OUT + NAME_LEN + CONTROL_LEN;
+
+/// Open a ring, or say why not. ENOSYS, EPERM (seccomp, `kernel.io_uring_disabled`) and the like
+/// make the endpoint fall back to the poll backend.
+pub(crate) fn open_ring(cfg: &IoConfig) -> io::Result<IoUring> {
+    let sq = (cfg.tx_buffers + 16).next_power_of_two().clamp(64, 4096) as u32;
+    let cq = (cfg.recv_buffers * 2 + cfg.tx_buffers * 2 + 64).next_power_of_two().clamp(256, 65536) as u32;
+    // Newest flags first; older kernels reject them with EINVAL.
+    match IoUring::builder().setup_cqsize(cq).setup_coop_taskrun().setup_single_issuer().build(sq) {
+        Ok(r) => Ok(r),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder().setup_cqsize(cq).build(sq),
+        Err(e) => Err(e),
+    }
+}
+
+/// The application's wakeup: an eventfd the ring polls.
+pub(crate) struct EventFdWaker {
+    fd: OwnedFd,
+}
+
+impl Wakeup for EventFdWaker {
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own. A failure (EAGAIN when
+        // the counter would overflow) means a wakeup is already pending, which is all we want.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+impl EventFdWaker {
+    fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; the returned descriptor is checked and then owned.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from a non-blocking eventfd we own.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+/// The kernel-visible parts of one TX slot. Boxed in a slice that never moves or resizes, so
+/// the pointers inside stay valid while a send is in flight.
+struct SendSlot {
+    msg: libc::msghdr,
+    iov: libc::iovec,
+    name: socket2::SockAddr,
+    control: [u8; cmsg::SEND_SPACE],
+    /// GSO segment size of the batch in flight, `None` for a single datagram.
+    segment: Option<usize>,
+}
+
+/// The shared-memory ring of provided buffers (`IORING_REGISTER_PBUF_RING`).
+struct BufRing {
+    entries: *mut types::BufRingEntry,
+    layout: std::alloc::Layout,
+    mask: u16,
+    /// Our copy of the tail; published to the kernel with a release store.
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(entries: u16) -> io::Result<Self> {
+        let layout = std::alloc::Layout::from_size_align(
+            entries as usize * std::mem::size_of::<types::BufRingEntry>(),
+            4096,
+        )
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "buffer ring too large"))?;
+        // SAFETY: non-zero size (entries ≥ 1, checked by the caller).
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut types::BufRingEntry;
+        if ptr.is_null() {
+            return Err(io::Error::new(io::ErrorKind::OutOfMemory, "buffer ring allocation failed"));
+        }
+        Ok(Self { entries: ptr, layout, mask: entries - 1, tail: 0 })
+    }
+
+    /// Queue buffer `bid` (of `arena`) for the kernel; visible after [`BufRing::publish`].
+    fn push(&mut self, arena: &RxArena, bid: u16) {
+        let idx = (self.tail & self.mask) as usize;
+        // SAFETY: idx ≤ mask < entries, inside the allocation. The kernel only reads entries
+        // between its head and our published tail, and this one is past the published tail.
+        let e = unsafe { &mut *self.entries.add(idx) };
+        e.set_addr(arena.addr(bid as usize) as u64);
+        e.set_len(arena.buf_size() as u32);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        // SAFETY: `tail` points at the ring header's tail field inside our allocation, which
+        // is 2-byte aligned; the kernel reads it concurrently, hence the atomic release store.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.entries) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; dropped only after unregistering (or
+        // leaked by `UringBackend::drop` when the kernel might still read it).
+        unsafe { std::alloc::dealloc(self.entries.cast(), self.layout) }
+    }
+}
+
+/// The io_uring backend. Lives on the I/O thread.
+pub(crate) struct UringBackend {
+    // Declared first: dropped (ring fd closed) before the memory below.
+    ring: IoUring,
+    socket: std::net::UdpSocket,
+    socket_is_v6: bool,
+    waker: Arc<EventFdWaker>,
+    recv_msg: Box<libc::msghdr>,
+    buf_ring: Option<BufRing>,
+    rx: Option<RxArena>,
+    tx: TxPool,
+    slots: Box<[SendSlot]>,
+    recv_armed: bool,
+    wake_armed: bool,
+    cancels_in_flight: usize,
+    gso_segments: usize,
+    gro: bool,
+    stats: IoStats,
+    cqes: Vec<cqueue::Entry>,
+    shut_down: bool,
+}
+
+impl UringBackend {
+    /// Set up the socket options, the buffer pools and the buffer ring, and arm the receive.
+    pub(crate) fn new(ring: IoUring, socket: std::net::UdpSocket, cfg: &IoConfig) -> Result<Self, crate::EndpointError> {
+        let payload_room = cfg.recv_buffer_size.saturating_sub(RECV_HEADROOM);
+        // GRO can hand us up to 64 KiB at once; with smaller buffers it would truncate.
+        let features = cmsg::configure_socket(&socket, payload_room >= u16::MAX as usize)?;
+        let io_err = |what: &'static str| move |source: io::Error| crate::EndpointError::Backend { what, source };
+        let entries = u16::try_from(cfg.recv_buffers.next_power_of_two())
+            .ok()
+            .filter(|n| *n <= 32768)
+            .ok_or(crate::EndpointError::Config("recv_buffers must be at most 32768"))?;
+        let rx = RxArena::new(entries as usize, cfg.recv_buffer_size)
+            .ok_or(crate::EndpointError::Config("receive buffer pool could not be allocated"))?;
+        let mut buf_ring = BufRing::new(entries).map_err(io_err("provided-buffer ring"))?;
+        // SAFETY: the ring memory is page-aligned, holds `entries` entries and lives in
+        // `self.buf_ring` until after `unregister_buf_ring` (see `shutdown`/`Drop`).
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(buf_ring.entries as u64, entries, BGID, 0)
+                .map_err(io_err("IORING_REGISTER_PBUF_RING"))?;
+        }
+        for bid in 0..entries {
+            buf_ring.push(&rx, bid);
+        }
+        buf_ring.publish();
+
+        let waker = Arc::new(EventFdWaker::new().map_err(io_err("eventfd"))?);
+        let socket_is_v6 = socket.local_addr().map_err(io_err("getsockname"))?.is_ipv6();
+        // SAFETY: msghdr is plain old data; all-zero is a valid (empty) value.
+        let mut recv_msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        recv_msg.msg_namelen = NAME_LEN as libc::socklen_t;
+        recv_msg.msg_controllen = CONTROL_LEN;
+        let slots = (0..cfg.tx_buffers)
+            .map(|_| SendSlot {
+                // SAFETY: as above, zeroed msghdr/iovec are valid empty values.
+                msg: unsafe { std::mem::zeroed() },
+                // SAFETY: as above.
+                iov: unsafe { std::mem::zeroed() },
+                name: socket2::SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0))),
+                control: [0; cmsg::SEND_SPACE],
+                segment: None,
+            })
+            .collect();
+        debug!(gro = features.gro, gso = features.gso_segments, entries, "io_uring backend ready");
+        let mut this = Self {
+            ring,
+            socket,
+            socket_is_v6,
+            waker,
+            recv_msg,
+            buf_ring: Some(buf_ring),
+            rx: Some(rx),
+            tx: TxPool::new(cfg.tx_buffers, cfg.tx_buffer_size),
+            slots,
+            recv_armed: false,
+            wake_armed: false,
+            cancels_in_flight: 0,
+            gso_segments: features.gso_segments,
+            gro: features.gro,
+            stats: IoStats::default(),
+            cqes: Vec::with_capacity(CQE_BOUND),
+            shut_down: false,
+        };
+        this.arm_recv();
+        this.arm_wake();
+        this.ring.submit().map_err(io_err("io_uring_enter"))?;
+        Ok(this)
+    }
+
+    /// Whether GRO is on for this socket.
+    #[allow(dead_code)]
+    pub(crate) fn gro(&self) -> bool {
+        self.gro
+    }
+
+    fn fd(&self) -> types::Fd {
+        types::Fd(self.socket.as_raw_fd())
+    }
+
+    /// Push an SQE, submitting first if the submission queue is full.
+    fn push(&mut self, sqe: squeue::Entry) {
+        loop {
+            // SAFETY: every SQE we build points only at memory owned by `self` (the recv
+            // msghdr, a parked TX slot, the eventfd) that stays alive and unmoved until its
+            // completion is reaped; `shutdown` waits for all of them before anything is freed.
+            if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
+                return;
+            }
+            if let Err(e) = self.ring.submit() {
+                // EBUSY: the completion queue is backed up; reaping happens in `turn`. Any other
+                // error: nothing better to do than retry after reaping.
+                debug!("submit while SQ full: {e}");
+                self.reap_into_buffer();
+            }
+        }
+    }
+
+    fn arm_recv(&mut self) {
+        let sqe = opcode::RecvMsgMulti::new(self.fd(), &*self.recv_msg as *const _, BGID)
+            .build()
+            .user_data(RECV);
+        self.push(sqe);
+        self.recv_armed = true;
+    }
+
+    fn arm_wake(&mut self) {
+        let sqe = opcode::PollAdd::new(types::Fd(self.waker.fd.as_raw_fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(WAKE);
+        self.push(sqe);
+        self.wake_armed = true;
+    }
+
+    /// Move available completions into `self.cqes` (bounded).
+    fn reap_into_buffer(&mut self) {
+        let room = CQE_BOUND.saturating_sub(self.cqes.len());
+        self.cqes.extend(self.ring.completion().take(room));
+    }
+
+    fn handle_recv(&mut self, res: i32, flags: u32, on_recv: &mut dyn FnMut(RecvMeta, BytesMut)) {
+        if !cqueue::more(flags) {
+            self.recv_armed = false;
+            if !self.shut_down {
+                self.stats.recv_rearms += 1;
+            }
+        }
+        let Some(bid) = cqueue::buffer_select(flags) else {
+            match -res {
+                // Every provided buffer was in use: the kernel dropped datagrams and ended the
+                // multishot. Buffers come back as we process; re-armed below.
+                libc::ENOBUFS => self.stats.recv_dropped += 1,
+                // Cancelled on shutdown.
+                libc::ECANCELED => {}
+                // ICMP errors (ECONNREFUSED, EHOSTUNREACH, …) are reported on the socket and
+                // end the multishot; QUIC handles loss itself, so just re-arm.
+                e => debug!("recvmsg completion error: {}", io::Error::from_raw_os_error(e)),
+            }
+            return;
+        };
+        let (Some(rx), Some(ring)) = (self.rx.as_ref(), self.buf_ring.as_mut()) else {
+            return;
+        };
+        if res >= 0 {
+            if let Some(buf) = rx.filled(bid as usize, res as usize) {
+                deliver(buf, &self.recv_msg, &mut self.stats, on_recv);
+            } else {
+                self.stats.recv_dropped += 1;
+            }
+        }
+        // The buffer's contents are copied out: give it straight back to the kernel.
+        ring.push(rx, bid);
+        ring.publish();
+    }
+
+    fn handle_send(&mut self, slot: u32, res: i32) {
+        let len = self.tx.parked(slot).map_or(0, |b| b.len());
+        if !self.tx.complete(slot) {
+            warn!(slot, "completion for a TX slot that was not in flight");
+            return;
+        }
+        if res >= 0 {
+            self.stats.bytes_sent += len as u64;
+            self.stats.datagrams_sent += match self.slots[slot as usize].segment {
+                Some(s) => len.div_ceil(s) as u64,
+                None => 1,
+            };
+            return;
+        }
+        match -res {
+            // The kernel refused a GSO batch (no checksum offload on the route, for one): the
+            // batch is lost like any dropped datagram; later sends carry one datagram each.
+            libc::EIO | libc::EINVAL if self.gso_segments > 1 && self.slots[slot as usize].segment.is_some() => {
+                warn!("GSO send failed ({}); sending one datagram per send from now on", io::Error::from_raw_os_error(-res));
+                self.gso_segments = 1;
+                self.stats.gso_disabled += 1;
+                self.stats.send_errors += 1;
+            }
+            // Socket buffer full: the datagram is dropped, as a congested network would.
+            libc::EAGAIN | libc::ENOBUFS => self.stats.send_errors += 1,
+            libc::ECANCELED => {}
+            e => {
+                self.stats.send_errors += 1;
+                debug!("sendmsg failed: {}", io::Error::from_raw_os_error(e));
+            }
+        }
+    }
+
+    /// Submit queued SQEs and wait for a completion until `deadline`.
+    fn enter(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        let now = Instant::now();
+        let res = match deadline {
+            Some(d) if d <= now => self.ring.submit(),
+            Some(d) => {
+                let wait = d - now;
+                let ts = types::Timespec::new().sec(wait.as_secs()).nsec(wait.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submit_and_wait(1),
+        };
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error() {
+                // ETIME: the deadline passed. EINTR: a signal. EBUSY/EAGAIN: the completion queue
+                // is backed up and must be reaped first, which the caller does next.
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => Ok(()),
+                _ => Err(e),
+            },
+        }
+    }
+
+    fn dispatch(&mut self, on_recv: &mut dyn FnMut(RecvMeta, BytesMut)) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        for cqe in cqes.drain(..) {
+            let ud = cqe.user_data();
+            match ud & KIND_MASK {
+                RECV => self.handle_recv(cqe.result(), cqe.flags(), on_recv),
+                SEND => self.handle_send((ud & !KIND_MASK) as u32, cqe.result()),
+                WAKE => {
+                    self.waker.drain();
+                    if !cqueue::more(cqe.flags()) {
+                        self.wake_armed = false;
+                    }
+                }
+                CANCEL => self.cancels_in_flight = self.cancels_in_flight.saturating_sub(1),
+                _ => warn!(user_data = ud, "completion with unknown user_data"),
+            }
+        }
+        self.cqes = cqes;
+    }
+
+    fn quiescent(&self) -> bool {
+        !self.recv_armed && !self.wake_armed && self.tx.in_flight() == 0 && self.cancels_in_flight == 0
+    }
+}
+
+/// Parse one completed receive buffer and hand its datagrams on.
+fn deliver(buf: &[u8], msg: &libc::msghdr, stats: &mut IoStats, on_recv: &mut dyn FnMut(RecvMeta, BytesMut)) {
+    let Ok(out) = types::RecvMsgOut::parse(buf, msg) else {
+        stats.recv_dropped += 1;
+        return;
+    };
+    if out.is_payload_truncated() || out.is_name_data_truncated() {
+        stats.recv_dropped += 1;
+        return;
+    }
+    let Some(remote) = cmsg::parse_sockaddr(out.name_data()) else {
+        stats.recv_dropped += 1;
+        return;
+    };
+    let c = cmsg::parse(out.control_data());
+    let payload = out.payload_data();
+    let meta = RecvMeta { remote, local_ip: c.dst_ip, ecn: c.ecn };
+    // One copy, one allocation per completion: the whole (GRO) payload into one BytesMut,
+    // then each datagram split off it without copying.
+    let mut data = BytesMut::from(payload);
+    stats.bytes_received += payload.len() as u64;
+    for range in cmsg::segments(payload.len(), c.segment_size) {
+        stats.datagrams_received += 1;
+        on_recv(meta, data.split_to(range.len()));
+    }
+}
+
+impl IoBackend for UringBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::IoUring
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    fn max_gso_segments(&self) -> usize {
+        self.gso_segments
+    }
+
+    fn take_tx(&mut self) -> Option<TxBuf> {
+        let b = self.tx.take();
+        if b.is_none() {
+            self.stats.tx_exhausted += 1;
+        }
+        b
+    }
+
+    fn has_free_tx(&self) -> bool {
+        self.tx.has_free()
+    }
+
+    fn put_tx(&mut self, buf: TxBuf) {
+        self.tx.put(buf);
+    }
+
+    fn send(&mut self, mut buf: TxBuf, t: &Transmit) {
+        let slot_id = buf.slot;
+        buf.buf.truncate(t.size);
+        let dst = cmsg::wire_addr(t.destination, self.socket_is_v6);
+        let seg = t.segment_size.filter(|&s| s < t.size && self.gso_segments > 1);
+        let cm = SendCmsgs {
+            segment_size: seg.and_then(|s| u16::try_from(s).ok()),
+            ecn: t.ecn,
+            src_ip: t.src_ip,
+        };
+        let data = self.tx.park(buf);
+        let (ptr, len) = (data.as_ptr(), data.len());
+        let slot = &mut self.slots[slot_id as usize];
+        slot.name = socket2::SockAddr::from(dst);
+        slot.segment = seg;
+        let clen = cmsg::encode(&mut slot.control, t.destination.is_ipv4(), &cm);
+        slot.iov = libc::iovec { iov_base: ptr as *mut _, iov_len: len };
+        slot.msg.msg_name = slot.name.as_ptr() as *mut _;
+        slot.msg.msg_namelen = slot.name.len();
+        slot.msg.msg_iov = &mut slot.iov;
+        slot.msg.msg_iovlen = 1;
+        slot.msg.msg_control = if clen > 0 { slot.control.as_mut_ptr().cast() } else { std::ptr::null_mut() };
+        slot.msg.msg_controllen = clen;
+        slot.msg.msg_flags = 0;
+        let sqe = opcode::SendMsg::new(types::Fd(self.socket.as_raw_fd()), &slot.msg)
+            .build()
+            .user_data(SEND | slot_id as u64);
+        self.push(sqe);
+    }
+
+    fn turn(&mut self, deadline: Option<Instant>, on_recv: &mut dyn FnMut(RecvMeta, BytesMut)) -> io::Result<()> {
+        if !self.recv_armed {
+            self.arm_recv();
+        }
+        if !self.wake_armed {
+            self.arm_wake();
+        }
+        // Completions already waiting mean there is work: do not sleep.
+        let deadline = if self.ring.completion().is_empty() { deadline } else { Some(Instant::now()) };
+        self.enter(deadline)?;
+        self.reap_into_buffer();
+        self.dispatch(on_recv);
+        Ok(())
+    }
+
+    fn waker(&self) -> Arc<dyn Wakeup> {
+        self.waker.clone()
+    }
+
+    fn stats(&self) -> IoStats {
+        self.stats
+    }
+
+    fn shutdown(&mut self) {
+        if self.shut_down {
+            return;
+        }
+        self.shut_down = true;
+        for target in [RECV, WAKE] {
+            self.push(opcode::AsyncCancel::new(target).build().user_data(CANCEL));
+            self.cancels_in_flight += 1;
+        }
+        let give_up = Instant::now() + Duration::from_secs(5);
+        let mut sink = |_: RecvMeta, _: BytesMut| {};
+        while !self.quiescent() && Instant::now() < give_up {
+            if let Err(e) = self.enter(Some(Instant::now() + Duration::from_millis(50))) {
+                warn!("io_uring_enter during shutdown: {e}");
+                break;
+            }
+            self.reap_into_buffer();
+            self.dispatch(&mut sink);
+        }
+        if self.quiescent() {
+            // SAFETY-relevant ordering: nothing references the provided buffers any more, so
+            // the ring can be unregistered and, in Drop, freed.
+            if let Err(e) = self.ring.submitter().unregister_buf_ring(BGID) {
+                warn!("unregistering the buffer ring failed: {e}; leaking it");
+                std::mem::forget(self.buf_ring.take());
+                std::mem::forget(self.rx.take());
+            }
+        } else {
+            warn!("io_uring operations still in flight after 5 s; leaking their buffers rather than freeing them under the kernel");
+            std::mem::forget(self.buf_ring.take());
+            std::mem::forget(self.rx.take());
+            std::mem::forget(std::mem::replace(&mut self.slots, Box::new([])));
+            std::mem::forget(std::mem::replace(&mut self.tx, TxPool::new(0, 0)));
+            std::mem::forget(std::mem::replace(&mut self.recv_msg, Box::new(
+                // SAFETY: zeroed msghdr is a valid empty value.
+                unsafe { std::mem::zeroed() },
+            )));
+        }
+    }
+}
+
+impl Drop for UringBackend {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+

@@ -1,0 +1,249 @@
+//! # ringquic
+//!
+//! A QUIC endpoint whose UDP I/O runs on its own I/O thread over completion-based I/O with
+//! buffers registered with the kernel: io_uring on Linux, with a portable readiness-based
+//! fallback. The QUIC protocol comes from [`quinn_proto`]; the async API is quinn's, so porting
+//! means changing imports. The futures are woken from the I/O thread and need no runtime: they
+//! work under tokio, smol, or a plain `block_on`.
+//!
+//! ## How a datagram travels
+//!
+//! ```text
+//!  application task            │ I/O thread ("ringquic-io")                 │ kernel
+//!  ────────────────────────────┼────────────────────────────────────────────┼───────────────
+//!  stream.write(b) ─ lock conn ─► proto::Connection send buffer              │
+//!    └─ wake(): Drive(ch) ─► Mailbox ─► eventfd ────────────────────────────►│ ring wakes
+//!                              │ poll_transmit ─► TX buffer ─► SENDMSG+GSO ─►│ UDP out
+//!                              │                                            │
+//!                              │ RECVMSG multishot ◄─ provided buffer ◄──────│ UDP in (GRO)
+//!                              │ copy once ─► BytesMut ─► proto::Endpoint    │
+//!                              │   ─► proto::Connection (decrypt in place)   │
+//!  stream.read_chunk() ◄─ waker ◄ Readable event                            │
+//!    └─ Bytes slice of the decrypted datagram                               │
+//! ```
+//!
+//! ## Example
+//!
+//! ```no_run
+//! # async fn run(server_config: ringquic::ServerConfig, client_config: ringquic::ClientConfig) -> Result<(), Box<dyn std::error::Error>> {
+//! use ringquic::Endpoint;
+//!
+//! let server = Endpoint::server(server_config, "127.0.0.1:0".parse()?)?;
+//! let addr = server.local_addr()?;
+//! let mut client = Endpoint::client("127.0.0.1:0".parse()?)?;
+//! client.set_default_client_config(client_config);
+//!
+//! let connecting = client.connect(addr, "localhost")?;
+//! let incoming = server.accept().await.expect("endpoint open");
+//! let (conn, server_conn) = (connecting.await?, incoming.await?);
+//!
+//! let (mut send, mut recv) = conn.open_bi().await?;
+//! send.write_all(b"hello").await?;
+//! send.finish()?;
+//! let (mut s_send, mut s_recv) = server_conn.accept_bi().await?;
+//! let msg = s_recv.read_to_end(1024).await?;
+//! s_send.write_all(&msg).await?;
+//! s_send.finish()?;
+//! assert_eq!(recv.read_to_end(1024).await?, b"hello");
+//! println!("backend: {}", client.backend());
+//! # Ok(()) }
+//! ```
+//!
+//! See `DESIGN.md` in the repository for the whole design.
+#![deny(unsafe_code)]
+#![warn(missing_docs, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+mod connection;
+mod driver;
+mod endpoint;
+#[allow(unsafe_code)]
+mod io;
+mod mailbox;
+mod socket;
+mod streams;
+
+pub use crate::{
+    connection::{Connecting, Connection},
+    endpoint::{Accept, Endpoint, EndpointBuilder, EndpointStats, Incoming, IncomingFuture, RetryError},
+    io::BackendKind,
+    streams::{RecvStream, ResetWaitError, SendStream},
+};
+
+pub use quinn_proto::{
+    crypto, AckFrequencyConfig, ApplicationClose, Chunk, ClientConfig, ClosedStream, ConfigError, ConnectError,
+    ConnectionClose, ConnectionError, ConnectionId, ConnectionStats, Dir, EndpointConfig, FrameStats, IdleTimeout,
+    MtuDiscoveryConfig, PathStats, ServerConfig, Side, StreamId, TransportConfig, TransportError,
+    TransportErrorCode, UdpStats, VarInt, VarIntBoundsExceeded, Written,
+};
+pub use rustls;
+
+/// Errors creating an endpoint.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// The UDP socket could not be created or bound to the address.
+    #[error("failed to bind a UDP socket to {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A socket option ringquic needs could not be set or read (for an adopted socket: the
+    /// socket is not usable as it is, and `option` names what is missing).
+    #[error("the socket cannot be used: {option}: {source}")]
+    Socket {
+        /// The option or check that failed.
+        option: &'static str,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A backend name (`RINGQUIC_BACKEND` or the builder) is not one ringquic knows.
+    #[error("unknown backend {0:?}: expected \"uring\" or \"poll\"")]
+    UnknownBackend(String),
+    /// The backend asked for explicitly cannot run here.
+    #[error("the {backend} backend is not available here: {source}")]
+    BackendUnavailable {
+        /// The backend asked for.
+        backend: BackendKind,
+        /// Why it cannot run.
+        source: std::io::Error,
+    },
+    /// Setting up the backend failed after it was chosen.
+    #[error("I/O backend setup failed at {what}: {source}")]
+    Backend {
+        /// The step that failed.
+        what: &'static str,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The builder's settings cannot work; the message says which and why.
+    #[error("invalid endpoint configuration: {0}")]
+    Config(&'static str),
+    /// A receive buffer cannot hold a maximum-size UDP payload plus the backend's headers.
+    #[error("receive buffers of {size} bytes are too small: at least {min} bytes are needed for a {max_udp_payload}-byte UDP payload")]
+    RecvBufferTooSmall {
+        /// The size asked for.
+        size: usize,
+        /// The smallest that works.
+        min: usize,
+        /// The endpoint's maximum UDP payload size.
+        max_udp_payload: usize,
+    },
+    /// A TX buffer cannot hold one maximum-size UDP payload.
+    #[error("TX buffers of {size} bytes are too small: at least {min} bytes are needed")]
+    TxBufferTooSmall {
+        /// The size asked for.
+        size: usize,
+        /// The smallest that works.
+        min: usize,
+    },
+    /// The I/O thread could not be started.
+    #[error("failed to start the I/O thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Errors writing to a [`SendStream`].
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The peer stopped the stream with this code.
+    #[error("sending stopped by peer: error {0}")]
+    Stopped(VarInt),
+    /// The connection was lost.
+    #[error("connection lost: {0}")]
+    ConnectionLost(#[from] ConnectionError),
+    /// The stream was already finished or reset.
+    #[error("closed stream")]
+    ClosedStream,
+}
+
+/// Errors reading from a [`RecvStream`].
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The peer reset the stream with this code.
+    #[error("stream reset by peer: error {0}")]
+    Reset(VarInt),
+    /// The connection was lost.
+    #[error("connection lost: {0}")]
+    ConnectionLost(#[from] ConnectionError),
+    /// The stream was already stopped, or read to the end.
+    #[error("closed stream")]
+    ClosedStream,
+    /// An ordered read after unordered reads on the same stream.
+    #[error("ordered read after unordered read")]
+    IllegalOrderedRead,
+}
+
+/// Errors from [`RecvStream::read_exact`].
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadExactError {
+    /// The stream ended with this many bytes still wanted.
+    #[error("stream finished early ({0} bytes missing)")]
+    FinishedEarly(usize),
+    /// Reading failed.
+    #[error(transparent)]
+    ReadError(#[from] ReadError),
+}
+
+/// Errors from [`RecvStream::read_to_end`].
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadToEndError {
+    /// The stream is longer than the limit given.
+    #[error("stream too long")]
+    TooLong,
+    /// Reading failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+/// Errors from [`SendStream::stopped`].
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoppedError {
+    /// The connection was lost.
+    #[error("connection lost: {0}")]
+    ConnectionLost(#[from] ConnectionError),
+}
+
+/// Errors from [`Connection::send_datagram`].
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendDatagramError {
+    /// The peer does not accept datagrams.
+    #[error("datagrams not supported by peer")]
+    UnsupportedByPeer,
+    /// Datagrams are disabled locally.
+    #[error("datagram support disabled")]
+    Disabled,
+    /// The datagram is larger than the connection can carry now.
+    #[error("datagram too large")]
+    TooLarge,
+    /// The connection was lost.
+    #[error("connection lost: {0}")]
+    ConnectionLost(#[from] ConnectionError),
+}
+
+impl From<WriteError> for std::io::Error {
+    fn from(e: WriteError) -> Self {
+        let kind = match e {
+            WriteError::Stopped(_) | WriteError::ConnectionLost(_) => std::io::ErrorKind::ConnectionReset,
+            WriteError::ClosedStream => std::io::ErrorKind::NotConnected,
+        };
+        Self::new(kind, e)
+    }
+}
+
+impl From<ReadError> for std::io::Error {
+    fn from(e: ReadError) -> Self {
+        let kind = match e {
+            ReadError::Reset(_) | ReadError::ConnectionLost(_) => std::io::ErrorKind::ConnectionReset,
+            ReadError::ClosedStream => std::io::ErrorKind::NotConnected,
+            ReadError::IllegalOrderedRead => std::io::ErrorKind::InvalidInput,
+        };
+        Self::new(kind, e)
+    }
+}

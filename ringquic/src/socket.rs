@@ -1,0 +1,108 @@
+//! Sockets made with the options ringquic needs, and adopted sockets checked (seed point 6).
+//!
+//! The seed's Windows POC needed `WSA_FLAG_REGISTERED_IO` at creation time and asked whether the
+//! library should make every socket itself. ringquic does both: [`create`] makes a socket with
+//! everything set, and [`adopt`] takes an application's `std::net::UdpSocket`, checks that it is a
+//! bound UDP socket and sets the options on it; if one cannot be set, the error names it.
+
+use std::{io, net::SocketAddr};
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+use crate::EndpointError;
+
+/// Make a non-blocking UDP socket bound to `addr`. An IPv6 wildcard address is dual-stack
+/// (`IPV6_V6ONLY` off) so IPv4 peers reach it too.
+pub(crate) fn create(addr: SocketAddr) -> Result<std::net::UdpSocket, EndpointError> {
+    let bind_err = |source| EndpointError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(bind_err)?;
+    if addr.is_ipv6() {
+        // Dual-stack only for the wildcard: a specific IPv6 address cannot receive IPv4 anyway.
+        let only_v6 = !addr.ip().is_unspecified();
+        socket.set_only_v6(only_v6).map_err(|source| EndpointError::Socket {
+            option: "IPV6_V6ONLY",
+            source,
+        })?;
+    }
+    socket.bind(&addr.into()).map_err(bind_err)?;
+    let socket: std::net::UdpSocket = socket.into();
+    adopt(&socket)?;
+    Ok(socket)
+}
+
+/// Check that an application-supplied socket can serve an endpoint, and make it non-blocking.
+pub(crate) fn adopt(socket: &std::net::UdpSocket) -> Result<SocketAddr, EndpointError> {
+    let sock = SockRef::from(socket);
+    let ty = sock.r#type().map_err(|source| EndpointError::Socket {
+        option: "SO_TYPE",
+        source,
+    })?;
+    if ty != Type::DGRAM {
+        return Err(EndpointError::Socket {
+            option: "SO_TYPE",
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not a datagram socket"),
+        });
+    }
+    let local = socket.local_addr().map_err(|source| EndpointError::Socket {
+        option: "getsockname",
+        source,
+    })?;
+    if local.port() == 0 {
+        return Err(EndpointError::Socket {
+            option: "bind",
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the socket is not bound: bind it before handing it to ringquic",
+            ),
+        });
+    }
+    socket
+        .set_nonblocking(true)
+        .map_err(|source| EndpointError::Socket {
+            option: "O_NONBLOCK",
+            source,
+        })?;
+    // Bigger kernel buffers absorb bursts between two turns of the I/O loop. Best effort: the
+    // kernel caps them at net.core.{r,w}mem_max and a smaller buffer only costs speed.
+    let _ = sock.set_recv_buffer_size(8 << 20);
+    let _ = sock.set_send_buffer_size(8 << 20);
+    Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_v4_and_dual_stack() {
+        let s = create("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(s.local_addr().unwrap().port(), 0);
+        let s6 = create("[::]:0".parse().unwrap()).unwrap();
+        assert!(!SockRef::from(&s6).only_v6().unwrap());
+    }
+
+    #[test]
+    fn unbound_socket_is_refused_with_a_reason() {
+        let raw = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        let std_sock: std::net::UdpSocket = raw.into();
+        let err = adopt(&std_sock).unwrap_err();
+        assert!(err.to_string().contains("not bound"), "{err}");
+    }
+
+    #[test]
+    fn stream_socket_is_refused() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock: Socket = listener.into();
+        let fake: std::net::UdpSocket = sock.into();
+        let err = adopt(&fake).unwrap_err();
+        assert!(err.to_string().contains("SO_TYPE"), "{err}");
+    }
+
+    #[test]
+    fn bind_conflict_is_a_bind_error() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let err = create(a.local_addr().unwrap()).unwrap_err();
+        assert!(matches!(err, EndpointError::Bind { .. }), "{err}");
+    }
+}

@@ -1,0 +1,478 @@
+//! [`SendStream`] and [`RecvStream`]: quinn's stream API over the shared connection state.
+//!
+//! Writes copy the application's bytes into quinn-proto's send buffer under the connection lock
+//! and ask the I/O thread to drive the connection; `write_chunk` hands over a `Bytes` without
+//! copying. Reads take chunks out of quinn-proto's receive buffer: `read_chunk` returns `Bytes`
+//! that point into the very buffer the datagram was decrypted in.
+
+use std::task::{Context, Poll};
+#[cfg(any(feature = "tokio", feature = "futures-io"))]
+use std::pin::Pin;
+
+use bytes::Bytes;
+use quinn_proto::{self as proto, Chunk, ClosedStream, FinishError, StreamId, VarInt};
+
+use crate::{
+    connection::ConnectionRef,
+    ConnectionError, ReadError, ReadExactError, ReadToEndError, StoppedError, WriteError,
+};
+
+/// The sending half of a stream.
+///
+/// Dropping it without [`SendStream::finish`] or [`SendStream::reset`] finishes the stream, as in
+/// quinn 0.11.
+#[derive(Debug)]
+pub struct SendStream {
+    conn: ConnectionRef,
+    id: StreamId,
+    done: bool,
+}
+
+impl std::fmt::Debug for ConnectionRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionRef").field("handle", &self.handle.0).finish()
+    }
+}
+
+impl SendStream {
+    pub(crate) fn new(conn: ConnectionRef, id: StreamId) -> Self {
+        Self { conn, id, done: false }
+    }
+
+    /// The stream's identifier.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// Write bytes; returns how many were taken (at least one, unless `buf` is empty). Waits
+    /// while flow control or the send buffer is full.
+    pub async fn write(&mut self, buf: &[u8]) -> Result<usize, WriteError> {
+        std::future::poll_fn(|cx| self.poll_write_with(cx, |s| s.write(buf))).await
+    }
+
+    /// Write all of `buf`.
+    pub async fn write_all(&mut self, mut buf: &[u8]) -> Result<(), WriteError> {
+        while !buf.is_empty() {
+            let n = self.write(buf).await?;
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    /// Write a chunk without copying it; waits until all of it is taken.
+    pub async fn write_chunk(&mut self, buf: Bytes) -> Result<(), WriteError> {
+        self.write_all_chunks(&mut [buf]).await
+    }
+
+    /// Write a list of chunks without copying; waits until all are taken. Taken chunks are
+    /// left empty.
+    pub async fn write_all_chunks(&mut self, bufs: &mut [Bytes]) -> Result<(), WriteError> {
+        let mut first = 0;
+        while first < bufs.len() {
+            let rest = &mut bufs[first..];
+            let written =
+                std::future::poll_fn(|cx| self.poll_write_with(cx, |s| s.write_chunks(rest))).await?;
+            first += written.chunks;
+            if written.chunks == 0 && written.bytes == 0 && bufs[first..].iter().all(|b| b.is_empty()) {
+                break;
+            }
+            while first < bufs.len() && bufs[first].is_empty() {
+                first += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_write_with<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(&mut proto::SendStream<'_>) -> Result<T, proto::WriteError>,
+    ) -> Poll<Result<T, WriteError>> {
+        let mut st = self.conn.lock();
+        if let Some(e) = st.error.clone() {
+            return Poll::Ready(Err(WriteError::ConnectionLost(e)));
+        }
+        match f(&mut st.inner.send_stream(self.id)) {
+            Ok(v) => {
+                drop(st);
+                self.conn.wake();
+                Poll::Ready(Ok(v))
+            }
+            Err(proto::WriteError::Blocked) => {
+                st.blocked_writers.insert(self.id, cx.waker().clone());
+                Poll::Pending
+            }
+            Err(proto::WriteError::Stopped(code)) => Poll::Ready(Err(WriteError::Stopped(code))),
+            Err(proto::WriteError::ClosedStream) => Poll::Ready(Err(WriteError::ClosedStream)),
+        }
+    }
+
+    /// Signal that no more data follows. Data already written is still delivered (await
+    /// [`SendStream::stopped`] to know when the peer has it all).
+    pub fn finish(&mut self) -> Result<(), ClosedStream> {
+        let mut st = self.conn.lock();
+        match st.inner.send_stream(self.id).finish() {
+            Ok(()) => {
+                self.done = true;
+                drop(st);
+                self.conn.wake();
+                Ok(())
+            }
+            Err(FinishError::ClosedStream) => Err(ClosedStream::default()),
+            // Harmless here, as in quinn: `stopped` reports it to whoever cares.
+            Err(FinishError::Stopped(_)) => {
+                self.done = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Abandon the stream: unsent data is discarded and the peer receives `code`.
+    pub fn reset(&mut self, code: VarInt) -> Result<(), ClosedStream> {
+        let mut st = self.conn.lock();
+        st.inner.send_stream(self.id).reset(code)?;
+        self.done = true;
+        drop(st);
+        self.conn.wake();
+        Ok(())
+    }
+
+    /// Change the stream's priority (higher goes first).
+    pub fn set_priority(&self, priority: i32) -> Result<(), ClosedStream> {
+        self.conn.lock().inner.send_stream(self.id).set_priority(priority)
+    }
+
+    /// Wait until the peer stops the stream (`Some(code)`) or has received everything after
+    /// [`SendStream::finish`] (`None`).
+    pub async fn stopped(&mut self) -> Result<Option<VarInt>, StoppedError> {
+        std::future::poll_fn(|cx| {
+            let mut st = self.conn.lock();
+            match st.inner.send_stream(self.id).stopped() {
+                Ok(Some(code)) => return Poll::Ready(Ok(Some(code))),
+                Ok(None) => {}
+                // The stream is gone: it was finished and fully acknowledged (or reset).
+                Err(ClosedStream { .. }) => return Poll::Ready(Ok(None)),
+            }
+            if let Some(e) = st.error.clone() {
+                return Poll::Ready(Err(StoppedError::ConnectionLost(e)));
+            }
+            st.stopped.insert(self.id, cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Drop for SendStream {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut st = self.conn.lock();
+        if st.error.is_some() {
+            return;
+        }
+        if st.inner.send_stream(self.id).finish().is_ok() {
+            drop(st);
+            self.conn.wake();
+        }
+    }
+}
+
+/// What one attempt at reading produced.
+enum ReadStatus<T> {
+    Readable(T),
+    Finished(Option<T>),
+    Failed(Option<T>, proto::ReadError),
+}
+
+/// The receiving half of a stream.
+///
+/// Dropping it before reading to the end stops the stream with code 0, as in quinn.
+#[derive(Debug)]
+pub struct RecvStream {
+    conn: ConnectionRef,
+    id: StreamId,
+    all_data_read: bool,
+    reset: Option<VarInt>,
+}
+
+impl RecvStream {
+    pub(crate) fn new(conn: ConnectionRef, id: StreamId) -> Self {
+        Self {
+            conn,
+            id,
+            all_data_read: false,
+            reset: None,
+        }
+    }
+
+    /// The stream's identifier.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// Read into `buf`; `Ok(None)` at the end of the stream.
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
+        std::future::poll_fn(|cx| self.poll_read(cx, buf)).await
+    }
+
+    pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<Result<Option<usize>, ReadError>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(Some(0)));
+        }
+        self.poll_generic(cx, true, |chunks| {
+            let mut filled = 0;
+            while filled < buf.len() {
+                match chunks.next(buf.len() - filled) {
+                    Ok(Some(c)) => {
+                        buf[filled..filled + c.bytes.len()].copy_from_slice(&c.bytes);
+                        filled += c.bytes.len();
+                    }
+                    Ok(None) => return ReadStatus::Finished((filled > 0).then_some(filled)),
+                    Err(e) => return ReadStatus::Failed((filled > 0).then_some(filled), e),
+                }
+            }
+            ReadStatus::Readable(filled)
+        })
+    }
+
+    /// Read exactly `buf.len()` bytes.
+    pub async fn read_exact(&mut self, mut buf: &mut [u8]) -> Result<(), ReadExactError> {
+        while !buf.is_empty() {
+            match self.read(buf).await? {
+                Some(n) => buf = &mut buf[n..],
+                None => return Err(ReadExactError::FinishedEarly(buf.len())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the next chunk of at most `max_length` bytes without copying. With `ordered ==
+    /// false` chunks may come out of order (their `offset` says where they go).
+    pub async fn read_chunk(&mut self, max_length: usize, ordered: bool) -> Result<Option<Chunk>, ReadError> {
+        std::future::poll_fn(|cx| {
+            self.poll_generic(cx, ordered, |chunks| match chunks.next(max_length) {
+                Ok(Some(c)) => ReadStatus::Readable(c),
+                Ok(None) => ReadStatus::Finished(None),
+                Err(e) => ReadStatus::Failed(None, e),
+            })
+        })
+        .await
+    }
+
+    /// Read up to `bufs.len()` chunks without copying; returns how many were filled, `None` at
+    /// the end of the stream.
+    pub async fn read_chunks(&mut self, bufs: &mut [Bytes]) -> Result<Option<usize>, ReadError> {
+        if bufs.is_empty() {
+            return Ok(Some(0));
+        }
+        std::future::poll_fn(|cx| {
+            self.poll_generic(cx, true, |chunks| {
+                let mut n = 0;
+                while n < bufs.len() {
+                    match chunks.next(usize::MAX) {
+                        Ok(Some(c)) => {
+                            bufs[n] = c.bytes;
+                            n += 1;
+                        }
+                        Ok(None) => return ReadStatus::Finished((n > 0).then_some(n)),
+                        Err(e) => return ReadStatus::Failed((n > 0).then_some(n), e),
+                    }
+                }
+                ReadStatus::Readable(n)
+            })
+        })
+        .await
+    }
+
+    /// Read the whole stream, failing if it is longer than `size_limit` bytes.
+    pub async fn read_to_end(&mut self, size_limit: usize) -> Result<Vec<u8>, ReadToEndError> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.read_chunk(usize::MAX, true).await? {
+            if out.len() + chunk.bytes.len() > size_limit {
+                return Err(ReadToEndError::TooLong);
+            }
+            out.extend_from_slice(&chunk.bytes);
+        }
+        Ok(out)
+    }
+
+    /// Tell the peer to stop sending with `code`; unread data is discarded.
+    pub fn stop(&mut self, code: VarInt) -> Result<(), ClosedStream> {
+        let mut st = self.conn.lock();
+        st.inner.recv_stream(self.id).stop(code)?;
+        self.all_data_read = true;
+        drop(st);
+        self.conn.wake();
+        Ok(())
+    }
+
+    /// Wait until the peer resets the stream (`Some(code)`) or the whole stream has been read
+    /// (`None`).
+    pub async fn received_reset(&mut self) -> Result<Option<VarInt>, ResetWaitError> {
+        std::future::poll_fn(|cx| {
+            let mut st = self.conn.lock();
+            match st.inner.recv_stream(self.id).received_reset() {
+                Ok(Some(code)) => return Poll::Ready(Ok(Some(code))),
+                Ok(None) => {}
+                Err(ClosedStream { .. }) => return Poll::Ready(Ok(self.reset)),
+            }
+            if let Some(e) = st.error.clone() {
+                return Poll::Ready(Err(ResetWaitError::ConnectionLost(e)));
+            }
+            st.blocked_readers.insert(self.id, cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn poll_generic<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        ordered: bool,
+        mut read_fn: impl FnMut(&mut proto::Chunks<'_>) -> ReadStatus<T>,
+    ) -> Poll<Result<Option<T>, ReadError>> {
+        if self.all_data_read {
+            return Poll::Ready(Ok(None));
+        }
+        let mut st = self.conn.lock();
+        let status = match self.reset {
+            Some(code) => ReadStatus::Failed(None, proto::ReadError::Reset(code)),
+            None => {
+                let mut recv = st.inner.recv_stream(self.id);
+                let mut chunks = match recv.read(ordered) {
+                    Ok(c) => c,
+                    Err(proto::ReadableError::ClosedStream) => return Poll::Ready(Err(ReadError::ClosedStream)),
+                    Err(proto::ReadableError::IllegalOrderedRead) => {
+                        return Poll::Ready(Err(ReadError::IllegalOrderedRead))
+                    }
+                };
+                let status = read_fn(&mut chunks);
+                if chunks.finalize().should_transmit() {
+                    // Flow-control credit to hand out: the I/O thread sends MAX_STREAM_DATA.
+                    self.conn.wake();
+                }
+                status
+            }
+        };
+        match status {
+            ReadStatus::Readable(v) => Poll::Ready(Ok(Some(v))),
+            ReadStatus::Finished(v) => {
+                self.all_data_read = true;
+                Poll::Ready(Ok(v))
+            }
+            ReadStatus::Failed(v, proto::ReadError::Blocked) => match v {
+                Some(v) => Poll::Ready(Ok(Some(v))),
+                None => {
+                    if let Some(e) = st.error.clone() {
+                        return Poll::Ready(Err(ReadError::ConnectionLost(e)));
+                    }
+                    st.blocked_readers.insert(self.id, cx.waker().clone());
+                    Poll::Pending
+                }
+            },
+            ReadStatus::Failed(v, proto::ReadError::Reset(code)) => {
+                self.reset = Some(code);
+                match v {
+                    None => {
+                        self.all_data_read = true;
+                        Poll::Ready(Err(ReadError::Reset(code)))
+                    }
+                    some => Poll::Ready(Ok(some)),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RecvStream {
+    fn drop(&mut self) {
+        if self.all_data_read {
+            return;
+        }
+        let mut st = self.conn.lock();
+        if st.error.is_some() {
+            return;
+        }
+        if st.inner.recv_stream(self.id).stop(VarInt::from_u32(0)).is_ok() {
+            drop(st);
+            self.conn.wake();
+        }
+    }
+}
+
+/// Error from [`RecvStream::received_reset`].
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ResetWaitError {
+    /// The connection was lost.
+    #[error("connection lost: {0}")]
+    ConnectionLost(#[from] ConnectionError),
+}
+
+#[cfg(feature = "tokio")]
+mod tokio_impls {
+    use super::*;
+    use std::io;
+
+    impl tokio::io::AsyncWrite for SendStream {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.poll_write_with(cx, |s| s.write(buf)).map_err(Into::into)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(self.finish().map_err(Into::into))
+        }
+    }
+
+    impl tokio::io::AsyncRead for RecvStream {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let dst = buf.initialize_unfilled();
+            match RecvStream::poll_read(&mut self, cx, dst) {
+                Poll::Ready(Ok(Some(n))) => {
+                    buf.advance(n);
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Ok(None)) => Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+                Poll::Pending => Poll::Pending,
+            }
+        }
+    }
+}
+
+#[cfg(feature = "futures-io")]
+mod futures_io_impls {
+    use super::*;
+    use std::io;
+
+    impl futures_io::AsyncWrite for SendStream {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.poll_write_with(cx, |s| s.write(buf)).map_err(Into::into)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(self.finish().map_err(Into::into))
+        }
+    }
+
+    impl futures_io::AsyncRead for RecvStream {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+            RecvStream::poll_read(&mut self, cx, buf).map(|r| r.map(|n| n.unwrap_or(0)).map_err(Into::into))
+        }
+    }
+}
+

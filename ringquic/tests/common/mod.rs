@@ -1,0 +1,91 @@
+//! Helpers shared by the integration tests: certificates, configs, both backends, timeouts.
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use ringquic::{BackendKind, ClientConfig, Endpoint, ServerConfig, TransportConfig};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// A self-signed certificate for "localhost".
+pub struct Cert {
+    pub der: CertificateDer<'static>,
+    pub key: PrivatePkcs8KeyDer<'static>,
+}
+
+pub fn cert() -> Cert {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("rcgen");
+    Cert {
+        der: c.cert.der().clone(),
+        key: PrivatePkcs8KeyDer::from(c.signing_key.serialize_der()),
+    }
+}
+
+pub fn transport() -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.max_idle_timeout(Some(Duration::from_secs(10).try_into().unwrap()));
+    t
+}
+
+pub fn server_config(c: &Cert) -> ServerConfig {
+    let mut s = ServerConfig::with_single_cert(vec![c.der.clone()], PrivateKeyDer::Pkcs8(c.key.clone_key()))
+        .expect("server config");
+    s.transport_config(Arc::new(transport()));
+    s
+}
+
+pub fn client_config(c: &Cert) -> ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(c.der.clone()).expect("root");
+    let mut cc = ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config");
+    cc.transport_config(Arc::new(transport()));
+    cc
+}
+
+/// The backends to run a test on: both on Linux, unless `RINGQUIC_BACKEND` forces one.
+pub fn backends() -> Vec<BackendKind> {
+    match std::env::var("RINGQUIC_BACKEND").ok().as_deref() {
+        Some("poll") => vec![BackendKind::Poll],
+        Some("uring") => vec![BackendKind::IoUring],
+        _ if cfg!(target_os = "linux") => vec![BackendKind::IoUring, BackendKind::Poll],
+        _ => vec![BackendKind::Poll],
+    }
+}
+
+pub fn localhost() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A server and a client endpoint on `backend`, sharing one certificate.
+pub fn pair(backend: BackendKind) -> (Endpoint, Endpoint) {
+    let c = cert();
+    let server = Endpoint::builder()
+        .backend(backend)
+        .server_config(server_config(&c))
+        .bind(localhost())
+        .expect("server endpoint");
+    let client = Endpoint::builder()
+        .backend(backend)
+        .default_client_config(client_config(&c))
+        .bind(localhost())
+        .expect("client endpoint");
+    assert_eq!(server.backend(), backend);
+    (server, client)
+}
+
+/// Fail the test instead of hanging.
+pub async fn within<F: std::future::Future>(secs: u64, f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), f).await.expect("test timed out")
+}
+
+/// Names of this process's threads, to check that none is left behind.
+pub fn io_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("comm")).is_ok_and(|n| n.trim() == "ringquic-io")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
