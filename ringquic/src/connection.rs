@@ -238,6 +238,12 @@ pub struct Connecting {
     conn: Option<ConnectionRef>,
 }
 
+impl std::fmt::Debug for Connecting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connecting").field("remote", &self.remote_address()).finish()
+    }
+}
+
 impl Connecting {
     pub(crate) fn new(conn: ConnectionRef) -> Self {
         Self { conn: Some(conn) }

@@ -635,3 +635,41 @@ fn progress_bar<W: Workload>(opts: &BenchOptions, workload: &W, label: &str) -> 
     bar.set_message(label.to_owned());
     bar
 }
+
+/// Runs `workers` loops of `op(worker_index)` back to back until `duration` has passed, timing
+/// every call; the first error ends the run.
+async fn timed_loops<F, Fut>(
+    workers: usize,
+    duration: Duration,
+    meter: &AtomicU64,
+    op: F,
+) -> Result<Outcome>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let start = Instant::now();
+    let worker = |i: usize| {
+        let op = &op;
+        async move {
+            let mut hist = Histogram::new();
+            while start.elapsed() < duration {
+                let t = Instant::now();
+                op(i).await?;
+                hist.record(t.elapsed());
+                meter.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(hist)
+        }
+    };
+    let hists = futures::future::try_join_all((0..workers).map(worker)).await?;
+    let elapsed = start.elapsed();
+    let mut all = Histogram::new();
+    for h in &hists {
+        all.merge(h);
+    }
+    let latency = all.latency();
+    let mut outcome = Outcome::new(latency.map_or(0, |l| l.samples), elapsed);
+    outcome.latency = latency;
+    Ok(outcome)
+}

@@ -89,3 +89,58 @@ pub fn io_threads() -> usize {
         })
         .unwrap_or(0)
 }
+
+/// A UDP relay between one client and a server on loopback that can be told to drop
+/// everything (a blackholed path). Stops and joins its thread on drop.
+pub struct Relay {
+    pub addr: SocketAddr,
+    blackhole: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    pub fn new(server: SocketAddr) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let blackhole = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (bh, st) = (blackhole.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut client: Option<SocketAddr> = None;
+            let mut buf = vec![0u8; 65536];
+            while !st.load(Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+                if bh.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let to = if from == server {
+                    match client {
+                        Some(c) => c,
+                        None => continue,
+                    }
+                } else {
+                    client = Some(from);
+                    server
+                };
+                let _ = sock.send_to(&buf[..n], to);
+            }
+        });
+        Self { addr, blackhole, stop, thread: Some(thread) }
+    }
+
+    pub fn blackhole(&self) {
+        self.blackhole.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! `datagrams`: unreliable datagrams per second, delivered and lost.
+//!
+//! The client sends datagrams for the duration, waiting whenever its send buffer is full (so
+//! the offered load follows what the connection can carry). The server counts what arrives.
+//! Afterwards the client asks for that count over a perf request whose answer is the count as
+//! 8 bytes, big-endian; lost = sent − delivered.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context, Result};
+use bytes::Bytes;
+
+use super::{Outcome, Unit, Workload, WorkloadKind, SERVER_NAME};
+use crate::{
+    perf,
+    proto::{encode_header, parse_header, HEADER_LEN},
+    system::{ConnOps, EndpointOps, RecvOps, SendOps},
+};
+
+/// Sends datagrams of `size` bytes for `duration`.
+#[derive(Debug, Clone)]
+pub struct Datagrams {
+    /// Payload size (capped at the path's maximum datagram size).
+    pub size: usize,
+    /// How long to send.
+    pub duration: Duration,
+}
+
+/// How long the client waits after sending for the last datagrams to land.
+const SETTLE: Duration = Duration::from_millis(200);
+
+async fn count_datagrams<C: ConnOps>(conn: C, meter: Arc<AtomicU64>) {
+    let received = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (conn, received) = (conn.clone(), received.clone());
+        tokio::spawn(async move {
+            while conn.read_datagram().await.is_ok() {
+                received.fetch_add(1, Ordering::Relaxed);
+                meter.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // Every bidirectional request is answered with the count so far.
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        if perf::read_request(&mut recv).await.is_err() {
+            break;
+        }
+        let count = received.load(Ordering::Relaxed);
+        if send.write_all(&encode_header(count)).await.is_err() || send.finish().is_err() {
+            break;
+        }
+    }
+    reader.abort();
+}
+
+impl Workload for Datagrams {
+    fn kind(&self) -> WorkloadKind {
+        WorkloadKind::Datagrams
+    }
+
+    fn unit(&self) -> Unit {
+        Unit::Datagrams
+    }
+
+    fn total(&self) -> Option<u64> {
+        None
+    }
+
+    async fn serve<E: EndpointOps>(self, endpoint: E, meter: Arc<AtomicU64>) {
+        while let Some(handshake) = endpoint.accept().await {
+            let meter = meter.clone();
+            tokio::spawn(async move {
+                if let Ok(conn) = handshake.await {
+                    count_datagrams(conn, meter).await;
+                }
+            });
+        }
+    }
+
+    async fn run<E: EndpointOps>(
+        self,
+        endpoint: E,
+        server: SocketAddr,
+        _meter: Arc<AtomicU64>,
+    ) -> Result<Outcome> {
+        let conn = endpoint.connect(server, SERVER_NAME).await?;
+        let max = conn
+            .max_datagram_size()
+            .context("the server does not accept datagrams")?;
+        let size = self.size.min(max).max(1);
+        let payload = Bytes::from(vec![0x5a; size]);
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < self.duration {
+            for _ in 0..64 {
+                conn.send_datagram_wait(payload.clone()).await?;
+                sent += 1;
+            }
+        }
+        let elapsed = start.elapsed();
+        tokio::time::sleep(SETTLE).await;
+
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&encode_header(HEADER_LEN as u64)).await?;
+        send.finish()?;
+        let mut answer = Vec::new();
+        while let Some(chunk) = recv.read_chunk(usize::MAX).await? {
+            answer.extend_from_slice(&chunk);
+        }
+        ensure!(answer.len() == HEADER_LEN, "bad count answer: {} bytes", answer.len());
+        let delivered = parse_header(&answer)?;
+        conn.close(perf::CLOSE_DONE, b"done");
+
+        let mut outcome = Outcome::new(delivered, elapsed);
+        outcome.extra.insert("sent".into(), sent as f64);
+        outcome.extra.insert("lost".into(), sent.saturating_sub(delivered) as f64);
+        outcome.extra.insert("datagram_size".into(), size as f64);
+        Ok(outcome)
+    }
+}

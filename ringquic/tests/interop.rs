@@ -1,0 +1,93 @@
+//! Interoperability with stock quinn 0.11, both ways, with a transfer.
+mod common;
+use common::*;
+
+use ringquic::Endpoint;
+
+const SIZE: usize = 8 << 20;
+
+fn payload() -> Vec<u8> {
+    (0..SIZE).map(|i| (i % 251) as u8).collect()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn quinn_client_to_ringquic_server() {
+    for b in backends() {
+        let c = cert();
+        let server = Endpoint::builder()
+            .backend(b)
+            .server_config(server_config(&c))
+            .bind(localhost())
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let srv = server.clone();
+        let serve = tokio::spawn(async move {
+            let conn = srv.accept().await.unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+            let data = recv.read_to_end(SIZE).await.unwrap();
+            assert_eq!(data, payload());
+            send.write_all(&data).await.unwrap();
+            send.finish().unwrap();
+            conn.closed().await
+        });
+        let mut client = quinn::Endpoint::client(localhost()).unwrap();
+        client.set_default_client_config(client_config(&c));
+        within(30, async {
+            let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(&payload()).await.unwrap();
+            send.finish().unwrap();
+            let back = recv.read_to_end(SIZE).await.unwrap();
+            assert_eq!(back, payload(), "{b}");
+            conn.close(7u32.into(), b"bye");
+            let err = serve.await.unwrap();
+            match err {
+                ringquic::ConnectionError::ApplicationClosed(close) => {
+                    assert_eq!(close.error_code, 7u32.into());
+                    assert_eq!(&close.reason[..], b"bye");
+                }
+                other => panic!("{b}: unexpected close reason {other}"),
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn ringquic_client_to_quinn_server() {
+    for b in backends() {
+        let c = cert();
+        let server = quinn::Endpoint::server(server_config(&c), localhost()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let serve = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+            let data = recv.read_to_end(SIZE).await.unwrap();
+            send.write_all(&data).await.unwrap();
+            send.finish().unwrap();
+            let err = conn.closed().await;
+            (server, err)
+        });
+        let client = Endpoint::builder()
+            .backend(b)
+            .default_client_config(client_config(&c))
+            .bind(localhost())
+            .unwrap();
+        within(30, async {
+            let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(&payload()).await.unwrap();
+            send.finish().unwrap();
+            let back = recv.read_to_end(SIZE).await.unwrap();
+            assert_eq!(back, payload(), "{b}");
+            conn.close(9u32.into(), b"done");
+            let (_server, err) = serve.await.unwrap();
+            match err {
+                quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(close.error_code, 9u32.into()),
+                other => panic!("{b}: unexpected close reason {other}"),
+            }
+            client.wait_idle().await;
+        })
+        .await;
+    }
+}
