@@ -299,6 +299,7 @@ impl Driver {
             datagrams_sent: io.datagrams_sent,
             bytes_sent: io.bytes_sent,
             recv_dropped: io.recv_dropped,
+            recv_starved: io.recv_starved,
             recv_rearms: io.recv_rearms,
             send_errors: io.send_errors,
             tx_exhausted: io.tx_exhausted,
@@ -468,6 +469,8 @@ impl Core {
                 }
             }
             Command::Shutdown => self.shutting_down = true,
+            #[cfg(test)]
+            Command::Panic => panic!("injected by a test"),
         }
     }
 
@@ -561,5 +564,61 @@ impl Core {
         } else if again {
             self.mark_dirty(ch);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use crate::{mailbox::Command, ConnectionError, Endpoint, TransportErrorCode};
+
+    fn configs() -> (crate::ServerConfig, crate::ClientConfig) {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let der = c.cert.der().clone();
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(c.signing_key.serialize_der());
+        let server = crate::ServerConfig::with_single_cert(vec![der.clone()], key.into()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = crate::ClientConfig::with_root_certificates(Arc::new(roots)).unwrap();
+        (server, client)
+    }
+
+    /// A panic on the I/O thread fails pending futures with an error instead of hanging them,
+    /// and later calls fail fast.
+    #[test]
+    fn panic_on_the_io_thread_fails_pending_futures() {
+        let (sc, cc) = configs();
+        let server = Endpoint::server(sc, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(cc);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let addr = server.local_addr().unwrap();
+            let connecting = client.connect(addr, "localhost").unwrap();
+            let _s = server.accept().await.unwrap().await.unwrap();
+            let conn = connecting.await.unwrap();
+            let (_send, mut recv) = conn.open_bi().await.unwrap();
+            let reader = async { recv.read(&mut [0u8; 10]).await };
+            let kill = async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert!(client.shared().mailbox.push(Command::Panic).is_ok());
+            };
+            let (res, ()) = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(reader, kill) })
+                .await
+                .expect("a pending read hung after the I/O thread panicked");
+            match res {
+                Err(crate::ReadError::ConnectionLost(ConnectionError::TransportError(e))) => {
+                    assert_eq!(e.code, TransportErrorCode::INTERNAL_ERROR)
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            assert!(matches!(conn.open_uni().await, Err(ConnectionError::TransportError(_))));
+            assert!(client.accept().await.is_none());
+            assert!(matches!(
+                client.connect(addr, "localhost"),
+                Err(crate::ConnectError::EndpointStopping)
+            ));
+        });
     }
 }

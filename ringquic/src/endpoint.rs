@@ -42,8 +42,12 @@ pub struct EndpointStats {
     pub datagrams_sent: u64,
     /// UDP payload bytes sent.
     pub bytes_sent: u64,
-    /// Datagrams dropped on receive: no free receive buffer, truncated, or unparsable metadata.
+    /// Datagrams dropped on receive: truncated (larger than a receive buffer) or with
+    /// unparsable metadata.
     pub recv_dropped: u64,
+    /// Times every receive buffer was in use, so receiving paused until buffers came back
+    /// (datagrams wait in the kernel's socket buffer meanwhile).
+    pub recv_starved: u64,
     /// Times the kernel ended a multishot receive and the I/O thread re-armed it.
     pub recv_rearms: u64,
     /// Sends that failed (the datagrams are lost, as on a lossy path; QUIC recovers them).
@@ -187,7 +191,7 @@ impl Endpoint {
         Self::builder().bind(addr)
     }
 
-    fn shared(&self) -> &Arc<EndpointShared> {
+    pub(crate) fn shared(&self) -> &Arc<EndpointShared> {
         &self.inner.0
     }
 

@@ -56,6 +56,9 @@ pub(crate) enum Command {
     Close { code: VarInt, reason: Bytes },
     /// Every handle is gone: close what is left, cancel in-flight I/O and exit.
     Shutdown,
+    /// Panic on the I/O thread, to test that a panic fails futures instead of hanging them.
+    #[cfg(test)]
+    Panic,
 }
 
 /// The queue and its wakeup.

@@ -440,6 +440,39 @@ fn bind_side<S: System>(
     Ok((endpoint, ready))
 }
 
+/// Starts one side's thread: a current-thread runtime, an endpoint bound by `bind` (reported on
+/// `ready`), then `body`; the endpoint is closed when `body` returns.
+fn spawn_side<S, B, F>(
+    name: &str,
+    sys: S,
+    ready: mpsc::Sender<Result<Ready>>,
+    bind: B,
+    body: F,
+) -> Result<thread::JoinHandle<()>>
+where
+    S: System,
+    B: FnOnce(&S) -> Result<S::Endpoint> + Send + 'static,
+    F: FnOnce(&tokio::runtime::Runtime, S::Endpoint) + Send + 'static,
+{
+    let spawned = thread::Builder::new().name(name.into()).spawn(move || {
+        let bound = runtime().and_then(|rt| {
+            let side = bind_side(&rt, &sys, bind)?;
+            Ok((rt, side))
+        });
+        match bound {
+            Ok((rt, (endpoint, r))) => {
+                let _ = ready.send(Ok(r));
+                body(&rt, endpoint.clone());
+                rt.block_on(close_endpoint(&endpoint));
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+            }
+        }
+    });
+    spawned.with_context(|| format!("spawning the {name} thread"))
+}
+
 /// Closes an endpoint and gives it a moment to tell its peers.
 async fn close_endpoint<E: EndpointOps>(endpoint: &E) {
     endpoint.close(perf::CLOSE_DONE, b"bench over");
@@ -461,87 +494,68 @@ fn run_phase<S: System, W: Workload>(
     // Server side.
     let (ready_tx, ready_rx) = mpsc::channel::<Result<Ready>>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = {
-        let (sys, workload, meter, identity) =
-            (sys.clone(), workload.clone(), meter.clone(), env.identity.clone());
-        thread::Builder::new()
-            .name("perf-server".into())
-            .spawn(move || -> Result<()> {
-                let rt = runtime()?;
-                let bound = bind_side(&rt, &sys, |s| {
-                    s.server(
-                        config::endpoint_config(&net)?,
-                        config::server_config(&identity, &net)?,
-                        loopback(),
-                    )
-                });
-                let endpoint = match bound {
-                    Ok((endpoint, ready)) => {
-                        let _ = ready_tx.send(Ok(ready));
-                        endpoint
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return Ok(());
-                    }
-                };
+    let identity = env.identity.clone();
+    let server = spawn_side(
+        "perf-server",
+        sys.clone(),
+        ready_tx.clone(),
+        move |s| {
+            s.server(
+                config::endpoint_config(&net)?,
+                config::server_config(&identity, &net)?,
+                loopback(),
+            )
+        },
+        {
+            let (workload, meter) = (workload.clone(), meter.clone());
+            move |rt, endpoint| {
                 rt.block_on(async {
                     tokio::select! {
-                        () = workload.serve(endpoint.clone(), meter) => {}
+                        () = workload.serve(endpoint, meter) => {}
                         _ = stop_rx => {}
                     }
-                    close_endpoint(&endpoint).await;
-                });
-                Ok(())
-            })?
-    };
+                })
+            }
+        },
+    )?;
     let server_ready = recv_ready(&ready_rx, "server")?;
 
     // Client side.
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let (done_tx, done_rx) = mpsc::channel::<Result<Outcome>>();
     let (release_tx, release_rx) = mpsc::channel::<()>();
-    let client = {
-        let (sys, workload, meter, ready_tx) = (sys, workload.clone(), meter.clone(), ready_tx);
-        let cert = env.identity.certs.clone();
-        let server_addr = server_ready.addr;
-        let timeout = opts.phase_timeout;
-        thread::Builder::new()
-            .name("perf-client".into())
-            .spawn(move || -> Result<()> {
-                let rt = runtime()?;
-                let bound = bind_side(&rt, &sys, |s| {
-                    s.client(
-                        config::endpoint_config(&net)?,
-                        config::client_config(&Trust::Roots(cert), &net)?,
-                        loopback(),
-                    )
-                });
-                let endpoint = match bound {
-                    Ok((endpoint, ready)) => {
-                        let _ = ready_tx.send(Ok(ready));
-                        endpoint
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return Ok(());
-                    }
-                };
-                if go_rx.recv().is_ok() {
-                    let outcome = rt.block_on(async {
-                        let run = workload.run(endpoint.clone(), server_addr, meter);
-                        match tokio::time::timeout(timeout, run).await {
-                            Ok(r) => r,
-                            Err(_) => Err(anyhow!("phase timed out after {timeout:?}")),
-                        }
-                    });
-                    let _ = done_tx.send(outcome);
-                    let _ = release_rx.recv();
+    let cert = env.identity.certs.clone();
+    let (server_addr, timeout) = (server_ready.addr, opts.phase_timeout);
+    let client = spawn_side(
+        "perf-client",
+        sys,
+        ready_tx,
+        move |s| {
+            s.client(
+                config::endpoint_config(&net)?,
+                config::client_config(&Trust::Roots(cert), &net)?,
+                loopback(),
+            )
+        },
+        {
+            let (workload, meter) = (workload.clone(), meter.clone());
+            move |rt, endpoint| {
+                if go_rx.recv().is_err() {
+                    return;
                 }
-                rt.block_on(close_endpoint(&endpoint));
-                Ok(())
-            })?
-    };
+                let outcome = rt.block_on(async {
+                    let run = workload.run(endpoint, server_addr, meter);
+                    match tokio::time::timeout(timeout, run).await {
+                        Ok(r) => r,
+                        Err(_) => Err(anyhow!("phase timed out after {timeout:?}")),
+                    }
+                });
+                let _ = done_tx.send(outcome);
+                // Keep the endpoint (and its threads) alive until the main thread has measured.
+                let _ = release_rx.recv();
+            }
+        },
+    )?;
     let client_ready = match recv_ready(&ready_rx, "client") {
         Ok(r) => r,
         Err(e) => {
@@ -584,8 +598,8 @@ fn run_phase<S: System, W: Workload>(
     let client_result = client.join();
     let server_result = server.join();
     let outcome = outcome?;
-    client_result.map_err(|_| anyhow!("client thread panicked"))??;
-    server_result.map_err(|_| anyhow!("server thread panicked"))??;
+    client_result.map_err(|_| anyhow!("client thread panicked"))?;
+    server_result.map_err(|_| anyhow!("server thread panicked"))?;
 
     Ok(Measurement {
         workload: workload.kind(),

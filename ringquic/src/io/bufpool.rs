@@ -52,11 +52,6 @@ impl RxArena {
         })
     }
 
-    /// Number of buffers.
-    pub(crate) fn count(&self) -> usize {
-        self.count
-    }
-
     /// Size of each buffer in bytes.
     pub(crate) fn buf_size(&self) -> usize {
         self.size
@@ -170,11 +165,6 @@ impl TxPool {
     pub(crate) fn in_flight(&self) -> usize {
         self.busy
     }
-
-    /// Total number of buffers.
-    pub(crate) fn capacity(&self) -> usize {
-        self.in_flight.len()
-    }
 }
 
 #[cfg(test)]
@@ -199,13 +189,11 @@ mod tests {
         assert_eq!(p.in_flight(), 0);
         let c = p.take().unwrap();
         assert!(c.buf.is_empty());
-        assert_eq!(p.capacity(), 2);
     }
 
     #[test]
     fn rx_arena_bounds() {
         let a = RxArena::new(4, 256).unwrap();
-        assert_eq!(a.count(), 4);
         assert_eq!(a.buf_size(), 256);
         assert_eq!(a.addr(1) as usize - a.addr(0) as usize, 256);
         assert_eq!(a.addr(0) as usize % 4096, 0);

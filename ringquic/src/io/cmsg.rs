@@ -314,7 +314,6 @@ mod tests {
     #[test]
     fn sockaddr_parsing() {
         let v4 = socket2::SockAddr::from("10.1.2.3:443".parse::<SocketAddr>().unwrap());
-        // SAFETY-free: SockAddr exposes its bytes through as_storage.
         let bytes = sockaddr_bytes(&v4);
         assert_eq!(parse_sockaddr(&bytes), Some("10.1.2.3:443".parse().unwrap()));
         let mapped = socket2::SockAddr::from(wire_addr("10.1.2.3:443".parse().unwrap(), true));
@@ -326,11 +325,9 @@ mod tests {
     }
 
     fn sockaddr_bytes(a: &socket2::SockAddr) -> Vec<u8> {
-        let len = a.len() as usize;
-        let storage = a.as_storage();
-        // Copy the storage struct field by field through its byte representation.
-        let mut out = vec![0u8; len];
-        let family = storage.ss_family;
+        // The kernel layout of sockaddr_in / sockaddr_in6, written field by field.
+        let mut out = vec![0u8; a.len() as usize];
+        let family = if a.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u16;
         out[..2].copy_from_slice(&family.to_ne_bytes());
         match a.as_socket() {
             Some(SocketAddr::V4(v4)) => {

@@ -106,9 +106,12 @@ pub(crate) struct IoStats {
     pub bytes_received: u64,
     pub datagrams_sent: u64,
     pub bytes_sent: u64,
-    /// Datagrams lost because every receive buffer was in use (`ENOBUFS` on the provided-buffer
-    /// ring) or because a datagram did not fit a buffer (truncated).
+    /// Datagrams dropped on receive: truncated (did not fit a buffer) or with unparsable
+    /// metadata.
     pub recv_dropped: u64,
+    /// Times every receive buffer was in use (`ENOBUFS` on the provided-buffer ring); datagrams
+    /// wait in the kernel's socket buffer meanwhile, lost only if that overflows too.
+    pub recv_starved: u64,
     /// Multishot receives the kernel ended and we re-armed.
     pub recv_rearms: u64,
     /// Sends that failed with an error other than "try again" (the datagram is dropped, as a

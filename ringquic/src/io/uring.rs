@@ -325,9 +325,10 @@ impl UringBackend {
         }
         let Some(bid) = cqueue::buffer_select(flags) else {
             match -res {
-                // Every provided buffer was in use: the kernel dropped datagrams and ended the
-                // multishot. Buffers come back as we process; re-armed below.
-                libc::ENOBUFS => self.stats.recv_dropped += 1,
+                // Every provided buffer was in use: the kernel ended the multishot. Datagrams
+                // wait in the socket's receive queue (nothing is lost yet); the buffers come
+                // back as we process completions and the receive is re-armed next turn.
+                libc::ENOBUFS => self.stats.recv_starved += 1,
                 // Cancelled on shutdown.
                 libc::ECANCELED => {}
                 // ICMP errors (ECONNREFUSED, EHOSTUNREACH, …) are reported on the socket and
@@ -589,3 +590,136 @@ impl Drop for UringBackend {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    fn cfg(recv_buffers: usize, recv_buffer_size: usize) -> IoConfig {
+        IoConfig {
+            recv_buffers,
+            recv_buffer_size,
+            tx_buffers: 4,
+            tx_buffer_size: 65536,
+            max_udp_payload: 1472,
+        }
+    }
+
+    fn backend(c: &IoConfig) -> Option<UringBackend> {
+        let ring = match open_ring(c) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("io_uring unavailable here ({e}); skipping");
+                return None;
+            }
+        };
+        let sock = crate::socket::create("127.0.0.1:0".parse().unwrap()).unwrap();
+        Some(UringBackend::new(ring, sock, c).unwrap())
+    }
+
+    fn transmit(to: SocketAddr, size: usize, segment_size: Option<usize>) -> Transmit {
+        Transmit {
+            destination: to,
+            ecn: Some(quinn_proto::EcnCodepoint::Ect0),
+            size,
+            segment_size,
+            src_ip: None,
+        }
+    }
+
+    /// Turn `b` until `want` datagrams arrived or `ms` milliseconds passed.
+    fn collect(b: &mut UringBackend, want: usize, ms: u64) -> Vec<(RecvMeta, BytesMut)> {
+        let mut got = Vec::new();
+        let end = Instant::now() + Duration::from_millis(ms);
+        while got.len() < want && Instant::now() < end {
+            b.turn(Some(Instant::now() + Duration::from_millis(50)), &mut |m, d| got.push((m, d)))
+                .unwrap();
+        }
+        got
+    }
+
+    #[test]
+    fn gso_send_arrives_split_with_metadata() {
+        let c = cfg(16, 65536 + 256);
+        let (Some(mut a), Some(mut b)) = (backend(&c), backend(&c)) else { return };
+        let to = b.local_addr().unwrap();
+        let mut tx = a.take_tx().unwrap();
+        tx.buf.extend((0..5 * 1200).map(|i| (i / 1200) as u8));
+        a.send(tx, &transmit(to, 6000, Some(1200)));
+        // Sends are submitted by the next turn.
+        a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
+        let got = collect(&mut b, 5, 2000);
+        assert_eq!(got.len(), 5);
+        for (i, (meta, d)) in got.iter().enumerate() {
+            assert_eq!(d.len(), 1200);
+            assert!(d.iter().all(|x| *x == i as u8));
+            assert_eq!(meta.remote, a.local_addr().unwrap());
+            assert_eq!(meta.local_ip, Some("127.0.0.1".parse().unwrap()));
+            assert_eq!(meta.ecn, Some(quinn_proto::EcnCodepoint::Ect0));
+        }
+        // The send completion returned the buffer.
+        let end = Instant::now() + Duration::from_secs(2);
+        while a.tx.in_flight() > 0 && Instant::now() < end {
+            a.turn(Some(Instant::now() + Duration::from_millis(10)), &mut |_, _| {}).unwrap();
+        }
+        assert_eq!(a.tx.in_flight(), 0);
+        assert_eq!(a.stats().datagrams_sent, 5);
+        assert_eq!(b.stats().datagrams_received, 5);
+    }
+
+    /// More datagrams than receive buffers: the ring runs dry (ENOBUFS ends the multishot), it
+    /// is counted and re-armed, nothing is lost, and traffic flows again afterwards.
+    #[test]
+    fn receive_flood_larger_than_the_pool_recovers() {
+        let c = cfg(2, 2048);
+        let Some(mut b) = backend(&c) else { return };
+        assert!(!b.gro(), "2 KiB buffers cannot hold a GRO batch");
+        let to = b.local_addr().unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..200 {
+            sender.send_to(&[1u8; 1000], to).unwrap();
+        }
+        // Everything that fit was delivered intact; the rest was dropped and counted, by the
+        // kernel's socket buffer or by our ring running dry.
+        let got = collect(&mut b, 200, 300);
+        assert!(!got.is_empty());
+        assert!(got.iter().all(|(_, d)| d.len() == 1000 && d.iter().all(|x| *x == 1)));
+        // Recovery: new datagrams arrive.
+        sender.send_to(b"after", to).unwrap();
+        let after = collect(&mut b, 1, 2000);
+        assert_eq!(after.len(), 1, "stats: {:?}", b.stats());
+        assert_eq!(&after[0].1[..], b"after");
+        let s = b.stats();
+        assert_eq!(s.datagrams_received as usize, got.len() + 1, "{s:?}");
+        // Two buffers for 200 queued datagrams: the ring ran dry and was re-armed, and the
+        // datagrams waited in the socket buffer meanwhile instead of being lost.
+        assert!(s.recv_starved > 0 && s.recv_rearms > 0, "{s:?}");
+        assert_eq!(got.len(), 200, "{s:?}");
+    }
+
+    #[test]
+    fn wakeup_ends_a_sleep_and_shutdown_reaps_everything() {
+        let c = cfg(8, 65536 + 256);
+        let Some(mut b) = backend(&c) else { return };
+        let w = b.waker();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            w.wake();
+        });
+        let start = Instant::now();
+        b.turn(None, &mut |_, _| {}).unwrap();
+        assert!(start.elapsed() < Duration::from_secs(5));
+        t.join().unwrap();
+        // Leave sends in flight and shut down: everything completes before memory is freed.
+        let to = "127.0.0.1:9".parse().unwrap();
+        for _ in 0..4 {
+            let mut tx = b.take_tx().unwrap();
+            tx.buf.extend_from_slice(&[0u8; 1200]);
+            b.send(tx, &transmit(to, 1200, None));
+        }
+        b.shutdown();
+        assert!(b.quiescent());
+        assert!(b.rx.is_some(), "memory was reclaimed, not leaked");
+    }
+}
