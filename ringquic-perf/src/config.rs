@@ -115,7 +115,6 @@ impl Identity {
             .with_context(|| format!("reading private key from {}", key.display()))?;
         Ok(Self { certs, key })
     }
-
 }
 
 /// Loads every certificate in a PEM file (at least one is required).

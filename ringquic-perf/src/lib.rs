@@ -5,6 +5,7 @@
 //! run servers, clients and the bench in-process.
 
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod perf;
 pub mod plot;

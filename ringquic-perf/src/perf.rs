@@ -224,14 +224,7 @@ pub async fn run_client<E: EndpointOps>(
 
     let received = AtomicU64::new(0);
     let transfer_start = Instant::now();
-    let tally = run_requests(
-        &conn,
-        opts.request,
-        opts.requests,
-        opts.concurrency,
-        &received,
-    )
-    .await?;
+    let tally = run_requests(&conn, opts.request, opts.requests, opts.concurrency, &received).await?;
     let mut report = ClientReport {
         server,
         options: opts.clone(),

@@ -175,15 +175,7 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_errors() {
-        for s in [
-            "",
-            "K",
-            "-1",
-            "1.5G",
-            "12X",
-            "99999999999999999999",
-            "20000000T",
-        ] {
+        for s in ["", "K", "-1", "1.5G", "12X", "99999999999999999999", "20000000T"] {
             assert!(parse_size(s).is_err(), "{s:?} should not parse");
         }
     }

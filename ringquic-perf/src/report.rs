@@ -386,8 +386,18 @@ impl Report {
         );
         let _ = writeln!(out);
         let header = [
-            "workload", "system", "result", "spread", "detail", "CPU client", "server",
-            "process", "per", "peak RSS", "×quinn", "CPU ×quinn",
+            "workload",
+            "system",
+            "result",
+            "spread",
+            "detail",
+            "CPU client",
+            "server",
+            "process",
+            "per",
+            "peak RSS",
+            "×quinn",
+            "CPU ×quinn",
         ];
         let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
         for g in &self.groups {
@@ -396,7 +406,9 @@ impl Report {
         let widths: Vec<usize> = (0..header.len())
             .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
             .collect();
-        let left = [true, true, false, false, true, false, false, false, true, false, false, false];
+        let left = [
+            true, true, false, false, true, false, false, false, true, false, false, false,
+        ];
         for (i, row) in rows.iter().enumerate() {
             let mut line = String::new();
             for (c, cell) in row.iter().enumerate() {
@@ -454,7 +466,11 @@ fn group_row(g: &Group) -> Vec<String> {
         row.extend(std::iter::repeat_n(String::new(), 9));
         return row;
     };
-    let unit = g.runs.iter().find(|m| m.error.is_none()).map_or(Unit::Bytes, |m| m.unit);
+    let unit = g
+        .runs
+        .iter()
+        .find(|m| m.error.is_none())
+        .map_or(Unit::Bytes, |m| m.unit);
     row.push(format_figure(unit, s.figure));
     row.push(if s.runs > 1 {
         format!("±{:.1}%", s.spread * 100.0)
@@ -503,13 +519,7 @@ fn format_us(us: f64) -> String {
 /// Formats a rate in `unit`s per second, e.g. `612.3 MiB/s` or `41.2k req/s`.
 pub fn format_figure(unit: Unit, per_sec: f64) -> String {
     let suffix = match unit {
-        Unit::Bytes => {
-            return format!(
-                "{}/s ({:.2} Gbit/s)",
-                format_bytes(per_sec),
-                per_sec * 8.0 / 1e9
-            )
-        }
+        Unit::Bytes => return format!("{}/s ({:.2} Gbit/s)", format_bytes(per_sec), per_sec * 8.0 / 1e9),
         Unit::Requests => "req/s",
         Unit::Connections => "conn/s",
         Unit::Datagrams => "dgram/s",
@@ -535,10 +545,7 @@ mod tests {
             elapsed_secs: 1.0,
             ..Outcome::default()
         };
-        m.cpu_process = CpuTimes {
-            user: cpu,
-            sys: 0.0,
-        };
+        m.cpu_process = CpuTimes { user: cpu, sys: 0.0 };
         m
     }
 
@@ -554,9 +561,15 @@ mod tests {
         let opts = BenchOptions::default();
         let mut r = Report::new(&opts);
         let ring = SystemKind::Ringquic(None);
-        r.push(WorkloadKind::Bulk, ok(WorkloadKind::Bulk, SystemKind::Quinn, 100.0, 2.0));
+        r.push(
+            WorkloadKind::Bulk,
+            ok(WorkloadKind::Bulk, SystemKind::Quinn, 100.0, 2.0),
+        );
         r.push(WorkloadKind::Bulk, ok(WorkloadKind::Bulk, ring, 150.0, 1.0));
-        r.push(WorkloadKind::Bulk, ok(WorkloadKind::Bulk, SystemKind::Quinn, 120.0, 2.0));
+        r.push(
+            WorkloadKind::Bulk,
+            ok(WorkloadKind::Bulk, SystemKind::Quinn, 120.0, 2.0),
+        );
         r.push(WorkloadKind::Bulk, ok(WorkloadKind::Bulk, ring, 170.0, 1.0));
         r.push(WorkloadKind::Bulk, ok(WorkloadKind::Bulk, ring, 160.0, 1.0));
         let q = r.groups[0].summary.clone().unwrap();

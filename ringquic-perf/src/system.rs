@@ -66,11 +66,8 @@ pub trait EndpointOps: Clone + Send + Sync + 'static {
     /// Waits for the next incoming connection attempt; `None` once the endpoint is closed.
     fn accept(&self) -> impl Future<Output = Option<Handshake<Self::Conn>>> + Send;
     /// Connects to `addr`, authenticating it as `server_name`, with the default client config.
-    fn connect(
-        &self,
-        addr: SocketAddr,
-        server_name: &str,
-    ) -> impl Future<Output = Result<Self::Conn>> + Send;
+    fn connect(&self, addr: SocketAddr, server_name: &str)
+        -> impl Future<Output = Result<Self::Conn>> + Send;
     /// The bound address.
     fn local_addr(&self) -> Result<SocketAddr>;
     /// Closes every connection.
@@ -267,10 +264,7 @@ impl System for Ringquic {
         client: ClientConfig,
         addr: SocketAddr,
     ) -> Result<ringquic::Endpoint> {
-        Ok(self
-            .builder(endpoint)
-            .default_client_config(client)
-            .bind(addr)?)
+        Ok(self.builder(endpoint).default_client_config(client).bind(addr)?)
     }
 
     fn label(&self, endpoint: &ringquic::Endpoint) -> String {

@@ -144,11 +144,7 @@ pub fn peak_rss(was_reset: bool) -> (u64, PeakSource) {
 
 fn status_field_kib(status: &str, field: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(field))?;
-    line[field.len()..]
-        .split_ascii_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    line[field.len()..].split_ascii_whitespace().next()?.parse().ok()
 }
 
 /// A point-in-time reading of the CPU used by each side and by the process.
@@ -191,13 +187,7 @@ mod tests {
     #[test]
     fn parses_stat_with_spaces_in_name() {
         let stat = "1234 (tokio rt) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 37 0 0 20 0 4 0";
-        assert_eq!(
-            parse_stat(stat),
-            Some(CpuTimes {
-                user: 2.5,
-                sys: 0.37
-            })
-        );
+        assert_eq!(parse_stat(stat), Some(CpuTimes { user: 2.5, sys: 0.37 }));
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) S 1"), None);
     }

@@ -41,7 +41,11 @@ pub(crate) struct ConnectionInner {
 }
 
 impl ConnectionInner {
-    pub(crate) fn new(handle: ConnectionHandle, conn: proto::Connection, shared: Arc<EndpointShared>) -> Arc<Self> {
+    pub(crate) fn new(
+        handle: ConnectionHandle,
+        conn: proto::Connection,
+        shared: Arc<EndpointShared>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             handle,
             // One handle, reserved for the application's `Connecting`, which adopts it.
@@ -240,7 +244,9 @@ pub struct Connecting {
 
 impl std::fmt::Debug for Connecting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connecting").field("remote", &self.remote_address()).finish()
+        f.debug_struct("Connecting")
+            .field("remote", &self.remote_address())
+            .finish()
     }
 }
 
@@ -251,7 +257,11 @@ impl Connecting {
 
     /// The peer's address.
     pub fn remote_address(&self) -> SocketAddr {
-        self.conn.as_ref().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.lock().inner.remote_address())
+        self.conn
+            .as_ref()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| {
+                c.lock().inner.remote_address()
+            })
     }
 
     /// The local IP address the connection uses, if known.
@@ -298,7 +308,10 @@ impl Connection {
     /// Open a bidirectional stream. Waits while the peer's stream limit is reached.
     pub async fn open_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
         let id = self.open(Dir::Bi).await?;
-        Ok((SendStream::new(self.0.clone(), id), RecvStream::new(self.0.clone(), id)))
+        Ok((
+            SendStream::new(self.0.clone(), id),
+            RecvStream::new(self.0.clone(), id),
+        ))
     }
 
     /// Open a unidirectional stream. Waits while the peer's stream limit is reached.
@@ -310,7 +323,10 @@ impl Connection {
     /// Accept the next bidirectional stream the peer opens.
     pub async fn accept_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
         let id = self.accept(Dir::Bi).await?;
-        Ok((SendStream::new(self.0.clone(), id), RecvStream::new(self.0.clone(), id)))
+        Ok((
+            SendStream::new(self.0.clone(), id),
+            RecvStream::new(self.0.clone(), id),
+        ))
     }
 
     /// Accept the next unidirectional stream the peer opens.
@@ -398,7 +414,9 @@ impl Connection {
     /// [`ConnectionError::LocallyClosed`]; the peer receives the code and reason.
     pub fn close(&self, code: VarInt, reason: &[u8]) {
         let mut woken = Vec::new();
-        self.0.lock().close(code, Bytes::copy_from_slice(reason), &mut woken);
+        self.0
+            .lock()
+            .close(code, Bytes::copy_from_slice(reason), &mut woken);
         self.0.wake();
         wake_all(woken);
     }

@@ -224,7 +224,10 @@ impl Driver {
             self.core.stats.loop_turns += 1;
             self.take_commands();
             if self.core.shutting_down {
-                self.core.close_all(proto::VarInt::from_u32(0), bytes::Bytes::from_static(b"endpoint dropped"));
+                self.core.close_all(
+                    proto::VarInt::from_u32(0),
+                    bytes::Bytes::from_static(b"endpoint dropped"),
+                );
             }
             self.drive_dirty();
             self.send_responses();
@@ -268,7 +271,9 @@ impl Driver {
         // driving (bound reached) wait for the next turn.
         let n = self.core.dirty.len();
         for _ in 0..n {
-            let Some(ch) = self.core.dirty.pop_front() else { break };
+            let Some(ch) = self.core.dirty.pop_front() else {
+                break;
+            };
             self.core.in_dirty.remove(&ch);
             self.core.drive(ch, &mut *self.io);
         }
@@ -350,10 +355,14 @@ impl Core {
 
     fn on_datagram(&mut self, meta: RecvMeta, data: BytesMut) {
         let now = self.now();
-        match self
-            .endpoint
-            .handle(now, meta.remote, meta.local_ip, meta.ecn, data, &mut self.resp_buf)
-        {
+        match self.endpoint.handle(
+            now,
+            meta.remote,
+            meta.local_ip,
+            meta.ecn,
+            data,
+            &mut self.resp_buf,
+        ) {
             Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
                 if let Some(conn) = self.conns.get(&ch) {
                     conn.lock().inner.handle_event(ev);
@@ -390,7 +399,12 @@ impl Core {
 
     fn expire_timers(&mut self) {
         let now = Instant::now();
-        let due: Vec<_> = self.timers.iter().filter(|(_, t)| **t <= now).map(|(ch, _)| *ch).collect();
+        let due: Vec<_> = self
+            .timers
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(ch, _)| *ch)
+            .collect();
         for ch in due {
             self.mark_dirty(ch);
         }
@@ -433,7 +447,10 @@ impl Core {
                 server_config,
                 reply,
             } => {
-                let res = match self.endpoint.accept(incoming, now, &mut self.resp_buf, server_config) {
+                let res = match self
+                    .endpoint
+                    .accept(incoming, now, &mut self.resp_buf, server_config)
+                {
                     Ok((ch, conn)) => Ok(self.add_connection(ch, conn)),
                     Err(e) => {
                         if let Some(t) = e.response {
@@ -496,7 +513,9 @@ impl Core {
 
     /// Drive one connection: timers, events, transmits. Bounded.
     fn drive(&mut self, ch: ConnectionHandle, io: &mut dyn IoBackend) {
-        let Some(conn) = self.conns.get(&ch).cloned() else { return };
+        let Some(conn) = self.conns.get(&ch).cloned() else {
+            return;
+        };
         let now = Instant::now();
         let mut woken = std::mem::take(&mut self.woken);
         let mut drained = false;
@@ -592,7 +611,10 @@ mod tests {
         let server = Endpoint::server(sc, "127.0.0.1:0".parse().unwrap()).unwrap();
         let mut client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         client.set_default_client_config(cc);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let addr = server.local_addr().unwrap();
             let connecting = client.connect(addr, "localhost").unwrap();
@@ -604,16 +626,20 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 assert!(client.shared().mailbox.push(Command::Panic).is_ok());
             };
-            let (res, ()) = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(reader, kill) })
-                .await
-                .expect("a pending read hung after the I/O thread panicked");
+            let (res, ()) =
+                tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(reader, kill) })
+                    .await
+                    .expect("a pending read hung after the I/O thread panicked");
             match res {
                 Err(crate::ReadError::ConnectionLost(ConnectionError::TransportError(e))) => {
                     assert_eq!(e.code, TransportErrorCode::INTERNAL_ERROR)
                 }
                 other => panic!("unexpected {other:?}"),
             }
-            assert!(matches!(conn.open_uni().await, Err(ConnectionError::TransportError(_))));
+            assert!(matches!(
+                conn.open_uni().await,
+                Err(ConnectionError::TransportError(_))
+            ));
             assert!(client.accept().await.is_none());
             assert!(matches!(
                 client.connect(addr, "localhost"),

@@ -228,7 +228,10 @@ impl Endpoint {
 
     /// Replace the server configuration (new connections only); `None` stops accepting.
     pub fn set_server_config(&self, config: Option<ServerConfig>) {
-        let _ = self.shared().mailbox.push(Command::SetServerConfig(config.map(Arc::new)));
+        let _ = self
+            .shared()
+            .mailbox
+            .push(Command::SetServerConfig(config.map(Arc::new)));
     }
 
     /// Connect to `addr` with the default client configuration.
@@ -336,7 +339,9 @@ pub struct Incoming {
 
 impl std::fmt::Debug for Incoming {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Incoming").field("remote", &self.remote_address()).finish()
+        f.debug_struct("Incoming")
+            .field("remote", &self.remote_address())
+            .finish()
     }
 }
 
@@ -355,7 +360,10 @@ impl Incoming {
         self.accept_inner(Some(server_config))
     }
 
-    fn accept_inner(mut self, server_config: Option<Arc<ServerConfig>>) -> Result<Connecting, ConnectionError> {
+    fn accept_inner(
+        mut self,
+        server_config: Option<Arc<ServerConfig>>,
+    ) -> Result<Connecting, ConnectionError> {
         let (tx, rx) = mpsc::sync_channel(1);
         let incoming = self.take();
         self.endpoint
@@ -368,7 +376,10 @@ impl Incoming {
             })
             .map_err(|_| ConnectionError::LocallyClosed)?;
         let inner = rx.recv().map_err(|_| ConnectionError::LocallyClosed)??;
-        Ok(Connecting::new(ConnectionRef::adopt(inner, self.endpoint.clone())))
+        Ok(Connecting::new(ConnectionRef::adopt(
+            inner,
+            self.endpoint.clone(),
+        )))
     }
 
     /// Refuse: the peer gets a CONNECTION_REFUSED close.
@@ -401,7 +412,9 @@ impl Incoming {
 
     /// The peer's address.
     pub fn remote_address(&self) -> SocketAddr {
-        self.inner.as_ref().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |i| i.remote_address())
+        self.inner
+            .as_ref()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |i| i.remote_address())
     }
 
     /// Whether the peer's address was validated (by a Retry token).
@@ -668,7 +681,9 @@ impl EndpointBuilder {
             }
             Err(_) => {
                 let _ = thread.join();
-                Err(EndpointError::Thread(io::Error::other("the I/O thread exited during setup")))
+                Err(EndpointError::Thread(io::Error::other(
+                    "the I/O thread exited during setup",
+                )))
             }
         }
     }

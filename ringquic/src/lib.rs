@@ -70,10 +70,10 @@ pub use crate::{
 };
 
 pub use quinn_proto::{
-    crypto, AckFrequencyConfig, ApplicationClose, Chunk, ClientConfig, ClosedStream, ConfigError, ConnectError,
-    ConnectionClose, ConnectionError, ConnectionId, ConnectionStats, Dir, EndpointConfig, FrameStats, IdleTimeout,
-    MtuDiscoveryConfig, PathStats, ServerConfig, Side, StreamId, TransportConfig, TransportError,
-    TransportErrorCode, UdpStats, VarInt, VarIntBoundsExceeded, Written,
+    crypto, AckFrequencyConfig, ApplicationClose, Chunk, ClientConfig, ClosedStream, ConfigError,
+    ConnectError, ConnectionClose, ConnectionError, ConnectionId, ConnectionStats, Dir, EndpointConfig,
+    FrameStats, IdleTimeout, MtuDiscoveryConfig, PathStats, ServerConfig, Side, StreamId, TransportConfig,
+    TransportError, TransportErrorCode, UdpStats, VarInt, VarIntBoundsExceeded, Written,
 };
 pub use rustls;
 

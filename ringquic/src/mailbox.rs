@@ -95,7 +95,9 @@ impl Mailbox {
 
     /// Queue a command and wake the I/O thread if no wakeup is pending yet.
     ///
-    /// Gives the command back if the I/O thread has exited.
+    /// Gives the command back if the I/O thread has exited. (A large `Err` is fine here: it is
+    /// the rare path, and boxing every command would cost an allocation on the common one.)
+    #[allow(clippy::result_large_err)]
     pub(crate) fn push(&self, cmd: Command) -> Result<(), Command> {
         {
             let mut q = lock(&self.queue);

@@ -15,15 +15,17 @@ use crate::EndpointError;
 /// (`IPV6_V6ONLY` off) so IPv4 peers reach it too.
 pub(crate) fn create(addr: SocketAddr) -> Result<std::net::UdpSocket, EndpointError> {
     let bind_err = |source| EndpointError::Bind { addr, source };
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
-        .map_err(bind_err)?;
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(bind_err)?;
     if addr.is_ipv6() {
         // Dual-stack only for the wildcard: a specific IPv6 address cannot receive IPv4 anyway.
         let only_v6 = !addr.ip().is_unspecified();
-        socket.set_only_v6(only_v6).map_err(|source| EndpointError::Socket {
-            option: "IPV6_V6ONLY",
-            source,
-        })?;
+        socket
+            .set_only_v6(only_v6)
+            .map_err(|source| EndpointError::Socket {
+                option: "IPV6_V6ONLY",
+                source,
+            })?;
     }
     socket.bind(&addr.into()).map_err(bind_err)?;
     let socket: std::net::UdpSocket = socket.into();

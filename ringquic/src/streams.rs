@@ -5,16 +5,16 @@
 //! copying. Reads take chunks out of quinn-proto's receive buffer: `read_chunk` returns `Bytes`
 //! that point into the very buffer the datagram was decrypted in.
 
-use std::task::{Context, Poll};
 #[cfg(any(feature = "tokio", feature = "futures-io"))]
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use quinn_proto::{self as proto, Chunk, ClosedStream, FinishError, StreamId, VarInt};
 
 use crate::{
-    connection::ConnectionRef,
-    ConnectionError, ReadError, ReadExactError, ReadToEndError, StoppedError, WriteError,
+    connection::ConnectionRef, ConnectionError, ReadError, ReadExactError, ReadToEndError, StoppedError,
+    WriteError,
 };
 
 /// The sending half of a stream.
@@ -30,13 +30,19 @@ pub struct SendStream {
 
 impl std::fmt::Debug for ConnectionRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectionRef").field("handle", &self.handle.0).finish()
+        f.debug_struct("ConnectionRef")
+            .field("handle", &self.handle.0)
+            .finish()
     }
 }
 
 impl SendStream {
     pub(crate) fn new(conn: ConnectionRef, id: StreamId) -> Self {
-        Self { conn, id, done: false }
+        Self {
+            conn,
+            id,
+            done: false,
+        }
     }
 
     /// The stream's identifier.
@@ -217,7 +223,11 @@ impl RecvStream {
         std::future::poll_fn(|cx| self.poll_read(cx, buf)).await
     }
 
-    pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<Result<Option<usize>, ReadError>> {
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<Result<Option<usize>, ReadError>> {
         if buf.is_empty() {
             return Poll::Ready(Ok(Some(0)));
         }
@@ -343,7 +353,9 @@ impl RecvStream {
                 let mut recv = st.inner.recv_stream(self.id);
                 let mut chunks = match recv.read(ordered) {
                     Ok(c) => c,
-                    Err(proto::ReadableError::ClosedStream) => return Poll::Ready(Err(ReadError::ClosedStream)),
+                    Err(proto::ReadableError::ClosedStream) => {
+                        return Poll::Ready(Err(ReadError::ClosedStream))
+                    }
                     Err(proto::ReadableError::IllegalOrderedRead) => {
                         return Poll::Ready(Err(ReadError::IllegalOrderedRead))
                     }
@@ -470,9 +482,12 @@ mod futures_io_impls {
     }
 
     impl futures_io::AsyncRead for RecvStream {
-        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
             RecvStream::poll_read(&mut self, cx, buf).map(|r| r.map(|n| n.unwrap_or(0)).map_err(Into::into))
         }
     }
 }
-

@@ -9,7 +9,12 @@ async fn echo_once(server: &Endpoint, client: &Endpoint) {
     let connecting = client.connect(addr, "localhost").unwrap();
     let srv = server.clone();
     let server_task = async move {
-        let conn = srv.accept().await.expect("incoming").await.expect("server handshake");
+        let conn = srv
+            .accept()
+            .await
+            .expect("incoming")
+            .await
+            .expect("server handshake");
         let (mut send, mut recv) = conn.accept_bi().await.expect("accept_bi");
         let msg = recv.read_to_end(1 << 20).await.expect("read");
         send.write_all(&msg).await.expect("write");
@@ -38,7 +43,10 @@ fn run_echo(backend: BackendKind, rt: &tokio::runtime::Runtime) {
 
 #[test]
 fn echo_tokio_current_thread() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     for b in backends() {
         run_echo(b, &rt);
     }
@@ -46,7 +54,11 @@ fn echo_tokio_current_thread() {
 
 #[test]
 fn echo_tokio_multi_thread() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     for b in backends() {
         run_echo(b, &rt);
     }

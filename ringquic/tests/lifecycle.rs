@@ -23,7 +23,10 @@ async fn close_reaches_the_peer_as_application_closed() {
             other => panic!("{b}: {other}"),
         }
         // Later operations report the same error.
-        assert!(matches!(conn.open_bi().await, Err(ConnectionError::ApplicationClosed(_))));
+        assert!(matches!(
+            conn.open_bi().await,
+            Err(ConnectionError::ApplicationClosed(_))
+        ));
         // The closing side sees LocallyClosed.
         assert_eq!(sconn.closed().await, ConnectionError::LocallyClosed);
         within(10, server.wait_idle()).await;
@@ -38,7 +41,11 @@ async fn idle_timeout_reaches_the_other_side() {
         short.max_idle_timeout(Some(Duration::from_millis(300).try_into().unwrap()));
         let mut sc = server_config(&c);
         sc.transport_config(Arc::new(short));
-        let server = Endpoint::builder().backend(b).server_config(sc).bind(localhost()).unwrap();
+        let server = Endpoint::builder()
+            .backend(b)
+            .server_config(sc)
+            .bind(localhost())
+            .unwrap();
         let client = Endpoint::builder()
             .backend(b)
             .default_client_config(client_config(&c))
@@ -60,7 +67,12 @@ async fn idle_timeout_reaches_the_other_side() {
 fn dropping_the_endpoint_joins_its_thread() {
     if std::env::var("RINGQUIC_TEST_CHILD_THREADS").is_err() {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "dropping_the_endpoint_joins_its_thread", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "dropping_the_endpoint_joins_its_thread",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("RINGQUIC_TEST_CHILD_THREADS", "1")
             .output()
             .unwrap();
@@ -73,14 +85,19 @@ fn dropping_the_endpoint_joins_its_thread() {
         {
             let (server, client) = pair(b);
             assert_eq!(io_threads(), 2);
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 let addr = server.local_addr().unwrap();
                 let connecting = client.connect(addr, "localhost").unwrap();
                 let s = within(10, async { server.accept().await.unwrap().await.unwrap() }).await;
                 let c = within(10, connecting).await.unwrap();
                 let (mut tx, _rx) = c.open_bi().await.unwrap();
-                tx.write_all(b"in flight when everything is dropped").await.unwrap();
+                tx.write_all(b"in flight when everything is dropped")
+                    .await
+                    .unwrap();
                 drop((s, c, tx));
             });
         }
@@ -95,14 +112,21 @@ fn adopting_a_socket() {
         let c = cert();
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = sock.local_addr().unwrap();
-        let server = Endpoint::builder().backend(b).server_config(server_config(&c)).socket(sock).unwrap();
+        let server = Endpoint::builder()
+            .backend(b)
+            .server_config(server_config(&c))
+            .socket(sock)
+            .unwrap();
         assert_eq!(server.local_addr().unwrap(), addr);
         let client = Endpoint::builder()
             .backend(b)
             .default_client_config(client_config(&c))
             .bind(localhost())
             .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let connecting = client.connect(addr, "localhost").unwrap();
             let _s = within(10, async { server.accept().await.unwrap().await.unwrap() }).await;
@@ -115,7 +139,10 @@ fn adopting_a_socket() {
 fn adopting_an_unbound_socket_says_what_is_missing() {
     let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
     let err = Endpoint::builder().socket(raw.into()).unwrap_err();
-    assert!(matches!(err, EndpointError::Socket { option: "bind", .. }), "{err}");
+    assert!(
+        matches!(err, EndpointError::Socket { option: "bind", .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("not bound"), "{err}");
 }
 
@@ -125,34 +152,61 @@ fn construction_errors_are_typed() {
     assert!(matches!(e, EndpointError::Config(_)), "{e}");
     let e = Endpoint::builder().tx_buffers(0).bind(localhost()).unwrap_err();
     assert!(matches!(e, EndpointError::Config(_)), "{e}");
-    let e = Endpoint::builder().recv_buffer_size(1000).bind(localhost()).unwrap_err();
-    assert!(matches!(e, EndpointError::RecvBufferTooSmall { size: 1000, .. }), "{e}");
-    let e = Endpoint::builder().tx_buffer_size(1000).bind(localhost()).unwrap_err();
-    assert!(matches!(e, EndpointError::TxBufferTooSmall { size: 1000, .. }), "{e}");
+    let e = Endpoint::builder()
+        .recv_buffer_size(1000)
+        .bind(localhost())
+        .unwrap_err();
+    assert!(
+        matches!(e, EndpointError::RecvBufferTooSmall { size: 1000, .. }),
+        "{e}"
+    );
+    let e = Endpoint::builder()
+        .tx_buffer_size(1000)
+        .bind(localhost())
+        .unwrap_err();
+    assert!(
+        matches!(e, EndpointError::TxBufferTooSmall { size: 1000, .. }),
+        "{e}"
+    );
     // A bigger max UDP payload raises the minimum buffer sizes.
     let mut ec = EndpointConfig::default();
     ec.max_udp_payload_size(9000).unwrap();
-    let e = Endpoint::builder().endpoint_config(ec).tx_buffer_size(8000).bind(localhost()).unwrap_err();
-    assert!(matches!(e, EndpointError::TxBufferTooSmall { min: 9000, .. }), "{e}");
+    let e = Endpoint::builder()
+        .endpoint_config(ec)
+        .tx_buffer_size(8000)
+        .bind(localhost())
+        .unwrap_err();
+    assert!(
+        matches!(e, EndpointError::TxBufferTooSmall { min: 9000, .. }),
+        "{e}"
+    );
     // Bind failure: the port is taken.
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let e = Endpoint::client(taken.local_addr().unwrap()).unwrap_err();
     assert!(matches!(e, EndpointError::Bind { .. }), "{e}");
     // Unknown backend names.
     let e = "quantum".parse::<BackendKind>().unwrap_err();
-    assert!(matches!(e, EndpointError::UnknownBackend(ref n) if n == "quantum"), "{e}");
+    assert!(
+        matches!(e, EndpointError::UnknownBackend(ref n) if n == "quantum"),
+        "{e}"
+    );
     assert_eq!("uring".parse::<BackendKind>().unwrap(), BackendKind::IoUring);
     assert_eq!("poll".parse::<BackendKind>().unwrap(), BackendKind::Poll);
     // No client config: connect says so.
     let client = Endpoint::client(localhost()).unwrap();
-    let e = client.connect("127.0.0.1:4433".parse().unwrap(), "localhost").unwrap_err();
+    let e = client
+        .connect("127.0.0.1:4433".parse().unwrap(), "localhost")
+        .unwrap_err();
     assert!(matches!(e, ringquic::ConnectError::NoDefaultClientConfig), "{e}");
     // An invalid remote address is refused by the protocol layer, through the I/O thread.
     let c = cert();
     let e = client
         .connect_with(client_config(&c), "127.0.0.1:0".parse().unwrap(), "localhost")
         .unwrap_err();
-    assert!(matches!(e, ringquic::ConnectError::InvalidRemoteAddress(_)), "{e}");
+    assert!(
+        matches!(e, ringquic::ConnectError::InvalidRemoteAddress(_)),
+        "{e}"
+    );
 }
 
 /// `RINGQUIC_BACKEND` with a name ringquic does not know is an error at construction. Runs in a
@@ -166,7 +220,11 @@ fn unknown_backend_in_the_environment_is_an_error() {
     }
     let exe = std::env::current_exe().unwrap();
     let out = std::process::Command::new(exe)
-        .args(["--exact", "unknown_backend_in_the_environment_is_an_error", "--nocapture"])
+        .args([
+            "--exact",
+            "unknown_backend_in_the_environment_is_an_error",
+            "--nocapture",
+        ])
         .env("RINGQUIC_TEST_CHILD", "1")
         .env("RINGQUIC_BACKEND", "bogus")
         .output()
@@ -183,14 +241,21 @@ fn environment_selects_the_backend() {
         return;
     }
     let exe = std::env::current_exe().unwrap();
-    for name in ["poll"].into_iter().chain(cfg!(target_os = "linux").then_some("uring")) {
+    for name in ["poll"]
+        .into_iter()
+        .chain(cfg!(target_os = "linux").then_some("uring"))
+    {
         let out = std::process::Command::new(&exe)
             .args(["--exact", "environment_selects_the_backend", "--nocapture"])
             .env("RINGQUIC_TEST_CHILD_BACKEND", name)
             .env("RINGQUIC_BACKEND", name)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
     }
 }

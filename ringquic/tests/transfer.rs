@@ -91,7 +91,9 @@ async fn hundred_concurrent_streams() {
                 let conn = conn.clone();
                 tasks.push(tokio::spawn(async move {
                     let (mut s, mut r) = conn.open_bi().await.unwrap();
-                    let payload: Vec<u8> = (0..(10_000 + i as usize * 100)).map(|x| (x as u32 ^ i) as u8).collect();
+                    let payload: Vec<u8> = (0..(10_000 + i as usize * 100))
+                        .map(|x| (x as u32 ^ i) as u8)
+                        .collect();
                     s.write_all(&payload).await.unwrap();
                     s.finish().unwrap();
                     let back = r.read_to_end(1 << 20).await.unwrap();

@@ -114,13 +114,19 @@ impl Workload for Datagrams {
         while let Some(chunk) = recv.read_chunk(usize::MAX).await? {
             answer.extend_from_slice(&chunk);
         }
-        ensure!(answer.len() == HEADER_LEN, "bad count answer: {} bytes", answer.len());
+        ensure!(
+            answer.len() == HEADER_LEN,
+            "bad count answer: {} bytes",
+            answer.len()
+        );
         let delivered = parse_header(&answer)?;
         conn.close(perf::CLOSE_DONE, b"done");
 
         let mut outcome = Outcome::new(delivered, elapsed);
         outcome.extra.insert("sent".into(), sent as f64);
-        outcome.extra.insert("lost".into(), sent.saturating_sub(delivered) as f64);
+        outcome
+            .extra
+            .insert("lost".into(), sent.saturating_sub(delivered) as f64);
         outcome.extra.insert("datagram_size".into(), size as f64);
         Ok(outcome)
     }

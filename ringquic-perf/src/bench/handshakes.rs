@@ -50,12 +50,17 @@ impl Workload for Handshakes {
         meter: Arc<AtomicU64>,
     ) -> Result<Outcome> {
         let ignored = AtomicU64::new(0);
-        timed_loops(self.concurrency.max(1) as usize, self.duration, &meter, |_| async {
-            let conn = endpoint.connect(server, SERVER_NAME).await?;
-            let result = perf::request(&conn, REQUEST, &ignored).await;
-            conn.close(perf::CLOSE_DONE, b"done");
-            result
-        })
+        timed_loops(
+            self.concurrency.max(1) as usize,
+            self.duration,
+            &meter,
+            |_| async {
+                let conn = endpoint.connect(server, SERVER_NAME).await?;
+                let result = perf::request(&conn, REQUEST, &ignored).await;
+                conn.close(perf::CLOSE_DONE, b"done");
+                result
+            },
+        )
         .await
     }
 }

@@ -30,8 +30,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 pub use self::{
-    datagrams::Datagrams, handshakes::Handshakes, rr::RequestResponse, streams::Streams,
-    transfer::Bulk,
+    datagrams::Datagrams, handshakes::Handshakes, rr::RequestResponse, streams::Streams, transfer::Bulk,
 };
 use crate::{
     config::{self, Identity, NetOptions, Trust},
@@ -387,7 +386,8 @@ fn run_one(
         ),
         WorkloadKind::All => Err(anyhow!("`all` is not a single workload")),
     };
-    result.unwrap_or_else(|e| Measurement::failed(kind, system, run, format!("{e:#}")))
+    result
+        .unwrap_or_else(|e| Measurement::failed(kind, system, run, format!("{e:#}")))
         .with_run(run)
 }
 
@@ -633,14 +633,8 @@ fn progress_bar<W: Workload>(opts: &BenchOptions, workload: &W, label: &str) -> 
         return ProgressBar::hidden();
     }
     let (len, template) = match workload.total() {
-        Some(total) => (
-            total,
-            "{msg:32} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-        ),
-        None => (
-            opts.duration.as_millis() as u64,
-            "{msg:32} [{bar:30}] {elapsed}",
-        ),
+        Some(total) => (total, "{msg:32} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}"),
+        None => (opts.duration.as_millis() as u64, "{msg:32} [{bar:30}] {elapsed}"),
     };
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(template) {
@@ -652,12 +646,7 @@ fn progress_bar<W: Workload>(opts: &BenchOptions, workload: &W, label: &str) -> 
 
 /// Runs `workers` loops of `op(worker_index)` back to back until `duration` has passed, timing
 /// every call; the first error ends the run.
-async fn timed_loops<F, Fut>(
-    workers: usize,
-    duration: Duration,
-    meter: &AtomicU64,
-    op: F,
-) -> Result<Outcome>
+async fn timed_loops<F, Fut>(workers: usize, duration: Duration, meter: &AtomicU64, op: F) -> Result<Outcome>
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = Result<()>>,

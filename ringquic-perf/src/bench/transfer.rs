@@ -47,9 +47,7 @@ impl Workload for Bulk {
             download: self.size,
             uni: false,
         };
-        perf::request(&conn, req, &meter)
-            .await
-            .context("bulk download")?;
+        perf::request(&conn, req, &meter).await.context("bulk download")?;
         let elapsed = start.elapsed();
         conn.close(perf::CLOSE_DONE, b"done");
         Ok(Outcome::new(self.size, elapsed))

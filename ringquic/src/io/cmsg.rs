@@ -47,8 +47,16 @@ pub(crate) fn parse(control: &[u8]) -> RecvCmsgs {
     let mut off = 0usize;
     while off + HDR <= control.len() {
         let len = usize::from_ne_bytes(control[off..off + ALIGN].try_into().unwrap_or_default());
-        let level = i32::from_ne_bytes(control[off + ALIGN..off + ALIGN + 4].try_into().unwrap_or_default());
-        let ty = i32::from_ne_bytes(control[off + ALIGN + 4..off + ALIGN + 8].try_into().unwrap_or_default());
+        let level = i32::from_ne_bytes(
+            control[off + ALIGN..off + ALIGN + 4]
+                .try_into()
+                .unwrap_or_default(),
+        );
+        let ty = i32::from_ne_bytes(
+            control[off + ALIGN + 4..off + ALIGN + 8]
+                .try_into()
+                .unwrap_or_default(),
+        );
         if len < HDR || off + len > control.len() {
             break;
         }
@@ -66,17 +74,15 @@ pub(crate) fn parse(control: &[u8]) -> RecvCmsgs {
             }
             (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
                 // struct in_pktinfo { int ifindex; in_addr spec_dst; in_addr addr; }
-                if data.len() >= 12 {
-                    let a: [u8; 4] = data[8..12].try_into().unwrap_or_default();
-                    out.dst_ip = Some(IpAddr::V4(Ipv4Addr::from(a)));
-                }
+                let addr = data.get(8..12).and_then(|a| <[u8; 4]>::try_from(a).ok());
+                out.dst_ip = addr.map(|a| IpAddr::V4(Ipv4Addr::from(a))).or(out.dst_ip);
             }
             (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
                 // struct in6_pktinfo { in6_addr addr; int ifindex; }
-                if data.len() >= 16 {
-                    let a: [u8; 16] = data[..16].try_into().unwrap_or_default();
-                    out.dst_ip = Some(IpAddr::V6(Ipv6Addr::from(a)).to_canonical());
-                }
+                let addr = data.get(..16).and_then(|a| <[u8; 16]>::try_from(a).ok());
+                out.dst_ip = addr
+                    .map(|a| IpAddr::V6(Ipv6Addr::from(a)).to_canonical())
+                    .or(out.dst_ip);
             }
             (libc::SOL_UDP, libc::UDP_GRO) => {
                 if let Some(v) = read_i32(data) {
@@ -187,12 +193,17 @@ pub(crate) fn wire_addr(dst: SocketAddr, socket_is_v6: bool) -> SocketAddr {
 
 /// Split a received payload into datagrams: a GRO batch holds `segment_size`-byte datagrams, the
 /// last one possibly shorter. A zero segment size means one datagram.
-pub(crate) fn segments(payload_len: usize, segment_size: Option<usize>) -> impl Iterator<Item = std::ops::Range<usize>> {
+pub(crate) fn segments(
+    payload_len: usize,
+    segment_size: Option<usize>,
+) -> impl Iterator<Item = std::ops::Range<usize>> {
     let step = match segment_size {
         Some(s) if s > 0 => s,
         _ => payload_len.max(1),
     };
-    (0..payload_len).step_by(step).map(move |start| start..(start + step).min(payload_len))
+    (0..payload_len)
+        .step_by(step)
+        .map(move |start| start..(start + step).min(payload_len))
 }
 
 /// Socket features the io_uring backend turned on.
@@ -224,16 +235,31 @@ pub(crate) fn configure_socket(
     if local.is_ipv4() {
         set(libc::IPPROTO_IP, libc::IP_RECVTOS, on, "IP_RECVTOS")?;
         set(libc::IPPROTO_IP, libc::IP_PKTINFO, on, "IP_PKTINFO")?;
-        set(libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_PROBE, "IP_MTU_DISCOVER")?;
+        set(
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+            "IP_MTU_DISCOVER",
+        )?;
     } else {
         set(libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, on, "IPV6_RECVTCLASS")?;
         set(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, on, "IPV6_RECVPKTINFO")?;
-        set(libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IP_PMTUDISC_PROBE, "IPV6_MTU_DISCOVER")?;
+        set(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+            "IPV6_MTU_DISCOVER",
+        )?;
         // A dual-stack socket also carries IPv4: ask for its control messages too. These fail on
         // an IPv6-only socket, which never sees IPv4, so failure is fine.
         let _ = setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, on);
         let _ = setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, on);
-        let _ = setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_PROBE);
+        let _ = setsockopt_int(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        );
     }
     let gro = want_gro && setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, on).is_ok();
     // Probe GSO the way quinn-udp does: setting UDP_SEGMENT succeeds where it is supported.
@@ -246,7 +272,12 @@ pub(crate) fn configure_socket(
     Ok(LinuxFeatures { gro, gso_segments })
 }
 
-fn setsockopt_int(fd: libc::c_int, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn setsockopt_int(
+    fd: libc::c_int,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: `value` is a live c_int for the duration of the call and its size is passed; the
     // kernel only reads it. `fd` is a socket the caller keeps open across the call.
     let rc = unsafe {
@@ -317,9 +348,15 @@ mod tests {
         let bytes = sockaddr_bytes(&v4);
         assert_eq!(parse_sockaddr(&bytes), Some("10.1.2.3:443".parse().unwrap()));
         let mapped = socket2::SockAddr::from(wire_addr("10.1.2.3:443".parse().unwrap(), true));
-        assert_eq!(parse_sockaddr(&sockaddr_bytes(&mapped)), Some("10.1.2.3:443".parse().unwrap()));
+        assert_eq!(
+            parse_sockaddr(&sockaddr_bytes(&mapped)),
+            Some("10.1.2.3:443".parse().unwrap())
+        );
         let v6 = socket2::SockAddr::from("[::1]:80".parse::<SocketAddr>().unwrap());
-        assert_eq!(parse_sockaddr(&sockaddr_bytes(&v6)), Some("[::1]:80".parse().unwrap()));
+        assert_eq!(
+            parse_sockaddr(&sockaddr_bytes(&v6)),
+            Some("[::1]:80".parse().unwrap())
+        );
         assert_eq!(parse_sockaddr(&[0, 0]), None);
         assert_eq!(parse_sockaddr(&[]), None);
     }
@@ -327,7 +364,11 @@ mod tests {
     fn sockaddr_bytes(a: &socket2::SockAddr) -> Vec<u8> {
         // The kernel layout of sockaddr_in / sockaddr_in6, written field by field.
         let mut out = vec![0u8; a.len() as usize];
-        let family = if a.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u16;
+        let family = if a.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        } as u16;
         out[..2].copy_from_slice(&family.to_ne_bytes());
         match a.as_socket() {
             Some(SocketAddr::V4(v4)) => {

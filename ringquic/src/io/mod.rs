@@ -28,9 +28,9 @@ use bytes::BytesMut;
 use quinn_proto::{EcnCodepoint, Transmit};
 
 pub(crate) mod bufpool;
-pub(crate) mod poll;
 #[cfg(target_os = "linux")]
 pub(crate) mod cmsg;
+pub(crate) mod poll;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
 

@@ -220,10 +220,7 @@ impl PollBackend {
     /// Return a TX buffer to the free list (emptied, capacity kept).
     fn recycle(&mut self, mut buf: TxBuf) {
         if self.tx_free.len() >= self.tx_count {
-            debug!(
-                slot = buf.slot,
-                "TX buffer returned twice or foreign; dropped"
-            );
+            debug!(slot = buf.slot, "TX buffer returned twice or foreign; dropped");
             return;
         }
         buf.buf.clear();
@@ -301,14 +298,11 @@ impl PollBackend {
             match self.state.try_send((&self.socket).into(), &transmit) {
                 Ok(()) => {
                     p.sent += chunk;
-                    self.stats.datagrams_sent +=
-                        segment_size.map_or(1, |seg| chunk.div_ceil(seg)) as u64;
+                    self.stats.datagrams_sent += segment_size.map_or(1, |seg| chunk.div_ceil(seg)) as u64;
                     self.stats.bytes_sent += chunk as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e)
-                    if segment_size.is_some() && self.state.max_gso_segments() < max_segments =>
-                {
+                Err(e) if segment_size.is_some() && self.state.max_gso_segments() < max_segments => {
                     // quinn-udp saw the GSO send refused and lowered the segment count: resend
                     // the batch in smaller pieces.
                     self.stats.gso_disabled += 1;
@@ -667,9 +661,7 @@ mod tests {
             }
             let deadline = (Instant::now() + Duration::from_millis(50)).min(end);
             backend
-                .turn(Some(deadline), &mut |meta, data| {
-                    received.push((meta, data))
-                })
+                .turn(Some(deadline), &mut |meta, data| received.push((meta, data)))
                 .expect("turn");
         }
         assert_eq!(received.len(), n, "datagrams received");
@@ -749,8 +741,7 @@ mod tests {
     fn gso_batch_over_64k_is_split() {
         let mut cfg = config();
         cfg.tx_buffer_size = 64 * 1024;
-        let mut a =
-            PollBackend::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), &cfg).unwrap();
+        let mut a = PollBackend::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), &cfg).unwrap();
         let mut b = bind("127.0.0.1:0").unwrap();
         let b_addr = b.local_addr().unwrap();
         // 64 × 1024 = 65536 bytes: more than one UDP send may carry.
@@ -906,10 +897,8 @@ mod tests {
         }
         let start = Instant::now();
         let mut calls = 0;
-        a.turn(Some(start + Duration::from_millis(200)), &mut |_, _| {
-            calls += 1
-        })
-        .unwrap();
+        a.turn(Some(start + Duration::from_millis(200)), &mut |_, _| calls += 1)
+            .unwrap();
         assert_eq!(calls, 0);
         assert!(
             start.elapsed() >= Duration::from_millis(150),
@@ -926,13 +915,7 @@ mod tests {
         // Pretend the last send hit WouldBlock (loopback never pushes back).
         a.writable = false;
         for i in 1..=3u8 {
-            transmit(
-                &mut a,
-                b_addr,
-                &payload(i, 100 * usize::from(i)),
-                None,
-                None,
-            );
+            transmit(&mut a, b_addr, &payload(i, 100 * usize::from(i)), None, None);
         }
         assert_eq!(a.pending.len(), 3);
         assert_eq!(a.tx_free.len(), config().tx_buffers - 3);
@@ -957,19 +940,12 @@ mod tests {
         let mut a = bind("127.0.0.1:0").unwrap();
         let mut cfg = config();
         cfg.recv_buffers = 1;
-        let mut b =
-            PollBackend::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), &cfg).unwrap();
+        let mut b = PollBackend::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), &cfg).unwrap();
         b.max_recv_calls = 1;
         let b_addr = b.local_addr().unwrap();
         // Different sizes, so that GRO cannot coalesce them.
         for i in 1..=5u8 {
-            transmit(
-                &mut a,
-                b_addr,
-                &payload(i, usize::from(i) * 100),
-                None,
-                None,
-            );
+            transmit(&mut a, b_addr, &payload(i, usize::from(i) * 100), None, None);
         }
         let mut received = Vec::new();
         for _ in 0..20 {

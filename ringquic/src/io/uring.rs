@@ -68,9 +68,16 @@ pub(crate) const RECV_HEADROOM: usize = RECVMSG_OUT + NAME_LEN + CONTROL_LEN;
 /// make the endpoint fall back to the poll backend.
 pub(crate) fn open_ring(cfg: &IoConfig) -> io::Result<IoUring> {
     let sq = (cfg.tx_buffers + 16).next_power_of_two().clamp(64, 4096) as u32;
-    let cq = (cfg.recv_buffers * 2 + cfg.tx_buffers * 2 + 64).next_power_of_two().clamp(256, 65536) as u32;
+    let cq = (cfg.recv_buffers * 2 + cfg.tx_buffers * 2 + 64)
+        .next_power_of_two()
+        .clamp(256, 65536) as u32;
     // Newest flags first; older kernels reject them with EINVAL.
-    match IoUring::builder().setup_cqsize(cq).setup_coop_taskrun().setup_single_issuer().build(sq) {
+    match IoUring::builder()
+        .setup_cqsize(cq)
+        .setup_coop_taskrun()
+        .setup_single_issuer()
+        .build(sq)
+    {
         Ok(r) => Ok(r),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder().setup_cqsize(cq).build(sq),
         Err(e) => Err(e),
@@ -99,7 +106,8 @@ impl EventFdWaker {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
     }
 
     fn drain(&self) {
@@ -139,9 +147,17 @@ impl BufRing {
         // SAFETY: non-zero size (entries ≥ 1, checked by the caller).
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut types::BufRingEntry;
         if ptr.is_null() {
-            return Err(io::Error::new(io::ErrorKind::OutOfMemory, "buffer ring allocation failed"));
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "buffer ring allocation failed",
+            ));
         }
-        Ok(Self { entries: ptr, layout, mask: entries - 1, tail: 0 })
+        Ok(Self {
+            entries: ptr,
+            layout,
+            mask: entries - 1,
+            tail: 0,
+        })
     }
 
     /// Queue buffer `bid` (of `arena`) for the kernel; visible after [`BufRing::publish`].
@@ -198,17 +214,23 @@ pub(crate) struct UringBackend {
 
 impl UringBackend {
     /// Set up the socket options, the buffer pools and the buffer ring, and arm the receive.
-    pub(crate) fn new(ring: IoUring, socket: std::net::UdpSocket, cfg: &IoConfig) -> Result<Self, crate::EndpointError> {
+    pub(crate) fn new(
+        ring: IoUring,
+        socket: std::net::UdpSocket,
+        cfg: &IoConfig,
+    ) -> Result<Self, crate::EndpointError> {
         let payload_room = cfg.recv_buffer_size.saturating_sub(RECV_HEADROOM);
         // GRO can hand us up to 64 KiB at once; with smaller buffers it would truncate.
         let features = cmsg::configure_socket(&socket, payload_room >= u16::MAX as usize)?;
-        let io_err = |what: &'static str| move |source: io::Error| crate::EndpointError::Backend { what, source };
+        let io_err =
+            |what: &'static str| move |source: io::Error| crate::EndpointError::Backend { what, source };
         let entries = u16::try_from(cfg.recv_buffers.next_power_of_two())
             .ok()
             .filter(|n| *n <= 32768)
             .ok_or(crate::EndpointError::Config("recv_buffers must be at most 32768"))?;
-        let rx = RxArena::new(entries as usize, cfg.recv_buffer_size)
-            .ok_or(crate::EndpointError::Config("receive buffer pool could not be allocated"))?;
+        let rx = RxArena::new(entries as usize, cfg.recv_buffer_size).ok_or(crate::EndpointError::Config(
+            "receive buffer pool could not be allocated",
+        ))?;
         let mut buf_ring = BufRing::new(entries).map_err(io_err("provided-buffer ring"))?;
         // SAFETY: the ring memory is page-aligned, holds `entries` entries and lives in
         // `self.buf_ring` until after `unregister_buf_ring` (see `shutdown`/`Drop`).
@@ -239,7 +261,12 @@ impl UringBackend {
                 segment: None,
             })
             .collect();
-        debug!(gro = features.gro, gso = features.gso_segments, entries, "io_uring backend ready");
+        debug!(
+            gro = features.gro,
+            gso = features.gso_segments,
+            entries,
+            "io_uring backend ready"
+        );
         let mut this = Self {
             ring,
             socket,
@@ -369,8 +396,13 @@ impl UringBackend {
         match -res {
             // The kernel refused a GSO batch (no checksum offload on the route, for one): the
             // batch is lost like any dropped datagram; later sends carry one datagram each.
-            libc::EIO | libc::EINVAL if self.gso_segments > 1 && self.slots[slot as usize].segment.is_some() => {
-                warn!("GSO send failed ({}); sending one datagram per send from now on", io::Error::from_raw_os_error(-res));
+            libc::EIO | libc::EINVAL
+                if self.gso_segments > 1 && self.slots[slot as usize].segment.is_some() =>
+            {
+                warn!(
+                    "GSO send failed ({}); sending one datagram per send from now on",
+                    io::Error::from_raw_os_error(-res)
+                );
                 self.gso_segments = 1;
                 self.stats.gso_disabled += 1;
                 self.stats.send_errors += 1;
@@ -392,7 +424,9 @@ impl UringBackend {
             Some(d) if d <= now => self.ring.submit(),
             Some(d) => {
                 let wait = d - now;
-                let ts = types::Timespec::new().sec(wait.as_secs()).nsec(wait.subsec_nanos());
+                let ts = types::Timespec::new()
+                    .sec(wait.as_secs())
+                    .nsec(wait.subsec_nanos());
                 let args = types::SubmitArgs::new().timespec(&ts);
                 self.ring.submitter().submit_with_args(1, &args)
             }
@@ -450,7 +484,11 @@ fn deliver(buf: &[u8], msg: &libc::msghdr, stats: &mut IoStats, on_recv: &mut dy
     };
     let c = cmsg::parse(out.control_data());
     let payload = out.payload_data();
-    let meta = RecvMeta { remote, local_ip: c.dst_ip, ecn: c.ecn };
+    let meta = RecvMeta {
+        remote,
+        local_ip: c.dst_ip,
+        ecn: c.ecn,
+    };
     // One copy, one allocation per completion: the whole (GRO) payload into one BytesMut,
     // then each datagram split off it without copying.
     let mut data = BytesMut::from(payload);
@@ -506,12 +544,19 @@ impl IoBackend for UringBackend {
         slot.name = socket2::SockAddr::from(dst);
         slot.segment = seg;
         let clen = cmsg::encode(&mut slot.control, t.destination.is_ipv4(), &cm);
-        slot.iov = libc::iovec { iov_base: ptr as *mut _, iov_len: len };
+        slot.iov = libc::iovec {
+            iov_base: ptr as *mut _,
+            iov_len: len,
+        };
         slot.msg.msg_name = slot.name.as_ptr() as *mut _;
         slot.msg.msg_namelen = slot.name.len();
         slot.msg.msg_iov = &mut slot.iov;
         slot.msg.msg_iovlen = 1;
-        slot.msg.msg_control = if clen > 0 { slot.control.as_mut_ptr().cast() } else { std::ptr::null_mut() };
+        slot.msg.msg_control = if clen > 0 {
+            slot.control.as_mut_ptr().cast()
+        } else {
+            std::ptr::null_mut()
+        };
         slot.msg.msg_controllen = clen;
         slot.msg.msg_flags = 0;
         let sqe = opcode::SendMsg::new(types::Fd(self.socket.as_raw_fd()), &slot.msg)
@@ -520,7 +565,11 @@ impl IoBackend for UringBackend {
         self.push(sqe);
     }
 
-    fn turn(&mut self, deadline: Option<Instant>, on_recv: &mut dyn FnMut(RecvMeta, BytesMut)) -> io::Result<()> {
+    fn turn(
+        &mut self,
+        deadline: Option<Instant>,
+        on_recv: &mut dyn FnMut(RecvMeta, BytesMut),
+    ) -> io::Result<()> {
         if !self.recv_armed {
             self.arm_recv();
         }
@@ -528,7 +577,11 @@ impl IoBackend for UringBackend {
             self.arm_wake();
         }
         // Completions already waiting mean there is work: do not sleep.
-        let deadline = if self.ring.completion().is_empty() { deadline } else { Some(Instant::now()) };
+        let deadline = if self.ring.completion().is_empty() {
+            deadline
+        } else {
+            Some(Instant::now())
+        };
         self.enter(deadline)?;
         self.reap_into_buffer();
         self.dispatch(on_recv);
@@ -576,10 +629,13 @@ impl IoBackend for UringBackend {
             std::mem::forget(self.rx.take());
             std::mem::forget(std::mem::replace(&mut self.slots, Box::new([])));
             std::mem::forget(std::mem::replace(&mut self.tx, TxPool::new(0, 0)));
-            std::mem::forget(std::mem::replace(&mut self.recv_msg, Box::new(
-                // SAFETY: zeroed msghdr is a valid empty value.
-                unsafe { std::mem::zeroed() },
-            )));
+            std::mem::forget(std::mem::replace(
+                &mut self.recv_msg,
+                Box::new(
+                    // SAFETY: zeroed msghdr is a valid empty value.
+                    unsafe { std::mem::zeroed() },
+                ),
+            ));
         }
     }
 }
@@ -589,7 +645,6 @@ impl Drop for UringBackend {
         self.shutdown();
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -633,8 +688,10 @@ mod tests {
         let mut got = Vec::new();
         let end = Instant::now() + Duration::from_millis(ms);
         while got.len() < want && Instant::now() < end {
-            b.turn(Some(Instant::now() + Duration::from_millis(50)), &mut |m, d| got.push((m, d)))
-                .unwrap();
+            b.turn(Some(Instant::now() + Duration::from_millis(50)), &mut |m, d| {
+                got.push((m, d))
+            })
+            .unwrap();
         }
         got
     }
@@ -642,7 +699,9 @@ mod tests {
     #[test]
     fn gso_send_arrives_split_with_metadata() {
         let c = cfg(16, 65536 + 256);
-        let (Some(mut a), Some(mut b)) = (backend(&c), backend(&c)) else { return };
+        let (Some(mut a), Some(mut b)) = (backend(&c), backend(&c)) else {
+            return;
+        };
         let to = b.local_addr().unwrap();
         let mut tx = a.take_tx().unwrap();
         tx.buf.extend((0..5 * 1200).map(|i| (i / 1200) as u8));
@@ -661,7 +720,8 @@ mod tests {
         // The send completion returned the buffer.
         let end = Instant::now() + Duration::from_secs(2);
         while a.tx.in_flight() > 0 && Instant::now() < end {
-            a.turn(Some(Instant::now() + Duration::from_millis(10)), &mut |_, _| {}).unwrap();
+            a.turn(Some(Instant::now() + Duration::from_millis(10)), &mut |_, _| {})
+                .unwrap();
         }
         assert_eq!(a.tx.in_flight(), 0);
         assert_eq!(a.stats().datagrams_sent, 5);
@@ -684,7 +744,9 @@ mod tests {
         // kernel's socket buffer or by our ring running dry.
         let got = collect(&mut b, 200, 300);
         assert!(!got.is_empty());
-        assert!(got.iter().all(|(_, d)| d.len() == 1000 && d.iter().all(|x| *x == 1)));
+        assert!(got
+            .iter()
+            .all(|(_, d)| d.len() == 1000 && d.iter().all(|x| *x == 1)));
         // Recovery: new datagrams arrive.
         sender.send_to(b"after", to).unwrap();
         let after = collect(&mut b, 1, 2000);

@@ -74,7 +74,9 @@ pub fn pair(backend: BackendKind) -> (Endpoint, Endpoint) {
 
 /// Fail the test instead of hanging.
 pub async fn within<F: std::future::Future>(secs: u64, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f).await.expect("test timed out")
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .expect("test timed out")
 }
 
 /// Names of this process's threads, to check that none is left behind.
@@ -112,7 +114,9 @@ impl Relay {
             let mut client: Option<SocketAddr> = None;
             let mut buf = vec![0u8; 65536];
             while !st.load(Ordering::Relaxed) {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
                 if bh.load(Ordering::Relaxed) {
                     continue;
                 }
@@ -128,7 +132,12 @@ impl Relay {
                 let _ = sock.send_to(&buf[..n], to);
             }
         });
-        Self { addr, blackhole, stop, thread: Some(thread) }
+        Self {
+            addr,
+            blackhole,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn blackhole(&self) {
