@@ -169,7 +169,9 @@ pub fn transport_config(net: &NetOptions) -> Result<Arc<TransportConfig>> {
     t.initial_mtu(net.initial_mtu)
         .mtu_discovery_config(Some(mtu))
         .max_concurrent_bidi_streams(VarInt::from_u32(1024))
-        .max_concurrent_uni_streams(VarInt::from_u32(1024));
+        .max_concurrent_uni_streams(VarInt::from_u32(1024))
+        // Room for the datagram workload's window of queued datagrams at any MTU.
+        .datagram_send_buffer_size(4 << 20);
     Ok(Arc::new(t))
 }
 

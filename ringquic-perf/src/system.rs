@@ -49,8 +49,10 @@ pub trait ConnOps: Clone + Send + Sync + 'static {
     fn accept_bi(&self) -> impl Future<Output = Result<(Self::Send, Self::Recv)>> + Send;
     /// Accepts the peer's next unidirectional stream.
     fn accept_uni(&self) -> impl Future<Output = Result<Self::Recv>> + Send;
-    /// Sends an unreliable datagram, waiting for room in the send buffer.
-    fn send_datagram_wait(&self, data: Bytes) -> impl Future<Output = Result<()>> + Send;
+    /// Queues an unreliable datagram (dropping the oldest queued one if the buffer is full).
+    fn send_datagram(&self, data: Bytes) -> Result<()>;
+    /// How many DATAGRAM frames this connection has transmitted so far.
+    fn datagrams_transmitted(&self) -> u64;
     /// Receives the next datagram.
     fn read_datagram(&self) -> impl Future<Output = Result<Bytes>> + Send;
     /// The largest datagram payload the peer accepts now, if datagrams are supported.
@@ -116,8 +118,11 @@ macro_rules! impl_quic_ops {
             async fn accept_uni(&self) -> Result<Self::Recv> {
                 Ok($q::Connection::accept_uni(self).await?)
             }
-            async fn send_datagram_wait(&self, data: Bytes) -> Result<()> {
-                Ok($q::Connection::send_datagram_wait(self, data).await?)
+            fn send_datagram(&self, data: Bytes) -> Result<()> {
+                Ok($q::Connection::send_datagram(self, data)?)
+            }
+            fn datagrams_transmitted(&self) -> u64 {
+                $q::Connection::stats(self).frame_tx.datagram
             }
             async fn read_datagram(&self) -> Result<Bytes> {
                 Ok($q::Connection::read_datagram(self).await?)

@@ -377,7 +377,9 @@ impl Core {
                     self.queue_response(t);
                 } else {
                     st.incoming.push_back(incoming);
-                    if let Some(w) = st.accept_waiters.pop() {
+                    // Wake every waiting `accept`: a waker left by a dropped future must not
+                    // swallow the only wakeup.
+                    for w in st.accept_waiters.drain(..) {
                         w.wake();
                     }
                 }

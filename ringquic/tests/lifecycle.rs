@@ -259,3 +259,52 @@ fn environment_selects_the_backend() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
     }
 }
+
+/// `Endpoint::close` + `wait_idle`: every connection's peer hears the close, and wait_idle
+/// returns once the connections are cleaned up.
+#[tokio::test(flavor = "current_thread")]
+async fn endpoint_close_then_wait_idle() {
+    for b in backends() {
+        let (server, client) = pair(b);
+        let addr = server.local_addr().unwrap();
+        let mut server_conns = Vec::new();
+        let mut conns = Vec::new();
+        for _ in 0..3 {
+            let connecting = client.connect(addr, "localhost").unwrap();
+            server_conns.push(within(10, async { server.accept().await.unwrap().await.unwrap() }).await);
+            conns.push(within(10, connecting).await.unwrap());
+        }
+        client.close(5u32.into(), b"maintenance");
+        within(10, client.wait_idle()).await;
+        assert_eq!(client.open_connections(), 0);
+        for sc in &server_conns {
+            match within(10, sc.closed()).await {
+                ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, 5u32.into()),
+                other => panic!("{b}: {other}"),
+            }
+        }
+        assert!(
+            client.accept().await.is_none(),
+            "a closed endpoint accepts nothing"
+        );
+    }
+}
+
+/// Dropping every client handle closes its connections on the wire before the thread exits: the
+/// server hears a close (code 0), not an idle timeout.
+#[tokio::test(flavor = "current_thread")]
+async fn dropping_every_handle_sends_close_frames() {
+    for b in backends() {
+        let (server, client) = pair(b);
+        let addr = server.local_addr().unwrap();
+        let connecting = client.connect(addr, "localhost").unwrap();
+        let sconn = within(10, async { server.accept().await.unwrap().await.unwrap() }).await;
+        let conn = within(10, connecting).await.unwrap();
+        drop(conn);
+        drop(client);
+        match within(10, sconn.closed()).await {
+            ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, 0u32.into()),
+            other => panic!("{b}: {other}"),
+        }
+    }
+}

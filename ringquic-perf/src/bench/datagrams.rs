@@ -1,7 +1,9 @@
 //! `datagrams`: unreliable datagrams per second, delivered and lost.
 //!
-//! The client sends datagrams for the duration, waiting whenever its send buffer is full (so
-//! the offered load follows what the connection can carry). The server counts what arrives.
+//! The client sends datagrams for the duration, keeping at most [`WINDOW`] of them queued but not
+//! yet transmitted (it watches the connection's count of DATAGRAM frames sent), so the offered
+//! load follows what the connection can carry and nothing is dropped from the send buffer. The
+//! server counts what arrives.
 //! Afterwards the client asks for that count over a perf request whose answer is the count as
 //! 8 bytes, big-endian; lost = sent − delivered.
 
@@ -32,6 +34,12 @@ pub struct Datagrams {
     /// How long to send.
     pub duration: Duration,
 }
+
+/// Datagrams the client lets sit in the send buffer before it waits for transmissions.
+pub const WINDOW: u64 = 1024;
+
+/// Datagrams queued per turn before yielding to the runtime.
+const BURST: u64 = 64;
 
 /// How long the client waits after sending for the last datagrams to land.
 const SETTLE: Duration = Duration::from_millis(200);
@@ -98,11 +106,26 @@ impl Workload for Datagrams {
         let payload = Bytes::from(vec![0x5a; size]);
         let start = Instant::now();
         let mut sent = 0u64;
+        let mut idle = 0u32;
         while start.elapsed() < self.duration {
-            for _ in 0..64 {
-                conn.send_datagram_wait(payload.clone()).await?;
+            let queued = sent.saturating_sub(conn.datagrams_transmitted());
+            let room = WINDOW.saturating_sub(queued).min(BURST);
+            if room == 0 {
+                // Full: give the connection a moment (first by yielding, then by sleeping).
+                idle += 1;
+                if idle < 16 {
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(Duration::from_micros(100)).await;
+                }
+                continue;
+            }
+            idle = 0;
+            for _ in 0..room {
+                conn.send_datagram(payload.clone())?;
                 sent += 1;
             }
+            tokio::task::yield_now().await;
         }
         let elapsed = start.elapsed();
         tokio::time::sleep(SETTLE).await;
