@@ -33,6 +33,9 @@ pub struct Cli {
 pub enum Command {
     /// Run every workload on ringquic and on stock quinn over loopback and print one table.
     Bench(BenchArgs),
+    /// Run one bench phase described on stdin (used by `bench` to isolate phases).
+    #[command(hide = true)]
+    Phase,
     /// Serve the perf protocol (ALPN `perf`) until killed.
     Server(ServerArgs),
     /// Run perf requests against a server and check every byte count.
@@ -130,6 +133,9 @@ pub struct BenchArgs {
     /// Never draw the progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Run all phases in this process instead of one child process per phase.
+    #[arg(long)]
+    pub in_process: bool,
     /// Network settings.
     #[command(flatten)]
     pub net: NetArgs,
@@ -237,6 +243,7 @@ fn duration_arg(s: &str) -> Result<Duration, String> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Bench(args) => run_bench(&args),
+        Command::Phase => bench::phase_main(),
         Command::Server(args) => run_server(&args),
         Command::Client(args) => run_client(&args),
     }
@@ -278,6 +285,7 @@ pub fn bench_options(args: &BenchArgs) -> BenchOptions {
         net: args.net.options(),
         phase_timeout: args.timeout,
         progress: !args.no_progress && std::io::stdout().is_terminal(),
+        isolate: !args.in_process,
     }
 }
 

@@ -19,12 +19,12 @@ use rustls::{
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName, UnixTime},
     CipherSuite, DigitallySignedStruct, RootCertStore, SignatureScheme, SupportedCipherSuite,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::proto::ALPN;
 
 /// The TLS 1.3 cipher suite used for 1-RTT packets (Initial packets always use AES-128-GCM).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
 pub enum Cipher {
     /// TLS_AES_128_GCM_SHA256
     #[default]
@@ -59,7 +59,7 @@ impl fmt::Display for Cipher {
 }
 
 /// Network settings applied identically to every endpoint of a run.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct NetOptions {
     /// The initial MTU (UDP payload size) before path MTU discovery, in bytes.
     pub initial_mtu: u16,

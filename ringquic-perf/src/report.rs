@@ -4,7 +4,7 @@
 use std::{fmt::Write as _, fs, path::Path};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     bench::{BenchOptions, Latency, Outcome, Unit, WorkloadKind},
@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// One phase: one workload on one system, one run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Measurement {
     /// The workload.
     pub workload: WorkloadKind,
@@ -498,14 +498,17 @@ fn group_row(g: &Group) -> Vec<String> {
     row
 }
 
+/// Three significant digits (at least one decimal), `-` when unknown.
 fn format_cpu(v: f64) -> String {
     if !v.is_finite() {
-        "-".into()
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.3}")
+        return "-".into();
     }
+    let decimals = if v > 0.0 {
+        (2 - v.log10().floor() as i32).clamp(1, 6) as usize
+    } else {
+        1
+    };
+    format!("{v:.decimals$}")
 }
 
 fn format_us(us: f64) -> String {
@@ -604,5 +607,10 @@ mod tests {
         assert!(format_figure(Unit::Bytes, 1048576.0).starts_with("1.00 MiB/s"));
         assert_eq!(format_us(250.0), "250 µs");
         assert_eq!(format_us(2500.0), "2.50 ms");
+        assert_eq!(format_cpu(2.3684), "2.37");
+        assert_eq!(format_cpu(0.00412), "0.00412");
+        assert_eq!(format_cpu(12.345), "12.3");
+        assert_eq!(format_cpu(0.0), "0.0");
+        assert_eq!(format_cpu(f64::NAN), "-");
     }
 }

@@ -12,7 +12,7 @@ use std::{fmt, future::Future, net::SocketAddr, pin::Pin, str::FromStr, sync::Ar
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use quinn_proto::{ClientConfig, EndpointConfig, ServerConfig};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A connection attempt in progress, as handed out by [`EndpointOps::accept`].
 pub type Handshake<C> = Pin<Box<dyn Future<Output = Result<C>> + Send>>;
@@ -278,7 +278,7 @@ impl System for Ringquic {
 }
 
 /// Which implementation (and ringquic backend) to run, chosen at run time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SystemKind {
     /// Stock quinn on tokio.
     Quinn,
@@ -287,7 +287,7 @@ pub enum SystemKind {
 }
 
 /// A ringquic backend, named independently of the `ringquic` feature.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Backend {
     /// io_uring.
     Uring,

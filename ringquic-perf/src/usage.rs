@@ -12,10 +12,10 @@
 
 use std::{collections::BTreeSet, fs, ops::Sub, time::Duration};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// User and system CPU time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct CpuTimes {
     /// Seconds in user mode.
     pub user: f64,
@@ -114,7 +114,7 @@ pub fn process_cpu() -> CpuTimes {
 }
 
 /// How the peak memory figure was obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeakSource {
     /// `VmHWM` after a reset through `/proc/self/clear_refs`: the peak of this phase.
     VmHwmPerPhase,

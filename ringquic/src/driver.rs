@@ -26,7 +26,7 @@ use std::{
 
 use bytes::BytesMut;
 use quinn_proto::{self as proto, ConnectionHandle, DatagramEvent, EndpointConfig, ServerConfig, Transmit};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 use crate::{
     connection::ConnectionInner,
@@ -177,7 +177,7 @@ fn open_backend(
 #[cfg(target_os = "linux")]
 fn log_fallback(e: &std::io::Error) {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| warn!("io_uring is not available ({e}); using the poll backend"));
+    ONCE.call_once(|| tracing::warn!("io_uring is not available ({e}); using the poll backend"));
 }
 
 fn log_backend(kind: BackendKind, addr: SocketAddr) {

@@ -14,12 +14,13 @@ mod transfer;
 use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
-    io::IsTerminal,
+    io::{IsTerminal, Read, Write},
     net::{Ipv4Addr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
         mpsc, Arc,
     },
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -27,7 +28,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use self::{
     datagrams::Datagrams, handshakes::Handshakes, rr::RequestResponse, streams::Streams, transfer::Bulk,
@@ -45,7 +46,7 @@ use crate::{
 pub const SERVER_NAME: &str = "localhost";
 
 /// The workloads `bench` knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkloadKind {
     /// One connection, one stream, one large download.
@@ -98,7 +99,7 @@ impl WorkloadKind {
 }
 
 /// What a workload counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Unit {
     /// Payload bytes received by the client.
@@ -132,7 +133,7 @@ impl Unit {
 }
 
 /// What a workload's client reports at the end of a phase.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Outcome {
     /// Units completed in the timed part.
     pub amount: u64,
@@ -156,7 +157,7 @@ impl Outcome {
 }
 
 /// Latency percentiles in microseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Latency {
     /// Median.
     pub p50_us: f64,
@@ -237,7 +238,7 @@ pub trait Workload: Clone + Send + Sync + 'static {
 }
 
 /// Everything `bench` can be told.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchOptions {
     /// Workloads to run (`all` expanded).
     pub workloads: Vec<WorkloadKind>,
@@ -260,22 +261,36 @@ pub struct BenchOptions {
     /// `rr`: request and response size in bytes.
     pub rr_size: u64,
     /// Length of the timed workloads (`rr`, `handshakes`, `datagrams`).
-    #[serde(serialize_with = "ser_secs")]
+    #[serde(with = "secs")]
     pub duration: Duration,
     /// `datagrams`: payload size in bytes (capped at what the path allows).
     pub datagram_size: usize,
     /// Shared network settings.
     pub net: NetOptions,
     /// Longest a phase may take before it is abandoned as failed.
-    #[serde(serialize_with = "ser_secs")]
+    #[serde(with = "secs")]
     pub phase_timeout: Duration,
     /// Whether to draw a progress bar (only when stdout is a terminal).
-    #[serde(skip)]
     pub progress: bool,
+    /// Whether to run every phase in a fresh child process (`ringquic-perf phase`), so that
+    /// memory and threads left by one phase cannot affect the next.
+    pub isolate: bool,
 }
 
-fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
+/// Durations as seconds (a float) in JSON.
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for BenchOptions {
@@ -296,6 +311,7 @@ impl Default for BenchOptions {
             net: NetOptions::default(),
             phase_timeout: Duration::from_secs(120),
             progress: std::io::stdout().is_terminal(),
+            isolate: false,
         }
     }
 }
@@ -326,13 +342,110 @@ pub fn run(opts: &BenchOptions) -> Result<Report> {
                 order.reverse();
             }
             for system in order {
-                let m = run_one(kind, system, run, opts, &identity);
+                let m = if opts.isolate {
+                    run_isolated(kind, system, run, opts, &identity)
+                } else {
+                    run_one(kind, system, run, opts, &identity)
+                };
                 eprintln!("{}", m.one_line());
                 report.push(kind, m);
             }
         }
     }
     Ok(report)
+}
+
+/// What a `phase` child process is asked to run (sent as JSON on its stdin).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PhaseSpec {
+    /// The workload.
+    pub workload: WorkloadKind,
+    /// The system.
+    pub system: SystemKind,
+    /// Which repetition.
+    pub run: usize,
+    /// All bench options.
+    pub options: BenchOptions,
+    /// The server certificate (DER), the same for every phase.
+    pub cert_der: Vec<u8>,
+    /// Its private key (DER).
+    pub key_der: Vec<u8>,
+}
+
+/// The hidden `phase` subcommand: reads a [`PhaseSpec`] from stdin, runs it in this process and
+/// prints the [`Measurement`] as JSON on stdout.
+pub fn phase_main() -> Result<()> {
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .context("reading the phase spec")?;
+    let spec: PhaseSpec = serde_json::from_str(&input).context("parsing the phase spec")?;
+    let identity = Arc::new(Identity {
+        certs: vec![spec.cert_der.into()],
+        key: rustls::pki_types::PrivateKeyDer::try_from(spec.key_der)
+            .map_err(|e| anyhow!("bad private key: {e}"))?,
+    });
+    let m = run_one(spec.workload, spec.system, spec.run, &spec.options, &identity);
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, &m)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Runs one phase in a child process (`ringquic-perf phase`), killing it if it overruns.
+fn run_isolated(
+    kind: WorkloadKind,
+    system: SystemKind,
+    run: usize,
+    opts: &BenchOptions,
+    identity: &Identity,
+) -> Measurement {
+    let spawn = || -> Result<Measurement> {
+        let spec = PhaseSpec {
+            workload: kind,
+            system,
+            run,
+            options: opts.clone(),
+            cert_der: identity.certs.first().map(|c| c.to_vec()).unwrap_or_default(),
+            key_der: identity.key.secret_der().to_vec(),
+        };
+        let exe = std::env::current_exe().context("locating the ringquic-perf binary")?;
+        let mut child = Command::new(exe)
+            .arg("phase")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the phase process")?;
+        let stdin = child.stdin.take().context("phase stdin")?;
+        serde_json::to_writer(stdin, &spec).context("sending the phase spec")?;
+        let mut stdout = child.stdout.take().context("phase stdout")?;
+        let reader = thread::spawn(move || {
+            let mut out = String::new();
+            stdout.read_to_string(&mut out).map(|_| out)
+        });
+        let deadline = Instant::now() + opts.phase_timeout + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the phase process overran its time limit and was killed");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let out = reader
+            .join()
+            .map_err(|_| anyhow!("phase output reader panicked"))?
+            .context("reading the phase output")?;
+        if !status.success() {
+            bail!("the phase process failed ({status})");
+        }
+        serde_json::from_str(out.trim()).context("parsing the phase output")
+    };
+    spawn().unwrap_or_else(|e| Measurement::failed(kind, system, run, format!("{e:#}")))
 }
 
 fn run_one(
@@ -590,6 +703,10 @@ fn run_phase<S: System, W: Workload>(
         }
     };
     let end = Snapshot::take(&client_ready.tids, &server_ready.tids);
+    let (t, v) = (t0.elapsed().as_secs_f64(), meter.load(Ordering::Relaxed));
+    if t > last.0 {
+        timeline.push([t, (v - last.1) as f64 / (t - last.0)]);
+    }
     let (peak_rss, peak_source) = usage::peak_rss(peak_reset);
     bar.finish_and_clear();
 
