@@ -102,3 +102,48 @@ fn echo_futures_block_on() {
         watchdog.join().unwrap();
     }
 }
+
+/// A server on `[::]` is dual-stack: an IPv4 client and an IPv6 client both reach it, and the
+/// server sees the IPv4 client's address as IPv4.
+#[tokio::test(flavor = "current_thread")]
+async fn dual_stack_server_serves_ipv4_and_ipv6() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback here; skipping");
+        return;
+    }
+    for b in backends() {
+        let c = cert();
+        let server = Endpoint::builder()
+            .backend(b)
+            .server_config(server_config(&c))
+            .bind("[::]:0".parse().unwrap())
+            .unwrap();
+        let port = server.local_addr().unwrap().port();
+        for (client_bind, target) in [
+            ("127.0.0.1:0", format!("127.0.0.1:{port}")),
+            ("[::1]:0", format!("[::1]:{port}")),
+        ] {
+            let client = Endpoint::builder()
+                .backend(b)
+                .default_client_config(client_config(&c))
+                .bind(client_bind.parse().unwrap())
+                .unwrap();
+            let connecting = client.connect(target.parse().unwrap(), "localhost").unwrap();
+            let sconn = within(10, async { server.accept().await.unwrap().await.unwrap() }).await;
+            let conn = within(10, connecting).await.unwrap();
+            assert_eq!(sconn.remote_address(), client.local_addr().unwrap(), "{b}");
+            let (mut s, mut r) = conn.open_bi().await.unwrap();
+            s.write_all(b"dual").await.unwrap();
+            s.finish().unwrap();
+            let (mut ss, mut sr) = within(10, sconn.accept_bi()).await.unwrap();
+            assert_eq!(within(10, sr.read_to_end(100)).await.unwrap(), b"dual");
+            ss.write_all(b"stack").await.unwrap();
+            ss.finish().unwrap();
+            assert_eq!(
+                within(10, r.read_to_end(100)).await.unwrap(),
+                b"stack",
+                "{b} {client_bind}"
+            );
+        }
+    }
+}

@@ -308,3 +308,21 @@ async fn dropping_every_handle_sends_close_frames() {
         }
     }
 }
+
+/// An idle endpoint sleeps in the kernel: over half a second with an open, quiet connection
+/// the I/O loop turns only for timers and keep-alives, not thousands of times.
+#[tokio::test(flavor = "current_thread")]
+async fn idle_endpoint_sleeps() {
+    for b in backends() {
+        let (server, client) = pair(b);
+        let addr = server.local_addr().unwrap();
+        let connecting = client.connect(addr, "localhost").unwrap();
+        let _s = within(10, async { server.accept().await.unwrap().await.unwrap() }).await;
+        let _c = within(10, connecting).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let before = client.stats().loop_turns;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let turns = client.stats().loop_turns - before;
+        assert!(turns < 100, "{b}: {turns} loop turns while idle");
+    }
+}

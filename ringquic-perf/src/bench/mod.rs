@@ -16,11 +16,11 @@ use std::{
     future::Future,
     io::{IsTerminal, Read, Write},
     net::{Ipv4Addr, SocketAddr},
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicU64, Ordering},
         mpsc, Arc,
     },
-    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
