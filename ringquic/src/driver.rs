@@ -48,6 +48,16 @@ pub(crate) const RECV_HEADROOM: usize = crate::io::uring::RECV_HEADROOM;
 #[cfg(not(target_os = "linux"))]
 pub(crate) const RECV_HEADROOM: usize = 0;
 
+/// How new incoming connections are admitted, before the application sees them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Admission {
+    /// Answer every incoming connection whose address is not yet validated with a Retry.
+    pub validate_addresses: bool,
+    /// Most incoming connections waiting for `accept` plus accepted ones still handshaking;
+    /// more are refused.
+    pub max_incoming: usize,
+}
+
 /// What the thread needs to start.
 pub(crate) struct DriverSetup {
     pub shared: Arc<EndpointShared>,
@@ -56,6 +66,7 @@ pub(crate) struct DriverSetup {
     pub backend: Option<BackendKind>,
     pub endpoint_config: Arc<EndpointConfig>,
     pub server_config: Option<Arc<ServerConfig>>,
+    pub admission: Admission,
     pub ready: mpsc::SyncSender<Result<(), EndpointError>>,
 }
 
@@ -68,6 +79,7 @@ pub(crate) fn run(setup: DriverSetup) {
         backend,
         endpoint_config,
         server_config,
+        admission,
         ready,
     } = setup;
     let _ = shared.thread_id.set(std::thread::current().id());
@@ -111,6 +123,8 @@ pub(crate) fn run(setup: DriverSetup) {
             resp_buf: Vec::new(),
             woken: Vec::new(),
             max_segments,
+            admission,
+            handshaking: HashSet::new(),
             shutting_down: false,
             stats: EndpointStats::default(),
             now: None,
@@ -212,6 +226,9 @@ struct Core {
     resp_buf: Vec<u8>,
     woken: Vec<Waker>,
     max_segments: usize,
+    admission: Admission,
+    /// Server-side connections accepted whose handshake has not completed.
+    handshaking: HashSet<ConnectionHandle>,
     shutting_down: bool,
     stats: EndpointStats,
     /// `Instant::now()` of the current batch of received datagrams.
@@ -310,6 +327,8 @@ impl Driver {
             tx_exhausted: io.tx_exhausted,
             gso_disabled: io.gso_disabled,
             responses_dropped: c.responses_dropped,
+            incoming_retried: c.incoming_retried,
+            incoming_refused: c.incoming_refused,
             app_wakeups: 0,
             loop_turns: c.loop_turns,
             open_connections: self.core.conns.len() as u64,
@@ -369,25 +388,41 @@ impl Core {
                     self.mark_dirty(ch);
                 }
             }
-            Some(DatagramEvent::NewConnection(incoming)) => {
-                let mut st = lock(&self.shared.state);
-                if st.closed || self.shutting_down {
-                    drop(st);
-                    let t = self.endpoint.refuse(incoming, &mut self.resp_buf);
-                    self.queue_response(t);
-                } else {
-                    st.incoming.push_back(incoming);
-                    // Wake every waiting `accept`: a waker left by a dropped future must not
-                    // swallow the only wakeup.
-                    for w in st.accept_waiters.drain(..) {
-                        w.wake();
-                    }
-                }
-            }
+            Some(DatagramEvent::NewConnection(incoming)) => self.admit(incoming),
             Some(DatagramEvent::Response(t)) => self.queue_response(t),
             None => {}
         }
         self.resp_buf.clear();
+    }
+
+    /// Decide what happens to a new incoming connection: Retry it (address validation), refuse
+    /// it (closed, shutting down, or over the cap), or queue it for `accept`.
+    fn admit(&mut self, incoming: proto::Incoming) {
+        if self.admission.validate_addresses && !incoming.remote_address_validated() && incoming.may_retry() {
+            self.stats.incoming_retried += 1;
+            match self.endpoint.retry(incoming, &mut self.resp_buf) {
+                Ok(t) => self.queue_response(t),
+                Err(e) => self.endpoint.ignore(e.into_incoming()),
+            }
+            return;
+        }
+        let mut st = lock(&self.shared.state);
+        let over_cap = st.incoming.len() + self.handshaking.len() >= self.admission.max_incoming;
+        if st.closed || self.shutting_down || over_cap {
+            drop(st);
+            if over_cap {
+                self.stats.incoming_refused += 1;
+            }
+            let t = self.endpoint.refuse(incoming, &mut self.resp_buf);
+            self.queue_response(t);
+            return;
+        }
+        st.incoming.push_back(incoming);
+        // Wake every waiting `accept`: a waker left by a dropped future must not swallow the
+        // only wakeup.
+        for w in st.accept_waiters.drain(..) {
+            w.wake();
+        }
     }
 
     fn queue_response(&mut self, t: Transmit) {
@@ -559,6 +594,9 @@ impl Core {
             while let Some(ev) = st.inner.poll() {
                 st.on_event(ev, &mut woken);
             }
+            if !st.inner.is_handshaking() {
+                self.handshaking.remove(&ch);
+            }
             match st.inner.poll_timeout() {
                 Some(t) => {
                     self.timers.insert(ch, t);
@@ -573,6 +611,7 @@ impl Core {
         }
         self.woken = woken;
         if drained {
+            self.handshaking.remove(&ch);
             self.conns.remove(&ch);
             self.timers.remove(&ch);
             let mut st = lock(&self.shared.state);
