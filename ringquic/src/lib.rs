@@ -77,6 +77,48 @@ pub use quinn_proto::{
 };
 pub use rustls;
 
+/// Entry points for fuzz targets into parsers that read what the kernel or a peer hands us.
+/// Not part of the API: hidden, and only with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parse a received control-message buffer (GRO size, ECN, destination address).
+    #[cfg(target_os = "linux")]
+    pub fn parse_cmsgs(control: &[u8]) -> (Option<u8>, Option<std::net::IpAddr>, Option<usize>) {
+        let c = crate::io::cmsg::parse(control);
+        (c.ecn.map(|e| e as u8), c.dst_ip, c.segment_size)
+    }
+
+    /// Parse a kernel `sockaddr_in`/`sockaddr_in6`.
+    #[cfg(target_os = "linux")]
+    pub fn parse_sockaddr(name: &[u8]) -> Option<std::net::SocketAddr> {
+        crate::io::cmsg::parse_sockaddr(name)
+    }
+
+    /// Split a received payload of `len` bytes by a GRO segment size; returns the ranges.
+    #[cfg(target_os = "linux")]
+    pub fn split_segments(len: usize, segment_size: Option<usize>) -> Vec<std::ops::Range<usize>> {
+        crate::io::cmsg::segments(len, segment_size).collect()
+    }
+
+    /// Encode send-side control messages and parse them back; returns the encoded length.
+    #[cfg(target_os = "linux")]
+    pub fn encode_cmsgs(
+        segment_size: Option<u16>,
+        ecn: u8,
+        src_ip: Option<std::net::IpAddr>,
+        dst_v4: bool,
+    ) -> usize {
+        let mut buf = [0u8; crate::io::cmsg::SEND_SPACE];
+        let c = crate::io::cmsg::SendCmsgs {
+            segment_size,
+            ecn: quinn_proto::EcnCodepoint::from_bits(ecn & 0b11),
+            src_ip,
+        };
+        crate::io::cmsg::encode(&mut buf, dst_v4, &c)
+    }
+}
+
 /// Errors creating an endpoint.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
