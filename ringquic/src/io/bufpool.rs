@@ -52,6 +52,11 @@ impl RxArena {
         })
     }
 
+    /// Number of buffers.
+    pub(crate) fn buf_count(&self) -> usize {
+        self.count
+    }
+
     /// Size of each buffer in bytes.
     pub(crate) fn buf_size(&self) -> usize {
         self.size

@@ -202,13 +202,17 @@ pub(crate) struct UringBackend {
     rx: Option<RxArena>,
     tx: TxPool,
     slots: Box<[SendSlot]>,
-    recv_armed: bool,
-    wake_armed: bool,
+    /// Multishot receives the kernel holds (normally 0 or 1).
+    recv_armed: usize,
+    /// Multishot eventfd polls the kernel holds (normally 0 or 1).
+    wake_armed: usize,
     cancels_in_flight: usize,
     gso_segments: usize,
     gro: bool,
     stats: IoStats,
-    cqes: Vec<cqueue::Entry>,
+    /// Completions reaped and not yet dispatched: (user_data, result, flags). Plain tuples, so
+    /// tests can inject completions the kernel is hard to coax into producing.
+    cqes: Vec<(u64, i32, u32)>,
     shut_down: bool,
 }
 
@@ -277,8 +281,8 @@ impl UringBackend {
             rx: Some(rx),
             tx: TxPool::new(cfg.tx_buffers, cfg.tx_buffer_size),
             slots,
-            recv_armed: false,
-            wake_armed: false,
+            recv_armed: 0,
+            wake_armed: 0,
             cancels_in_flight: 0,
             gso_segments: features.gso_segments,
             gro: features.gro,
@@ -302,30 +306,36 @@ impl UringBackend {
         types::Fd(self.socket.as_raw_fd())
     }
 
-    /// Push an SQE, submitting first if the submission queue is full.
-    fn push(&mut self, sqe: squeue::Entry) {
-        loop {
+    /// Push an SQE, submitting first if the submission queue is full. Gives up (returns false)
+    /// after a bounded number of tries, so a wedged ring cannot hang the I/O thread; the caller
+    /// then treats the operation as failed.
+    #[must_use]
+    fn push(&mut self, sqe: squeue::Entry) -> bool {
+        for _ in 0..64 {
             // SAFETY: every SQE we build points only at memory owned by `self` (the recv
             // msghdr, a parked TX slot, the eventfd) that stays alive and unmoved until its
             // completion is reaped; `shutdown` waits for all of them before anything is freed.
             if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
-                return;
+                return true;
             }
             if let Err(e) = self.ring.submit() {
-                // EBUSY: the completion queue is backed up; reaping happens in `turn`. Any other
-                // error: nothing better to do than retry after reaping.
+                // EBUSY: the completion queue is backed up (the kernel keeps overflowed
+                // completions, NODROP); reap some, then try again.
                 debug!("submit while SQ full: {e}");
                 self.reap_into_buffer();
             }
         }
+        warn!("submission queue stuck full; dropping an operation");
+        false
     }
 
     fn arm_recv(&mut self) {
         let sqe = opcode::RecvMsgMulti::new(self.fd(), &*self.recv_msg as *const _, BGID)
             .build()
             .user_data(RECV);
-        self.push(sqe);
-        self.recv_armed = true;
+        if self.push(sqe) {
+            self.recv_armed += 1;
+        }
     }
 
     fn arm_wake(&mut self) {
@@ -333,19 +343,25 @@ impl UringBackend {
             .multi(true)
             .build()
             .user_data(WAKE);
-        self.push(sqe);
-        self.wake_armed = true;
+        if self.push(sqe) {
+            self.wake_armed += 1;
+        }
     }
 
     /// Move available completions into `self.cqes` (bounded).
     fn reap_into_buffer(&mut self) {
         let room = CQE_BOUND.saturating_sub(self.cqes.len());
-        self.cqes.extend(self.ring.completion().take(room));
+        self.cqes.extend(
+            self.ring
+                .completion()
+                .take(room)
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
     }
 
     fn handle_recv(&mut self, res: i32, flags: u32, on_recv: &mut dyn FnMut(RecvMeta, BytesMut)) {
         if !cqueue::more(flags) {
-            self.recv_armed = false;
+            self.recv_armed = self.recv_armed.saturating_sub(1);
             if !self.shut_down {
                 self.stats.recv_rearms += 1;
             }
@@ -367,6 +383,12 @@ impl UringBackend {
         let (Some(rx), Some(ring)) = (self.rx.as_ref(), self.buf_ring.as_mut()) else {
             return;
         };
+        if bid as usize >= rx.buf_count() {
+            // Not a buffer we provided: never trust it, never recycle it.
+            warn!(bid, "receive completion names an unknown buffer");
+            self.stats.recv_dropped += 1;
+            return;
+        }
         if res >= 0 {
             if let Some(buf) = rx.filled(bid as usize, res as usize) {
                 deliver(buf, &self.recv_msg, &mut self.stats, on_recv);
@@ -383,6 +405,13 @@ impl UringBackend {
         let len = self.tx.parked(slot).map_or(0, |b| b.len());
         if !self.tx.complete(slot) {
             warn!(slot, "completion for a TX slot that was not in flight");
+            return;
+        }
+        if res >= 0 && (res as usize) < len {
+            // UDP sends are all or nothing; a short count means the datagram is not what we
+            // built. Count it as a failed send (QUIC treats it as loss).
+            self.stats.send_errors += 1;
+            debug!(sent = res, len, "short UDP send");
             return;
         }
         if res >= 0 {
@@ -445,15 +474,14 @@ impl UringBackend {
 
     fn dispatch(&mut self, on_recv: &mut dyn FnMut(RecvMeta, BytesMut)) {
         let mut cqes = std::mem::take(&mut self.cqes);
-        for cqe in cqes.drain(..) {
-            let ud = cqe.user_data();
+        for (ud, res, flags) in cqes.drain(..) {
             match ud & KIND_MASK {
-                RECV => self.handle_recv(cqe.result(), cqe.flags(), on_recv),
-                SEND => self.handle_send((ud & !KIND_MASK) as u32, cqe.result()),
+                RECV => self.handle_recv(res, flags, on_recv),
+                SEND => self.handle_send((ud & !KIND_MASK) as u32, res),
                 WAKE => {
                     self.waker.drain();
-                    if !cqueue::more(cqe.flags()) {
-                        self.wake_armed = false;
+                    if !cqueue::more(flags) {
+                        self.wake_armed = self.wake_armed.saturating_sub(1);
                     }
                 }
                 CANCEL => self.cancels_in_flight = self.cancels_in_flight.saturating_sub(1),
@@ -464,7 +492,10 @@ impl UringBackend {
     }
 
     fn quiescent(&self) -> bool {
-        !self.recv_armed && !self.wake_armed && self.tx.in_flight() == 0 && self.cancels_in_flight == 0
+        self.recv_armed == 0
+            && self.wake_armed == 0
+            && self.tx.in_flight() == 0
+            && self.cancels_in_flight == 0
     }
 }
 
@@ -562,7 +593,11 @@ impl IoBackend for UringBackend {
         let sqe = opcode::SendMsg::new(types::Fd(self.socket.as_raw_fd()), &slot.msg)
             .build()
             .user_data(SEND | slot_id as u64);
-        self.push(sqe);
+        if !self.push(sqe) {
+            // Never reached the kernel: the buffer is ours again; the datagram is lost.
+            self.stats.send_errors += 1;
+            self.tx.complete(slot_id);
+        }
     }
 
     fn turn(
@@ -570,10 +605,10 @@ impl IoBackend for UringBackend {
         deadline: Option<Instant>,
         on_recv: &mut dyn FnMut(RecvMeta, BytesMut),
     ) -> io::Result<()> {
-        if !self.recv_armed {
+        if self.recv_armed == 0 {
             self.arm_recv();
         }
-        if !self.wake_armed {
+        if self.wake_armed == 0 {
             self.arm_wake();
         }
         // Completions already waiting mean there is work: do not sleep.
@@ -602,8 +637,11 @@ impl IoBackend for UringBackend {
         }
         self.shut_down = true;
         for target in [RECV, WAKE] {
-            self.push(opcode::AsyncCancel::new(target).build().user_data(CANCEL));
-            self.cancels_in_flight += 1;
+            // Cancel every request with this user_data, however many are outstanding.
+            let cancel = types::CancelBuilder::user_data(target).all();
+            if self.push(opcode::AsyncCancel2::new(cancel).build().user_data(CANCEL)) {
+                self.cancels_in_flight += 1;
+            }
         }
         let give_up = Instant::now() + Duration::from_secs(5);
         let mut sink = |_: RecvMeta, _: BytesMut| {};
@@ -783,5 +821,98 @@ mod tests {
         b.shutdown();
         assert!(b.quiescent());
         assert!(b.rx.is_some(), "memory was reclaimed, not leaked");
+    }
+
+    const F_BUFFER: u32 = 1 << 0;
+    const F_MORE: u32 = 1 << 1;
+
+    /// Completions the kernel rarely produces on demand, injected: the backend counts them,
+    /// re-arms, ignores what it cannot trust, and keeps working.
+    #[test]
+    fn synthetic_completions_are_handled() {
+        let c = cfg(8, 65536 + 256);
+        let Some(mut b) = backend(&c) else { return };
+        let mut none = |_: RecvMeta, _: BytesMut| panic!("nothing should be delivered");
+        // ENOBUFS ends the multishot: counted as starvation, re-armed on the next turn.
+        b.cqes.push((RECV, -libc::ENOBUFS, 0));
+        // Another error ending it (an ICMP error, say): re-armed too.
+        b.cqes.push((RECV, -libc::ECONNREFUSED, 0));
+        // A buffer id we never provided: dropped, not recycled, no panic.
+        b.cqes.push((RECV, 100, F_BUFFER | F_MORE | (9999 << 16)));
+        // A send completion for a slot that is not in flight (duplicate): ignored.
+        b.cqes.push((SEND | 3, 1200, 0));
+        // Unknown user_data: ignored.
+        b.cqes.push((0x77 << 56, 0, 0));
+        b.dispatch(&mut none);
+        let s = b.stats();
+        assert_eq!(s.recv_starved, 1);
+        assert_eq!(s.recv_rearms, 2);
+        assert_eq!(s.recv_dropped, 1);
+        assert_eq!(b.tx.in_flight(), 0);
+        b.turn(Some(Instant::now()), &mut none).unwrap();
+        assert!(b.recv_armed >= 1, "the receive was re-armed");
+        // And it still receives.
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.send_to(b"still alive", b.local_addr().unwrap()).unwrap();
+        let got = collect(&mut b, 1, 2000);
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].1[..], b"still alive");
+        b.shutdown();
+        assert!(b.quiescent());
+    }
+
+    /// A GSO batch refused at run time (EIO) turns GSO off; short sends and EAGAIN are counted
+    /// as send errors; buffers always come back.
+    #[test]
+    fn failed_sends_degrade_gso_and_return_buffers() {
+        let c = cfg(8, 65536 + 256);
+        let Some(mut b) = backend(&c) else { return };
+        assert!(b.max_gso_segments() > 1, "GSO probe failed on this kernel");
+        let mut none = |_: RecvMeta, _: BytesMut| {};
+        // Park buffers as if sent (no SQE: the kernel never sees them), then complete them.
+        for (segment, res) in [(Some(1200), -libc::EIO), (None, 500), (None, -libc::EAGAIN)] {
+            let mut tx = b.take_tx().unwrap();
+            tx.buf.extend_from_slice(&[0u8; 2400]);
+            let slot = tx.slot;
+            b.slots[slot as usize].segment = segment;
+            b.tx.park(tx);
+            b.cqes.push((SEND | slot as u64, res, 0));
+            b.dispatch(&mut none);
+        }
+        let s = b.stats();
+        assert_eq!(b.max_gso_segments(), 1, "GSO off after EIO");
+        assert_eq!(s.gso_disabled, 1);
+        assert_eq!(s.send_errors, 3);
+        assert_eq!(b.tx.in_flight(), 0);
+        assert!(b.has_free_tx());
+    }
+
+    /// A submission queue smaller than one turn's sends: pushing submits as it goes, nothing is
+    /// lost.
+    #[test]
+    fn tiny_submission_queue_still_sends_everything() {
+        let mut c = cfg(16, 65536 + 256);
+        c.tx_buffers = 32;
+        let ring = match IoUring::builder().build(4) {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        let sock = crate::socket::create("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut a = UringBackend::new(ring, sock, &c).unwrap();
+        let Some(mut b) = backend(&cfg(64, 65536 + 256)) else {
+            return;
+        };
+        let to = b.local_addr().unwrap();
+        for i in 0..32u8 {
+            let mut tx = a.take_tx().unwrap();
+            tx.buf.extend_from_slice(&[i; 100]);
+            a.send(tx, &transmit(to, 100, None));
+        }
+        a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
+        let got = collect(&mut b, 32, 2000);
+        assert_eq!(got.len(), 32);
+        let mut seen: Vec<u8> = got.iter().map(|(_, d)| d[0]).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..32).collect::<Vec<u8>>());
     }
 }
