@@ -476,7 +476,6 @@ impl RetryError {
 }
 
 /// Builds an [`Endpoint`] with non-default settings.
-#[derive(Debug)]
 #[must_use]
 pub struct EndpointBuilder {
     backend: Option<BackendKind>,
@@ -489,7 +488,28 @@ pub struct EndpointBuilder {
     tx_buffer_size: usize,
     validate_addresses: bool,
     max_incoming: usize,
+    #[cfg(test)]
+    fake: Option<FakeFactory>,
 }
+
+impl std::fmt::Debug for EndpointBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointBuilder")
+            .field("backend", &self.backend)
+            .field("recv_buffers", &self.recv_buffers)
+            .field("recv_buffer_size", &self.recv_buffer_size)
+            .field("tx_buffers", &self.tx_buffers)
+            .field("tx_buffer_size", &self.tx_buffer_size)
+            .field("validate_addresses", &self.validate_addresses)
+            .field("max_incoming", &self.max_incoming)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Tests: builds a fake backend on the I/O thread from the endpoint's (unused) socket.
+#[cfg(test)]
+pub(crate) type FakeFactory =
+    Box<dyn FnOnce(&std::net::UdpSocket, &IoConfig) -> Box<dyn crate::io::IoBackend> + Send>;
 
 /// Default cap on incoming connections waiting for `accept` plus those still handshaking.
 pub const DEFAULT_MAX_INCOMING: usize = 1024;
@@ -516,6 +536,8 @@ impl Default for EndpointBuilder {
             tx_buffer_size: DEFAULT_TX_BUFFER_SIZE,
             validate_addresses: false,
             max_incoming: DEFAULT_MAX_INCOMING,
+            #[cfg(test)]
+            fake: None,
         }
     }
 }
@@ -589,6 +611,13 @@ impl EndpointBuilder {
     /// Default [`DEFAULT_MAX_INCOMING`].
     pub fn max_incoming(mut self, n: usize) -> Self {
         self.max_incoming = n;
+        self
+    }
+
+    /// Tests: run on a fake backend.
+    #[cfg(test)]
+    pub(crate) fn fake_backend(mut self, f: FakeFactory) -> Self {
+        self.fake = Some(f);
         self
     }
 
@@ -697,6 +726,8 @@ impl EndpointBuilder {
                 validate_addresses: self.validate_addresses,
                 max_incoming: self.max_incoming,
             },
+            #[cfg(test)]
+            fake: self.fake,
             ready: ready_tx,
         };
         let thread = std::thread::Builder::new()

@@ -32,6 +32,8 @@ use quinn_proto::{EcnCodepoint, Transmit};
 pub(crate) mod bufpool;
 #[cfg(target_os = "linux")]
 pub(crate) mod cmsg;
+#[cfg(test)]
+pub(crate) mod fake;
 pub(crate) mod poll;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;

@@ -1,0 +1,254 @@
+//! A fake completion backend for tests: endpoints exchange datagrams through an in-memory
+//! network that can drop, duplicate, reorder and fail them, and can hold TX buffers "in the
+//! kernel" for several turns. It lets the I/O loop be driven through situations real sockets
+//! rarely produce on demand (TX buffers exhausted for long stretches, failed sends, batches
+//! delivered backwards), while everything above the backend seam runs for real.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    io,
+    net::SocketAddr,
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::BytesMut;
+use quinn_proto::Transmit;
+
+use super::{bufpool::TxPool, BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup};
+use crate::mailbox::lock;
+
+/// What the fake network does to traffic. Counters are per network, deterministic.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Faults {
+    /// Drop every n-th datagram.
+    pub drop_every: Option<u64>,
+    /// Deliver every n-th datagram twice.
+    pub duplicate_every: Option<u64>,
+    /// Fail every n-th send (counted as a send error, nothing delivered).
+    pub fail_send_every: Option<u64>,
+    /// Deliver each receive batch in reverse order.
+    pub reverse_batches: bool,
+    /// Keep each TX buffer "in flight" for this many turns before its completion.
+    pub tx_completion_turns: usize,
+}
+
+#[derive(Default)]
+struct NetState {
+    queues: HashMap<SocketAddr, VecDeque<(SocketAddr, Vec<u8>)>>,
+    woken: HashSet<SocketAddr>,
+    datagrams: u64,
+    sends: u64,
+    /// Datagrams the network dropped on purpose.
+    pub dropped: u64,
+}
+
+/// The in-memory network.
+#[derive(Default)]
+pub(crate) struct FakeNet {
+    state: Mutex<NetState>,
+    cv: Condvar,
+    faults: Mutex<Faults>,
+}
+
+impl FakeNet {
+    pub(crate) fn new(faults: Faults) -> Arc<Self> {
+        Arc::new(Self {
+            faults: Mutex::new(faults),
+            ..Default::default()
+        })
+    }
+
+    /// Datagrams dropped on purpose so far.
+    pub(crate) fn dropped(&self) -> u64 {
+        lock(&self.state).dropped
+    }
+}
+
+struct FakeWaker {
+    net: Arc<FakeNet>,
+    addr: SocketAddr,
+}
+
+impl Wakeup for FakeWaker {
+    fn wake(&self) {
+        lock(&self.net.state).woken.insert(self.addr);
+        self.net.cv.notify_all();
+    }
+}
+
+/// One endpoint's view of the fake network.
+pub(crate) struct FakeBackend {
+    net: Arc<FakeNet>,
+    addr: SocketAddr,
+    tx: TxPool,
+    /// TX slots "in the kernel" and the turns left before they complete.
+    in_flight: VecDeque<(u32, usize)>,
+    waker: Arc<FakeWaker>,
+    stats: IoStats,
+}
+
+impl FakeBackend {
+    pub(crate) fn new(net: Arc<FakeNet>, addr: SocketAddr, cfg: &IoConfig) -> Self {
+        lock(&net.state).queues.entry(addr).or_default();
+        Self {
+            waker: Arc::new(FakeWaker {
+                net: net.clone(),
+                addr,
+            }),
+            net,
+            addr,
+            tx: TxPool::new(cfg.tx_buffers, cfg.tx_buffer_size),
+            in_flight: VecDeque::new(),
+            stats: IoStats::default(),
+        }
+    }
+
+    /// Age the sends in flight by one turn; returns whether any completed.
+    fn complete_sends(&mut self) -> bool {
+        for entry in self.in_flight.iter_mut() {
+            entry.1 = entry.1.saturating_sub(1);
+        }
+        let mut any = false;
+        while let Some(&(slot, 0)) = self.in_flight.front() {
+            self.in_flight.pop_front();
+            self.tx.complete(slot);
+            any = true;
+        }
+        any
+    }
+}
+
+impl IoBackend for FakeBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Poll
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+
+    fn max_gso_segments(&self) -> usize {
+        10
+    }
+
+    fn take_tx(&mut self) -> Option<TxBuf> {
+        let b = self.tx.take();
+        if b.is_none() {
+            self.stats.tx_exhausted += 1;
+        }
+        b
+    }
+
+    fn has_free_tx(&self) -> bool {
+        self.tx.has_free()
+    }
+
+    fn put_tx(&mut self, buf: TxBuf) {
+        self.tx.put(buf);
+    }
+
+    fn send(&mut self, buf: TxBuf, t: &Transmit) {
+        let faults = *lock(&self.net.faults);
+        let slot = buf.slot;
+        let data = self.tx.park(buf)[..t.size].to_vec();
+        self.in_flight.push_back((slot, faults.tx_completion_turns));
+        let mut net = lock(&self.net.state);
+        net.sends += 1;
+        if faults.fail_send_every.is_some_and(|n| net.sends % n == 0) {
+            self.stats.send_errors += 1;
+            return;
+        }
+        let seg = t.segment_size.unwrap_or(t.size).max(1);
+        for chunk in data.chunks(seg) {
+            net.datagrams += 1;
+            self.stats.datagrams_sent += 1;
+            self.stats.bytes_sent += chunk.len() as u64;
+            if faults.drop_every.is_some_and(|n| net.datagrams % n == 0) {
+                net.dropped += 1;
+                continue;
+            }
+            let copies = if faults.duplicate_every.is_some_and(|n| net.datagrams % n == 0) {
+                2
+            } else {
+                1
+            };
+            if let Some(q) = net.queues.get_mut(&t.destination) {
+                for _ in 0..copies {
+                    q.push_back((self.addr, chunk.to_vec()));
+                }
+            }
+        }
+        drop(net);
+        self.net.cv.notify_all();
+    }
+
+    fn turn(
+        &mut self,
+        deadline: Option<Instant>,
+        on_recv: &mut dyn FnMut(RecvMeta, BytesMut),
+    ) -> io::Result<()> {
+        // A completed send is I/O to report, as a CQE would be: do not sleep after one.
+        let completed = self.complete_sends();
+        let reverse = lock(&self.net.faults).reverse_batches;
+        let mut net = lock(&self.net.state);
+        // Bounded wait: at most 10 s per turn even without a deadline.
+        let limit = Instant::now() + Duration::from_secs(10);
+        loop {
+            let has_data = net.queues.get(&self.addr).is_some_and(|q| !q.is_empty());
+            // TX completions pending count as I/O to report, like CQEs would.
+            if has_data || completed || net.woken.remove(&self.addr) || !self.in_flight.is_empty() {
+                break;
+            }
+            let now = Instant::now();
+            let until = deadline.unwrap_or(limit).min(limit);
+            if now >= until {
+                break;
+            }
+            net = self
+                .net
+                .cv
+                .wait_timeout(net, until - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        let batch: Vec<_> = match net.queues.get_mut(&self.addr) {
+            Some(q) => {
+                let n = q.len().min(64);
+                q.drain(..n).collect()
+            }
+            None => Vec::new(),
+        };
+        drop(net);
+        let mut batch = batch;
+        if reverse {
+            batch.reverse();
+        }
+        for (from, data) in batch {
+            self.stats.datagrams_received += 1;
+            self.stats.bytes_received += data.len() as u64;
+            let meta = RecvMeta {
+                remote: from,
+                local_ip: None,
+                ecn: None,
+            };
+            on_recv(meta, BytesMut::from(&data[..]));
+        }
+        Ok(())
+    }
+
+    fn waker(&self) -> Arc<dyn Wakeup> {
+        self.waker.clone()
+    }
+
+    fn stats(&self) -> IoStats {
+        self.stats
+    }
+
+    fn shutdown(&mut self) {
+        while let Some((slot, _)) = self.in_flight.pop_front() {
+            self.tx.complete(slot);
+        }
+        lock(&self.net.state).queues.remove(&self.addr);
+    }
+}
