@@ -88,8 +88,8 @@ pub struct BenchArgs {
     /// ringquic backends to run.
     #[arg(long, value_enum, default_value_t = BenchBackend::Default)]
     pub backend: BenchBackend,
-    /// Repetitions of every phase; the table shows medians and spread.
-    #[arg(long, default_value_t = 1)]
+    /// Repetitions of every phase (systems alternate); the table shows medians and spread.
+    #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Write every figure to this JSON file.
     #[arg(long)]

@@ -221,7 +221,9 @@ pub fn client_config(trust: &Trust, net: &NetOptions) -> Result<ClientConfig> {
             .with_no_client_auth(),
     };
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    tls.enable_early_data = true;
+    // Every connection makes a full handshake (certificate and signature), so `handshakes`
+    // measures new clients rather than resumed sessions.
+    tls.resumption = rustls::client::Resumption::disabled();
     let quic = QuicClientConfig::with_initial(Arc::new(tls), initial_suite()?)?;
     let mut cfg = ClientConfig::new(Arc::new(quic));
     cfg.transport_config(transport_config(net)?);

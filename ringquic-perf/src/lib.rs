@@ -4,6 +4,8 @@
 //! The binary (`src/main.rs`) is a thin command line over this library, so the test suite can
 //! run servers, clients and the bench in-process.
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod cli;
 pub mod config;

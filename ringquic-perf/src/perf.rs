@@ -313,3 +313,57 @@ pub fn verdict(report: &ClientReport) -> Result<()> {
         report.errors.join("; ")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(ok: u64, failed: u64, received: u64) -> ClientReport {
+        ClientReport {
+            server: "127.0.0.1:1".parse().unwrap(),
+            options: ClientOptions {
+                server_name: "localhost".into(),
+                request: Request {
+                    upload: 0,
+                    download: 100,
+                    uni: false,
+                },
+                requests: 4,
+                concurrency: 2,
+            },
+            requests_ok: ok,
+            requests_failed: failed,
+            bytes_received: received,
+            bytes_sent: 0,
+            handshake_secs: 0.001,
+            transfer_secs: 0.5,
+            errors: if failed > 0 {
+                vec!["server answered 50 bytes, expected 100".into()]
+            } else {
+                vec![]
+            },
+        }
+    }
+
+    #[test]
+    fn verdict_needs_every_byte() {
+        assert!(verdict(&report(4, 0, 400)).is_ok());
+        let err = verdict(&report(3, 1, 350)).unwrap_err().to_string();
+        assert!(err.contains("1 of 4 requests failed"), "{err}");
+        assert!(err.contains("350 of 400 bytes"), "{err}");
+        assert!(err.contains("expected 100"), "{err}");
+        assert!(verdict(&report(4, 0, 399)).is_err());
+        assert!(report(4, 0, 400).summary().contains("4/4 requests ok"));
+    }
+
+    #[test]
+    fn tally_keeps_distinct_errors() {
+        let mut t = Tally::default();
+        for i in 0..20 {
+            t.record_error(format!("e{}", i % 10));
+        }
+        t.record_error("e0".into());
+        assert_eq!(t.failed, 21);
+        assert_eq!(t.errors.len(), 8);
+    }
+}

@@ -54,6 +54,7 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
             .configure_mesh()
             .x_desc("seconds")
             .y_desc(label)
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .draw()
             .map_err(err)?;
         for (i, (name, _, timeline)) in lines.iter().enumerate() {

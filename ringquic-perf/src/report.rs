@@ -360,15 +360,16 @@ impl Report {
     /// The table, with a header that describes the machine and how figures were measured.
     pub fn table(&self) -> String {
         let o = &self.options;
-        let peak = match self
+        let source = self
             .groups
             .iter()
             .flat_map(|g| &g.runs)
             .find(|m| m.error.is_none())
-            .map(|m| m.peak_source)
-        {
-            Some(PeakSource::MaxRssLifetime) => "ru_maxrss (process lifetime peak)",
-            _ => "VmHWM of the process (both sides), reset before each phase",
+            .map(|m| m.peak_source);
+        let peak = match (source, o.isolate) {
+            (Some(PeakSource::MaxRssLifetime), _) => "ru_maxrss of the process (lifetime peak)",
+            (_, true) => "VmHWM of the phase's own process (both sides), reset when the phase starts",
+            (_, false) => "VmHWM of the process (both sides), reset before each phase",
         };
         let mut out = String::new();
         let _ = writeln!(out, "ringquic-perf bench on {}", self.machine.describe());
@@ -382,7 +383,8 @@ impl Report {
             out,
             "CPU = user+sys seconds per unit during the timed part: client / server = that side's \
              runtime thread + its endpoint's I/O threads (/proc/self/task/*/stat), process = \
-             getrusage(RUSAGE_SELF); peak RSS = {peak}"
+             getrusage(RUSAGE_SELF){}; peak RSS = {peak}",
+            if o.isolate { " of the phase's process" } else { "" }
         );
         let _ = writeln!(out);
         let header = [

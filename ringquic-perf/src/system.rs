@@ -7,7 +7,7 @@
 //! ringquic backend) at run time; [`with_system!`](crate::with_system) turns it into a concrete
 //! type for the generic code.
 
-use std::{fmt, future::Future, net::SocketAddr, pin::Pin, str::FromStr, sync::Arc};
+use std::{fmt, future::Future, net::SocketAddr, pin::Pin, str::FromStr};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -382,13 +382,4 @@ macro_rules! with_ringquic {
             "ringquic-perf was built without the `ringquic` feature"
         ))
     };
-}
-
-/// Shared handles that both sides of a run need.
-#[derive(Clone)]
-pub struct Shared {
-    /// Settings common to every endpoint.
-    pub net: crate::config::NetOptions,
-    /// The server's certificate and key.
-    pub identity: Arc<crate::config::Identity>,
 }

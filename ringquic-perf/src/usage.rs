@@ -8,7 +8,8 @@
 //!   `/proc/self/clear_refs` at the start of the phase (falls back to `ru_maxrss`, the peak of the
 //!   whole process lifetime, where that reset is not possible).
 //!
-//! Off Linux the `/proc` readings are absent and the report says so.
+//! Off Linux the `/proc` readings are absent (per-side CPU reads as zero), and off Unix so is
+//! `getrusage`.
 
 use std::{collections::BTreeSet, fs, ops::Sub, time::Duration};
 
@@ -90,27 +91,43 @@ pub fn threads_cpu(tids: &BTreeSet<u32>) -> CpuTimes {
     tids.iter().filter_map(|&t| thread_cpu(t)).sum()
 }
 
-fn rusage_self() -> libc::rusage {
+/// What `getrusage(RUSAGE_SELF)` says about the whole process.
+#[derive(Debug, Clone, Copy, Default)]
+struct ProcessUsage {
+    cpu: CpuTimes,
+    /// Peak resident set size over the process lifetime, in bytes.
+    max_rss: u64,
+}
+
+#[cfg(unix)]
+fn process_usage() -> ProcessUsage {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: `usage` points to writable memory of the size of `rusage`, which getrusage fills
     // (and RUSAGE_SELF is a valid `who`); the zeroed value is a valid `rusage` either way.
-    unsafe {
+    let u = unsafe {
         libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
         usage.assume_init()
+    };
+    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    // ru_maxrss is in KiB, except on Apple systems where it is in bytes.
+    let unit = if cfg!(target_vendor = "apple") { 1 } else { 1024 };
+    ProcessUsage {
+        cpu: CpuTimes {
+            user: secs(u.ru_utime),
+            sys: secs(u.ru_stime),
+        },
+        max_rss: u64::try_from(u.ru_maxrss).unwrap_or(0) * unit,
     }
 }
 
-fn timeval_secs(tv: libc::timeval) -> f64 {
-    tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6
+#[cfg(not(unix))]
+fn process_usage() -> ProcessUsage {
+    ProcessUsage::default()
 }
 
 /// CPU time of the whole process so far (all threads, including finished ones).
 pub fn process_cpu() -> CpuTimes {
-    let u = rusage_self();
-    CpuTimes {
-        user: timeval_secs(u.ru_utime),
-        sys: timeval_secs(u.ru_stime),
-    }
+    process_usage().cpu
 }
 
 /// How the peak memory figure was obtained.
@@ -137,9 +154,7 @@ pub fn peak_rss(was_reset: bool) -> (u64, PeakSource) {
             return (kib * 1024, PeakSource::VmHwmPerPhase);
         }
     }
-    // ru_maxrss is in KiB on Linux.
-    let kib = u64::try_from(rusage_self().ru_maxrss).unwrap_or(0);
-    (kib * 1024, PeakSource::MaxRssLifetime)
+    (process_usage().max_rss, PeakSource::MaxRssLifetime)
 }
 
 fn status_field_kib(status: &str, field: &str) -> Option<u64> {

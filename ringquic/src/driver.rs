@@ -16,9 +16,11 @@
 //! again when a send completes and frees one: no spinning, no unbounded queue.
 
 use std::{
+    cell::RefCell,
     collections::{HashMap, HashSet, VecDeque},
     net::SocketAddr,
     panic::AssertUnwindSafe,
+    rc::Rc,
     sync::{mpsc, Arc},
     task::Waker,
     time::Instant,
@@ -123,7 +125,7 @@ pub(crate) fn run(setup: DriverSetup) {
     let endpoint = proto::Endpoint::new(endpoint_config, server_config, allow_mtud, None);
     let mut driver = Driver {
         io: backend,
-        core: Core {
+        core: Rc::new(RefCell::new(Core {
             shared: shared.clone(),
             endpoint,
             conns: HashMap::new(),
@@ -140,9 +142,10 @@ pub(crate) fn run(setup: DriverSetup) {
             shutting_down: false,
             stats: EndpointStats::default(),
             now: None,
-        },
+        })),
         commands: VecDeque::new(),
     };
+    LOCAL_CORE.with(|c| *c.borrow_mut() = Some(driver.core.clone()));
     let _ = ready.send(Ok(()));
     drop(ready);
 
@@ -169,6 +172,51 @@ fn open_backend(
     cfg: &IoConfig,
     wanted: Option<BackendKind>,
 ) -> Result<Box<dyn IoBackend>, EndpointError> {
+    #[cfg(not(windows))]
+    if wanted == Some(BackendKind::Rio) {
+        return Err(EndpointError::BackendUnavailable {
+            backend: BackendKind::Rio,
+            source: std::io::Error::new(std::io::ErrorKind::Unsupported, "RIO exists only on Windows"),
+        });
+    }
+    // Windows: RIO when asked for or when nothing was. If RIO cannot be set up before anything
+    // was posted on the socket (no RIO in the system, as under Wine; an adopted socket without
+    // WSA_FLAG_REGISTERED_IO), the socket comes back and the poll backend serves it — unless
+    // RIO was asked for explicitly, which makes it an error.
+    #[cfg(windows)]
+    let socket = if !matches!(wanted, None | Some(BackendKind::Rio)) {
+        socket
+    } else {
+        let opts = crate::io::rio_book::RioOptions::from_env()?;
+        match crate::io::rio::RioBackend::new(socket, cfg, opts) {
+            Ok(b) => return Ok(Box::new(b)),
+            Err(e) if wanted == Some(BackendKind::Rio) => {
+                return Err(EndpointError::BackendUnavailable {
+                    backend: BackendKind::Rio,
+                    source: std::io::Error::new(e.source.kind(), format!("{}: {}", e.what, e.source)),
+                })
+            }
+            Err(e) => match e.socket {
+                Some(socket) => {
+                    static ONCE: std::sync::Once = std::sync::Once::new();
+                    ONCE.call_once(|| {
+                        tracing::warn!(
+                            "Windows RIO is not available ({}: {}); using the poll backend",
+                            e.what,
+                            e.source
+                        )
+                    });
+                    socket
+                }
+                None => {
+                    return Err(EndpointError::Backend {
+                        what: e.what,
+                        source: e.source,
+                    })
+                }
+            },
+        }
+    };
     #[cfg(target_os = "linux")]
     {
         if wanted != Some(BackendKind::Poll) {
@@ -219,12 +267,38 @@ fn log_backend(kind: BackendKind, addr: SocketAddr) {
 
 struct Driver {
     io: Box<dyn IoBackend>,
-    core: Core,
+    /// Shared with [`LOCAL_CORE`] so tasks running on this thread can reach it between phases.
+    core: Rc<RefCell<Core>>,
     commands: VecDeque<Command>,
 }
 
+thread_local! {
+    /// The core of the endpoint this thread drives, for application tasks spawned onto it
+    /// (`Endpoint::spawn`): they connect and accept inline, since waiting for a reply from
+    /// their own thread would never end.
+    static LOCAL_CORE: RefCell<Option<Rc<RefCell<Core>>>> = const { RefCell::new(None) };
+}
+
+/// Tasks polled per turn at most, so I/O keeps flowing under a busy application.
+const MAX_TASK_POLLS_PER_TURN: usize = 1024;
+
+/// If the current thread is the I/O thread of `shared`'s endpoint, run `f` on its core.
+/// Returns `None` on any other thread (or while the core is busy, which cannot happen from a
+/// task, since tasks run only between phases).
+pub(crate) fn with_local_core<R>(shared: &Arc<EndpointShared>, f: impl FnOnce(&mut Core) -> R) -> Option<R> {
+    LOCAL_CORE.with(|slot| {
+        let slot = slot.borrow();
+        let core_rc = slot.as_ref()?;
+        let mut core = core_rc.try_borrow_mut().ok()?;
+        if !Arc::ptr_eq(&core.shared, shared) {
+            return None;
+        }
+        Some(f(&mut core))
+    })
+}
+
 /// Everything but the backend, so the receive callback can borrow it while the backend runs.
-struct Core {
+pub(crate) struct Core {
     shared: Arc<EndpointShared>,
     endpoint: proto::Endpoint,
     conns: HashMap<ConnectionHandle, Arc<ConnectionInner>>,
@@ -250,83 +324,143 @@ struct Core {
 impl Driver {
     fn run(&mut self) {
         loop {
-            self.core.stats.loop_turns += 1;
-            self.take_commands();
-            if self.core.shutting_down {
-                self.core.close_all(
+            // Application tasks spawned on this thread run first, with the core free for them
+            // (they may connect or accept inline).
+            self.run_local_tasks();
+            let core_rc = self.core.clone();
+            let mut core = core_rc.borrow_mut();
+            core.stats.loop_turns += 1;
+            core.take_commands(&mut self.commands);
+            if core.shutting_down {
+                core.close_all(
                     proto::VarInt::from_u32(0),
                     bytes::Bytes::from_static(b"endpoint dropped"),
                 );
             }
-            self.drive_dirty();
-            self.send_responses();
-            self.publish_stats();
-            if self.core.shutting_down {
+            core.drive_dirty(&mut *self.io);
+            core.send_responses(&mut *self.io);
+            core.publish_stats(&*self.io);
+            if core.shutting_down {
                 // Push the close frames out; the backend's shutdown waits for their completions.
                 let mut sink = |_: RecvMeta, _: BytesMut| {};
                 let _ = self.io.turn(Some(Instant::now()), &mut sink);
                 return;
             }
-            let deadline = if !self.core.dirty.is_empty() || self.core.shared.mailbox.is_notified() {
+            let busy = !core.dirty.is_empty()
+                || core.shared.mailbox.is_notified()
+                || !lock(&core.shared.local_tasks).is_empty();
+            let deadline = if busy {
                 Some(Instant::now())
             } else {
-                self.core.timers.values().min().copied()
+                core.timers.values().min().copied()
             };
-            let core = &mut self.core;
             core.now = None;
             let mut on_recv = |meta: RecvMeta, data: BytesMut| core.on_datagram(meta, data);
             if let Err(e) = self.io.turn(deadline, &mut on_recv) {
                 error!("I/O backend failed: {e}; closing the endpoint");
                 return;
             }
-            self.core.expire_timers();
-            if !self.core.waiting_tx.is_empty() && self.io.has_free_tx() {
-                for ch in std::mem::take(&mut self.core.waiting_tx) {
-                    self.core.mark_dirty(ch);
+            core.expire_timers();
+            if !core.waiting_tx.is_empty() && self.io.has_free_tx() {
+                for ch in std::mem::take(&mut core.waiting_tx) {
+                    core.mark_dirty(ch);
                 }
             }
         }
     }
 
-    fn take_commands(&mut self) {
-        self.core.shared.mailbox.drain(&mut self.commands);
-        while let Some(cmd) = self.commands.pop_front() {
-            self.core.command(cmd);
-        }
-    }
-
-    fn drive_dirty(&mut self) {
-        // Drive only the connections dirty at the start of this phase; ones marked again while
-        // driving (bound reached) wait for the next turn.
-        let n = self.core.dirty.len();
-        for _ in 0..n {
-            let Some(ch) = self.core.dirty.pop_front() else {
+    /// Run the application tasks that are ready (bounded, so I/O keeps flowing).
+    fn run_local_tasks(&mut self) {
+        let shared = self.core.borrow().shared.clone();
+        for _ in 0..MAX_TASK_POLLS_PER_TURN {
+            let Some(runnable) = lock(&shared.local_tasks).pop_front() else {
                 break;
             };
-            self.core.in_dirty.remove(&ch);
-            self.core.drive(ch, &mut *self.io);
+            runnable.run();
         }
     }
 
-    fn send_responses(&mut self) {
-        while let Some((bytes, t)) = self.core.responses.pop_front() {
-            match self.io.take_tx() {
+    /// The loop has ended (shutdown, backend failure or panic): nothing will drive connections
+    /// any more. Fail everything still waiting so no future hangs, and refuse new commands.
+    fn finish(&mut self, reason: ConnectionError) {
+        let core_rc = self.core.clone();
+        // A panic may have left the core borrowed in a frame that unwound; RefCell borrows are
+        // released on unwind, so this succeeds.
+        let mut core = core_rc.borrow_mut();
+        // Commands still queued are dropped: their reply channels close, so callers see an
+        // error instead of waiting.
+        drop(core.shared.mailbox.close());
+        // Tasks spawned on this thread are cancelled (their futures dropped here): the queued
+        // ones by dropping their runnables, the waiting ones by waking them into a closed
+        // queue, which drops them too.
+        let tasks: Vec<_> = lock(&core.shared.local_tasks).drain(..).collect();
+        let task_wakers: Vec<_> = lock(&core.shared.task_wakers).1.drain().map(|(_, w)| w).collect();
+        let mut woken = Vec::new();
+        for conn in core.conns.values() {
+            conn.lock().terminate(reason.clone(), &mut woken);
+        }
+        core.conns.clear();
+        {
+            let mut st = lock(&core.shared.state);
+            st.driver_exited = true;
+            st.open_connections = 0;
+            st.incoming.clear();
+            EndpointShared::wake_waiters(&mut st);
+        }
+        for w in woken {
+            w.wake();
+        }
+        core.publish_stats(&*self.io);
+        self.io.shutdown();
+        drop(core);
+        drop(tasks);
+        for w in task_wakers {
+            w.wake();
+        }
+        LOCAL_CORE.with(|c| c.borrow_mut().take());
+    }
+}
+
+impl Core {
+    fn take_commands(&mut self, commands: &mut VecDeque<Command>) {
+        self.shared.mailbox.drain(commands);
+        while let Some(cmd) = commands.pop_front() {
+            self.command(cmd);
+        }
+    }
+
+    fn drive_dirty(&mut self, io: &mut dyn IoBackend) {
+        // Drive only the connections dirty at the start of this phase; ones marked again while
+        // driving (bound reached) wait for the next turn.
+        let n = self.dirty.len();
+        for _ in 0..n {
+            let Some(ch) = self.dirty.pop_front() else {
+                break;
+            };
+            self.in_dirty.remove(&ch);
+            self.drive(ch, io);
+        }
+    }
+
+    fn send_responses(&mut self, io: &mut dyn IoBackend) {
+        while let Some((bytes, t)) = self.responses.pop_front() {
+            match io.take_tx() {
                 Some(mut tx) => {
                     tx.buf.extend_from_slice(&bytes[..t.size]);
-                    self.io.send(tx, &t);
+                    io.send(tx, &t);
                 }
                 None => {
-                    self.core.stats.responses_dropped += 1 + self.core.responses.len() as u64;
-                    self.core.responses.clear();
+                    self.stats.responses_dropped += 1 + self.responses.len() as u64;
+                    self.responses.clear();
                 }
             }
         }
     }
 
-    fn publish_stats(&mut self) {
-        let io = self.io.stats();
-        let c = &self.core.stats;
-        let mut st = lock(&self.core.shared.state);
+    fn publish_stats(&self, io: &dyn IoBackend) {
+        let io = io.stats();
+        let c = &self.stats;
+        let mut st = lock(&self.shared.state);
         st.stats = EndpointStats {
             datagrams_received: io.datagrams_received,
             bytes_received: io.bytes_received,
@@ -343,37 +477,10 @@ impl Driver {
             incoming_refused: c.incoming_refused,
             app_wakeups: 0,
             loop_turns: c.loop_turns,
-            open_connections: self.core.conns.len() as u64,
+            open_connections: self.conns.len() as u64,
         };
     }
 
-    /// The loop has ended (shutdown, backend failure or panic): nothing will drive connections
-    /// any more. Fail everything still waiting so no future hangs, and refuse new commands.
-    fn finish(&mut self, reason: ConnectionError) {
-        // Commands still queued are dropped: their reply channels close, so callers see an
-        // error instead of waiting.
-        drop(self.core.shared.mailbox.close());
-        let mut woken = Vec::new();
-        for conn in self.core.conns.values() {
-            conn.lock().terminate(reason.clone(), &mut woken);
-        }
-        self.core.conns.clear();
-        {
-            let mut st = lock(&self.core.shared.state);
-            st.driver_exited = true;
-            st.open_connections = 0;
-            st.incoming.clear();
-            EndpointShared::wake_waiters(&mut st);
-        }
-        for w in woken {
-            w.wake();
-        }
-        self.publish_stats();
-        self.io.shutdown();
-    }
-}
-
-impl Core {
     fn now(&mut self) -> Instant {
         *self.now.get_or_insert_with(Instant::now)
     }
@@ -538,6 +645,47 @@ impl Core {
             #[cfg(test)]
             Command::Panic => panic!("injected by a test"),
         }
+    }
+
+    /// Start a client connection.
+    pub(crate) fn connect(
+        &mut self,
+        config: proto::ClientConfig,
+        remote: SocketAddr,
+        server_name: &str,
+    ) -> Result<Arc<ConnectionInner>, proto::ConnectError> {
+        if self.shutting_down {
+            return Err(proto::ConnectError::EndpointStopping);
+        }
+        let (ch, conn) = self
+            .endpoint
+            .connect(Instant::now(), config, remote, server_name)?;
+        Ok(self.add_connection(ch, conn))
+    }
+
+    /// Accept an incoming connection.
+    pub(crate) fn accept(
+        &mut self,
+        incoming: proto::Incoming,
+        server_config: Option<Arc<ServerConfig>>,
+    ) -> Result<Arc<ConnectionInner>, ConnectionError> {
+        let res = match self
+            .endpoint
+            .accept(incoming, Instant::now(), &mut self.resp_buf, server_config)
+        {
+            Ok((ch, conn)) => {
+                self.handshaking.insert(ch);
+                Ok(self.add_connection(ch, conn))
+            }
+            Err(e) => {
+                if let Some(t) = e.response {
+                    self.queue_response(t);
+                }
+                Err(e.cause)
+            }
+        };
+        self.resp_buf.clear();
+        res
     }
 
     fn close_all(&mut self, code: proto::VarInt, reason: bytes::Bytes) {

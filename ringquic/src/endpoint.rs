@@ -16,7 +16,7 @@ use std::{
         mpsc, Arc, Mutex, OnceLock,
     },
     task::{Context, Poll, Waker},
-    thread::{JoinHandle, ThreadId},
+    thread::ThreadId,
 };
 
 use bytes::Bytes;
@@ -92,9 +92,21 @@ pub(crate) struct EndpointShared {
     handles: AtomicUsize,
     /// Endpoint handles alive; at zero no new connections are accepted.
     endpoint_handles: AtomicUsize,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     pub(crate) thread_id: OnceLock<ThreadId>,
     pub(crate) info: OnceLock<(BackendKind, SocketAddr)>,
+    /// Application tasks spawned onto the I/O thread ([`Endpoint::spawn`]), ready to run.
+    pub(crate) local_tasks: Mutex<VecDeque<async_task::Runnable>>,
+    /// A waker of every live spawned task, so the exiting I/O thread can cancel even tasks
+    /// nothing else would ever wake.
+    pub(crate) task_wakers: Mutex<(u64, std::collections::HashMap<u64, Waker>)>,
+}
+
+impl EndpointShared {
+    /// Whether the calling thread is this endpoint's I/O thread.
+    pub(crate) fn on_io_thread(&self) -> bool {
+        self.thread_id.get() == Some(&std::thread::current().id())
+    }
 }
 
 impl EndpointShared {
@@ -264,6 +276,14 @@ impl Endpoint {
             }
             _ => addr,
         };
+        if self.shared().on_io_thread() {
+            // A task spawned on the I/O thread: connect inline (waiting for a reply from our
+            // own thread would never end).
+            let inner =
+                driver::with_local_core(self.shared(), |core| core.connect(config, addr, server_name))
+                    .ok_or(ConnectError::EndpointStopping)??;
+            return Ok(Connecting::new(ConnectionRef::adopt(inner, self.inner.clone())));
+        }
         let (tx, rx) = mpsc::sync_channel(1);
         self.shared()
             .mailbox
@@ -276,6 +296,45 @@ impl Endpoint {
             .map_err(|_| ConnectError::EndpointStopping)?;
         let inner = rx.recv().map_err(|_| ConnectError::EndpointStopping)??;
         Ok(Connecting::new(ConnectionRef::adopt(inner, self.inner.clone())))
+    }
+
+    /// Run `future` on the endpoint's I/O thread, next to the socket and the connections
+    /// (thread-per-core style), instead of on the application's runtime.
+    ///
+    /// Wakeups between such a task and the I/O loop stay on one thread: no system call, no
+    /// context switch, which is what small request/response work pays for otherwise. The task
+    /// must not block (it shares the thread with all the endpoint's I/O); ringquic's own
+    /// futures never do, and `connect`/`accept` work inline there. Await the returned handle
+    /// from anywhere for the output; dropping the handle lets the task run on (detaches).
+    /// If the endpoint's thread exits, remaining tasks are cancelled.
+    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let weak = Arc::downgrade(self.shared());
+        let schedule = move |runnable: async_task::Runnable| {
+            let Some(shared) = weak.upgrade() else { return };
+            let mut q = lock(&shared.local_tasks);
+            // Checked under the queue's lock, which the exiting I/O thread takes to cancel
+            // what is queued: a task is either queued before that or dropped here.
+            if shared.mailbox.is_closed() {
+                drop(q);
+                drop(runnable);
+                return;
+            }
+            q.push_back(runnable);
+            drop(q);
+            shared.mailbox.notify();
+        };
+        let future = Cancellable {
+            fut: Box::pin(future),
+            shared: Arc::downgrade(self.shared()),
+            key: None,
+        };
+        let (runnable, task) = async_task::spawn(future, schedule);
+        runnable.schedule();
+        JoinHandle(Some(task.fallible()))
     }
 
     /// Wait for the next incoming connection; `None` once the endpoint is closed.
@@ -304,6 +363,82 @@ impl Endpoint {
             Poll::Pending
         })
         .await
+    }
+}
+
+/// A spawned task's future, registered with the endpoint so the exiting I/O thread can wake
+/// (and thereby cancel) it.
+struct Cancellable<F> {
+    fut: Pin<Box<F>>,
+    shared: std::sync::Weak<EndpointShared>,
+    key: Option<u64>,
+}
+
+impl<F: Future> Future for Cancellable<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        if self.key.is_none() {
+            // Every waker of one async-task task schedules that same task: one is enough.
+            if let Some(shared) = self.shared.upgrade() {
+                let mut w = lock(&shared.task_wakers);
+                let key = w.0;
+                w.0 += 1;
+                w.1.insert(key, cx.waker().clone());
+                self.key = Some(key);
+            }
+        }
+        self.fut.as_mut().poll(cx)
+    }
+}
+
+impl<F> Drop for Cancellable<F> {
+    fn drop(&mut self) {
+        if let (Some(key), Some(shared)) = (self.key, self.shared.upgrade()) {
+            lock(&shared.task_wakers).1.remove(&key);
+        }
+    }
+}
+
+/// A task running on an endpoint's I/O thread ([`Endpoint::spawn`]). Await it for the task's
+/// output; drop it to let the task run on.
+#[must_use = "dropping a JoinHandle detaches the task"]
+pub struct JoinHandle<T>(Option<async_task::FallibleTask<T>>);
+
+/// The task was cancelled because its endpoint's I/O thread exited.
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+#[error("the task was cancelled: its endpoint's I/O thread exited")]
+pub struct TaskCancelled;
+
+impl<T> JoinHandle<T> {
+    /// Cancel the task: its future is dropped (on the I/O thread, or here if it is not running).
+    pub fn abort(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl<T> Future for JoinHandle<T> {
+    type Output = Result<T, TaskCancelled>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.0.as_mut() {
+            Some(t) => Pin::new(t).poll(cx).map(|r| r.ok_or(TaskCancelled)),
+            None => Poll::Ready(Err(TaskCancelled)),
+        }
+    }
+}
+
+impl<T> Drop for JoinHandle<T> {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.detach();
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinHandle").finish_non_exhaustive()
     }
 }
 
@@ -368,8 +503,18 @@ impl Incoming {
         mut self,
         server_config: Option<Arc<ServerConfig>>,
     ) -> Result<Connecting, ConnectionError> {
-        let (tx, rx) = mpsc::sync_channel(1);
         let incoming = self.take();
+        if self.endpoint.0.on_io_thread() {
+            // A task spawned on the I/O thread: accept inline.
+            let inner =
+                driver::with_local_core(&self.endpoint.0, |core| core.accept(incoming, server_config))
+                    .ok_or(ConnectionError::LocallyClosed)??;
+            return Ok(Connecting::new(ConnectionRef::adopt(
+                inner,
+                self.endpoint.clone(),
+            )));
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
         self.endpoint
             .0
             .mailbox
@@ -713,6 +858,8 @@ impl EndpointBuilder {
             thread: Mutex::new(None),
             thread_id: OnceLock::new(),
             info: OnceLock::new(),
+            local_tasks: Mutex::new(VecDeque::new()),
+            task_wakers: Mutex::new((0, std::collections::HashMap::new())),
         });
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let setup = DriverSetup {

@@ -64,7 +64,10 @@ mod streams;
 
 pub use crate::{
     connection::{Connecting, Connection},
-    endpoint::{Accept, Endpoint, EndpointBuilder, EndpointStats, Incoming, IncomingFuture, RetryError},
+    endpoint::{
+        Accept, Endpoint, EndpointBuilder, EndpointStats, Incoming, IncomingFuture, JoinHandle, RetryError,
+        TaskCancelled,
+    },
     io::BackendKind,
     streams::{RecvStream, ResetWaitError, SendStream},
 };

@@ -16,6 +16,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc, Arc, Mutex, OnceLock,
     },
+    thread::ThreadId,
 };
 
 use bytes::Bytes;
@@ -66,6 +67,11 @@ pub(crate) struct Mailbox {
     queue: Mutex<MailboxState>,
     notified: AtomicBool,
     waker: OnceLock<Arc<dyn Wakeup>>,
+    /// The I/O thread: a notify from it needs no system call, its loop checks the flag before
+    /// sleeping.
+    io_thread: OnceLock<ThreadId>,
+    /// Mirrors `MailboxState::closed` for lock-free checks.
+    closed: AtomicBool,
     wakeups: AtomicU64,
 }
 
@@ -84,6 +90,8 @@ impl Mailbox {
             }),
             notified: AtomicBool::new(false),
             waker: OnceLock::new(),
+            io_thread: OnceLock::new(),
+            closed: AtomicBool::new(false),
             wakeups: AtomicU64::new(0),
         }
     }
@@ -91,6 +99,7 @@ impl Mailbox {
     /// Install the backend's wakeup. Called once by the I/O thread before it serves commands.
     pub(crate) fn set_waker(&self, waker: Arc<dyn Wakeup>) {
         let _ = self.waker.set(waker);
+        let _ = self.io_thread.set(std::thread::current().id());
     }
 
     /// Queue a command and wake the I/O thread if no wakeup is pending yet.
@@ -113,6 +122,11 @@ impl Mailbox {
     /// Wake the I/O thread unless a wakeup is already on its way.
     pub(crate) fn notify(&self) {
         if !self.notified.swap(true, Ordering::AcqRel) {
+            if self.io_thread.get() == Some(&std::thread::current().id()) {
+                // Called on the I/O thread itself (a task spawned there, or a waker it ran):
+                // the loop is awake and checks `notified` before it sleeps.
+                return;
+            }
             self.wakeups.fetch_add(1, Ordering::Relaxed);
             if let Some(w) = self.waker.get() {
                 w.wake();
@@ -137,7 +151,13 @@ impl Mailbox {
     pub(crate) fn close(&self) -> VecDeque<Command> {
         let mut q = lock(&self.queue);
         q.closed = true;
+        self.closed.store(true, Ordering::Release);
         std::mem::take(&mut q.commands)
+    }
+
+    /// Whether the I/O thread has exited (no more commands or tasks are taken).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// How many wakeup system calls the application side has made.
@@ -167,9 +187,11 @@ mod tests {
 
     #[test]
     fn many_pushes_cost_one_wakeup() {
-        let mb = Mailbox::new();
+        let mb = Arc::new(Mailbox::new());
         let w = Arc::new(CountingWake(AtomicUsize::new(0)));
-        mb.set_waker(w.clone());
+        // The waker is installed by the I/O thread; pushes come from another one.
+        let (mb2, w2) = (mb.clone(), w.clone());
+        std::thread::spawn(move || mb2.set_waker(w2)).join().unwrap();
         for i in 0..100 {
             assert!(mb.push(Command::Drive(ConnectionHandle(i))).is_ok());
         }
@@ -181,6 +203,20 @@ mod tests {
         assert!(mb.push(Command::Drive(ConnectionHandle(0))).is_ok());
         assert_eq!(w.0.load(Ordering::SeqCst), 2);
         assert_eq!(mb.wakeups(), 2);
+    }
+
+    #[test]
+    fn notify_from_the_io_thread_needs_no_wakeup() {
+        let mb = Mailbox::new();
+        let w = Arc::new(CountingWake(AtomicUsize::new(0)));
+        mb.set_waker(w.clone());
+        assert!(mb.push(Command::Drive(ConnectionHandle(0))).is_ok());
+        assert_eq!(
+            w.0.load(Ordering::SeqCst),
+            0,
+            "no system call from the I/O thread"
+        );
+        assert!(mb.is_notified(), "but the loop sees there is work");
     }
 
     #[test]

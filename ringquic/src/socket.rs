@@ -13,8 +13,14 @@ use crate::EndpointError;
 
 /// Make a non-blocking UDP socket bound to `addr`. An IPv6 wildcard address is dual-stack
 /// (`IPV6_V6ONLY` off) so IPv4 peers reach it too.
+///
+/// On Windows the socket is made with `WSA_FLAG_REGISTERED_IO` (`registered`), so the RIO
+/// backend can use it; the poll backend serves such a socket just as well.
 pub(crate) fn create(addr: SocketAddr) -> Result<std::net::UdpSocket, EndpointError> {
     let bind_err = |source| EndpointError::Bind { addr, source };
+    #[cfg(windows)]
+    let socket = registered(Domain::for_address(addr), Type::DGRAM, Protocol::UDP).map_err(bind_err)?;
+    #[cfg(not(windows))]
     let socket =
         Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(bind_err)?;
     if addr.is_ipv6() {
@@ -33,7 +39,23 @@ pub(crate) fn create(addr: SocketAddr) -> Result<std::net::UdpSocket, EndpointEr
     Ok(socket)
 }
 
+/// `Socket::new`, but created with `WSASocketW(..., WSA_FLAG_OVERLAPPED |
+/// WSA_FLAG_REGISTERED_IO)` (seed point 6): RIO request queues can only be created on sockets
+/// that carry the flag from birth. The system call lives in `io::rio` (this file has no unsafe
+/// code).
+#[cfg(windows)]
+fn registered(domain: Domain, ty: Type, protocol: Protocol) -> io::Result<Socket> {
+    crate::io::rio::registered_socket(domain, ty, protocol)
+}
+
 /// Check that an application-supplied socket can serve an endpoint, and make it non-blocking.
+///
+/// On Windows an adopted socket may lack `WSA_FLAG_REGISTERED_IO`, and there is no cheap way to
+/// ask a socket for its creation flags, so it is not checked here: RIO setup on it then fails
+/// (at `RIOCreateRequestQueue`) before anything is posted, and the endpoint falls back to the
+/// poll backend (logged once), or fails with `BackendUnavailable` if RIO was asked for
+/// explicitly. To get RIO on an adopted socket, create it with `WSASocketW(AF_INET[6],
+/// SOCK_DGRAM, IPPROTO_UDP, NULL, 0, WSA_FLAG_OVERLAPPED | WSA_FLAG_REGISTERED_IO)`.
 pub(crate) fn adopt(socket: &std::net::UdpSocket) -> Result<SocketAddr, EndpointError> {
     let sock = SockRef::from(socket);
     let ty = sock.r#type().map_err(|source| EndpointError::Socket {

@@ -202,7 +202,7 @@ impl Histogram {
 
     /// The percentiles, or `None` without samples.
     pub fn latency(&self) -> Option<Latency> {
-        (self.0.len() > 0).then(|| Latency {
+        (!self.0.is_empty()).then(|| Latency {
             p50_us: self.0.value_at_quantile(0.5) as f64,
             p99_us: self.0.value_at_quantile(0.99) as f64,
             p999_us: self.0.value_at_quantile(0.999) as f64,
@@ -298,7 +298,7 @@ impl Default for BenchOptions {
         BenchOptions {
             workloads: WorkloadKind::EVERY.to_vec(),
             systems: default_systems(),
-            runs: 1,
+            runs: 3,
             size: 1 << 30,
             streams: 1000,
             stream_size: 1 << 20,
@@ -704,7 +704,8 @@ fn run_phase<S: System, W: Workload>(
     };
     let end = Snapshot::take(&client_ready.tids, &server_ready.tids);
     let (t, v) = (t0.elapsed().as_secs_f64(), meter.load(Ordering::Relaxed));
-    if t > last.0 {
+    // The last, partial interval; too short a one would only add noise to the plot.
+    if t > last.0 + 0.05 {
         timeline.push([t, (v - last.1) as f64 / (t - last.0)]);
     }
     let (peak_rss, peak_source) = usage::peak_rss(peak_reset);

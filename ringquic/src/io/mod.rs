@@ -35,6 +35,11 @@ pub(crate) mod cmsg;
 #[cfg(test)]
 pub(crate) mod fake;
 pub(crate) mod poll;
+#[cfg(windows)]
+pub(crate) mod rio;
+// Platform-independent RIO bookkeeping: used by `rio` on Windows, unit-tested everywhere.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub(crate) mod rio_book;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
 
@@ -47,14 +52,19 @@ pub enum BackendKind {
     /// Portable readiness-based fallback: `quinn-udp` system calls driven by epoll/kqueue/IOCP
     /// through `mio`.
     Poll,
+    /// Windows Registered I/O: `RIOReceiveEx`/`RIOSendEx` (with USO) on one registered buffer
+    /// region, completions announced through an event or an I/O completion port. Windows only;
+    /// where RIO is missing the poll backend serves instead (see `docs/WINDOWS.md`).
+    Rio,
 }
 
 impl BackendKind {
-    /// The name used by `RINGQUIC_BACKEND` and the builder: `uring` or `poll`.
+    /// The name used by `RINGQUIC_BACKEND` and the builder: `uring`, `poll` or `rio`.
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::IoUring => "uring",
             BackendKind::Poll => "poll",
+            BackendKind::Rio => "rio",
         }
     }
 }
@@ -72,6 +82,7 @@ impl FromStr for BackendKind {
         match s.trim().to_ascii_lowercase().as_str() {
             "uring" | "io_uring" | "io-uring" => Ok(BackendKind::IoUring),
             "poll" | "fallback" => Ok(BackendKind::Poll),
+            "rio" => Ok(BackendKind::Rio),
             _ => Err(crate::EndpointError::UnknownBackend(s.to_owned())),
         }
     }

@@ -1,0 +1,271 @@
+//! The built `ringquic-perf` binary: `server` and `client` across implementations, a client that
+//! must fail with a clear message, and a smoke run of `bench` with tiny sizes that checks the
+//! table, the JSON and the SVG. Every child process is bounded in time and uses loopback only.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringquic-perf");
+
+/// A scratch directory unique to this test process and `name`.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringquic-perf-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `cmd` to completion, killing it after `limit`.
+fn run(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringquic-perf");
+    let read = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = read(Box::new(child.stdout.take().unwrap()));
+    let err = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} did not finish within {limit:?}; stderr: {}",
+                err.join().unwrap()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// A `ringquic-perf server` child, killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["server", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server printed nothing");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Server { child, addr }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client(addr: &str, extra: &[&str]) -> Output {
+    run(
+        Command::new(BIN)
+            .args([
+                "client",
+                addr,
+                "--download-size",
+                "1M",
+                "--upload-size",
+                "64K",
+                "--requests",
+                "8",
+                "--concurrency",
+                "4",
+            ])
+            .args(extra),
+        Duration::from_secs(60),
+    )
+}
+
+fn assert_client_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "client failed: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stdout.contains("8/8 requests ok"), "{}", out.stdout);
+}
+
+#[test]
+fn stock_quinn_server_and_client() {
+    let server = Server::start(&["--system", "quinn"]);
+    let dir = scratch("quinn");
+    let json = dir.join("client.json");
+    let out = client(
+        &server.addr,
+        &[
+            "--system",
+            "quinn",
+            "--insecure",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    assert_client_ok(&out);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["bytes_received"], 8u64 << 20);
+    assert_eq!(report["bytes_sent"], 8u64 * (64 << 10));
+    assert_eq!(report["requests_ok"], 8);
+}
+
+#[cfg(feature = "ringquic")]
+#[test]
+fn ringquic_server_with_both_clients() {
+    for backend in ["uring", "poll"] {
+        let server = Server::start(&["--backend", backend]);
+        assert_client_ok(&client(&server.addr, &["--insecure"]));
+        assert_client_ok(&client(&server.addr, &["--insecure", "--system", "quinn"]));
+        assert_client_ok(&client(
+            &server.addr,
+            &["--insecure", "--backend", "poll", "--uni"],
+        ));
+    }
+}
+
+#[cfg(feature = "ringquic")]
+#[test]
+fn ringquic_client_against_stock_quinn_server_with_cert_files() {
+    let dir = scratch("certs");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let (cert_arg, key_arg) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
+    let server = Server::start(&["--system", "quinn", "--cert", cert_arg, "--key", key_arg]);
+    assert_client_ok(&client(&server.addr, &["--cert", cert_arg]));
+    assert_client_ok(&client(
+        &server.addr,
+        &[
+            "--cert",
+            cert_arg,
+            "--server-name",
+            "localhost",
+            "--backend",
+            "uring",
+        ],
+    ));
+}
+
+#[test]
+fn client_fails_clearly() {
+    let server = Server::start(&["--system", "quinn"]);
+    let dir = scratch("wrong-cert");
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let wrong = dir.join("other.pem");
+    std::fs::write(&wrong, other.cert.pem()).unwrap();
+    let out = client(
+        &server.addr,
+        &["--system", "quinn", "--cert", wrong.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(out.stderr.starts_with("error: "), "{}", out.stderr);
+    assert!(out.stderr.contains("connecting to"), "{}", out.stderr);
+
+    let out = client(&server.addr, &["--system", "quinn"]);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("--insecure"), "{}", out.stderr);
+}
+
+#[test]
+fn bench_smoke() {
+    let dir = scratch("bench");
+    let (json, svg) = (dir.join("bench.json"), dir.join("bench.svg"));
+    let out = run(
+        Command::new(BIN).args([
+            "bench",
+            "--size",
+            "4M",
+            "--streams",
+            "8",
+            "--stream-size",
+            "256K",
+            "--duration",
+            "1s",
+            "--connections",
+            "4",
+            "--json",
+            json.to_str().unwrap(),
+            "--svg",
+            svg.to_str().unwrap(),
+        ]),
+        Duration::from_secs(240),
+    );
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let systems: &[&str] = if cfg!(feature = "ringquic") {
+        &["quinn", "ringquic/"]
+    } else {
+        &["quinn"]
+    };
+    for workload in ["bulk", "streams", "rr", "handshakes", "datagrams"] {
+        for system in systems {
+            assert!(
+                out.stdout
+                    .lines()
+                    .any(|l| l.starts_with(workload) && l.contains(system)),
+                "no {workload}/{system} row in:\n{}",
+                out.stdout
+            );
+        }
+    }
+    assert!(out.stdout.contains("×quinn"), "{}", out.stdout);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let groups = report["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 5 * systems.len());
+    for g in groups {
+        let summary = &g["summary"];
+        assert!(summary["figure"].as_f64().unwrap() > 0.0, "{g}");
+        assert!(g["runs"][0]["error"].is_null(), "{g}");
+    }
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "bad svg");
+}

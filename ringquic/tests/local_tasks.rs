@@ -1,0 +1,98 @@
+//! Application tasks on the endpoint's I/O thread (`Endpoint::spawn`).
+mod common;
+use common::*;
+
+use ringquic::{Endpoint, TaskCancelled};
+
+/// Serve on the server's I/O thread and run the client on the client's, connect and accept
+/// included (they run inline there); 200 request/response exchanges cost (next to) no
+/// cross-thread wakeups.
+#[test]
+fn request_response_entirely_on_io_threads() {
+    for b in backends() {
+        let (server, client) = pair(b);
+        let addr = server.local_addr().unwrap();
+        let srv = server.clone();
+        let serving = server.spawn(async move {
+            let conn = srv.accept().await.unwrap().await.unwrap();
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let req = recv.read_to_end(1024).await.unwrap();
+                send.write_all(&req).await.unwrap();
+                send.finish().unwrap();
+            }
+        });
+        let cl = client.clone();
+        let requests = client.spawn(async move {
+            let conn = cl.connect(addr, "localhost").unwrap().await.unwrap();
+            for i in 0..200u32 {
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                send.write_all(&i.to_be_bytes()).await.unwrap();
+                send.finish().unwrap();
+                assert_eq!(recv.read_to_end(1024).await.unwrap(), i.to_be_bytes());
+            }
+            conn.close(0u32.into(), b"done");
+            200u32
+        });
+        let done = futures::executor::block_on(async {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let watchdog = std::thread::spawn(move || {
+                if rx.recv_timeout(std::time::Duration::from_secs(30)).is_err() {
+                    eprintln!("local-task request/response hung");
+                    std::process::abort();
+                }
+            });
+            let n = requests.await;
+            tx.send(()).unwrap();
+            watchdog.join().unwrap();
+            n
+        });
+        assert_eq!(done, Ok(200), "{b}");
+        // The server's accept_bi ends with the connection's close.
+        assert_eq!(futures::executor::block_on(serving), Ok(()));
+        let (cw, sw) = (client.stats().app_wakeups, server.stats().app_wakeups);
+        assert!(
+            cw < 10 && sw < 10,
+            "{b}: {cw} / {sw} cross-thread wakeups for 200 exchanges"
+        );
+    }
+}
+
+/// An accept loop running on the I/O thread ends when the endpoint is closed; aborting a
+/// task drops its future (and the handles it holds), so the endpoint can shut down.
+#[test]
+fn close_ends_a_local_accept_loop_and_abort_drops_a_task() {
+    for b in backends() {
+        let endpoint = Endpoint::builder().backend(b).bind(localhost()).unwrap();
+        let ep = endpoint.clone();
+        let accept_loop = endpoint.spawn(async move {
+            let mut n = 0;
+            while ep.accept().await.is_some() {
+                n += 1;
+            }
+            n
+        });
+        let ep = endpoint.clone();
+        let parked = endpoint.spawn(async move {
+            let _hold = ep;
+            std::future::pending::<()>().await
+        });
+        endpoint.close(0u32.into(), b"");
+        assert_eq!(futures::executor::block_on(accept_loop), Ok(0), "{b}");
+        parked.abort();
+        drop(endpoint);
+        // The last handle was the aborted task's: the thread is gone, new tasks are refused.
+    }
+}
+
+#[test]
+fn tasks_of_a_closed_endpoint_are_cancelled() {
+    for b in backends() {
+        let endpoint = Endpoint::builder().backend(b).bind(localhost()).unwrap();
+        let waiting = endpoint.spawn(std::future::pending::<()>());
+        let probe = endpoint.clone();
+        drop(endpoint);
+        // Last handle goes: the I/O thread exits and cancels the task.
+        drop(probe);
+        assert_eq!(futures::executor::block_on(waiting), Err(TaskCancelled), "{b}");
+    }
+}
