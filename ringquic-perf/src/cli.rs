@@ -88,6 +88,10 @@ pub struct BenchArgs {
     /// ringquic backends to run.
     #[arg(long, value_enum, default_value_t = BenchBackend::Default)]
     pub backend: BenchBackend,
+    /// Skip the `+local` rows: ringquic with the application's tasks on its I/O thread
+    /// (`Endpoint::spawn`, thread-per-core). They run by default except for `datagrams`.
+    #[arg(long)]
+    pub no_local: bool,
     /// Repetitions of every phase (systems alternate); the table shows medians and spread.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
@@ -263,6 +267,17 @@ pub fn bench_systems(args: &BenchArgs) -> Vec<SystemKind> {
             SystemKind::Ringquic(Some(Backend::Uring)),
             SystemKind::Ringquic(Some(Backend::Poll)),
         ]),
+    }
+    if !args.no_local {
+        // The same ringquic backends again, with the application on the I/O thread.
+        let local: Vec<_> = systems
+            .iter()
+            .filter_map(|s| match s {
+                SystemKind::Ringquic(b) => Some(SystemKind::RingquicLocal(*b)),
+                _ => None,
+            })
+            .collect();
+        systems.extend(local);
     }
     systems
 }
@@ -450,7 +465,12 @@ mod tests {
         assert_eq!(opts.net.cipher, Cipher::Chacha20);
         assert_eq!(opts.net.max_udp_payload, 1400);
         if cfg!(feature = "ringquic") {
-            assert_eq!(opts.systems.len(), 3);
+            // quinn, ringquic/uring, ringquic/poll, and both again with the application on
+            // the I/O thread.
+            assert_eq!(opts.systems.len(), 5);
+            assert!(opts
+                .systems
+                .contains(&SystemKind::RingquicLocal(Some(Backend::Poll))));
         }
     }
 

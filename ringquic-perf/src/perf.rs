@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::{
     proto::{encode_header, format_bytes, parse_header, HEADER_LEN},
-    system::{ConnOps, EndpointOps, RecvOps, SendOps},
+    system::{spawn_detached, ConnOps, EndpointOps, RecvOps, SendOps},
 };
 
 /// The application error code used to close connections after a clean run.
@@ -30,7 +30,7 @@ static ZEROS: [u8; PAYLOAD_CHUNK] = [0; PAYLOAD_CHUNK];
 /// Serves perf requests on every connection `endpoint` accepts, until it is closed.
 pub async fn serve<E: EndpointOps>(endpoint: E) {
     while let Some(handshake) = endpoint.accept().await {
-        tokio::spawn(async move {
+        spawn_detached(async move {
             if let Ok(conn) = handshake.await {
                 serve_connection(conn).await;
             }
@@ -40,24 +40,24 @@ pub async fn serve<E: EndpointOps>(endpoint: E) {
 
 /// Serves perf requests on one connection until it closes.
 pub async fn serve_connection<C: ConnOps>(conn: C) {
-    let uni = {
+    {
+        // Ends by itself when the connection closes, like the loop below.
         let conn = conn.clone();
-        tokio::spawn(async move {
+        spawn_detached(async move {
             while let Ok(recv) = conn.accept_uni().await {
                 let conn = conn.clone();
-                tokio::spawn(async move {
+                spawn_detached(async move {
                     // A failed request only affects its stream; the client sees it.
                     let _ = answer_uni(&conn, recv).await;
                 });
             }
-        })
-    };
+        });
+    }
     while let Ok((send, recv)) = conn.accept_bi().await {
-        tokio::spawn(async move {
+        spawn_detached(async move {
             let _ = answer_bi(send, recv).await;
         });
     }
-    uni.abort();
 }
 
 async fn answer_bi<S: SendOps, R: RecvOps>(mut send: S, mut recv: R) -> Result<()> {

@@ -188,6 +188,31 @@ pub trait System: Clone + Send + 'static {
     ) -> Result<Self::Endpoint>;
     /// The name to report for endpoints of this system, e.g. `quinn` or `ringquic/uring`.
     fn label(&self, endpoint: &Self::Endpoint) -> String;
+    /// Runs `fut` where this system runs application code: on the calling thread's runtime,
+    /// or, for ringquic's local mode, on the endpoint's own I/O thread.
+    fn host<F>(
+        &self,
+        endpoint: &Self::Endpoint,
+        fut: F,
+    ) -> Pin<Box<dyn Future<Output = Result<F::Output>> + Send>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let _ = endpoint;
+        Box::pin(async move { Ok(fut.await) })
+    }
+}
+
+/// Starts `fut` as a task next to the caller: on ringquic's I/O thread when the caller runs
+/// there ([`ringquic::try_spawn`]), else on the caller's tokio runtime.
+pub fn spawn_detached<F: Future<Output = ()> + Send + 'static>(fut: F) {
+    #[cfg(feature = "ringquic")]
+    let fut = match ringquic::try_spawn(fut) {
+        Ok(handle) => return drop(handle),
+        Err(fut) => fut,
+    };
+    tokio::spawn(fut);
 }
 
 /// Stock quinn 0.11 on the calling thread's tokio runtime.
@@ -277,6 +302,52 @@ impl System for Ringquic {
     }
 }
 
+/// ringquic with the application's tasks on the endpoint's I/O thread ([`ringquic::Endpoint::spawn`]):
+/// the thread-per-core option, with no cross-thread wakeups between application and I/O.
+#[cfg(feature = "ringquic")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RingquicLocal(pub Option<ringquic::BackendKind>);
+
+#[cfg(feature = "ringquic")]
+impl System for RingquicLocal {
+    type Endpoint = ringquic::Endpoint;
+
+    fn server(
+        &self,
+        endpoint: EndpointConfig,
+        server: ServerConfig,
+        addr: SocketAddr,
+    ) -> Result<ringquic::Endpoint> {
+        Ringquic(self.0).server(endpoint, server, addr)
+    }
+
+    fn client(
+        &self,
+        endpoint: EndpointConfig,
+        client: ClientConfig,
+        addr: SocketAddr,
+    ) -> Result<ringquic::Endpoint> {
+        Ringquic(self.0).client(endpoint, client, addr)
+    }
+
+    fn label(&self, endpoint: &ringquic::Endpoint) -> String {
+        format!("ringquic/{}+local", endpoint.backend())
+    }
+
+    fn host<F>(
+        &self,
+        endpoint: &ringquic::Endpoint,
+        fut: F,
+    ) -> Pin<Box<dyn Future<Output = Result<F::Output>> + Send>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let task = endpoint.spawn(fut);
+        Box::pin(async move { Ok(task.await?) })
+    }
+}
+
 /// Which implementation (and ringquic backend) to run, chosen at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SystemKind {
@@ -284,6 +355,8 @@ pub enum SystemKind {
     Quinn,
     /// ringquic; `None` is its default backend.
     Ringquic(Option<Backend>),
+    /// ringquic with the application on its I/O thread; `None` is its default backend.
+    RingquicLocal(Option<Backend>),
 }
 
 /// A ringquic backend, named independently of the `ringquic` feature.
@@ -323,7 +396,14 @@ impl SystemKind {
             SystemKind::Quinn => "quinn".into(),
             SystemKind::Ringquic(None) => "ringquic".into(),
             SystemKind::Ringquic(Some(b)) => format!("ringquic/{b}"),
+            SystemKind::RingquicLocal(None) => "ringquic+local".into(),
+            SystemKind::RingquicLocal(Some(b)) => format!("ringquic/{b}+local"),
         }
+    }
+
+    /// Whether the application side runs on the endpoint's I/O thread.
+    pub fn is_local(&self) -> bool {
+        matches!(self, SystemKind::RingquicLocal(_))
     }
 
     /// Whether this is the baseline system (stock quinn).
@@ -357,6 +437,10 @@ macro_rules! with_system {
             $crate::system::SystemKind::Ringquic(backend) => {
                 $crate::with_ringquic!(backend, $sys => $body)
             }
+            #[allow(unused_variables)]
+            $crate::system::SystemKind::RingquicLocal(backend) => {
+                $crate::with_ringquic!(local backend, $sys => $body)
+            }
         }
     };
 }
@@ -370,6 +454,10 @@ macro_rules! with_ringquic {
         let $sys = $crate::system::Ringquic($backend.map(Into::into));
         $body
     }};
+    (local $backend:expr, $sys:ident => $body:expr) => {{
+        let $sys = $crate::system::RingquicLocal($backend.map(Into::into));
+        $body
+    }};
 }
 
 /// Helper of [`with_system!`] for the ringquic arm (feature off: an error).
@@ -378,6 +466,11 @@ macro_rules! with_ringquic {
 #[doc(hidden)]
 macro_rules! with_ringquic {
     ($backend:expr, $sys:ident => $body:expr) => {
+        Err(::anyhow::anyhow!(
+            "ringquic-perf was built without the `ringquic` feature"
+        ))
+    };
+    (local $backend:expr, $sys:ident => $body:expr) => {
         Err(::anyhow::anyhow!(
             "ringquic-perf was built without the `ringquic` feature"
         ))

@@ -146,6 +146,7 @@ pub(crate) fn run(setup: DriverSetup) {
         commands: VecDeque::new(),
     };
     LOCAL_CORE.with(|c| *c.borrow_mut() = Some(driver.core.clone()));
+    CURRENT.with(|c| *c.borrow_mut() = Arc::downgrade(&shared));
     let _ = ready.send(Ok(()));
     drop(ready);
 
@@ -277,6 +278,16 @@ thread_local! {
     /// (`Endpoint::spawn`): they connect and accept inline, since waiting for a reply from
     /// their own thread would never end.
     static LOCAL_CORE: RefCell<Option<Rc<RefCell<Core>>>> = const { RefCell::new(None) };
+}
+
+thread_local! {
+    /// The endpoint whose I/O thread this is, for [`crate::try_spawn`].
+    static CURRENT: RefCell<std::sync::Weak<EndpointShared>> = const { RefCell::new(std::sync::Weak::new()) };
+}
+
+/// The endpoint whose I/O thread the caller runs on, if any.
+pub(crate) fn current_endpoint() -> Option<Arc<EndpointShared>> {
+    CURRENT.with(|c| c.borrow().upgrade())
 }
 
 /// Tasks polled per turn at most, so I/O keeps flowing under a busy application.

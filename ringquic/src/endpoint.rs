@@ -312,29 +312,7 @@ impl Endpoint {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let weak = Arc::downgrade(self.shared());
-        let schedule = move |runnable: async_task::Runnable| {
-            let Some(shared) = weak.upgrade() else { return };
-            let mut q = lock(&shared.local_tasks);
-            // Checked under the queue's lock, which the exiting I/O thread takes to cancel
-            // what is queued: a task is either queued before that or dropped here.
-            if shared.mailbox.is_closed() {
-                drop(q);
-                drop(runnable);
-                return;
-            }
-            q.push_back(runnable);
-            drop(q);
-            shared.mailbox.notify();
-        };
-        let future = Cancellable {
-            fut: Box::pin(future),
-            shared: Arc::downgrade(self.shared()),
-            key: None,
-        };
-        let (runnable, task) = async_task::spawn(future, schedule);
-        runnable.schedule();
-        JoinHandle(Some(task.fallible()))
+        spawn_on(self.shared(), future)
     }
 
     /// Wait for the next incoming connection; `None` once the endpoint is closed.
@@ -363,6 +341,51 @@ impl Endpoint {
             Poll::Pending
         })
         .await
+    }
+}
+
+/// Spawn `future` onto `shared`'s I/O thread.
+pub(crate) fn spawn_on<F>(shared: &Arc<EndpointShared>, future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let weak = Arc::downgrade(shared);
+    let schedule = move |runnable: async_task::Runnable| {
+        let Some(shared) = weak.upgrade() else { return };
+        let mut q = lock(&shared.local_tasks);
+        // Checked under the queue's lock, which the exiting I/O thread takes to cancel what is
+        // queued: a task is either queued before that or dropped here.
+        if shared.mailbox.is_closed() {
+            drop(q);
+            drop(runnable);
+            return;
+        }
+        q.push_back(runnable);
+        drop(q);
+        shared.mailbox.notify();
+    };
+    let future = Cancellable {
+        fut: Box::pin(future),
+        shared: Arc::downgrade(shared),
+        key: None,
+    };
+    let (runnable, task) = async_task::spawn(future, schedule);
+    runnable.schedule();
+    JoinHandle(Some(task.fallible()))
+}
+
+/// Spawn `future` onto the I/O thread the caller is running on, next to the caller: call it
+/// from a task started with [`Endpoint::spawn`] to start sibling tasks there (as
+/// `tokio::spawn` does inside a runtime). Anywhere else the future is handed back.
+pub fn try_spawn<F>(future: F) -> Result<JoinHandle<F::Output>, F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match crate::driver::current_endpoint() {
+        Some(shared) => Ok(spawn_on(&shared, future)),
+        None => Err(future),
     }
 }
 

@@ -65,8 +65,8 @@ mod streams;
 pub use crate::{
     connection::{Connecting, Connection},
     endpoint::{
-        Accept, Endpoint, EndpointBuilder, EndpointStats, Incoming, IncomingFuture, JoinHandle, RetryError,
-        TaskCancelled,
+        try_spawn, Accept, Endpoint, EndpointBuilder, EndpointStats, Incoming, IncomingFuture, JoinHandle,
+        RetryError, TaskCancelled,
     },
     io::BackendKind,
     streams::{RecvStream, ResetWaitError, SendStream},

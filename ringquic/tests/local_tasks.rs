@@ -96,3 +96,21 @@ fn tasks_of_a_closed_endpoint_are_cancelled() {
         assert_eq!(futures::executor::block_on(waiting), Err(TaskCancelled), "{b}");
     }
 }
+
+/// `try_spawn` starts sibling tasks on the I/O thread from inside a task there, and hands the
+/// future back anywhere else.
+#[test]
+fn try_spawn_on_the_current_io_thread() {
+    let endpoint = Endpoint::builder().bind(localhost()).unwrap();
+    assert!(
+        ringquic::try_spawn(async { 1 }).is_err(),
+        "not on an I/O thread here"
+    );
+    let outer = endpoint.spawn(async {
+        let inner = ringquic::try_spawn(async { 20 })
+            .map_err(|_| ())
+            .expect("on the I/O thread");
+        inner.await.unwrap() + 1
+    });
+    assert_eq!(futures::executor::block_on(outer), Ok(21));
+}
