@@ -744,7 +744,9 @@ impl Core {
                     self.waiting_tx.push(ch);
                     break;
                 };
-                match st.inner.poll_transmit(now, self.max_segments, &mut tx.buf) {
+                // The backend may have turned GSO off at run time: ask it every time.
+                let segments = self.max_segments.min(io.max_gso_segments()).max(1);
+                match st.inner.poll_transmit(now, segments, &mut tx.buf) {
                     Some(t) => {
                         io.send(tx, &t);
                         sent += 1;

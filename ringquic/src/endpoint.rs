@@ -711,8 +711,9 @@ impl Default for EndpointBuilder {
 }
 
 impl EndpointBuilder {
-    /// Choose the backend. Without this, `RINGQUIC_BACKEND` (`uring` or `poll`) decides, and
-    /// without that, io_uring is used where the kernel allows it and the poll backend elsewhere.
+    /// Choose the backend. Without this, `RINGQUIC_BACKEND` (`uring`, `poll` or `rio`) decides,
+    /// and without that, io_uring is used on Linux where the kernel allows it, Registered I/O on
+    /// Windows where the system has it, and the poll backend elsewhere.
     /// A backend chosen here or through the variable that cannot run is an error, not a silent
     /// fallback.
     pub fn backend(mut self, kind: BackendKind) -> Self {

@@ -144,7 +144,7 @@ pub enum EndpointError {
         source: std::io::Error,
     },
     /// A backend name (`RINGQUIC_BACKEND` or the builder) is not one ringquic knows.
-    #[error("unknown backend {0:?}: expected \"uring\" or \"poll\"")]
+    #[error("unknown backend {0:?}: expected \"uring\", \"poll\" or \"rio\"")]
     UnknownBackend(String),
     /// The backend asked for explicitly cannot run here.
     #[error("the {backend} backend is not available here: {source}")]

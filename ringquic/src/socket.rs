@@ -68,18 +68,27 @@ pub(crate) fn adopt(socket: &std::net::UdpSocket) -> Result<SocketAddr, Endpoint
             source: io::Error::new(io::ErrorKind::InvalidInput, "not a datagram socket"),
         });
     }
-    let local = socket.local_addr().map_err(|source| EndpointError::Socket {
-        option: "getsockname",
-        source,
-    })?;
+    let not_bound = || EndpointError::Socket {
+        option: "bind",
+        source: io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the socket is not bound: bind it before handing it to ringquic",
+        ),
+    };
+    let local = match socket.local_addr() {
+        Ok(a) => a,
+        // Windows answers getsockname on an unbound socket with WSAEINVAL.
+        #[cfg(windows)]
+        Err(e) if e.raw_os_error() == Some(10022) => return Err(not_bound()),
+        Err(source) => {
+            return Err(EndpointError::Socket {
+                option: "getsockname",
+                source,
+            })
+        }
+    };
     if local.port() == 0 {
-        return Err(EndpointError::Socket {
-            option: "bind",
-            source: io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the socket is not bound: bind it before handing it to ringquic",
-            ),
-        });
+        return Err(not_bound());
     }
     socket
         .set_nonblocking(true)

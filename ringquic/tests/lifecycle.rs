@@ -80,6 +80,10 @@ fn dropping_the_endpoint_joins_its_thread() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
         return;
     }
+    if !cfg!(target_os = "linux") {
+        eprintln!("counting threads by name needs /proc; skipping");
+        return;
+    }
     for b in backends() {
         assert_eq!(io_threads(), 0);
         {

@@ -620,7 +620,6 @@ pub(crate) struct RioBackend {
     send_commit: bool,
     /// Segments per USO send (1: no USO).
     uso_segments: usize,
-    uro: bool,
     ecn_send: bool,
     spin: Duration,
     stats: IoStats,
@@ -785,7 +784,6 @@ impl RioBackend {
             recv_commit: false,
             send_commit: false,
             uso_segments,
-            uro,
             ecn_send: true,
             spin: opts.spin,
             stats: IoStats::default(),
@@ -1158,7 +1156,9 @@ impl RioBackend {
         };
         let len = data.len();
         self.stats.bytes_received += len as u64;
-        for range in split_datagrams(len, c.segment_size.filter(|_| self.uro)) {
+        // UDP_COALESCED_INFO is only present on a coalesced receive: honour it even if URO was
+        // not asked for, rather than hand a batch on as one datagram.
+        for range in split_datagrams(len, c.segment_size) {
             self.stats.datagrams_received += 1;
             on_recv(meta, data.split_to(range.len()));
         }
@@ -1631,6 +1631,36 @@ mod tests {
     #[test]
     fn iocp_signals_wake_and_time_out() {
         signals_wake_and_time_out(RioNotify::Iocp);
+    }
+
+    /// Asking for RIO explicitly gives RIO or a typed `BackendUnavailable` naming the step that
+    /// failed — never a silent fallback (runs under Wine, where it is the error).
+    #[test]
+    fn explicit_rio_is_rio_or_unavailable() {
+        let r = crate::Endpoint::builder()
+            .backend(BackendKind::Rio)
+            .bind("127.0.0.1:0".parse().unwrap());
+        match r {
+            Ok(e) => assert_eq!(e.backend(), BackendKind::Rio),
+            Err(crate::EndpointError::BackendUnavailable { backend, source }) => {
+                assert_eq!(backend, BackendKind::Rio);
+                eprintln!("RIO unavailable: {source}");
+                assert!(source.to_string().contains("WSAIoctl"), "{source}");
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+        // An adopted socket made without WSA_FLAG_REGISTERED_IO cannot carry a request queue
+        // (or, under Wine, there is no RIO at all): explicit RIO on it is an error too, unless
+        // the system accepts it, in which case it is RIO.
+        let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
+        match crate::Endpoint::builder().backend(BackendKind::Rio).socket(plain) {
+            Ok(e) => assert_eq!(e.backend(), BackendKind::Rio),
+            Err(crate::EndpointError::BackendUnavailable { backend, source }) => {
+                assert_eq!(backend, BackendKind::Rio);
+                eprintln!("RIO on an adopted plain socket: {source}");
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
     }
 
     // ─── The tests below need RIO; they skip (and say so) where it is missing. ────────────
