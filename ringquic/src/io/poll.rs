@@ -91,7 +91,9 @@ struct PendingTx {
 /// received batch that carries the datagrams to the driver.
 pub(crate) struct PollBackend {
     socket: UdpSocket,
-    state: UdpSocketState,
+    /// quinn-udp's socket state; `None` in plain mode (quinn-udp could not configure the
+    /// socket): `send_to`/`recv_from`, one datagram per call, no ECN, GSO, GRO or packet info.
+    state: Option<UdpSocketState>,
     poll: Poll,
     events: Events,
     waker: Arc<MioWakeup>,
@@ -149,6 +151,12 @@ impl PollBackend {
     /// `max(cfg.recv_buffer_size, gro_segments × cfg.max_udp_payload, cfg.max_udp_payload + 1)`
     /// bytes each, capped at 64 KiB. TX memory: `cfg.tx_buffers` × `cfg.tx_buffer_size`.
     pub(crate) fn new(socket: std::net::UdpSocket, cfg: &IoConfig) -> io::Result<Self> {
+        Self::with_mode(socket, cfg, true)
+    }
+
+    /// `use_quinn_udp == false` forces the plain mode (tests; it is otherwise chosen only when
+    /// quinn-udp cannot configure the socket).
+    fn with_mode(socket: std::net::UdpSocket, cfg: &IoConfig, use_quinn_udp: bool) -> io::Result<Self> {
         if cfg.tx_buffers == 0 || u32::try_from(cfg.tx_buffers).is_err() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -157,7 +165,24 @@ impl PollBackend {
         }
         socket.set_nonblocking(true)?;
         let mut socket = UdpSocket::from_std(socket);
-        let state = UdpSocketState::new((&socket).into())?;
+        let state = if use_quinn_udp {
+            match UdpSocketState::new((&socket).into()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    // Seen under Wine, which refuses IP_RECVECN. Probe, degrade, log once.
+                    static ONCE: std::sync::Once = std::sync::Once::new();
+                    ONCE.call_once(|| {
+                        tracing::warn!(
+                            "quinn-udp cannot configure the socket ({e}); using plain send_to/recv_from \
+                             (no ECN, GSO, GRO or packet info)"
+                        )
+                    });
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let ipv6 = socket.local_addr()?.is_ipv6();
 
         let poll = Poll::new()?;
@@ -168,7 +193,11 @@ impl PollBackend {
         // One datagram of the largest size we accept must fit with room to spare (so a full
         // buffer means "truncated"), and so must a whole GRO batch.
         let max_payload = cfg.max_udp_payload.clamp(1, MAX_RECV_BUFFER - 1);
-        let gro_batch = state.gro_segments().max(1).saturating_mul(max_payload);
+        let gro_batch = state
+            .as_ref()
+            .map_or(1, |s| s.gro_segments())
+            .max(1)
+            .saturating_mul(max_payload);
         let recv_slot_size = cfg
             .recv_buffer_size
             .max(gro_batch)
@@ -209,6 +238,11 @@ impl PollBackend {
             last_error_log: None,
             suppressed_errors: 0,
         })
+    }
+
+    /// Datagrams one send may carry: quinn-udp's GSO limit, 1 in plain mode.
+    fn max_gso(&self) -> usize {
+        self.state.as_ref().map_or(1, |s| s.max_gso_segments()).max(1)
     }
 
     /// Bytes of receive memory this backend holds.
@@ -277,7 +311,7 @@ impl PollBackend {
     fn transmit(&mut self, p: &mut PendingTx) -> bool {
         while p.sent < p.len {
             let remaining = p.len - p.sent;
-            let max_segments = self.state.max_gso_segments().max(1);
+            let max_segments = self.max_gso();
             // A batch written before GSO was disabled (or larger than the kernel takes) goes out
             // in several sends.
             let (chunk, segment_size) = match p.segment_size {
@@ -295,14 +329,22 @@ impl PollBackend {
                 segment_size,
                 src_ip: p.src_ip,
             };
-            match self.state.try_send((&self.socket).into(), &transmit) {
+            let sent = match &self.state {
+                Some(state) => state.try_send((&self.socket).into(), &transmit),
+                // Plain mode: no GSO (max_gso() is 1), so one datagram per call.
+                None => self
+                    .socket
+                    .send_to(transmit.contents, transmit.destination)
+                    .map(|_| ()),
+            };
+            match sent {
                 Ok(()) => {
                     p.sent += chunk;
                     self.stats.datagrams_sent += segment_size.map_or(1, |seg| chunk.div_ceil(seg)) as u64;
                     self.stats.bytes_sent += chunk as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if segment_size.is_some() && self.state.max_gso_segments() < max_segments => {
+                Err(e) if segment_size.is_some() && self.max_gso() < max_segments => {
                     // quinn-udp saw the GSO send refused and lowered the segment count: resend
                     // the batch in smaller pieces.
                     self.stats.gso_disabled += 1;
@@ -350,7 +392,19 @@ impl PollBackend {
         let metas = &mut self.recv_meta[..slots];
 
         for _ in 0..self.max_recv_calls {
-            let count = match self.state.recv((&self.socket).into(), bufs, metas) {
+            let received = match &self.state {
+                Some(state) => state.recv((&self.socket).into(), bufs, metas),
+                None => self.socket.recv_from(&mut bufs[0]).map(|(len, addr)| {
+                    metas[0] = quinn_udp::RecvMeta {
+                        addr,
+                        len,
+                        stride: len,
+                        ..Default::default()
+                    };
+                    1
+                }),
+            };
+            let count = match received {
                 Ok(count) => count.min(slots),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.readable = false;
@@ -423,7 +477,7 @@ impl IoBackend for PollBackend {
     }
 
     fn max_gso_segments(&self) -> usize {
-        self.state.max_gso_segments().max(1)
+        self.max_gso()
     }
 
     fn take_tx(&mut self) -> Option<TxBuf> {
@@ -715,6 +769,29 @@ mod tests {
     }
 
     #[test]
+    fn plain_mode_round_trip_splits_batches() {
+        // The mode used where quinn-udp cannot configure the socket (Wine): forced here.
+        let cfg = config();
+        let mut a =
+            PollBackend::with_mode(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), &cfg, false).unwrap();
+        let mut b =
+            PollBackend::with_mode(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), &cfg, false).unwrap();
+        assert_eq!(a.max_gso_segments(), 1);
+        let batch: Vec<u8> = (0..3u8).flat_map(|i| payload(i * 40, 1000)).collect();
+        transmit(&mut a, b.local_addr().unwrap(), &batch, Some(1000), None);
+        transmit(&mut a, b.local_addr().unwrap(), b"single", None, None);
+        let received = receive(&mut b, 4);
+        let mut lens: Vec<usize> = received.iter().map(|(_, d)| d.len()).collect();
+        lens.sort_unstable();
+        assert_eq!(lens, vec![6, 1000, 1000, 1000]);
+        for (meta, _) in &received {
+            assert_eq!(meta.remote, a.local_addr().unwrap());
+            assert_eq!(meta.ecn, None);
+        }
+        assert_eq!(a.stats().datagrams_sent, 4);
+    }
+
+    #[test]
     fn gso_batch_arrives_as_separate_datagrams() {
         let mut a = bind("127.0.0.1:0").unwrap();
         let mut b = bind("127.0.0.1:0").unwrap();
@@ -977,7 +1054,7 @@ mod tests {
         let cfg = config();
         let slot = backend.recv_slot_size;
         assert!(slot > cfg.max_udp_payload && slot <= MAX_RECV_BUFFER);
-        let gro = backend.state.gro_segments() * cfg.max_udp_payload;
+        let gro = backend.state.as_ref().map_or(1, |s| s.gro_segments()) * cfg.max_udp_payload;
         assert!(slot >= gro.min(MAX_RECV_BUFFER));
         assert_eq!(
             backend.recv_memory(),
