@@ -57,7 +57,9 @@ pub(crate) fn parse(control: &[u8]) -> RecvCmsgs {
                 .try_into()
                 .unwrap_or_default(),
         );
-        if len < HDR || off + len > control.len() {
+        // `off + HDR <= control.len()` holds here, so the subtraction cannot underflow, and
+        // comparing this way cannot overflow whatever length the buffer claims.
+        if len < HDR || len > control.len() - off {
             break;
         }
         let data = &control[off + align(HDR)..off + len];
@@ -329,6 +331,16 @@ mod tests {
         assert_eq!(parse(&buf), RecvCmsgs::default());
         assert_eq!(parse(&[]), RecvCmsgs::default());
         assert_eq!(parse(&[1, 2, 3]), RecvCmsgs::default());
+    }
+
+    #[test]
+    fn a_huge_length_field_does_not_overflow() {
+        // Found by the cmsg_parse fuzz target: cmsg_len = usize::MAX.
+        let mut buf = [0u8; 32];
+        buf[..8].copy_from_slice(&usize::MAX.to_ne_bytes());
+        assert_eq!(parse(&buf), RecvCmsgs::default());
+        buf[..8].copy_from_slice(&(usize::MAX - 3).to_ne_bytes());
+        assert_eq!(parse(&buf), RecvCmsgs::default());
     }
 
     #[test]
