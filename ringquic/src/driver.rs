@@ -586,7 +586,6 @@ impl Core {
     }
 
     fn command(&mut self, cmd: Command) {
-        let now = Instant::now();
         match cmd {
             Command::Drive(ch) => {
                 if let Some(c) = self.conns.get(&ch) {
@@ -600,34 +599,14 @@ impl Core {
                 server_name,
                 reply,
             } => {
-                let res = if self.shutting_down {
-                    Err(proto::ConnectError::EndpointStopping)
-                } else {
-                    self.endpoint
-                        .connect(now, config, remote, &server_name)
-                        .map(|(ch, conn)| self.add_connection(ch, conn))
-                };
-                let _ = reply.send(res);
+                let _ = reply.send(self.connect(config, remote, &server_name));
             }
             Command::Accept {
                 incoming,
                 server_config,
                 reply,
             } => {
-                let res = match self
-                    .endpoint
-                    .accept(incoming, now, &mut self.resp_buf, server_config)
-                {
-                    Ok((ch, conn)) => Ok(self.add_connection(ch, conn)),
-                    Err(e) => {
-                        if let Some(t) = e.response {
-                            self.queue_response(t);
-                        }
-                        Err(e.cause)
-                    }
-                };
-                self.resp_buf.clear();
-                let _ = reply.send(res);
+                let _ = reply.send(self.accept(incoming, server_config));
             }
             Command::Refuse(incoming) => {
                 let t = self.endpoint.refuse(incoming, &mut self.resp_buf);

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: certificates, configs, both backends, timeouts.
 #![allow(dead_code)]
+pub mod impair;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -46,6 +47,7 @@ pub fn backends() -> Vec<BackendKind> {
     match std::env::var("RINGQUIC_BACKEND").ok().as_deref() {
         Some("poll") => vec![BackendKind::Poll],
         Some("uring") => vec![BackendKind::IoUring],
+        Some("rio") => vec![BackendKind::Rio],
         _ if cfg!(target_os = "linux") => vec![BackendKind::IoUring, BackendKind::Poll],
         _ => vec![BackendKind::Poll],
     }

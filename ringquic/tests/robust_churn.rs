@@ -1,0 +1,160 @@
+//! No leaks: 1000 connections, each with one small request, across 10 server/client endpoint
+//! pairs created and dropped in turn. Every endpoint's I/O thread is joined when it is dropped,
+//! and resident memory stays flat across the churn. `.ci/reliability.sh` runs this test under
+//! valgrind with fewer connections (`RINGQUIC_CHURN_CONNS`).
+//!
+//! Environment: `RINGQUIC_CHURN_CONNS` (default 1000) and `RINGQUIC_CHURN_ENDPOINTS` (default 10)
+//! per backend; `RINGQUIC_CHURN_SKIP_RSS=1` skips the RSS bound (meaningless under valgrind);
+//! `RINGQUIC_CHURN_LEAK_CANARY=1` leaks 4 KiB on purpose, so that `.ci/reliability.sh` can check
+//! its leak checker really reports a leak.
+mod common;
+use common::*;
+
+use std::time::Instant;
+
+use ringquic::BackendKind;
+
+/// Connections open at the same time.
+const PARALLEL: usize = 4;
+/// Largest RSS growth allowed between the end of the first (warm-up) endpoint pair and the end
+/// of the last one.
+const RSS_GROWTH_LIMIT_MIB: u64 = 30;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Resident memory of this process, in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One endpoint pair's life: serve `conns` connections (PARALLEL at a time), each one
+/// bidirectional stream with a 100-byte request echoed back, then close and drop everything.
+async fn one_endpoint_pair(b: BackendKind, round: usize, conns: usize) {
+    let (server, client) = pair(b);
+    let addr = server.local_addr().unwrap();
+    let srv = server.clone();
+    let serving = tokio::spawn(async move {
+        let mut handled = 0;
+        let mut tasks = tokio::task::JoinSet::new();
+        while let Some(incoming) = srv.accept().await {
+            handled += 1;
+            tasks.spawn(async move {
+                let conn = incoming.await.unwrap();
+                let (mut s, mut r) = conn.accept_bi().await.unwrap();
+                let req = r.read_to_end(1024).await.unwrap();
+                s.write_all(&req).await.unwrap();
+                s.finish().unwrap();
+                // Wait for the client's close, so the server side ends cleanly too.
+                conn.closed().await;
+            });
+            // Reap finished handlers as we go: bounded memory in the test itself.
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+        handled
+    });
+    let mut next = 0;
+    while next < conns {
+        let batch = PARALLEL.min(conns - next);
+        let mut set = tokio::task::JoinSet::new();
+        for k in 0..batch {
+            let client = client.clone();
+            let id = (round * conns + next + k) as u32;
+            set.spawn(async move {
+                let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+                let (mut s, mut r) = conn.open_bi().await.unwrap();
+                let req: Vec<u8> = (0..100u32).map(|i| (i ^ id) as u8).collect();
+                s.write_all(&req).await.unwrap();
+                s.finish().unwrap();
+                let resp = r.read_to_end(1024).await.unwrap();
+                assert_eq!(resp, req, "connection {id}");
+                conn.close(0u32.into(), b"bye");
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.unwrap();
+        }
+        next += batch;
+    }
+    within(10, client.wait_idle()).await;
+    assert_eq!(client.open_connections(), 0, "{b}");
+    server.close(0u32.into(), b"round over");
+    let handled = within(10, serving).await.unwrap();
+    assert_eq!(handled, conns, "{b}: server saw {handled} of {conns} connections");
+    within(10, server.wait_idle()).await;
+    drop((server, client));
+}
+
+/// Runs in a child process (unless `RINGQUIC_TEST_CHILD_CHURN` is set, as valgrind runs do) so
+/// that thread counts and RSS are this test's own: other tests of the binary run in parallel.
+#[test]
+fn churn_connections_and_endpoints_without_leaks() {
+    const NAME: &str = "churn_connections_and_endpoints_without_leaks";
+    if std::env::var("RINGQUIC_TEST_CHILD_CHURN").is_err() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env("RINGQUIC_TEST_CHILD_CHURN", "1")
+            .output()
+            .unwrap();
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "child failed");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+        return;
+    }
+    let conns = env_usize("RINGQUIC_CHURN_CONNS", 1000);
+    let endpoints = env_usize("RINGQUIC_CHURN_ENDPOINTS", 10).max(1);
+    let check_rss = std::env::var("RINGQUIC_CHURN_SKIP_RSS").is_err() && endpoints >= 3;
+    let per_endpoint = conns.div_ceil(endpoints);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for b in backends() {
+        assert_eq!(io_threads(), 0, "{b}: I/O threads before the churn");
+        let started = Instant::now();
+        let mut rss = Vec::new();
+        for round in 0..endpoints {
+            rt.block_on(within(120, one_endpoint_pair(b, round, per_endpoint)));
+            // Both endpoints were dropped: their threads were joined inside the drop.
+            assert_eq!(
+                io_threads(),
+                0,
+                "{b}: I/O threads left after endpoint pair {round}"
+            );
+            rss.push(rss_kib());
+        }
+        let growth = rss.last().unwrap().saturating_sub(rss[0]) / 1024;
+        eprintln!(
+            "{b}: {} connections over {endpoints} endpoint pairs in {:.1} s; RSS after each pair (MiB): \
+             {:?}; growth after warm-up {growth} MiB",
+            per_endpoint * endpoints,
+            started.elapsed().as_secs_f64(),
+            rss.iter().map(|k| k / 1024).collect::<Vec<_>>()
+        );
+        if check_rss {
+            assert!(
+                growth <= RSS_GROWTH_LIMIT_MIB,
+                "{b}: RSS grew {growth} MiB across the churn: {rss:?} KiB"
+            );
+        }
+    }
+    drop(rt);
+    assert_eq!(io_threads(), 0);
+    if std::env::var("RINGQUIC_CHURN_LEAK_CANARY").is_ok() {
+        // On a thread that ends, so no stale pointer to it stays on a live stack.
+        std::thread::spawn(|| std::mem::forget(std::hint::black_box(vec![0xa5u8; 4096])))
+            .join()
+            .unwrap();
+    }
+}
