@@ -154,6 +154,23 @@ impl State {
         }
     }
 
+    /// Wake `SendStream::stopped` waiters whose stream quinn-proto has freed without an event
+    /// (it frees a reset stream once the peer acknowledges the RESET_STREAM, silently).
+    pub(crate) fn wake_freed_stopped(&mut self, woken: &mut Vec<Waker>) {
+        if self.stopped.is_empty() {
+            return;
+        }
+        let inner = &mut self.inner;
+        self.stopped.retain(|id, w| {
+            if inner.send_stream(*id).stopped().is_err() {
+                woken.push(w.clone());
+                false
+            } else {
+                true
+            }
+        });
+    }
+
     /// Record the connection's end and wake everything waiting on it.
     pub(crate) fn terminate(&mut self, reason: ConnectionError, woken: &mut Vec<Waker>) {
         if self.error.is_none() {

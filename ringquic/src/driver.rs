@@ -746,6 +746,7 @@ impl Core {
             while let Some(ev) = st.inner.poll() {
                 st.on_event(ev, &mut woken);
             }
+            st.wake_freed_stopped(&mut woken);
             if !st.inner.is_handshaking() {
                 self.handshaking.remove(&ch);
             }

@@ -201,6 +201,9 @@ pub struct RecvStream {
     id: StreamId,
     all_data_read: bool,
     reset: Option<VarInt>,
+    /// An unordered read happened: ordered reads are refused from then on. Checked here
+    /// because quinn-proto 0.11 drops the stream's receive state when it refuses one.
+    unordered: bool,
 }
 
 impl RecvStream {
@@ -210,6 +213,7 @@ impl RecvStream {
             id,
             all_data_read: false,
             reset: None,
+            unordered: false,
         }
     }
 
@@ -346,6 +350,10 @@ impl RecvStream {
         if self.all_data_read {
             return Poll::Ready(Ok(None));
         }
+        if ordered && self.unordered {
+            return Poll::Ready(Err(ReadError::IllegalOrderedRead));
+        }
+        self.unordered |= !ordered;
         let mut st = self.conn.lock();
         let status = match self.reset {
             Some(code) => ReadStatus::Failed(None, proto::ReadError::Reset(code)),

@@ -147,3 +147,38 @@ async fn dual_stack_server_serves_ipv4_and_ipv6() {
         }
     }
 }
+
+/// Found by fuzzing: `stopped()` on a reset stream returns once the peer has the reset, and an
+/// ordered read after an unordered one is refused without losing the stream.
+#[tokio::test(flavor = "current_thread")]
+async fn stopped_after_reset_and_ordered_after_unordered() {
+    for b in backends() {
+        let (server, client) = pair(b);
+        let addr = server.local_addr().unwrap();
+        let connecting = client.connect(addr, "localhost").unwrap();
+        let sconn = within(10, async { server.accept().await.unwrap().await.unwrap() }).await;
+        let conn = within(10, connecting).await.unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"x").await.unwrap();
+        send.reset(7u32.into()).unwrap();
+        // The RESET_STREAM is acknowledged and the stream freed without an event: must not hang.
+        assert_eq!(within(5, send.stopped()).await.unwrap(), None, "{b}");
+
+        let mut s2 = conn.open_uni().await.unwrap();
+        s2.write_all(&[1u8; 3000]).await.unwrap();
+        s2.finish().unwrap();
+        let mut sr = within(10, sconn.accept_uni()).await.unwrap();
+        let mut total = 0;
+        let first = within(10, sr.read_chunk(100, false)).await.unwrap().unwrap();
+        total += first.bytes.len();
+        assert_eq!(
+            within(10, sr.read_chunk(100, true)).await.unwrap_err(),
+            ringquic::ReadError::IllegalOrderedRead
+        );
+        // The stream is still there: unordered reads carry on to the end.
+        while let Some(c) = within(10, sr.read_chunk(usize::MAX, false)).await.unwrap() {
+            total += c.bytes.len();
+        }
+        assert_eq!(total, 3000, "{b}");
+    }
+}
