@@ -9,10 +9,7 @@ async fn tokio_async_read_write() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     for b in backends() {
         let (server, client) = pair(b);
-        let addr = server.local_addr().unwrap();
-        let connecting = client.connect(addr, "localhost").unwrap();
-        let sconn = within(10, async { server.accept().await.unwrap().await.unwrap() }).await;
-        let conn = within(10, connecting).await.unwrap();
+        let (sconn, conn) = connected(&server, &client).await;
         within(20, async {
             let (mut send, _r) = conn.open_bi().await.unwrap();
             let data: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();

@@ -128,9 +128,7 @@ async fn dual_stack_server_serves_ipv4_and_ipv6() {
                 .default_client_config(client_config(&c))
                 .bind(client_bind.parse().unwrap())
                 .unwrap();
-            let connecting = client.connect(target.parse().unwrap(), "localhost").unwrap();
-            let sconn = within(10, async { server.accept().await.unwrap().await.unwrap() }).await;
-            let conn = within(10, connecting).await.unwrap();
+            let (sconn, conn) = connected_via(&server, &client, target.parse().unwrap()).await;
             assert_eq!(sconn.remote_address(), client.local_addr().unwrap(), "{b}");
             let (mut s, mut r) = conn.open_bi().await.unwrap();
             s.write_all(b"dual").await.unwrap();
@@ -154,10 +152,7 @@ async fn dual_stack_server_serves_ipv4_and_ipv6() {
 async fn stopped_after_reset_and_ordered_after_unordered() {
     for b in backends() {
         let (server, client) = pair(b);
-        let addr = server.local_addr().unwrap();
-        let connecting = client.connect(addr, "localhost").unwrap();
-        let sconn = within(10, async { server.accept().await.unwrap().await.unwrap() }).await;
-        let conn = within(10, connecting).await.unwrap();
+        let (sconn, conn) = connected(&server, &client).await;
         let (mut send, _recv) = conn.open_bi().await.unwrap();
         send.write_all(b"x").await.unwrap();
         send.reset(7u32.into()).unwrap();

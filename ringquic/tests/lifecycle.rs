@@ -10,10 +10,7 @@ use ringquic::{BackendKind, ConnectionError, Endpoint, EndpointConfig, EndpointE
 async fn close_reaches_the_peer_as_application_closed() {
     for b in backends() {
         let (server, client) = pair(b);
-        let addr = server.local_addr().unwrap();
-        let connecting = client.connect(addr, "localhost").unwrap();
-        let sconn = within(10, async { server.accept().await.unwrap().await.unwrap() }).await;
-        let conn = within(10, connecting).await.unwrap();
+        let (sconn, conn) = connected(&server, &client).await;
         sconn.close(42u32.into(), b"go away");
         match within(10, conn.closed()).await {
             ConnectionError::ApplicationClosed(c) => {
@@ -52,9 +49,7 @@ async fn idle_timeout_reaches_the_other_side() {
             .bind(localhost())
             .unwrap();
         let relay = Relay::new(server.local_addr().unwrap());
-        let connecting = client.connect(relay.addr, "localhost").unwrap();
-        let sconn = within(10, async { server.accept().await.unwrap().await.unwrap() }).await;
-        let conn = within(10, connecting).await.unwrap();
+        let (sconn, conn) = connected_via(&server, &client, relay.addr).await;
         // The path goes silent both ways; neither side hears a close: both time out.
         relay.blackhole();
         assert_eq!(within(10, conn.closed()).await, ConnectionError::TimedOut, "{b}");
@@ -94,10 +89,7 @@ fn dropping_the_endpoint_joins_its_thread() {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let addr = server.local_addr().unwrap();
-                let connecting = client.connect(addr, "localhost").unwrap();
-                let s = within(10, async { server.accept().await.unwrap().await.unwrap() }).await;
-                let c = within(10, connecting).await.unwrap();
+                let (s, c) = connected(&server, &client).await;
                 let (mut tx, _rx) = c.open_bi().await.unwrap();
                 tx.write_all(b"in flight when everything is dropped")
                     .await
@@ -300,10 +292,7 @@ async fn endpoint_close_then_wait_idle() {
 async fn dropping_every_handle_sends_close_frames() {
     for b in backends() {
         let (server, client) = pair(b);
-        let addr = server.local_addr().unwrap();
-        let connecting = client.connect(addr, "localhost").unwrap();
-        let sconn = within(10, async { server.accept().await.unwrap().await.unwrap() }).await;
-        let conn = within(10, connecting).await.unwrap();
+        let (sconn, conn) = connected(&server, &client).await;
         drop(conn);
         drop(client);
         match within(10, sconn.closed()).await {
@@ -319,10 +308,7 @@ async fn dropping_every_handle_sends_close_frames() {
 async fn idle_endpoint_sleeps() {
     for b in backends() {
         let (server, client) = pair(b);
-        let addr = server.local_addr().unwrap();
-        let connecting = client.connect(addr, "localhost").unwrap();
-        let _s = within(10, async { server.accept().await.unwrap().await.unwrap() }).await;
-        let _c = within(10, connecting).await.unwrap();
+        let (_s, _c) = connected(&server, &client).await;
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let before = client.stats().loop_turns;
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;

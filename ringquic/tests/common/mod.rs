@@ -74,6 +74,27 @@ pub fn pair(backend: BackendKind) -> (Endpoint, Endpoint) {
     (server, client)
 }
 
+/// Connect `client` to `server` (by address `to`) and accept on the server: (server side,
+/// client side), both established, within 10 s each.
+pub async fn connected_via(
+    server: &Endpoint,
+    client: &Endpoint,
+    to: SocketAddr,
+) -> (ringquic::Connection, ringquic::Connection) {
+    let connecting = client.connect(to, "localhost").expect("connect");
+    let server_side = within(10, async {
+        server.accept().await.expect("incoming").await.expect("accept")
+    })
+    .await;
+    let client_side = within(10, connecting).await.expect("handshake");
+    (server_side, client_side)
+}
+
+/// [`connected_via`] straight to the server's address.
+pub async fn connected(server: &Endpoint, client: &Endpoint) -> (ringquic::Connection, ringquic::Connection) {
+    connected_via(server, client, server.local_addr().expect("server address")).await
+}
+
 /// Fail the test instead of hanging.
 pub async fn within<F: std::future::Future>(secs: u64, f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(secs), f)
