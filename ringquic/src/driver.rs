@@ -564,16 +564,13 @@ impl Core {
         self.resp_buf.clear();
     }
 
+    /// Mark every connection whose timer is due. No allocation: this runs every turn.
     fn expire_timers(&mut self) {
         let now = Instant::now();
-        let due: Vec<_> = self
-            .timers
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(ch, _)| *ch)
-            .collect();
-        for ch in due {
-            self.mark_dirty(ch);
+        for (ch, t) in &self.timers {
+            if *t <= now && self.in_dirty.insert(*ch) {
+                self.dirty.push_back(*ch);
+            }
         }
     }
 

@@ -71,16 +71,26 @@ fn close_ends_a_local_accept_loop_and_abort_drops_a_task() {
             }
             n
         });
+        struct Dropped(std::sync::mpsc::Sender<()>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
         let ep = endpoint.clone();
         let parked = endpoint.spawn(async move {
-            let _hold = ep;
+            let _hold = (ep, Dropped(dropped_tx));
             std::future::pending::<()>().await
         });
         endpoint.close(0u32.into(), b"");
         assert_eq!(futures::executor::block_on(accept_loop), Ok(0), "{b}");
         parked.abort();
+        // Aborting dropped the task's future (and the endpoint handle it held).
+        dropped_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the aborted task's future was not dropped");
         drop(endpoint);
-        // The last handle was the aborted task's: the thread is gone, new tasks are refused.
     }
 }
 
