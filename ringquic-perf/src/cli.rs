@@ -134,6 +134,9 @@ pub struct BenchArgs {
     /// Run stock quinn only (no ringquic).
     #[arg(long)]
     pub quinn_only: bool,
+    /// Run ringquic only (no quinn, so no ratios): for profiling one system at a time.
+    #[arg(long, conflicts_with = "quinn_only")]
+    pub no_quinn: bool,
     /// Never draw the progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -267,6 +270,9 @@ pub fn bench_systems(args: &BenchArgs) -> Vec<SystemKind> {
             SystemKind::Ringquic(Some(Backend::Uring)),
             SystemKind::Ringquic(Some(Backend::Poll)),
         ]),
+    }
+    if args.no_quinn {
+        systems.retain(|s| !matches!(s, SystemKind::Quinn));
     }
     if !args.no_local {
         // The same ringquic backends again, with the application on the I/O thread.

@@ -483,6 +483,7 @@ impl Core {
             send_errors: io.send_errors,
             tx_exhausted: io.tx_exhausted,
             gso_disabled: io.gso_disabled,
+            recv_zero_copy: io.recv_zero_copy,
             responses_dropped: c.responses_dropped,
             incoming_retried: c.incoming_retried,
             incoming_refused: c.incoming_refused,

@@ -56,6 +56,10 @@ pub struct EndpointStats {
     pub tx_exhausted: u64,
     /// Times GSO was refused by the kernel and turned off.
     pub gso_disabled: u64,
+    /// Receives (one GRO batch each) handed to quinn-proto and the application in the very
+    /// buffer the kernel filled, without a copy (io_uring; see
+    /// [`EndpointBuilder::zero_copy_threshold`]).
+    pub recv_zero_copy: u64,
     /// Endpoint-level responses (version negotiation, stateless reset, refusals) dropped for lack
     /// of a TX buffer.
     pub responses_dropped: u64,
@@ -656,6 +660,7 @@ pub struct EndpointBuilder {
     tx_buffer_size: usize,
     validate_addresses: bool,
     max_incoming: usize,
+    zero_copy_min: usize,
     #[cfg(test)]
     fake: Option<FakeFactory>,
 }
@@ -670,6 +675,7 @@ impl std::fmt::Debug for EndpointBuilder {
             .field("tx_buffer_size", &self.tx_buffer_size)
             .field("validate_addresses", &self.validate_addresses)
             .field("max_incoming", &self.max_incoming)
+            .field("zero_copy_threshold", &self.zero_copy_min)
             .finish_non_exhaustive()
     }
 }
@@ -688,6 +694,9 @@ pub const DEFAULT_RECV_BUFFERS: usize = 256;
 pub const DEFAULT_RECV_BUFFER_SIZE: usize = 65536 + 256;
 /// Default number of TX buffers.
 pub const DEFAULT_TX_BUFFERS: usize = 64;
+/// Default [`EndpointBuilder::zero_copy_threshold`]: 16 KiB, about a dozen full-size datagrams
+/// coalesced by GRO. Each zero-copy buffer then carries at least a quarter of its capacity.
+pub const DEFAULT_ZERO_COPY_THRESHOLD: usize = 16 * 1024;
 /// Default size of one TX buffer: the largest GSO batch.
 pub const DEFAULT_TX_BUFFER_SIZE: usize = 65536;
 
@@ -704,6 +713,7 @@ impl Default for EndpointBuilder {
             tx_buffer_size: DEFAULT_TX_BUFFER_SIZE,
             validate_addresses: false,
             max_incoming: DEFAULT_MAX_INCOMING,
+            zero_copy_min: DEFAULT_ZERO_COPY_THRESHOLD,
             #[cfg(test)]
             fake: None,
         }
@@ -783,6 +793,23 @@ impl EndpointBuilder {
         self
     }
 
+    /// Zero-copy receive (io_uring): a receive of at least `bytes` of payload (one GRO batch,
+    /// several datagrams) is not copied. The buffer the kernel filled goes to quinn-proto, which
+    /// decrypts in place, and the application's `read_chunk` gets slices of that same memory; a
+    /// fresh buffer takes its place in the kernel's ring. Smaller receives are copied into an
+    /// exact-size buffer and the kernel's buffer is reused at once.
+    ///
+    /// The threshold bounds the memory a received datagram can hold on to: a buffer handed over
+    /// is `recv_buffer_size` bytes and lives until the last piece of it is dropped (a stream
+    /// chunk the application has not read yet holds its whole buffer), so a threshold of 16 KiB
+    /// keeps that at most 4× the bytes received. `0` hands every receive over without a copy;
+    /// `usize::MAX` copies every receive. The poll and RIO backends always copy. Default
+    /// [`DEFAULT_ZERO_COPY_THRESHOLD`]; [`EndpointStats::recv_zero_copy`] counts the handovers.
+    pub fn zero_copy_threshold(mut self, bytes: usize) -> Self {
+        self.zero_copy_min = bytes;
+        self
+    }
+
     /// Tests: run on a fake backend.
     #[cfg(test)]
     pub(crate) fn fake_backend(mut self, f: FakeFactory) -> Self {
@@ -827,6 +854,7 @@ impl EndpointBuilder {
             tx_buffers: self.tx_buffers,
             tx_buffer_size: self.tx_buffer_size,
             max_udp_payload,
+            zero_copy_min: self.zero_copy_min,
         })
     }
 

@@ -16,7 +16,8 @@
 //!                              │ poll_transmit ─► TX buffer ─► SENDMSG+GSO ─►│ UDP out
 //!                              │                                            │
 //!                              │ RECVMSG multishot ◄─ provided buffer ◄──────│ UDP in (GRO)
-//!                              │ copy once ─► BytesMut ─► proto::Endpoint    │
+//!                              │ buffer ─► BytesMut (no copy for GRO batches │
+//!                              │   ≥ 16 KiB; smaller: one copy) ─► proto::Endpoint
 //!                              │   ─► proto::Connection (decrypt in place)   │
 //!  stream.read_chunk() ◄─ waker ◄ Readable event                            │
 //!    └─ Bytes slice of the decrypted datagram                               │
@@ -66,7 +67,8 @@ pub use crate::{
     connection::{Connecting, Connection},
     endpoint::{
         try_spawn, Accept, Endpoint, EndpointBuilder, EndpointStats, Incoming, IncomingFuture, JoinHandle,
-        RetryError, TaskCancelled,
+        RetryError, TaskCancelled, DEFAULT_MAX_INCOMING, DEFAULT_RECV_BUFFERS, DEFAULT_RECV_BUFFER_SIZE,
+        DEFAULT_TX_BUFFERS, DEFAULT_TX_BUFFER_SIZE, DEFAULT_ZERO_COPY_THRESHOLD,
     },
     io::BackendKind,
     streams::{RecvStream, ResetWaitError, SendStream},

@@ -18,9 +18,13 @@
 
 use std::{alloc::Layout, ptr::NonNull};
 
+use bytes::BytesMut;
+
 use super::TxBuf;
 
-/// One aligned allocation split into fixed-size receive buffers.
+/// One aligned allocation split into fixed-size receive buffers (the RIO backend's registered
+/// region; tested on every platform).
+#[cfg_attr(not(windows), allow(dead_code))]
 pub(crate) struct RxArena {
     ptr: NonNull<u8>,
     layout: Layout,
@@ -32,6 +36,7 @@ pub(crate) struct RxArena {
 // thread. Access is mediated by the backend, which holds it by value.
 unsafe impl Send for RxArena {}
 
+#[cfg_attr(not(windows), allow(dead_code))]
 impl RxArena {
     /// Allocate `count` buffers of `size` bytes each, zeroed, page-aligned.
     ///
@@ -88,6 +93,90 @@ impl Drop for RxArena {
         // SAFETY: allocated in `new` with this layout. Backends keep the arena alive until the
         // kernel has returned every buffer (see their `shutdown`).
         unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// Receive buffers that can leave the pool: the io_uring backend's provided buffers.
+///
+/// Each buffer is its own `BytesMut` allocation. While the kernel holds buffer `id` we only keep
+/// its address; when a completion says the kernel filled it, the backend either copies the
+/// bytes out and hands the same buffer back to the kernel ([`RxSlots::filled`]), or takes the
+/// whole buffer away for quinn-proto and the application ([`RxSlots::take`], zero-copy receive)
+/// and a fresh allocation takes its place in the ring.
+///
+/// ```text
+///   slot id ──► BytesMut (capacity `size`) ──► kernel writes ──► take(id, len) ──► quinn-proto
+///                      ▲                                                      │
+///                      └──────────── fresh BytesMut::with_capacity(size) ◄────┘
+/// ```
+pub(crate) struct RxSlots {
+    bufs: Vec<BytesMut>,
+    size: usize,
+}
+
+impl RxSlots {
+    /// `count` buffers of `size` bytes each. `None` for a zero count or size.
+    pub(crate) fn new(count: usize, size: usize) -> Option<Self> {
+        if count == 0 || size == 0 {
+            return None;
+        }
+        Some(Self {
+            bufs: (0..count).map(|_| BytesMut::with_capacity(size)).collect(),
+            size,
+        })
+    }
+
+    /// Number of buffers.
+    pub(crate) fn buf_count(&self) -> usize {
+        self.bufs.len()
+    }
+
+    /// Size of each buffer in bytes.
+    pub(crate) fn buf_size(&self) -> usize {
+        self.size
+    }
+
+    /// Address of buffer `id`, for the kernel. Panics if `id` is out of range: ids come from our
+    /// own bookkeeping, never from the network.
+    pub(crate) fn addr(&mut self, id: usize) -> *mut u8 {
+        self.bufs[id].as_mut_ptr()
+    }
+
+    /// Whether `id` and `len`, as a completion reports them, name bytes inside one buffer.
+    pub(crate) fn valid(&self, id: usize, len: usize) -> bool {
+        id < self.bufs.len() && len <= self.size
+    }
+
+    /// The first `len` bytes of buffer `id`, which stays in the pool. `None` when `id` or `len`
+    /// is out of range (a bad completion is dropped, never trusted).
+    ///
+    /// # Safety
+    /// The kernel has completed a write of at least `len` bytes into buffer `id` and holds the
+    /// buffer no longer (the completion returned it).
+    pub(crate) unsafe fn filled(&self, id: usize, len: usize) -> Option<&[u8]> {
+        if !self.valid(id, len) {
+            return None;
+        }
+        let buf = &self.bufs[id];
+        // SAFETY: `len` ≤ capacity (checked), and the caller promises the kernel initialised
+        // those bytes and no longer writes them.
+        Some(unsafe { std::slice::from_raw_parts(buf.as_ptr(), len) })
+    }
+
+    /// Take buffer `id` with its first `len` bytes, leaving a fresh empty buffer in its place
+    /// (whose address [`RxSlots::addr`] then gives). `None` when out of range.
+    ///
+    /// # Safety
+    /// As for [`RxSlots::filled`].
+    pub(crate) unsafe fn take(&mut self, id: usize, len: usize) -> Option<BytesMut> {
+        if !self.valid(id, len) {
+            return None;
+        }
+        let fresh = BytesMut::with_capacity(self.size);
+        let mut buf = std::mem::replace(&mut self.bufs[id], fresh);
+        // SAFETY: as in `filled`: `len` ≤ capacity and those bytes were written by the kernel.
+        unsafe { buf.set_len(len) };
+        Some(buf)
     }
 }
 
@@ -194,6 +283,31 @@ mod tests {
         assert_eq!(p.in_flight(), 0);
         let c = p.take().unwrap();
         assert!(c.buf.is_empty());
+    }
+
+    #[test]
+    fn rx_slots_take_replaces_the_buffer() {
+        assert!(RxSlots::new(0, 10).is_none());
+        assert!(RxSlots::new(2, 0).is_none());
+        let mut s = RxSlots::new(2, 64).unwrap();
+        assert_eq!((s.buf_count(), s.buf_size()), (2, 64));
+        let a = s.addr(0);
+        // Stand in for the kernel: write into the buffer through the address it was given.
+        // SAFETY: `a` points at 64 writable bytes owned by `s`.
+        unsafe { std::ptr::copy_nonoverlapping(b"datagram".as_ptr(), a, 8) };
+        // SAFETY: 8 bytes were just written and nothing else writes the buffer.
+        assert_eq!(unsafe { s.filled(0, 8) }, Some(&b"datagram"[..]));
+        // SAFETY: as above.
+        let taken = unsafe { s.take(0, 8) }.unwrap();
+        assert_eq!(&taken[..], b"datagram");
+        assert_eq!(taken.as_ptr(), a as *const u8, "taken without a copy");
+        assert_ne!(s.addr(0), a, "a fresh buffer took its place");
+        // SAFETY: out-of-range requests are refused before any memory is touched.
+        unsafe {
+            assert!(s.take(2, 1).is_none());
+            assert!(s.take(1, 65).is_none());
+            assert!(s.filled(5, 1).is_none());
+        }
     }
 
     #[test]

@@ -136,6 +136,8 @@ pub(crate) struct IoStats {
     pub tx_exhausted: u64,
     /// Times a GSO send was refused and the backend fell back to one datagram per send.
     pub gso_disabled: u64,
+    /// Receives handed to quinn-proto in the buffer the kernel filled, without a copy.
+    pub recv_zero_copy: u64,
 }
 
 /// What a backend needs to know, validated by the builder before the I/O thread starts.
@@ -151,6 +153,9 @@ pub(crate) struct IoConfig {
     pub tx_buffer_size: usize,
     /// The largest UDP payload quinn-proto will write (`EndpointConfig::max_udp_payload_size`).
     pub max_udp_payload: usize,
+    /// Receives of at least this many payload bytes skip the copy out of the kernel's buffer
+    /// (io_uring only; see `EndpointBuilder::zero_copy_threshold`).
+    pub zero_copy_min: usize,
 }
 
 /// Interrupts the I/O thread's sleep. Implemented by each backend's wakeup primitive.

@@ -677,6 +677,7 @@ mod tests {
             tx_buffers: 8,
             tx_buffer_size: 16 * 1024,
             max_udp_payload: 1472,
+            zero_copy_min: usize::MAX,
         }
     }
 

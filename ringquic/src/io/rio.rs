@@ -1470,6 +1470,7 @@ mod tests {
             tx_buffers: 4,
             tx_buffer_size: 65536,
             max_udp_payload: 1472,
+            zero_copy_min: usize::MAX,
         }
     }
 

@@ -35,13 +35,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use quinn_proto::Transmit;
 use tracing::{debug, warn};
 
 use super::{
-    bufpool::{RxArena, TxPool},
+    bufpool::{RxSlots, TxPool},
     cmsg::{self, SendCmsgs},
     BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
 };
@@ -160,14 +160,14 @@ impl BufRing {
         })
     }
 
-    /// Queue buffer `bid` (of `arena`) for the kernel; visible after [`BufRing::publish`].
-    fn push(&mut self, arena: &RxArena, bid: u16) {
+    /// Queue buffer `bid` of `rx` for the kernel; visible after [`BufRing::publish`].
+    fn push(&mut self, rx: &mut RxSlots, bid: u16) {
         let idx = (self.tail & self.mask) as usize;
         // SAFETY: idx ≤ mask < entries, inside the allocation. The kernel only reads entries
         // between its head and our published tail, and this one is past the published tail.
         let e = unsafe { &mut *self.entries.add(idx) };
-        e.set_addr(arena.addr(bid as usize) as u64);
-        e.set_len(arena.buf_size() as u32);
+        e.set_addr(rx.addr(bid as usize) as u64);
+        e.set_len(rx.buf_size() as u32);
         e.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
     }
@@ -199,7 +199,10 @@ pub(crate) struct UringBackend {
     waker: Arc<EventFdWaker>,
     recv_msg: Box<libc::msghdr>,
     buf_ring: Option<BufRing>,
-    rx: Option<RxArena>,
+    rx: Option<RxSlots>,
+    /// Receives with at least this many payload bytes are handed over in the buffer the
+    /// kernel filled (zero-copy); smaller ones are copied out and the buffer reused at once.
+    zero_copy_min: usize,
     tx: TxPool,
     slots: Box<[SendSlot]>,
     /// Multishot receives the kernel holds (normally 0 or 1).
@@ -232,9 +235,9 @@ impl UringBackend {
             .ok()
             .filter(|n| *n <= 32768)
             .ok_or(crate::EndpointError::Config("recv_buffers must be at most 32768"))?;
-        let rx = RxArena::new(entries as usize, cfg.recv_buffer_size).ok_or(crate::EndpointError::Config(
-            "receive buffer pool could not be allocated",
-        ))?;
+        let mut rx = RxSlots::new(entries as usize, cfg.recv_buffer_size).ok_or(
+            crate::EndpointError::Config("receive buffer pool could not be allocated"),
+        )?;
         let mut buf_ring = BufRing::new(entries).map_err(io_err("provided-buffer ring"))?;
         // SAFETY: the ring memory is page-aligned, holds `entries` entries and lives in
         // `self.buf_ring` until after `unregister_buf_ring` (see `shutdown`/`Drop`).
@@ -244,7 +247,7 @@ impl UringBackend {
                 .map_err(io_err("IORING_REGISTER_PBUF_RING"))?;
         }
         for bid in 0..entries {
-            buf_ring.push(&rx, bid);
+            buf_ring.push(&mut rx, bid);
         }
         buf_ring.publish();
 
@@ -279,6 +282,7 @@ impl UringBackend {
             recv_msg,
             buf_ring: Some(buf_ring),
             rx: Some(rx),
+            zero_copy_min: cfg.zero_copy_min,
             tx: TxPool::new(cfg.tx_buffers, cfg.tx_buffer_size),
             slots,
             recv_armed: 0,
@@ -380,7 +384,7 @@ impl UringBackend {
             }
             return;
         };
-        let (Some(rx), Some(ring)) = (self.rx.as_ref(), self.buf_ring.as_mut()) else {
+        let (Some(rx), Some(ring)) = (self.rx.as_mut(), self.buf_ring.as_mut()) else {
             return;
         };
         if bid as usize >= rx.buf_count() {
@@ -390,13 +394,33 @@ impl UringBackend {
             return;
         }
         if res >= 0 {
-            if let Some(buf) = rx.filled(bid as usize, res as usize) {
-                deliver(buf, &self.recv_msg, &mut self.stats, on_recv);
-            } else {
-                self.stats.recv_dropped += 1;
+            let len = res as usize;
+            // SAFETY: the completion hands buffer `bid` back to us with `len` bytes written
+            // (`filled`/`take` refuse lengths beyond the buffer).
+            let parsed = unsafe { rx.filled(bid as usize, len) }.map(|b| parse(b, &self.recv_msg));
+            match parsed {
+                Some(Ok(p)) if p.payload.len() >= self.zero_copy_min => {
+                    // Zero-copy: the buffer itself goes to quinn-proto (decrypted in place) and
+                    // on to the application's chunks; a fresh one takes its ring slot below.
+                    // SAFETY: as above.
+                    if let Some(mut data) = unsafe { rx.take(bid as usize, len) } {
+                        data.advance(p.payload.start);
+                        data.truncate(p.payload.len());
+                        self.stats.recv_zero_copy += 1;
+                        deliver(data, &p, &mut self.stats, on_recv);
+                    }
+                }
+                Some(Ok(p)) => {
+                    // Small: one exact-size copy, and the big buffer goes straight back.
+                    // SAFETY: as above.
+                    if let Some(b) = unsafe { rx.filled(bid as usize, len) } {
+                        deliver(BytesMut::from(&b[p.payload.clone()]), &p, &mut self.stats, on_recv);
+                    }
+                }
+                _ => self.stats.recv_dropped += 1,
             }
         }
-        // The buffer's contents are copied out: give it straight back to the kernel.
+        // The buffer (or the fresh one that replaced it) goes back to the kernel.
         ring.push(rx, bid);
         ring.publish();
     }
@@ -499,34 +523,46 @@ impl UringBackend {
     }
 }
 
-/// Parse one completed receive buffer and hand its datagrams on.
-fn deliver(buf: &[u8], msg: &libc::msghdr, stats: &mut IoStats, on_recv: &mut dyn FnMut(RecvMeta, BytesMut)) {
-    let Ok(out) = types::RecvMsgOut::parse(buf, msg) else {
-        stats.recv_dropped += 1;
-        return;
-    };
+/// What one completed receive buffer holds, as offsets into it.
+struct Parsed {
+    payload: std::ops::Range<usize>,
+    meta: RecvMeta,
+    segment_size: Option<usize>,
+}
+
+/// Parse one completed receive buffer (`io_uring_recvmsg_out`, name, control, payload).
+fn parse(buf: &[u8], msg: &libc::msghdr) -> Result<Parsed, ()> {
+    let out = types::RecvMsgOut::parse(buf, msg)?;
     if out.is_payload_truncated() || out.is_name_data_truncated() {
-        stats.recv_dropped += 1;
-        return;
+        return Err(());
     }
-    let Some(remote) = cmsg::parse_sockaddr(out.name_data()) else {
-        stats.recv_dropped += 1;
-        return;
-    };
+    let remote = cmsg::parse_sockaddr(out.name_data()).ok_or(())?;
     let c = cmsg::parse(out.control_data());
     let payload = out.payload_data();
-    let meta = RecvMeta {
-        remote,
-        local_ip: c.dst_ip,
-        ecn: c.ecn,
-    };
-    // One copy, one allocation per completion: the whole (GRO) payload into one BytesMut,
-    // then each datagram split off it without copying.
-    let mut data = BytesMut::from(payload);
-    stats.bytes_received += payload.len() as u64;
-    for range in cmsg::segments(payload.len(), c.segment_size) {
+    // `payload_data` is a sub-slice of `buf`: its offset is the distance between the two.
+    let start = payload.as_ptr() as usize - buf.as_ptr() as usize;
+    Ok(Parsed {
+        payload: start..start + payload.len(),
+        meta: RecvMeta {
+            remote,
+            local_ip: c.dst_ip,
+            ecn: c.ecn,
+        },
+        segment_size: c.segment_size,
+    })
+}
+
+/// Hand the datagrams of one receive (a GRO batch is split by segment size, without copying) on.
+fn deliver(
+    mut data: BytesMut,
+    p: &Parsed,
+    stats: &mut IoStats,
+    on_recv: &mut dyn FnMut(RecvMeta, BytesMut),
+) {
+    stats.bytes_received += data.len() as u64;
+    for range in cmsg::segments(data.len(), p.segment_size) {
         stats.datagrams_received += 1;
-        on_recv(meta, data.split_to(range.len()));
+        on_recv(p.meta, data.split_to(range.len()));
     }
 }
 
@@ -696,6 +732,7 @@ mod tests {
             tx_buffers: 4,
             tx_buffer_size: 65536,
             max_udp_payload: 1472,
+            zero_copy_min: usize::MAX,
         }
     }
 
