@@ -137,6 +137,18 @@ pub struct BenchArgs {
     /// Run ringquic only (no quinn, so no ratios): for profiling one system at a time.
     #[arg(long, conflicts_with = "quinn_only")]
     pub no_quinn: bool,
+    /// ringquic: busy-poll the I/O thread this long before it sleeps (e.g. 50us; 0 = off).
+    #[arg(long, value_parser = duration_arg)]
+    pub busy_poll: Option<Duration>,
+    /// ringquic: pin the client's I/O thread to CPU 0 and the server's to CPU 1.
+    #[arg(long)]
+    pub pin_io_threads: bool,
+    /// ringquic: io_uring SQPOLL with this idle time (e.g. 10ms).
+    #[arg(long, value_parser = duration_arg)]
+    pub sqpoll: Option<Duration>,
+    /// ringquic: zero-copy receive threshold in bytes (0 = always, default 16K).
+    #[arg(long, value_parser = size_arg)]
+    pub zero_copy_threshold: Option<u64>,
     /// Never draw the progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -307,6 +319,14 @@ pub fn bench_options(args: &BenchArgs) -> BenchOptions {
         phase_timeout: args.timeout,
         progress: !args.no_progress && std::io::stdout().is_terminal(),
         isolate: !args.in_process,
+        ringquic: crate::system::RingquicTuning {
+            busy_poll_us: args.busy_poll.map_or(0, |d| d.as_micros() as u64),
+            pin_io_threads: args.pin_io_threads,
+            sqpoll_idle_ms: args.sqpoll.map(|d| d.as_millis() as u64),
+            zero_copy_threshold: args
+                .zero_copy_threshold
+                .map(|z| usize::try_from(z).unwrap_or(usize::MAX)),
+        },
     }
 }
 

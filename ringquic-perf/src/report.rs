@@ -379,6 +379,9 @@ impl Report {
              spread = ±half the min–max range",
             o.net.cipher, o.net.initial_mtu, o.net.max_udp_payload, o.runs
         );
+        if let Some(t) = o.ringquic.describe() {
+            let _ = writeln!(out, "ringquic rows with: {t}");
+        }
         let _ = writeln!(
             out,
             "CPU = user+sys seconds per unit during the timed part: client / server = that side's \

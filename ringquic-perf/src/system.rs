@@ -259,6 +259,58 @@ impl System for Quinn {
     }
 }
 
+/// ringquic-only settings of a bench run (`bench --busy-poll`, `--pin-io-threads`, `--sqpoll`,
+/// `--zero-copy-threshold`). Quinn has no counterpart, so they apply to the ringquic rows only
+/// and the report says they were on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingquicTuning {
+    /// `EndpointBuilder::busy_poll`, in microseconds (0: off).
+    pub busy_poll_us: u64,
+    /// Pin the client's I/O thread to CPU 0 and the server's to CPU 1.
+    pub pin_io_threads: bool,
+    /// `EndpointBuilder::sqpoll` idle time in milliseconds.
+    pub sqpoll_idle_ms: Option<u64>,
+    /// `EndpointBuilder::zero_copy_threshold` (ringquic's default when absent).
+    pub zero_copy_threshold: Option<usize>,
+}
+
+impl RingquicTuning {
+    /// A one-line description, or `None` when everything is at ringquic's defaults.
+    pub fn describe(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.busy_poll_us > 0 {
+            parts.push(format!("busy-poll {} µs", self.busy_poll_us));
+        }
+        if self.pin_io_threads {
+            parts.push("I/O threads pinned (client CPU 0, server CPU 1)".to_string());
+        }
+        if let Some(ms) = self.sqpoll_idle_ms {
+            parts.push(format!("SQPOLL (idle {ms} ms)"));
+        }
+        if let Some(t) = self.zero_copy_threshold {
+            parts.push(format!("zero-copy threshold {t} B"));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
+/// The tuning the phase running in this process uses (set by the bench before each phase).
+static TUNING: std::sync::Mutex<RingquicTuning> = std::sync::Mutex::new(RingquicTuning {
+    busy_poll_us: 0,
+    pin_io_threads: false,
+    sqpoll_idle_ms: None,
+    zero_copy_threshold: None,
+});
+
+/// Set the ringquic tuning for the endpoints created from now on in this process.
+pub fn set_ringquic_tuning(t: RingquicTuning) {
+    *TUNING.lock().unwrap_or_else(|e| e.into_inner()) = t;
+}
+
+fn ringquic_tuning() -> RingquicTuning {
+    *TUNING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// ringquic, on the given backend (or its default: io_uring where available).
 #[cfg(feature = "ringquic")]
 #[derive(Debug, Clone, Copy, Default)]
@@ -266,10 +318,23 @@ pub struct Ringquic(pub Option<ringquic::BackendKind>);
 
 #[cfg(feature = "ringquic")]
 impl Ringquic {
-    fn builder(&self, endpoint: EndpointConfig) -> ringquic::EndpointBuilder {
+    fn builder(&self, endpoint: EndpointConfig, cpu: usize) -> ringquic::EndpointBuilder {
         let mut b = ringquic::Endpoint::builder().endpoint_config(endpoint);
         if let Some(kind) = self.0 {
             b = b.backend(kind);
+        }
+        let t = ringquic_tuning();
+        if t.busy_poll_us > 0 {
+            b = b.busy_poll(std::time::Duration::from_micros(t.busy_poll_us));
+        }
+        if t.pin_io_threads {
+            b = b.pin_to_cpu(cpu);
+        }
+        if let Some(ms) = t.sqpoll_idle_ms {
+            b = b.sqpoll(std::time::Duration::from_millis(ms));
+        }
+        if let Some(z) = t.zero_copy_threshold {
+            b = b.zero_copy_threshold(z);
         }
         b
     }
@@ -285,7 +350,7 @@ impl System for Ringquic {
         server: ServerConfig,
         addr: SocketAddr,
     ) -> Result<ringquic::Endpoint> {
-        Ok(self.builder(endpoint).server_config(server).bind(addr)?)
+        Ok(self.builder(endpoint, 1).server_config(server).bind(addr)?)
     }
 
     fn client(
@@ -294,7 +359,10 @@ impl System for Ringquic {
         client: ClientConfig,
         addr: SocketAddr,
     ) -> Result<ringquic::Endpoint> {
-        Ok(self.builder(endpoint).default_client_config(client).bind(addr)?)
+        Ok(self
+            .builder(endpoint, 0)
+            .default_client_config(client)
+            .bind(addr)?)
     }
 
     fn label(&self, endpoint: &ringquic::Endpoint) -> String {

@@ -9,7 +9,6 @@
 
 use std::{
     any::Any,
-    collections::HashMap,
     future::Future,
     net::{IpAddr, SocketAddr},
     pin::Pin,
@@ -23,6 +22,7 @@ use std::{
 
 use bytes::Bytes;
 use quinn_proto::{self as proto, ConnectionHandle, ConnectionStats, Dir, StreamEvent, StreamId, VarInt};
+use rustc_hash::FxHashMap;
 
 use crate::{
     endpoint::{EndpointRef, EndpointShared},
@@ -93,9 +93,9 @@ pub(crate) struct State {
     pub(crate) error: Option<ConnectionError>,
     connected: bool,
     on_connected: Vec<Waker>,
-    pub(crate) blocked_writers: HashMap<StreamId, Waker>,
-    pub(crate) blocked_readers: HashMap<StreamId, Waker>,
-    pub(crate) stopped: HashMap<StreamId, Waker>,
+    pub(crate) blocked_writers: FxHashMap<StreamId, Waker>,
+    pub(crate) blocked_readers: FxHashMap<StreamId, Waker>,
+    pub(crate) stopped: FxHashMap<StreamId, Waker>,
     open_waiters: [Vec<Waker>; 2],
     accept_waiters: [Vec<Waker>; 2],
     datagram_readers: Vec<Waker>,
@@ -119,9 +119,9 @@ impl State {
             error: None,
             connected: false,
             on_connected: Vec::new(),
-            blocked_writers: HashMap::new(),
-            blocked_readers: HashMap::new(),
-            stopped: HashMap::new(),
+            blocked_writers: FxHashMap::default(),
+            blocked_readers: FxHashMap::default(),
+            stopped: FxHashMap::default(),
             open_waiters: [Vec::new(), Vec::new()],
             accept_waiters: [Vec::new(), Vec::new()],
             datagram_readers: Vec::new(),

@@ -17,7 +17,7 @@
 
 use std::{
     cell::RefCell,
-    collections::{HashMap, HashSet, VecDeque},
+    collections::VecDeque,
     net::SocketAddr,
     panic::AssertUnwindSafe,
     rc::Rc,
@@ -30,6 +30,7 @@ use bytes::BytesMut;
 use quinn_proto::{self as proto, ConnectionHandle, DatagramEvent, EndpointConfig, ServerConfig, Transmit};
 use tracing::{debug, error, info};
 
+use crate::handles::{HandleMap, HandleSet};
 use crate::{
     connection::ConnectionInner,
     endpoint::{EndpointShared, EndpointStats},
@@ -90,6 +91,15 @@ pub(crate) fn run(setup: DriverSetup) {
         ready,
     } = setup;
     let _ = shared.thread_id.set(std::thread::current().id());
+    if let Some(cpu) = io.pin_cpu {
+        if let Err(source) = crate::io::pin_current_thread(cpu) {
+            let _ = ready.send(Err(EndpointError::Backend {
+                what: "pinning the I/O thread to a CPU",
+                source,
+            }));
+            return;
+        }
+    }
     #[cfg(test)]
     let opened = match fake {
         Some(f) => Ok(f(&socket, &io)),
@@ -128,22 +138,24 @@ pub(crate) fn run(setup: DriverSetup) {
         core: Rc::new(RefCell::new(Core {
             shared: shared.clone(),
             endpoint,
-            conns: HashMap::new(),
-            timers: HashMap::new(),
+            conns: HandleMap::default(),
+            timers: HandleMap::default(),
             dirty: VecDeque::new(),
-            in_dirty: HashSet::new(),
+            in_dirty: HandleSet::default(),
             waiting_tx: Vec::new(),
             responses: VecDeque::new(),
+            received: Vec::new(),
             resp_buf: Vec::new(),
             woken: Vec::new(),
             max_segments,
             admission,
-            handshaking: HashSet::new(),
+            handshaking: HandleSet::default(),
             shutting_down: false,
             stats: EndpointStats::default(),
             now: None,
         })),
         commands: VecDeque::new(),
+        busy_poll: io.busy_poll,
     };
     LOCAL_CORE.with(|c| *c.borrow_mut() = Some(driver.core.clone()));
     CURRENT.with(|c| *c.borrow_mut() = Arc::downgrade(&shared));
@@ -223,6 +235,13 @@ fn open_backend(
         if wanted != Some(BackendKind::Poll) {
             match crate::io::uring::open_ring(cfg) {
                 Ok(ring) => return Ok(Box::new(crate::io::uring::UringBackend::new(ring, socket, cfg)?)),
+                // SQPOLL was asked for: running without it would not be what the user chose.
+                Err(source) if cfg.sqpoll_idle.is_some() => {
+                    return Err(EndpointError::Backend {
+                        what: "io_uring with IORING_SETUP_SQPOLL",
+                        source,
+                    })
+                }
                 Err(source) if wanted == Some(BackendKind::IoUring) => {
                     return Err(EndpointError::BackendUnavailable {
                         backend: BackendKind::IoUring,
@@ -271,6 +290,8 @@ struct Driver {
     /// Shared with [`LOCAL_CORE`] so tasks running on this thread can reach it between phases.
     core: Rc<RefCell<Core>>,
     commands: VecDeque<Command>,
+    /// How long to poll without sleeping before a sleep ([`IoConfig::busy_poll`]).
+    busy_poll: std::time::Duration,
 }
 
 thread_local! {
@@ -312,20 +333,22 @@ pub(crate) fn with_local_core<R>(shared: &Arc<EndpointShared>, f: impl FnOnce(&m
 pub(crate) struct Core {
     shared: Arc<EndpointShared>,
     endpoint: proto::Endpoint,
-    conns: HashMap<ConnectionHandle, Arc<ConnectionInner>>,
+    conns: HandleMap<Arc<ConnectionInner>>,
     /// Each connection's next timeout. Scanned linearly each turn: the protocol work per
     /// connection dwarfs it at the connection counts one endpoint serves.
-    timers: HashMap<ConnectionHandle, Instant>,
+    timers: HandleMap<Instant>,
     dirty: VecDeque<ConnectionHandle>,
-    in_dirty: HashSet<ConnectionHandle>,
+    in_dirty: HandleSet,
     waiting_tx: Vec<ConnectionHandle>,
     responses: VecDeque<(Vec<u8>, Transmit)>,
+    /// Connection events from this turn's datagrams, not yet handed to their connections.
+    received: Vec<(ConnectionHandle, proto::ConnectionEvent)>,
     resp_buf: Vec<u8>,
     woken: Vec<Waker>,
     max_segments: usize,
     admission: Admission,
     /// Server-side connections accepted whose handshake has not completed.
-    handshaking: HashSet<ConnectionHandle>,
+    handshaking: HandleSet,
     shutting_down: bool,
     stats: EndpointStats,
     /// `Instant::now()` of the current batch of received datagrams.
@@ -365,18 +388,68 @@ impl Driver {
             } else {
                 core.timers.values().min().copied()
             };
-            core.now = None;
-            let mut on_recv = |meta: RecvMeta, data: BytesMut| core.on_datagram(meta, data);
-            if let Err(e) = self.io.turn(deadline, &mut on_recv) {
-                error!("I/O backend failed: {e}; closing the endpoint");
-                return;
+            // Busy-poll (opt-in): look for work without sleeping for a while first.
+            let found = if busy || self.busy_poll.is_zero() {
+                false
+            } else {
+                match Self::spin(
+                    &mut *self.io,
+                    &mut core,
+                    deadline,
+                    Instant::now() + self.busy_poll,
+                ) {
+                    Ok(found) => found,
+                    Err(e) => {
+                        error!("I/O backend failed: {e}; closing the endpoint");
+                        return;
+                    }
+                }
+            };
+            if !found {
+                core.now = None;
+                let mut on_recv = |meta: RecvMeta, data: BytesMut| core.on_datagram(meta, data);
+                if let Err(e) = self.io.turn(deadline, &mut on_recv) {
+                    error!("I/O backend failed: {e}; closing the endpoint");
+                    return;
+                }
             }
+            core.deliver_received();
             core.expire_timers();
             if !core.waiting_tx.is_empty() && self.io.has_free_tx() {
                 for ch in std::mem::take(&mut core.waiting_tx) {
                     core.mark_dirty(ch);
                 }
             }
+        }
+    }
+
+    /// Turn the backend without sleeping until there is work (a datagram, a command, a local
+    /// task, a due timer, a freed TX buffer somebody waits for) or `until` passes. True if work
+    /// turned up.
+    fn spin(
+        io: &mut dyn IoBackend,
+        core: &mut Core,
+        deadline: Option<Instant>,
+        until: Instant,
+    ) -> std::io::Result<bool> {
+        loop {
+            core.now = None;
+            let mut on_recv = |meta: RecvMeta, data: BytesMut| core.on_datagram(meta, data);
+            io.turn(Some(Instant::now()), &mut on_recv)?;
+            let now = Instant::now();
+            let work = !core.received.is_empty()
+                || !core.responses.is_empty()
+                || core.shared.mailbox.is_notified()
+                || !lock(&core.shared.local_tasks).is_empty()
+                || deadline.is_some_and(|d| d <= now)
+                || (!core.waiting_tx.is_empty() && io.has_free_tx());
+            if work {
+                return Ok(true);
+            }
+            if now >= until {
+                return Ok(false);
+            }
+            std::hint::spin_loop();
         }
     }
 
@@ -497,6 +570,28 @@ impl Core {
         *self.now.get_or_insert_with(Instant::now)
     }
 
+    /// Hand the connection events queued by [`Core::on_datagram`] to their connections, in
+    /// arrival order, taking each connection's lock once per run of events.
+    fn deliver_received(&mut self) {
+        let mut received = std::mem::take(&mut self.received);
+        let mut events = received.drain(..).peekable();
+        while let Some((ch, ev)) = events.next() {
+            let Some(conn) = self.conns.get(&ch) else {
+                continue;
+            };
+            {
+                let mut st = conn.lock();
+                st.inner.handle_event(ev);
+                while let Some((_, ev)) = events.next_if(|(next, _)| *next == ch) {
+                    st.inner.handle_event(ev);
+                }
+            }
+            self.mark_dirty(ch);
+        }
+        drop(events);
+        self.received = received;
+    }
+
     fn mark_dirty(&mut self, ch: ConnectionHandle) {
         if self.in_dirty.insert(ch) {
             self.dirty.push_back(ch);
@@ -513,12 +608,9 @@ impl Core {
             data,
             &mut self.resp_buf,
         ) {
-            Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
-                if let Some(conn) = self.conns.get(&ch) {
-                    conn.lock().inner.handle_event(ev);
-                    self.mark_dirty(ch);
-                }
-            }
+            // Queued, and handed over per connection after the turn: one lock for a whole GRO
+            // batch instead of one per datagram (the application contends for that lock).
+            Some(DatagramEvent::ConnectionEvent(ch, ev)) => self.received.push((ch, ev)),
             Some(DatagramEvent::NewConnection(incoming)) => self.admit(incoming),
             Some(DatagramEvent::Response(t)) => self.queue_response(t),
             None => {}
@@ -568,9 +660,9 @@ impl Core {
     /// Mark every connection whose timer is due. No allocation: this runs every turn.
     fn expire_timers(&mut self) {
         let now = Instant::now();
-        for (ch, t) in &self.timers {
-            if *t <= now && self.in_dirty.insert(*ch) {
-                self.dirty.push_back(*ch);
+        for (ch, t) in self.timers.iter() {
+            if *t <= now && self.in_dirty.insert(ch) {
+                self.dirty.push_back(ch);
             }
         }
     }
@@ -679,7 +771,7 @@ impl Core {
     fn close_all(&mut self, code: proto::VarInt, reason: bytes::Bytes) {
         let now = Instant::now();
         let mut woken = std::mem::take(&mut self.woken);
-        let chs: Vec<_> = self.conns.keys().copied().collect();
+        let chs: Vec<_> = self.conns.keys().collect();
         for ch in chs {
             if let Some(conn) = self.conns.get(&ch) {
                 let mut st = conn.lock();

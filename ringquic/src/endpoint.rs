@@ -17,6 +17,7 @@ use std::{
     },
     task::{Context, Poll, Waker},
     thread::ThreadId,
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -103,7 +104,7 @@ pub(crate) struct EndpointShared {
     pub(crate) local_tasks: Mutex<VecDeque<async_task::Runnable>>,
     /// A waker of every live spawned task, so the exiting I/O thread can cancel even tasks
     /// nothing else would ever wake.
-    pub(crate) task_wakers: Mutex<(u64, std::collections::HashMap<u64, Waker>)>,
+    pub(crate) task_wakers: Mutex<(u64, rustc_hash::FxHashMap<u64, Waker>)>,
 }
 
 impl EndpointShared {
@@ -661,6 +662,9 @@ pub struct EndpointBuilder {
     validate_addresses: bool,
     max_incoming: usize,
     zero_copy_min: usize,
+    busy_poll: Duration,
+    pin_cpu: Option<usize>,
+    sqpoll_idle: Option<Duration>,
     #[cfg(test)]
     fake: Option<FakeFactory>,
 }
@@ -676,6 +680,9 @@ impl std::fmt::Debug for EndpointBuilder {
             .field("validate_addresses", &self.validate_addresses)
             .field("max_incoming", &self.max_incoming)
             .field("zero_copy_threshold", &self.zero_copy_min)
+            .field("busy_poll", &self.busy_poll)
+            .field("pin_cpu", &self.pin_cpu)
+            .field("sqpoll_idle", &self.sqpoll_idle)
             .finish_non_exhaustive()
     }
 }
@@ -714,6 +721,9 @@ impl Default for EndpointBuilder {
             validate_addresses: false,
             max_incoming: DEFAULT_MAX_INCOMING,
             zero_copy_min: DEFAULT_ZERO_COPY_THRESHOLD,
+            busy_poll: Duration::ZERO,
+            pin_cpu: None,
+            sqpoll_idle: None,
             #[cfg(test)]
             fake: None,
         }
@@ -810,6 +820,35 @@ impl EndpointBuilder {
         self
     }
 
+    /// Busy-poll: when a turn of the I/O loop finds nothing to do, keep asking the kernel for
+    /// completions (without sleeping) for up to `d` before going to sleep. This trades a
+    /// spinning core for the cost of a sleep and a cross-CPU wakeup per burst of packets, and
+    /// pays only when the I/O thread has a core to itself: with the application's tasks on the
+    /// I/O thread ([`Endpoint::spawn`]) and [`EndpointBuilder::pin_to_cpu`], say. On a machine
+    /// with fewer cores than busy threads it takes CPU time from them instead. At most 1 s.
+    /// Default zero: sleep at once.
+    pub fn busy_poll(mut self, d: Duration) -> Self {
+        self.busy_poll = d;
+        self
+    }
+
+    /// Pin the I/O thread to CPU `cpu` (Linux and Windows). Failing to pin (a CPU the process
+    /// may not use, say) fails [`EndpointBuilder::bind`]. Default: not pinned.
+    pub fn pin_to_cpu(mut self, cpu: usize) -> Self {
+        self.pin_cpu = Some(cpu);
+        self
+    }
+
+    /// io_uring `SQPOLL`: a kernel thread picks up submissions, so sends need no
+    /// `io_uring_enter`; it sleeps after `idle` without work (rounded to milliseconds, at least
+    /// 1). It costs a kernel thread that spins while busy: worth it only with cores to spare.
+    /// If the kernel refuses it, [`EndpointBuilder::bind`] fails rather than silently running
+    /// without. Other backends ignore it. Default: off.
+    pub fn sqpoll(mut self, idle: Duration) -> Self {
+        self.sqpoll_idle = Some(idle);
+        self
+    }
+
     /// Tests: run on a fake backend.
     #[cfg(test)]
     pub(crate) fn fake_backend(mut self, f: FakeFactory) -> Self {
@@ -834,6 +873,12 @@ impl EndpointBuilder {
         if self.max_incoming == 0 {
             return Err(EndpointError::Config("max_incoming must be at least 1"));
         }
+        if self.busy_poll > Duration::from_secs(1) {
+            return Err(EndpointError::Config("busy_poll must be at most 1 s"));
+        }
+        if self.sqpoll_idle.is_some_and(|d| d > Duration::from_secs(60)) {
+            return Err(EndpointError::Config("sqpoll idle time must be at most 60 s"));
+        }
         let min_rx = max_udp_payload + crate::driver::RECV_HEADROOM;
         if self.recv_buffer_size < min_rx {
             return Err(EndpointError::RecvBufferTooSmall {
@@ -855,6 +900,9 @@ impl EndpointBuilder {
             tx_buffer_size: self.tx_buffer_size,
             max_udp_payload,
             zero_copy_min: self.zero_copy_min,
+            busy_poll: self.busy_poll,
+            pin_cpu: self.pin_cpu,
+            sqpoll_idle: self.sqpoll_idle,
         })
     }
 
@@ -911,7 +959,7 @@ impl EndpointBuilder {
             thread_id: OnceLock::new(),
             info: OnceLock::new(),
             local_tasks: Mutex::new(VecDeque::new()),
-            task_wakers: Mutex::new((0, std::collections::HashMap::new())),
+            task_wakers: Mutex::new((0, rustc_hash::FxHashMap::default())),
         });
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let setup = DriverSetup {

@@ -57,6 +57,7 @@
 mod connection;
 mod driver;
 mod endpoint;
+mod handles;
 #[allow(unsafe_code)]
 mod io;
 mod mailbox;

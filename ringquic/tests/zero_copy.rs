@@ -79,7 +79,10 @@ fn note_alloc(p: *mut u8, size: usize) {
     }
     if size == RX_SIZE && !p.is_null() {
         for slot in &LIVE {
-            if slot.compare_exchange(0, p as usize, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if slot
+                .compare_exchange(0, p as usize, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
                 return;
             }
         }
@@ -89,7 +92,10 @@ fn note_alloc(p: *mut u8, size: usize) {
 fn note_free(p: *mut u8, size: usize) {
     if size == RX_SIZE {
         for slot in &LIVE {
-            if slot.compare_exchange(p as usize, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if slot
+                .compare_exchange(p as usize, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
                 return;
             }
         }
@@ -132,7 +138,9 @@ async fn download(backend: BackendKind, threshold: usize, total: usize) -> Downl
         .expect("client endpoint");
     for ep in [&server, &client] {
         // Runs on the endpoint's I/O thread: from now on its allocations are counted.
-        within(10, ep.spawn(async { COUNTING.with(|c| c.set(true)) })).await.expect("spawn");
+        within(10, ep.spawn(async { COUNTING.with(|c| c.set(true)) }))
+            .await
+            .expect("spawn");
     }
     let (server_conn, conn) = connected(&server, &client).await;
     let sender = tokio::spawn(async move {
@@ -171,7 +179,9 @@ async fn download(backend: BackendKind, threshold: usize, total: usize) -> Downl
     server_conn.close(0u32.into(), b"done");
     within(10, client.wait_idle()).await;
     for ep in [&server, &client] {
-        within(10, ep.spawn(async { COUNTING.with(|c| c.set(false)) })).await.expect("spawn");
+        within(10, ep.spawn(async { COUNTING.with(|c| c.set(false)) }))
+            .await
+            .expect("spawn");
     }
     Download {
         chunks,

@@ -275,6 +275,9 @@ pub struct BenchOptions {
     /// Whether to run every phase in a fresh child process (`ringquic-perf phase`), so that
     /// memory and threads left by one phase cannot affect the next.
     pub isolate: bool,
+    /// ringquic-only settings (busy-poll, pinning, SQPOLL, zero-copy threshold).
+    #[serde(default)]
+    pub ringquic: crate::system::RingquicTuning,
 }
 
 /// Durations as seconds (a float) in JSON.
@@ -312,6 +315,7 @@ impl Default for BenchOptions {
             phase_timeout: Duration::from_secs(120),
             progress: std::io::stdout().is_terminal(),
             isolate: false,
+            ringquic: Default::default(),
         }
     }
 }
@@ -606,6 +610,7 @@ fn run_phase<S: System, W: Workload>(
 ) -> Result<Measurement> {
     let opts = env.opts;
     let net = opts.net;
+    crate::system::set_ringquic_tuning(opts.ringquic);
     let meter = Arc::new(AtomicU64::new(0));
     let peak_reset = usage::reset_peak_rss();
 

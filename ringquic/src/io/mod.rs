@@ -156,6 +156,61 @@ pub(crate) struct IoConfig {
     /// Receives of at least this many payload bytes skip the copy out of the kernel's buffer
     /// (io_uring only; see `EndpointBuilder::zero_copy_threshold`).
     pub zero_copy_min: usize,
+    /// After a turn that found nothing to do, keep polling without sleeping this long.
+    pub busy_poll: std::time::Duration,
+    /// Pin the I/O thread to this CPU.
+    pub pin_cpu: Option<usize>,
+    /// io_uring: a kernel thread polls the submission queue (`IORING_SETUP_SQPOLL`) and sleeps
+    /// after this long idle.
+    pub sqpoll_idle: Option<std::time::Duration>,
+}
+
+/// Pin the calling thread to `cpu` (`sched_setaffinity` on Linux, `SetThreadAffinityMask` on
+/// Windows).
+pub(crate) fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "CPU number out of range",
+            ));
+        }
+        // SAFETY: cpu_set_t is a plain bit set; all-zero is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `cpu` < CPU_SETSIZE (checked), so the bit is inside `set`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed.
+        let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::System::Threading::{GetCurrentThread, SetThreadAffinityMask};
+        if cpu >= usize::BITS as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "CPU number out of range",
+            ));
+        }
+        // SAFETY: GetCurrentThread returns a pseudo-handle valid in this thread; the mask names
+        // one CPU. A zero return is an error (e.g. a CPU outside the process's affinity).
+        if unsafe { SetThreadAffinityMask(GetCurrentThread(), 1usize << cpu) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(any(target_os = "linux", windows)))]
+    {
+        let _ = cpu;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "pinning the I/O thread is supported on Linux and Windows",
+        ))
+    }
 }
 
 /// Interrupts the I/O thread's sleep. Implemented by each backend's wakeup primitive.

@@ -71,6 +71,11 @@ pub(crate) fn open_ring(cfg: &IoConfig) -> io::Result<IoUring> {
     let cq = (cfg.recv_buffers * 2 + cfg.tx_buffers * 2 + 64)
         .next_power_of_two()
         .clamp(256, 65536) as u32;
+    if let Some(idle) = cfg.sqpoll_idle {
+        // Asked for explicitly: no fallback to a ring without it (the caller reports the error).
+        let ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX).max(1);
+        return IoUring::builder().setup_cqsize(cq).setup_sqpoll(ms).build(sq);
+    }
     // Newest flags first; older kernels reject them with EINVAL.
     match IoUring::builder()
         .setup_cqsize(cq)
@@ -322,7 +327,13 @@ impl UringBackend {
             if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
                 return true;
             }
-            if let Err(e) = self.ring.submit() {
+            let made_room = if self.ring.params().is_setup_sqpoll() {
+                // The kernel's SQ thread drains the queue: wait until it has taken some.
+                self.ring.submitter().squeue_wait().map(drop)
+            } else {
+                self.ring.submit().map(drop)
+            };
+            if let Err(e) = made_room {
                 // EBUSY: the completion queue is backed up (the kernel keeps overflowed
                 // completions, NODROP); reap some, then try again.
                 debug!("submit while SQ full: {e}");
@@ -414,7 +425,12 @@ impl UringBackend {
                     // Small: one exact-size copy, and the big buffer goes straight back.
                     // SAFETY: as above.
                     if let Some(b) = unsafe { rx.filled(bid as usize, len) } {
-                        deliver(BytesMut::from(&b[p.payload.clone()]), &p, &mut self.stats, on_recv);
+                        deliver(
+                            BytesMut::from(&b[p.payload.clone()]),
+                            &p,
+                            &mut self.stats,
+                            on_recv,
+                        );
                     }
                 }
                 _ => self.stats.recv_dropped += 1,
@@ -553,12 +569,7 @@ fn parse(buf: &[u8], msg: &libc::msghdr) -> Result<Parsed, ()> {
 }
 
 /// Hand the datagrams of one receive (a GRO batch is split by segment size, without copying) on.
-fn deliver(
-    mut data: BytesMut,
-    p: &Parsed,
-    stats: &mut IoStats,
-    on_recv: &mut dyn FnMut(RecvMeta, BytesMut),
-) {
+fn deliver(mut data: BytesMut, p: &Parsed, stats: &mut IoStats, on_recv: &mut dyn FnMut(RecvMeta, BytesMut)) {
     stats.bytes_received += data.len() as u64;
     for range in cmsg::segments(data.len(), p.segment_size) {
         stats.datagrams_received += 1;
@@ -733,6 +744,9 @@ mod tests {
             tx_buffer_size: 65536,
             max_udp_payload: 1472,
             zero_copy_min: usize::MAX,
+            busy_poll: std::time::Duration::ZERO,
+            pin_cpu: None,
+            sqpoll_idle: None,
         }
     }
 
