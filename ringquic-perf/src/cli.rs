@@ -149,6 +149,9 @@ pub struct BenchArgs {
     /// ringquic: zero-copy receive threshold in bytes (0 = always, default 16K).
     #[arg(long, value_parser = size_arg)]
     pub zero_copy_threshold: Option<u64>,
+    /// ringquic: send GSO batches of at least this many bytes with SENDMSG_ZC (e.g. 16K).
+    #[arg(long, value_parser = size_arg)]
+    pub send_zero_copy: Option<u64>,
     /// Never draw the progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -325,6 +328,9 @@ pub fn bench_options(args: &BenchArgs) -> BenchOptions {
             sqpoll_idle_ms: args.sqpoll.map(|d| d.as_millis() as u64),
             zero_copy_threshold: args
                 .zero_copy_threshold
+                .map(|z| usize::try_from(z).unwrap_or(usize::MAX)),
+            send_zero_copy_threshold: args
+                .send_zero_copy
                 .map(|z| usize::try_from(z).unwrap_or(usize::MAX)),
         },
     }

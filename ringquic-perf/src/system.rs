@@ -272,6 +272,9 @@ pub struct RingquicTuning {
     pub sqpoll_idle_ms: Option<u64>,
     /// `EndpointBuilder::zero_copy_threshold` (ringquic's default when absent).
     pub zero_copy_threshold: Option<usize>,
+    /// `EndpointBuilder::send_zero_copy_threshold` (off when absent).
+    #[serde(default)]
+    pub send_zero_copy_threshold: Option<usize>,
 }
 
 impl RingquicTuning {
@@ -290,6 +293,9 @@ impl RingquicTuning {
         if let Some(t) = self.zero_copy_threshold {
             parts.push(format!("zero-copy threshold {t} B"));
         }
+        if let Some(t) = self.send_zero_copy_threshold {
+            parts.push(format!("SENDMSG_ZC from {t} B"));
+        }
         (!parts.is_empty()).then(|| parts.join(", "))
     }
 }
@@ -300,6 +306,7 @@ static TUNING: std::sync::Mutex<RingquicTuning> = std::sync::Mutex::new(Ringquic
     pin_io_threads: false,
     sqpoll_idle_ms: None,
     zero_copy_threshold: None,
+    send_zero_copy_threshold: None,
 });
 
 /// Set the ringquic tuning for the endpoints created from now on in this process.
@@ -335,6 +342,9 @@ impl Ringquic {
         }
         if let Some(z) = t.zero_copy_threshold {
             b = b.zero_copy_threshold(z);
+        }
+        if let Some(z) = t.send_zero_copy_threshold {
+            b = b.send_zero_copy_threshold(z);
         }
         b
     }

@@ -557,6 +557,8 @@ impl Core {
             tx_exhausted: io.tx_exhausted,
             gso_disabled: io.gso_disabled,
             recv_zero_copy: io.recv_zero_copy,
+            send_zero_copy: io.send_zero_copy,
+            send_zero_copy_copied: io.send_zero_copy_copied,
             responses_dropped: c.responses_dropped,
             incoming_retried: c.incoming_retried,
             incoming_refused: c.incoming_refused,

@@ -61,6 +61,11 @@ pub struct EndpointStats {
     /// buffer the kernel filled, without a copy (io_uring; see
     /// [`EndpointBuilder::zero_copy_threshold`]).
     pub recv_zero_copy: u64,
+    /// Sends submitted as zero-copy `SENDMSG_ZC` (see
+    /// [`EndpointBuilder::send_zero_copy_threshold`]).
+    pub send_zero_copy: u64,
+    /// Zero-copy sends the kernel reported it had to copy after all (on loopback, all of them).
+    pub send_zero_copy_copied: u64,
     /// Endpoint-level responses (version negotiation, stateless reset, refusals) dropped for lack
     /// of a TX buffer.
     pub responses_dropped: u64,
@@ -662,6 +667,7 @@ pub struct EndpointBuilder {
     validate_addresses: bool,
     max_incoming: usize,
     zero_copy_min: usize,
+    send_zc_min: usize,
     busy_poll: Duration,
     pin_cpu: Option<usize>,
     sqpoll_idle: Option<Duration>,
@@ -680,6 +686,7 @@ impl std::fmt::Debug for EndpointBuilder {
             .field("validate_addresses", &self.validate_addresses)
             .field("max_incoming", &self.max_incoming)
             .field("zero_copy_threshold", &self.zero_copy_min)
+            .field("send_zero_copy_threshold", &self.send_zc_min)
             .field("busy_poll", &self.busy_poll)
             .field("pin_cpu", &self.pin_cpu)
             .field("sqpoll_idle", &self.sqpoll_idle)
@@ -721,6 +728,7 @@ impl Default for EndpointBuilder {
             validate_addresses: false,
             max_incoming: DEFAULT_MAX_INCOMING,
             zero_copy_min: DEFAULT_ZERO_COPY_THRESHOLD,
+            send_zc_min: usize::MAX,
             busy_poll: Duration::ZERO,
             pin_cpu: None,
             sqpoll_idle: None,
@@ -820,6 +828,21 @@ impl EndpointBuilder {
         self
     }
 
+    /// Zero-copy send (io_uring, Linux 6.0+): a GSO batch of at least `bytes` goes out as
+    /// `SENDMSG_ZC` from TX buffers registered with the kernel (fixed buffers, used where the
+    /// kernel allows them with `SENDMSG_ZC`, 6.15+), so the kernel sends from our memory instead
+    /// of copying it into socket buffers. Each such send costs a second completion (the kernel's
+    /// "done with the buffer" notification), and the TX buffer stays busy until it arrives.
+    ///
+    /// It pays only for large sends on a real NIC: the kernel copies anyway when the receiver is
+    /// on the same host (loopback), which [`EndpointStats::send_zero_copy_copied`] reports, and
+    /// below ~10 KB the notification costs more than the copy saves. A kernel without
+    /// `SENDMSG_ZC` keeps ordinary sends (logged). Default `usize::MAX`: off.
+    pub fn send_zero_copy_threshold(mut self, bytes: usize) -> Self {
+        self.send_zc_min = bytes;
+        self
+    }
+
     /// Busy-poll: when a turn of the I/O loop finds nothing to do, keep asking the kernel for
     /// completions (without sleeping) for up to `d` before going to sleep. This trades a
     /// spinning core for the cost of a sleep and a cross-CPU wakeup per burst of packets, and
@@ -900,6 +923,7 @@ impl EndpointBuilder {
             tx_buffer_size: self.tx_buffer_size,
             max_udp_payload,
             zero_copy_min: self.zero_copy_min,
+            send_zc_min: self.send_zc_min,
             busy_poll: self.busy_poll,
             pin_cpu: self.pin_cpu,
             sqpoll_idle: self.sqpoll_idle,

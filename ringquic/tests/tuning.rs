@@ -141,3 +141,20 @@ async fn sqpoll_endpoints_exchange_data_or_refuse_with_a_reason() {
         Err(e) => panic!("unexpected error: {e:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_copy_sends_carry_an_exchange() {
+    for b in backends() {
+        let (server, client) = tuned_pair(b, |e| e.send_zero_copy_threshold(0));
+        echo(&server, &client).await;
+        let s = client.stats();
+        eprintln!(
+            "{b}: {} zero-copy sends, {} copied by the kernel",
+            s.send_zero_copy, s.send_zero_copy_copied
+        );
+        assert!(s.send_zero_copy_copied <= s.send_zero_copy, "{b}: {s:?}");
+        if b != BackendKind::IoUring {
+            assert_eq!(s.send_zero_copy, 0, "{b}: only io_uring sends zero-copy");
+        }
+    }
+}

@@ -250,6 +250,17 @@ impl TxPool {
         self.in_flight.get(slot as usize)?.as_deref()
     }
 
+    /// Start and capacity of every free buffer, by slot: what the kernel registers as fixed
+    /// buffers (call before any buffer is handed out). `None` for a slot in use.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) fn regions(&mut self) -> Vec<Option<(*mut u8, usize)>> {
+        let mut out = vec![None; self.in_flight.len()];
+        for b in &mut self.free {
+            out[b.slot as usize] = Some((b.buf.as_mut_ptr(), b.buf.capacity()));
+        }
+        out
+    }
+
     /// Whether a buffer is free.
     pub(crate) fn has_free(&self) -> bool {
         !self.free.is_empty()

@@ -138,6 +138,10 @@ pub(crate) struct IoStats {
     pub gso_disabled: u64,
     /// Receives handed to quinn-proto in the buffer the kernel filled, without a copy.
     pub recv_zero_copy: u64,
+    /// Sends submitted as zero-copy (`SENDMSG_ZC`).
+    pub send_zero_copy: u64,
+    /// Zero-copy sends the kernel reported it copied after all (always, on loopback).
+    pub send_zero_copy_copied: u64,
 }
 
 /// What a backend needs to know, validated by the builder before the I/O thread starts.
@@ -156,6 +160,8 @@ pub(crate) struct IoConfig {
     /// Receives of at least this many payload bytes skip the copy out of the kernel's buffer
     /// (io_uring only; see `EndpointBuilder::zero_copy_threshold`).
     pub zero_copy_min: usize,
+    /// io_uring: sends of at least this many bytes use `SENDMSG_ZC` (`usize::MAX`: never).
+    pub send_zc_min: usize,
     /// After a turn that found nothing to do, keep polling without sleeping this long.
     pub busy_poll: std::time::Duration,
     /// Pin the I/O thread to this CPU.

@@ -1471,6 +1471,7 @@ mod tests {
             tx_buffer_size: 65536,
             max_udp_payload: 1472,
             zero_copy_min: usize::MAX,
+            send_zc_min: usize::MAX,
             busy_poll: std::time::Duration::ZERO,
             pin_cpu: None,
             sqpoll_idle: None,

@@ -50,6 +50,10 @@ const RECV: u64 = 1 << 56;
 const SEND: u64 = 2 << 56;
 const WAKE: u64 = 3 << 56;
 const CANCEL: u64 = 4 << 56;
+/// `IORING_SEND_ZC_REPORT_USAGE`: the notification says whether the kernel copied after all.
+const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
+/// `IORING_NOTIF_USAGE_ZC_COPIED`, in a notification's result.
+const NOTIF_USAGE_ZC_COPIED: i32 = 1 << 31;
 const KIND_MASK: u64 = 0xff << 56;
 const BGID: u16 = 0;
 /// `sizeof(struct io_uring_recvmsg_out)`.
@@ -131,6 +135,10 @@ struct SendSlot {
     control: [u8; cmsg::SEND_SPACE],
     /// GSO segment size of the batch in flight, `None` for a single datagram.
     segment: Option<usize>,
+    /// Start and capacity of this slot's buffer when it was registered as fixed buffer `slot`
+    /// (`None`: not registered). A send uses the registration only while the buffer is still
+    /// that memory.
+    fixed: Option<(usize, usize)>,
 }
 
 /// The shared-memory ring of provided buffers (`IORING_REGISTER_PBUF_RING`).
@@ -217,6 +225,9 @@ pub(crate) struct UringBackend {
     cancels_in_flight: usize,
     gso_segments: usize,
     gro: bool,
+    /// Sends of at least this many bytes go out as `SENDMSG_ZC` (`usize::MAX`: never, or the
+    /// kernel lacks it).
+    send_zc_min: usize,
     stats: IoStats,
     /// Completions reaped and not yet dispatched: (user_data, result, flags). Plain tuples, so
     /// tests can inject completions the kernel is hard to coax into producing.
@@ -271,6 +282,7 @@ impl UringBackend {
                 name: socket2::SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0))),
                 control: [0; cmsg::SEND_SPACE],
                 segment: None,
+                fixed: None,
             })
             .collect();
         debug!(
@@ -295,14 +307,57 @@ impl UringBackend {
             cancels_in_flight: 0,
             gso_segments: features.gso_segments,
             gro: features.gro,
+            send_zc_min: usize::MAX,
             stats: IoStats::default(),
             cqes: Vec::with_capacity(CQE_BOUND),
             shut_down: false,
         };
+        if cfg.send_zc_min != usize::MAX {
+            this.setup_send_zc(cfg.send_zc_min);
+        }
         this.arm_recv();
         this.arm_wake();
         this.ring.submit().map_err(io_err("io_uring_enter"))?;
         Ok(this)
+    }
+
+    /// Turn zero-copy sends on if the kernel has `SENDMSG_ZC`, and register the TX buffers as
+    /// fixed buffers so the kernel need not pin their pages on every send. Without the opcode
+    /// sends stay ordinary (logged); without the registration they are zero-copy all the same.
+    fn setup_send_zc(&mut self, min: usize) {
+        let mut probe = io_uring::Probe::new();
+        let supported = self.ring.submitter().register_probe(&mut probe).is_ok()
+            && probe.is_supported(opcode::SendMsgZc::CODE);
+        if !supported {
+            warn!("this kernel has no IORING_OP_SENDMSG_ZC; sends stay ordinary copies");
+            return;
+        }
+        self.send_zc_min = min;
+        let regions = self.tx.regions();
+        let iovecs: Vec<libc::iovec> = regions
+            .iter()
+            .map(|r| {
+                let (base, len) = r.unwrap_or((std::ptr::null_mut(), 0));
+                libc::iovec {
+                    iov_base: base.cast(),
+                    iov_len: len,
+                }
+            })
+            .collect();
+        if regions.iter().any(Option::is_none) || u16::try_from(iovecs.len()).is_err() {
+            return;
+        }
+        // SAFETY: every iovec is a TX buffer owned by `self.tx` for the backend's whole life;
+        // the ring (declared first in the struct) is closed, which unregisters them, before
+        // those buffers are freed. The kernel only reads them.
+        match unsafe { self.ring.submitter().register_buffers(&iovecs) } {
+            Ok(()) => {
+                for (slot, r) in self.slots.iter_mut().zip(&regions) {
+                    slot.fixed = r.map(|(p, c)| (p as usize, c));
+                }
+            }
+            Err(e) => debug!("registering TX buffers failed ({e}); zero-copy sends without them"),
+        }
     }
 
     /// Whether GRO is on for this socket.
@@ -441,11 +496,24 @@ impl UringBackend {
         ring.publish();
     }
 
-    fn handle_send(&mut self, slot: u32, res: i32) {
-        let len = self.tx.parked(slot).map_or(0, |b| b.len());
-        if !self.tx.complete(slot) {
+    fn handle_send(&mut self, slot: u32, res: i32, flags: u32) {
+        if cqueue::notif(flags) {
+            // Zero-copy send, second completion: only now is the buffer the kernel's no more.
+            if res & NOTIF_USAGE_ZC_COPIED != 0 {
+                self.stats.send_zero_copy_copied += 1;
+            }
+            if !self.tx.complete(slot) {
+                warn!(slot, "notification for a TX slot that was not in flight");
+            }
+            return;
+        }
+        let Some(len) = self.tx.parked(slot).map(<[u8]>::len) else {
             warn!(slot, "completion for a TX slot that was not in flight");
             return;
+        };
+        // A zero-copy send with MORE set is followed by a notification, which frees the slot.
+        if !cqueue::more(flags) {
+            self.tx.complete(slot);
         }
         if res >= 0 && (res as usize) < len {
             // UDP sends are all or nothing; a short count means the datagram is not what we
@@ -479,6 +547,18 @@ impl UringBackend {
             // Socket buffer full: the datagram is dropped, as a congested network would.
             libc::EAGAIN | libc::ENOBUFS => self.stats.send_errors += 1,
             libc::ECANCELED => {}
+            // A kernel that registers buffers but will not send zero-copy from them: stop
+            // using the registration (the datagram is lost like any failed send).
+            libc::EINVAL | libc::EFAULT if self.slots.iter().any(|s| s.fixed.is_some()) => {
+                warn!(
+                    "zero-copy send from registered buffers failed ({}); not using them again",
+                    io::Error::from_raw_os_error(-res)
+                );
+                for s in self.slots.iter_mut() {
+                    s.fixed = None;
+                }
+                self.stats.send_errors += 1;
+            }
             e => {
                 self.stats.send_errors += 1;
                 debug!("sendmsg failed: {}", io::Error::from_raw_os_error(e));
@@ -517,7 +597,7 @@ impl UringBackend {
         for (ud, res, flags) in cqes.drain(..) {
             match ud & KIND_MASK {
                 RECV => self.handle_recv(res, flags, on_recv),
-                SEND => self.handle_send((ud & !KIND_MASK) as u32, res),
+                SEND => self.handle_send((ud & !KIND_MASK) as u32, res, flags),
                 WAKE => {
                     self.waker.drain();
                     if !cqueue::more(flags) {
@@ -637,9 +717,23 @@ impl IoBackend for UringBackend {
         };
         slot.msg.msg_controllen = clen;
         slot.msg.msg_flags = 0;
-        let sqe = opcode::SendMsg::new(types::Fd(self.socket.as_raw_fd()), &slot.msg)
-            .build()
-            .user_data(SEND | slot_id as u64);
+        let fd = types::Fd(self.socket.as_raw_fd());
+        let sqe = if len >= self.send_zc_min {
+            self.stats.send_zero_copy += 1;
+            // The registration holds only while the buffer is the memory registered (quinn-proto
+            // never grows it past its capacity, but a moved buffer must not use it).
+            let fixed = slot
+                .fixed
+                .filter(|&(p, c)| p == ptr as usize && len <= c)
+                .map(|_| slot_id as u16);
+            opcode::SendMsgZc::new(fd, &slot.msg)
+                .ioprio(SEND_ZC_REPORT_USAGE)
+                .buf_index(fixed)
+                .build()
+        } else {
+            opcode::SendMsg::new(fd, &slot.msg).build()
+        }
+        .user_data(SEND | slot_id as u64);
         if !self.push(sqe) {
             // Never reached the kernel: the buffer is ours again; the datagram is lost.
             self.stats.send_errors += 1;
@@ -703,6 +797,12 @@ impl IoBackend for UringBackend {
         if self.quiescent() {
             // SAFETY-relevant ordering: nothing references the provided buffers any more, so
             // the ring can be unregistered and, in Drop, freed.
+            if self.slots.iter().any(|s| s.fixed.is_some()) {
+                // Nothing is in flight, so nothing reads the registered TX buffers.
+                if let Err(e) = self.ring.submitter().unregister_buffers() {
+                    debug!("unregistering the TX buffers: {e}");
+                }
+            }
             if let Err(e) = self.ring.submitter().unregister_buf_ring(BGID) {
                 warn!("unregistering the buffer ring failed: {e}; leaking it");
                 std::mem::forget(self.buf_ring.take());
@@ -744,6 +844,7 @@ mod tests {
             tx_buffer_size: 65536,
             max_udp_payload: 1472,
             zero_copy_min: usize::MAX,
+            send_zc_min: usize::MAX,
             busy_poll: std::time::Duration::ZERO,
             pin_cpu: None,
             sqpoll_idle: None,
@@ -876,6 +977,8 @@ mod tests {
 
     const F_BUFFER: u32 = 1 << 0;
     const F_MORE: u32 = 1 << 1;
+    /// `IORING_CQE_F_NOTIF`.
+    const F_NOTIF: u32 = 1 << 3;
 
     /// Completions the kernel rarely produces on demand, injected: the backend counts them,
     /// re-arms, ignores what it cannot trust, and keeps working.
@@ -910,6 +1013,113 @@ mod tests {
         assert_eq!(&got[0].1[..], b"still alive");
         b.shutdown();
         assert!(b.quiescent());
+    }
+
+    /// Zero-copy sends (`SENDMSG_ZC`, from registered buffers where the kernel allows) arrive
+    /// intact, and a buffer is free again only after the kernel's notification.
+    #[test]
+    fn zero_copy_sends_arrive_and_free_buffers_on_the_notification() {
+        let mut c = cfg(16, 65536 + 256);
+        let Some(mut b) = backend(&c) else { return };
+        c.send_zc_min = 0;
+        let Some(mut a) = backend(&c) else { return };
+        if a.send_zc_min == usize::MAX {
+            eprintln!("no SENDMSG_ZC in this kernel; skipping");
+            return;
+        }
+        let registered = a.slots.iter().all(|s| s.fixed.is_some());
+        let to = b.local_addr().unwrap();
+        for (i, (size, seg)) in [(6000, Some(1200)), (1200, None), (12_000, Some(1200))]
+            .into_iter()
+            .enumerate()
+        {
+            let mut tx = a.take_tx().unwrap();
+            tx.buf.extend(std::iter::repeat_n(i as u8, size));
+            a.send(tx, &transmit(to, size, seg));
+        }
+        a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
+        let got = collect(&mut b, 16, 2000);
+        assert_eq!(got.len(), 16);
+        assert_eq!(got.iter().map(|(_, d)| d.len()).sum::<usize>(), 19_200);
+        let end = Instant::now() + Duration::from_secs(2);
+        while a.tx.in_flight() > 0 && Instant::now() < end {
+            a.turn(Some(Instant::now() + Duration::from_millis(10)), &mut |_, _| {})
+                .unwrap();
+        }
+        assert_eq!(a.tx.in_flight(), 0, "every notification arrived");
+        let s = a.stats();
+        assert_eq!(
+            (s.send_zero_copy, s.datagrams_sent, s.send_errors),
+            (3, 16, 0),
+            "{s:?}"
+        );
+        eprintln!(
+            "zero-copy sends: {}, copied by the kernel anyway: {}, from registered buffers: {registered}",
+            s.send_zero_copy, s.send_zero_copy_copied
+        );
+    }
+
+    /// The two completions of a zero-copy send, injected: the first (MORE) accounts the send
+    /// and keeps the buffer; the notification frees it; a stray notification is ignored.
+    #[test]
+    fn zero_copy_send_completions_free_the_buffer_once() {
+        let c = cfg(8, 65536 + 256);
+        let Some(mut b) = backend(&c) else { return };
+        let mut none = |_: RecvMeta, _: BytesMut| {};
+        let mut tx = b.take_tx().unwrap();
+        tx.buf.extend_from_slice(&[1u8; 1200]);
+        let slot = tx.slot;
+        b.tx.park(tx);
+        b.cqes.push((SEND | slot as u64, 1200, F_MORE));
+        b.dispatch(&mut none);
+        assert_eq!(b.tx.in_flight(), 1, "held until the notification");
+        assert_eq!(b.stats().datagrams_sent, 1);
+        b.cqes.push((SEND | slot as u64, NOTIF_USAGE_ZC_COPIED, F_NOTIF));
+        b.dispatch(&mut none);
+        assert_eq!(b.tx.in_flight(), 0);
+        assert_eq!(b.stats().send_zero_copy_copied, 1);
+        b.cqes.push((SEND | slot as u64, 0, F_NOTIF));
+        b.dispatch(&mut none);
+        assert_eq!(b.tx.in_flight(), 0, "a duplicate notification changes nothing");
+        assert!(b.has_free_tx());
+    }
+
+    /// With the threshold at 0, received datagrams are slices of the very buffers the kernel
+    /// was given, and those ring slots get fresh buffers.
+    #[test]
+    fn zero_copy_receive_hands_over_the_kernels_buffer() {
+        let mut c = cfg(8, 65536 + 256);
+        c.zero_copy_min = 0;
+        let Some(mut b) = backend(&c) else { return };
+        let size = c.recv_buffer_size;
+        let provided: Vec<usize> = {
+            let rx = b.rx.as_mut().unwrap();
+            (0..rx.buf_count()).map(|i| rx.addr(i) as usize).collect()
+        };
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..3u8 {
+            sender.send_to(&[i; 700], b.local_addr().unwrap()).unwrap();
+        }
+        let got = collect(&mut b, 3, 2000);
+        assert_eq!(got.len(), 3);
+        for (_, d) in &got {
+            let p = d.as_ptr() as usize;
+            assert!(
+                provided
+                    .iter()
+                    .any(|&base| p >= base && p + d.len() <= base + size),
+                "a datagram outside every provided buffer: copied"
+            );
+        }
+        assert!(b.stats().recv_zero_copy >= 1);
+        let now: Vec<usize> = {
+            let rx = b.rx.as_mut().unwrap();
+            (0..rx.buf_count()).map(|i| rx.addr(i) as usize).collect()
+        };
+        assert!(
+            now.iter().zip(&provided).any(|(a, b)| a != b),
+            "used slots were refilled"
+        );
     }
 
     /// A GSO batch refused at run time (EIO) turns GSO off; short sends and EAGAIN are counted
