@@ -7,27 +7,12 @@ use std::time::Duration;
 
 use ringquic::{BackendKind, Endpoint, EndpointBuilder, EndpointError};
 
-/// A server and a client built from `tune(builder)`, on `backend`.
+/// A server and a client both built with `tune`, on `backend`.
 fn tuned_pair(
     backend: BackendKind,
     tune: impl Fn(EndpointBuilder) -> EndpointBuilder,
 ) -> (Endpoint, Endpoint) {
-    let c = cert();
-    let server = tune(
-        Endpoint::builder()
-            .backend(backend)
-            .server_config(server_config(&c)),
-    )
-    .bind(localhost())
-    .expect("server endpoint");
-    let client = tune(
-        Endpoint::builder()
-            .backend(backend)
-            .default_client_config(client_config(&c)),
-    )
-    .bind(localhost())
-    .expect("client endpoint");
-    (server, client)
+    pair_with(backend, &tune, &tune)
 }
 
 /// Echo 100 kB over one bidirectional stream, then close both sides.

@@ -123,19 +123,11 @@ struct Download {
 /// The server sends `total` bytes on one stream; the client (receive side) reads them with
 /// `read_chunk` and checks where every chunk lives.
 async fn download(backend: BackendKind, threshold: usize, total: usize) -> Download {
-    let c = cert();
-    let server = Endpoint::builder()
-        .backend(backend)
-        .server_config(server_config(&c))
-        .bind(localhost())
-        .expect("server endpoint");
-    let client = Endpoint::builder()
-        .backend(backend)
-        .default_client_config(client_config(&c))
-        .recv_buffer_size(RX_SIZE)
-        .zero_copy_threshold(threshold)
-        .bind(localhost())
-        .expect("client endpoint");
+    let (server, client) = pair_with(
+        backend,
+        |s| s,
+        |c| c.recv_buffer_size(RX_SIZE).zero_copy_threshold(threshold),
+    );
     for ep in [&server, &client] {
         // Runs on the endpoint's I/O thread: from now on its allocations are counted.
         within(10, ep.spawn(async { COUNTING.with(|c| c.set(true)) }))

@@ -4,7 +4,7 @@ pub mod impair;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use ringquic::{BackendKind, ClientConfig, Endpoint, ServerConfig, TransportConfig};
+use ringquic::{BackendKind, ClientConfig, Endpoint, EndpointBuilder, ServerConfig, TransportConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A self-signed certificate for "localhost".
@@ -59,17 +59,30 @@ pub fn localhost() -> SocketAddr {
 
 /// A server and a client endpoint on `backend`, sharing one certificate.
 pub fn pair(backend: BackendKind) -> (Endpoint, Endpoint) {
+    pair_with(backend, |b| b, |b| b)
+}
+
+/// [`pair`] with extra builder settings for the server and for the client.
+pub fn pair_with(
+    backend: BackendKind,
+    server: impl FnOnce(EndpointBuilder) -> EndpointBuilder,
+    client: impl FnOnce(EndpointBuilder) -> EndpointBuilder,
+) -> (Endpoint, Endpoint) {
     let c = cert();
-    let server = Endpoint::builder()
-        .backend(backend)
-        .server_config(server_config(&c))
-        .bind(localhost())
-        .expect("server endpoint");
-    let client = Endpoint::builder()
-        .backend(backend)
-        .default_client_config(client_config(&c))
-        .bind(localhost())
-        .expect("client endpoint");
+    let server = server(
+        Endpoint::builder()
+            .backend(backend)
+            .server_config(server_config(&c)),
+    )
+    .bind(localhost())
+    .expect("server endpoint");
+    let client = client(
+        Endpoint::builder()
+            .backend(backend)
+            .default_client_config(client_config(&c)),
+    )
+    .bind(localhost())
+    .expect("client endpoint");
     assert_eq!(server.backend(), backend);
     (server, client)
 }
