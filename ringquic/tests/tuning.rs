@@ -46,6 +46,7 @@ async fn busy_polling_endpoints_exchange_data() {
 }
 
 /// The CPUs the calling thread may run on, as the kernel lists them.
+#[cfg(target_os = "linux")]
 fn allowed_cpus() -> String {
     let status = std::fs::read_to_string("/proc/thread-self/status").expect("/proc/thread-self/status");
     status
@@ -56,6 +57,9 @@ fn allowed_cpus() -> String {
         .to_string()
 }
 
+/// Linux only: it asks `/proc` where the thread may run (on Windows pinning is
+/// `SetThreadAffinityMask`, covered by the error test below).
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_io_thread_runs_only_on_its_cpu() {
     for b in backends() {

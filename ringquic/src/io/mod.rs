@@ -159,8 +159,10 @@ pub(crate) struct IoConfig {
     pub max_udp_payload: usize,
     /// Receives of at least this many payload bytes skip the copy out of the kernel's buffer
     /// (io_uring only; see `EndpointBuilder::zero_copy_threshold`).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub zero_copy_min: usize,
     /// io_uring: sends of at least this many bytes use `SENDMSG_ZC` (`usize::MAX`: never).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub send_zc_min: usize,
     /// After a turn that found nothing to do, keep polling without sleeping this long.
     pub busy_poll: std::time::Duration,
@@ -168,6 +170,7 @@ pub(crate) struct IoConfig {
     pub pin_cpu: Option<usize>,
     /// io_uring: a kernel thread polls the submission queue (`IORING_SETUP_SQPOLL`) and sleeps
     /// after this long idle.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub sqpoll_idle: Option<std::time::Duration>,
 }
 
