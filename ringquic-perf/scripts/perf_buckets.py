@@ -13,25 +13,25 @@ import subprocess
 import sys
 
 
+# First match wins: (bucket, pattern searched in the symbol name).
+BUCKETS = [
+    ("crypto", r"ring_core|aes|gcm|ghash|ring::aead|HeaderProtection|chacha"),
+    ("memcpy", r"memmove|memcpy|memset"),
+    ("quinn-proto", r"quinn_proto"),
+    ("malloc", r"malloc|free|realloc|_int_"),
+    ("tokio", r"tokio"),
+    ("quinn+quinn-udp", r"^<?quinn::|quinn_udp"),
+    ("ringquic", r"ringquic"),
+    ("locks", r"futex|Mutex|lock"),
+]
+
+
 def bucket(sym: str, dso: str) -> str:
     if "kernel" in dso:
         return "kernel"
-    if re.search(r"ring_core|aes|gcm|ghash|ring::aead|HeaderProtection|chacha", sym):
-        return "crypto"
-    if re.search(r"memmove|memcpy|memset", sym):
-        return "memcpy"
-    if "quinn_proto" in sym:
-        return "quinn-proto"
-    if re.search(r"malloc|free|realloc|_int_", sym):
-        return "malloc"
-    if "tokio" in sym:
-        return "tokio"
-    if re.search(r"^<?quinn::|quinn_udp", sym):
-        return "quinn+quinn-udp"
-    if "ringquic" in sym:
-        return "ringquic"
-    if re.search(r"futex|Mutex|lock", sym):
-        return "locks"
+    for name, pattern in BUCKETS:
+        if re.search(pattern, sym):
+            return name
     return "other"
 
 
