@@ -109,20 +109,28 @@ impl Drop for RxArena {
 ///                      ▲                                                      │
 ///                      └──────────── fresh BytesMut::with_capacity(size) ◄────┘
 /// ```
+///
+/// A fresh buffer's first `zeroed` bytes are zeroed: the kernel leaves gaps in the header part
+/// of a `recvmsg` buffer (a name or control area larger than what it wrote), and every byte a
+/// completion's length covers must be initialised before we read it. The payload after that
+/// prefix is written by the kernel in full, so the rest of the buffer is never touched by us.
 pub(crate) struct RxSlots {
     bufs: Vec<BytesMut>,
     size: usize,
+    zeroed: usize,
 }
 
 impl RxSlots {
-    /// `count` buffers of `size` bytes each. `None` for a zero count or size.
-    pub(crate) fn new(count: usize, size: usize) -> Option<Self> {
-        if count == 0 || size == 0 {
+    /// `count` buffers of `size` bytes each, the first `zeroed` bytes of each zeroed. `None`
+    /// for a zero count or size, or `zeroed > size`.
+    pub(crate) fn new(count: usize, size: usize, zeroed: usize) -> Option<Self> {
+        if count == 0 || size == 0 || zeroed > size {
             return None;
         }
         Some(Self {
-            bufs: (0..count).map(|_| BytesMut::with_capacity(size)).collect(),
+            bufs: (0..count).map(|_| fresh_buffer(size, zeroed)).collect(),
             size,
+            zeroed,
         })
     }
 
@@ -151,15 +159,15 @@ impl RxSlots {
     /// is out of range (a bad completion is dropped, never trusted).
     ///
     /// # Safety
-    /// The kernel has completed a write of at least `len` bytes into buffer `id` and holds the
-    /// buffer no longer (the completion returned it).
+    /// The kernel holds buffer `id` no longer (a completion returned it) and has written every
+    /// byte of `[zeroed, len)` (the zeroed prefix needs no write).
     pub(crate) unsafe fn filled(&self, id: usize, len: usize) -> Option<&[u8]> {
         if !self.valid(id, len) {
             return None;
         }
         let buf = &self.bufs[id];
-        // SAFETY: `len` ≤ capacity (checked), and the caller promises the kernel initialised
-        // those bytes and no longer writes them.
+        // SAFETY: `len` ≤ capacity (checked); bytes below `zeroed` were initialised when the
+        // buffer was made, the caller promises the kernel wrote the rest and writes no more.
         Some(unsafe { std::slice::from_raw_parts(buf.as_ptr(), len) })
     }
 
@@ -172,12 +180,21 @@ impl RxSlots {
         if !self.valid(id, len) {
             return None;
         }
-        let fresh = BytesMut::with_capacity(self.size);
+        let fresh = fresh_buffer(self.size, self.zeroed);
         let mut buf = std::mem::replace(&mut self.bufs[id], fresh);
-        // SAFETY: as in `filled`: `len` ≤ capacity and those bytes were written by the kernel.
+        // SAFETY: as in `filled`: `len` ≤ capacity and every byte below it is initialised.
         unsafe { buf.set_len(len) };
         Some(buf)
     }
+}
+
+/// An empty buffer of capacity `size` whose first `zeroed` bytes are initialised to zero.
+fn fresh_buffer(size: usize, zeroed: usize) -> BytesMut {
+    let mut b = BytesMut::with_capacity(size);
+    for byte in &mut b.spare_capacity_mut()[..zeroed] {
+        byte.write(0);
+    }
+    b
 }
 
 /// The TX buffers of one endpoint.
@@ -298,9 +315,10 @@ mod tests {
 
     #[test]
     fn rx_slots_take_replaces_the_buffer() {
-        assert!(RxSlots::new(0, 10).is_none());
-        assert!(RxSlots::new(2, 0).is_none());
-        let mut s = RxSlots::new(2, 64).unwrap();
+        assert!(RxSlots::new(0, 10, 0).is_none());
+        assert!(RxSlots::new(2, 0, 0).is_none());
+        assert!(RxSlots::new(2, 8, 9).is_none());
+        let mut s = RxSlots::new(2, 64, 0).unwrap();
         assert_eq!((s.buf_count(), s.buf_size()), (2, 64));
         let a = s.addr(0);
         // Stand in for the kernel: write into the buffer through the address it was given.

@@ -259,7 +259,9 @@ impl UringBackend {
             .ok()
             .filter(|n| *n <= 32768)
             .ok_or(crate::EndpointError::Config("recv_buffers must be at most 32768"))?;
-        let mut rx = RxSlots::new(entries as usize, cfg.recv_buffer_size).ok_or(
+        // The header part (recvmsg_out, name and control areas) is zeroed: the kernel may leave
+        // gaps there. The payload after it is always written in full.
+        let mut rx = RxSlots::new(entries as usize, cfg.recv_buffer_size, RECV_HEADROOM).ok_or(
             crate::EndpointError::Config("receive buffer pool could not be allocated"),
         )?;
         let mut buf_ring = BufRing::new(entries).map_err(io_err("provided-buffer ring"))?;
@@ -470,8 +472,10 @@ impl UringBackend {
         }
         if res >= 0 {
             let len = res as usize;
-            // SAFETY: the completion hands buffer `bid` back to us with `len` bytes written
-            // (`filled`/`take` refuse lengths beyond the buffer).
+            // SAFETY: the completion hands buffer `bid` back to us. The kernel filled it as
+            // [recvmsg_out | name area | control area | payload]: the first three (RECV_HEADROOM
+            // bytes, zeroed when the buffer was made) may have gaps, the payload up to `len` is
+            // written in full (`filled`/`take` refuse lengths beyond the buffer).
             let parsed = unsafe { rx.filled(bid as usize, len) }.map(|b| parse(b, &self.recv_msg));
             match parsed {
                 Some(Ok(p)) if p.payload.len() >= self.zero_copy_min => {
