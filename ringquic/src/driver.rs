@@ -329,6 +329,9 @@ pub(crate) fn with_local_core<R>(shared: &Arc<EndpointShared>, f: impl FnOnce(&m
     })
 }
 
+/// Capacity of the received-events queue kept between turns (a few GRO batches' worth).
+const MAX_RETAINED_EVENTS: usize = 1024;
+
 /// Everything but the backend, so the receive callback can borrow it while the backend runs.
 pub(crate) struct Core {
     shared: Arc<EndpointShared>,
@@ -591,6 +594,11 @@ impl Core {
             self.mark_dirty(ch);
         }
         drop(events);
+        // A flood can queue tens of thousands of events in one turn; do not keep that much
+        // capacity for the endpoint's life.
+        if received.capacity() > MAX_RETAINED_EVENTS {
+            received.shrink_to(MAX_RETAINED_EVENTS);
+        }
         self.received = received;
     }
 
