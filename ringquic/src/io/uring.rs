@@ -472,33 +472,29 @@ impl UringBackend {
         }
         if res >= 0 {
             let len = res as usize;
-            // SAFETY: the completion hands buffer `bid` back to us. The kernel filled it as
-            // [recvmsg_out | name area | control area | payload]: the first three (RECV_HEADROOM
-            // bytes, zeroed when the buffer was made) may have gaps, the payload up to `len` is
-            // written in full (`filled`/`take` refuse lengths beyond the buffer).
-            let parsed = unsafe { rx.filled(bid as usize, len) }.map(|b| parse(b, &self.recv_msg));
+            // SAFETY: this completion returned buffer `bid`; `len` covers its zeroed header part
+            // and the payload the kernel wrote in full (see `RxSlots`).
+            let filled = unsafe { rx.filled(bid as usize, len) };
+            // Small receives are copied out here, while the buffer is borrowed; the big buffer
+            // then goes straight back to the ring.
+            let parsed = filled.map(|b| {
+                parse(b, &self.recv_msg).map(|p| {
+                    let copy =
+                        (p.payload.len() < self.zero_copy_min).then(|| BytesMut::from(&b[p.payload.clone()]));
+                    (p, copy)
+                })
+            });
             match parsed {
-                Some(Ok(p)) if p.payload.len() >= self.zero_copy_min => {
+                Some(Ok((p, Some(data)))) => deliver(data, &p, &mut self.stats, on_recv),
+                Some(Ok((p, None))) => {
                     // Zero-copy: the buffer itself goes to quinn-proto (decrypted in place) and
                     // on to the application's chunks; a fresh one takes its ring slot below.
-                    // SAFETY: as above.
+                    // SAFETY: as for `filled` above.
                     if let Some(mut data) = unsafe { rx.take(bid as usize, len) } {
                         data.advance(p.payload.start);
                         data.truncate(p.payload.len());
                         self.stats.recv_zero_copy += 1;
                         deliver(data, &p, &mut self.stats, on_recv);
-                    }
-                }
-                Some(Ok(p)) => {
-                    // Small: one exact-size copy, and the big buffer goes straight back.
-                    // SAFETY: as above.
-                    if let Some(b) = unsafe { rx.filled(bid as usize, len) } {
-                        deliver(
-                            BytesMut::from(&b[p.payload.clone()]),
-                            &p,
-                            &mut self.stats,
-                            on_recv,
-                        );
                     }
                 }
                 _ => self.stats.recv_dropped += 1,
