@@ -262,7 +262,7 @@ impl System for Quinn {
 /// ringquic-only settings of a bench run (`bench --busy-poll`, `--pin-io-threads`, `--sqpoll`,
 /// `--zero-copy-threshold`). Quinn has no counterpart, so they apply to the ringquic rows only
 /// and the report says they were on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RingquicTuning {
     /// `EndpointBuilder::busy_poll`, in microseconds (0: off).
     pub busy_poll_us: u64,
@@ -278,6 +278,15 @@ pub struct RingquicTuning {
 }
 
 impl RingquicTuning {
+    /// Everything at ringquic's defaults.
+    pub const DEFAULTS: Self = Self {
+        busy_poll_us: 0,
+        pin_io_threads: false,
+        sqpoll_idle_ms: None,
+        zero_copy_threshold: None,
+        send_zero_copy_threshold: None,
+    };
+
     /// A one-line description, or `None` when everything is at ringquic's defaults.
     pub fn describe(&self) -> Option<String> {
         let mut parts = Vec::new();
@@ -300,14 +309,14 @@ impl RingquicTuning {
     }
 }
 
+impl Default for RingquicTuning {
+    fn default() -> Self {
+        Self::DEFAULTS
+    }
+}
+
 /// The tuning the phase running in this process uses (set by the bench before each phase).
-static TUNING: std::sync::Mutex<RingquicTuning> = std::sync::Mutex::new(RingquicTuning {
-    busy_poll_us: 0,
-    pin_io_threads: false,
-    sqpoll_idle_ms: None,
-    zero_copy_threshold: None,
-    send_zero_copy_threshold: None,
-});
+static TUNING: std::sync::Mutex<RingquicTuning> = std::sync::Mutex::new(RingquicTuning::DEFAULTS);
 
 /// Set the ringquic tuning for the endpoints created from now on in this process.
 pub fn set_ringquic_tuning(t: RingquicTuning) {

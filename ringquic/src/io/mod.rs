@@ -174,6 +174,31 @@ pub(crate) struct IoConfig {
     pub sqpoll_idle: Option<std::time::Duration>,
 }
 
+#[cfg(test)]
+impl IoConfig {
+    /// A backend test's configuration: these pool sizes, 1472-byte datagrams, every optional
+    /// behaviour (zero-copy, busy-poll, pinning, SQPOLL) off.
+    pub(crate) fn for_tests(
+        recv_buffers: usize,
+        recv_buffer_size: usize,
+        tx_buffers: usize,
+        tx_buffer_size: usize,
+    ) -> Self {
+        Self {
+            recv_buffers,
+            recv_buffer_size,
+            tx_buffers,
+            tx_buffer_size,
+            max_udp_payload: 1472,
+            zero_copy_min: usize::MAX,
+            send_zc_min: usize::MAX,
+            busy_poll: std::time::Duration::ZERO,
+            pin_cpu: None,
+            sqpoll_idle: None,
+        }
+    }
+}
+
 /// Pin the calling thread to `cpu` (`sched_setaffinity` on Linux, `SetThreadAffinityMask` on
 /// Windows).
 pub(crate) fn pin_current_thread(cpu: usize) -> io::Result<()> {

@@ -671,18 +671,7 @@ mod tests {
     const MAX_WAIT: Duration = Duration::from_secs(2);
 
     fn config() -> IoConfig {
-        IoConfig {
-            recv_buffers: 64,
-            recv_buffer_size: 2048,
-            tx_buffers: 8,
-            tx_buffer_size: 16 * 1024,
-            max_udp_payload: 1472,
-            zero_copy_min: usize::MAX,
-            send_zc_min: usize::MAX,
-            busy_poll: std::time::Duration::ZERO,
-            pin_cpu: None,
-            sqpoll_idle: None,
-        }
+        IoConfig::for_tests(64, 2048, 8, 16 * 1024)
     }
 
     fn bind(addr: &str) -> io::Result<PollBackend> {

@@ -1464,18 +1464,7 @@ mod tests {
     use quinn_proto::EcnCodepoint;
 
     fn cfg() -> IoConfig {
-        IoConfig {
-            recv_buffers: 16,
-            recv_buffer_size: 2048,
-            tx_buffers: 4,
-            tx_buffer_size: 65536,
-            max_udp_payload: 1472,
-            zero_copy_min: usize::MAX,
-            send_zc_min: usize::MAX,
-            busy_poll: std::time::Duration::ZERO,
-            pin_cpu: None,
-            sqpoll_idle: None,
-        }
+        IoConfig::for_tests(16, 2048, 4, 65536)
     }
 
     fn udp(addr: SocketAddr) -> socket2::Socket {

@@ -345,19 +345,18 @@ impl UringBackend {
         }
         self.send_zc_min = min;
         let regions = self.tx.regions();
-        let iovecs: Vec<libc::iovec> = regions
+        let iovecs: Option<Vec<libc::iovec>> = regions
             .iter()
             .map(|r| {
-                let (base, len) = r.unwrap_or((std::ptr::null_mut(), 0));
-                libc::iovec {
+                r.map(|(base, len)| libc::iovec {
                     iov_base: base.cast(),
                     iov_len: len,
-                }
+                })
             })
             .collect();
-        if regions.iter().any(Option::is_none) || u16::try_from(iovecs.len()).is_err() {
+        let Some(iovecs) = iovecs.filter(|v| u16::try_from(v.len()).is_ok()) else {
             return;
-        }
+        };
         // SAFETY: every iovec is a TX buffer owned by `self.tx` for the backend's whole life;
         // the ring (declared first in the struct) is closed, which unregisters them, before
         // those buffers are freed. The kernel only reads them.
@@ -857,18 +856,7 @@ mod tests {
     use std::net::UdpSocket;
 
     fn cfg(recv_buffers: usize, recv_buffer_size: usize) -> IoConfig {
-        IoConfig {
-            recv_buffers,
-            recv_buffer_size,
-            tx_buffers: 4,
-            tx_buffer_size: 65536,
-            max_udp_payload: 1472,
-            zero_copy_min: usize::MAX,
-            send_zc_min: usize::MAX,
-            busy_poll: std::time::Duration::ZERO,
-            pin_cpu: None,
-            sqpoll_idle: None,
-        }
+        IoConfig::for_tests(recv_buffers, recv_buffer_size, 4, 65536)
     }
 
     fn backend(c: &IoConfig) -> Option<UringBackend> {
