@@ -391,30 +391,11 @@ impl Driver {
             } else {
                 core.timers.values().min().copied()
             };
-            // Busy-poll (opt-in): look for work without sleeping for a while first.
-            let found = if busy || self.busy_poll.is_zero() {
-                false
-            } else {
-                match Self::spin(
-                    &mut *self.io,
-                    &mut core,
-                    deadline,
-                    Instant::now() + self.busy_poll,
-                ) {
-                    Ok(found) => found,
-                    Err(e) => {
-                        error!("I/O backend failed: {e}; closing the endpoint");
-                        return;
-                    }
-                }
-            };
-            if !found {
-                core.now = None;
-                let mut on_recv = |meta: RecvMeta, data: BytesMut| core.on_datagram(meta, data);
-                if let Err(e) = self.io.turn(deadline, &mut on_recv) {
-                    error!("I/O backend failed: {e}; closing the endpoint");
-                    return;
-                }
+            // Busy-poll (opt-in) only when there is nothing to do yet.
+            let spin_until = (!busy && !self.busy_poll.is_zero()).then(|| Instant::now() + self.busy_poll);
+            if let Err(e) = Self::wait(&mut *self.io, &mut core, deadline, spin_until) {
+                error!("I/O backend failed: {e}; closing the endpoint");
+                return;
             }
             core.deliver_received();
             core.expire_timers();
@@ -426,34 +407,40 @@ impl Driver {
         }
     }
 
-    /// Turn the backend without sleeping until there is work (a datagram, a command, a local
-    /// task, a due timer, a freed TX buffer somebody waits for) or `until` passes. True if work
-    /// turned up.
-    fn spin(
+    /// One wait for I/O: if `spin_until` is set, first turn the backend without sleeping until
+    /// there is work (a datagram, a command, a local task, a due timer, a freed TX buffer
+    /// somebody waits for) or that time passes; then, if nothing turned up, sleep until
+    /// `deadline` as usual.
+    fn wait(
         io: &mut dyn IoBackend,
         core: &mut Core,
         deadline: Option<Instant>,
-        until: Instant,
-    ) -> std::io::Result<bool> {
-        loop {
-            core.now = None;
-            let mut on_recv = |meta: RecvMeta, data: BytesMut| core.on_datagram(meta, data);
-            io.turn(Some(Instant::now()), &mut on_recv)?;
-            let now = Instant::now();
-            let work = !core.received.is_empty()
-                || !core.responses.is_empty()
-                || core.shared.mailbox.is_notified()
-                || !lock(&core.shared.local_tasks).is_empty()
-                || deadline.is_some_and(|d| d <= now)
-                || (!core.waiting_tx.is_empty() && io.has_free_tx());
-            if work {
-                return Ok(true);
+        spin_until: Option<Instant>,
+    ) -> std::io::Result<()> {
+        if let Some(until) = spin_until {
+            loop {
+                core.now = None;
+                let mut on_recv = |meta: RecvMeta, data: BytesMut| core.on_datagram(meta, data);
+                io.turn(Some(Instant::now()), &mut on_recv)?;
+                let now = Instant::now();
+                let work = !core.received.is_empty()
+                    || !core.responses.is_empty()
+                    || core.shared.mailbox.is_notified()
+                    || !lock(&core.shared.local_tasks).is_empty()
+                    || deadline.is_some_and(|d| d <= now)
+                    || (!core.waiting_tx.is_empty() && io.has_free_tx());
+                if work {
+                    return Ok(());
+                }
+                if now >= until {
+                    break;
+                }
+                std::hint::spin_loop();
             }
-            if now >= until {
-                return Ok(false);
-            }
-            std::hint::spin_loop();
         }
+        core.now = None;
+        let mut on_recv = |meta: RecvMeta, data: BytesMut| core.on_datagram(meta, data);
+        io.turn(deadline, &mut on_recv)
     }
 
     /// Run the application tasks that are ready (bounded, so I/O keeps flowing).
