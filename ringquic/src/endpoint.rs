@@ -820,7 +820,7 @@ impl EndpointBuilder {
     /// The threshold bounds the memory a received datagram can hold on to: a buffer handed over
     /// is `recv_buffer_size` bytes and lives until the last piece of it is dropped (a stream
     /// chunk the application has not read yet holds its whole buffer), so a threshold of 16 KiB
-    /// keeps that at most 4× the bytes received. `0` hands every receive over without a copy;
+    /// with the default 64 KiB buffers keeps that at most 4× the bytes received. `0` hands every receive over without a copy;
     /// `usize::MAX` copies every receive. The poll and RIO backends always copy. Default
     /// [`DEFAULT_ZERO_COPY_THRESHOLD`]; [`EndpointStats::recv_zero_copy`] counts the handovers.
     pub fn zero_copy_threshold(mut self, bytes: usize) -> Self {
