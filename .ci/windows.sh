@@ -134,6 +134,11 @@ run_exe() {
   RC=$?
 }
 
+# One wineserver for the whole run. Left to itself it exits a few seconds after each binary, and
+# a binary starting just then loses its connection before any test runs ("wine client error:0:
+# recvmsg: Connection reset by peer"; seen once in CI on the lifecycle binary).
+[ -n "${WINESERVER:-}" ] && "$WINESERVER" -p >/dev/null 2>&1
+
 wine_start=$SECONDS
 # The lib unit tests first: they tell whether the fallback backend works under this Wine.
 lib_exe=""
@@ -156,6 +161,11 @@ for exe in $lib_exe "${others[@]}"; do
   log="$work/$(basename "$exe" .exe).log"
   step "wine: $name"
   run_exe "$exe"
+  # Wine itself failed before the binary ran a test (its client lost the wineserver): once more.
+  if [ "$RC" != 0 ] && ! grep -q '^running ' "$log" && grep -q 'wine client error' "$log"; then
+    echo "(Wine failed before any test ran: $(tail -1 "$log"); running it again)"
+    run_exe "$exe"
+  fi
   result=$(grep -E '^test result:' "$log" | tail -1)
   mapfile -t failed < <(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$log")
   if [ "$exe" = "$lib_exe" ] && grep -q "^test $GATE \.\.\. ok$" "$log"; then
