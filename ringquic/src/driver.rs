@@ -16,24 +16,22 @@
 //! again when a send completes and frees one: no spinning, no unbounded queue.
 
 use std::{
-    cell::RefCell,
     collections::VecDeque,
     net::SocketAddr,
     panic::AssertUnwindSafe,
-    rc::Rc,
     sync::{mpsc, Arc},
     task::Waker,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bytes::BytesMut;
-use quinn_proto::{self as proto, ConnectionHandle, DatagramEvent, EndpointConfig, ServerConfig, Transmit};
-use tracing::{debug, error, info};
+use quinn_proto::{self as proto, ConnectionHandle, DatagramEvent};
+use tracing::{debug, error, info, warn};
 
 use crate::handles::{HandleMap, HandleSet};
 use crate::{
     connection::ConnectionInner,
-    endpoint::{EndpointShared, EndpointStats},
+    endpoint::{EndpointShared, EndpointStats, NewConnection, ProtoEndpoint},
     io::{poll::PollBackend, BackendKind, IoBackend, IoConfig, RecvMeta},
     mailbox::{lock, Command},
     ConnectionError, EndpointError, TransportError, TransportErrorCode,
@@ -41,15 +39,18 @@ use crate::{
 
 /// GSO batches one connection may send per turn before others get their go.
 pub(crate) const MAX_TRANSMITS_PER_DRIVE: usize = 16;
-/// Endpoint-level responses (version negotiation, stateless resets, …) kept for sending; more
-/// are dropped, as a stateless responder should under flood.
-const MAX_PENDING_RESPONSES: usize = 64;
 
 /// Headroom any backend may need in a receive buffer in front of the payload.
 #[cfg(target_os = "linux")]
 pub(crate) const RECV_HEADROOM: usize = crate::io::uring::RECV_HEADROOM;
 #[cfg(not(target_os = "linux"))]
 pub(crate) const RECV_HEADROOM: usize = 0;
+
+/// How long shutdown keeps turning the loop so every connection's CONNECTION_CLOSE goes out
+/// (with few TX buffers and many connections that takes several turns).
+const SHUTDOWN_FLUSH_TIME: Duration = Duration::from_millis(500);
+/// Turns of that flush at most.
+const MAX_SHUTDOWN_TURNS: usize = 10_000;
 
 /// How new incoming connections are admitted, before the application sees them.
 #[derive(Debug, Clone, Copy)]
@@ -67,13 +68,13 @@ pub(crate) struct DriverSetup {
     pub socket: std::net::UdpSocket,
     pub io: IoConfig,
     pub backend: Option<BackendKind>,
-    pub endpoint_config: Arc<EndpointConfig>,
-    pub server_config: Option<Arc<ServerConfig>>,
     pub admission: Admission,
     /// Tests: use this backend instead of a kernel one.
     #[cfg(test)]
     pub fake: Option<crate::endpoint::FakeFactory>,
     pub ready: mpsc::SyncSender<Result<(), EndpointError>>,
+    /// Dropped when the thread is done, which tells the last handle's drop it may join.
+    pub exited: mpsc::Sender<()>,
 }
 
 /// The thread's entry point.
@@ -83,12 +84,11 @@ pub(crate) fn run(setup: DriverSetup) {
         socket,
         io,
         backend,
-        endpoint_config,
-        server_config,
         admission,
         #[cfg(test)]
         fake,
         ready,
+        exited: _exited,
     } = setup;
     let _ = shared.thread_id.set(std::thread::current().id());
     if let Some(cpu) = io.pin_cpu {
@@ -131,53 +131,58 @@ pub(crate) fn run(setup: DriverSetup) {
         .max_gso_segments()
         .min(io.tx_buffer_size / io.max_udp_payload.max(1))
         .max(1);
-    let allow_mtud = true;
-    let endpoint = proto::Endpoint::new(endpoint_config, server_config, allow_mtud, None);
     let mut driver = Driver {
         io: backend,
-        core: Rc::new(RefCell::new(Core {
+        core: Core {
             shared: shared.clone(),
-            endpoint,
             conns: HandleMap::default(),
             timers: HandleMap::default(),
             dirty: VecDeque::new(),
             in_dirty: HandleSet::default(),
             waiting_tx: Vec::new(),
-            responses: VecDeque::new(),
+            in_waiting_tx: HandleSet::default(),
+            rx: Vec::new(),
             received: Vec::new(),
-            resp_buf: Vec::new(),
+            new_conns: Vec::new(),
             woken: Vec::new(),
             max_segments,
             admission,
             handshaking: HandleSet::default(),
             shutting_down: false,
             stats: EndpointStats::default(),
-            now: None,
-        })),
+        },
         commands: VecDeque::new(),
         busy_poll: io.busy_poll,
     };
-    LOCAL_CORE.with(|c| *c.borrow_mut() = Some(driver.core.clone()));
     CURRENT.with(|c| *c.borrow_mut() = Arc::downgrade(&shared));
     let _ = ready.send(Ok(()));
     drop(ready);
 
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| driver.run()));
-    let reason = match &result {
-        Ok(()) => ConnectionError::LocallyClosed,
+    let reason = match result {
+        Ok(Ok(())) => ConnectionError::LocallyClosed,
+        Ok(Err(e)) => {
+            error!("I/O backend failed: {e}; closing the endpoint");
+            internal_error(format!("ringquic I/O backend failed: {e}"))
+        }
         Err(_) => {
             error!("ringquic I/O thread panicked; failing every connection");
-            ConnectionError::TransportError(TransportError {
-                code: TransportErrorCode::INTERNAL_ERROR,
-                frame: None,
-                reason: "ringquic I/O thread panicked".into(),
-            })
+            internal_error("ringquic I/O thread panicked".into())
         }
     };
     driver.finish(reason);
     // Dropping the driver drops the backend, which cancels and reaps in-flight I/O before its
     // buffers are freed.
     drop(driver);
+}
+
+/// The error connections see when the endpoint failed under them (not a close of theirs).
+fn internal_error(reason: String) -> ConnectionError {
+    ConnectionError::TransportError(TransportError {
+        code: TransportErrorCode::INTERNAL_ERROR,
+        frame: None,
+        reason,
+    })
 }
 
 fn open_backend(
@@ -287,23 +292,16 @@ fn log_backend(kind: BackendKind, addr: SocketAddr) {
 
 struct Driver {
     io: Box<dyn IoBackend>,
-    /// Shared with [`LOCAL_CORE`] so tasks running on this thread can reach it between phases.
-    core: Rc<RefCell<Core>>,
+    core: Core,
     commands: VecDeque<Command>,
     /// How long to poll without sleeping before a sleep ([`IoConfig::busy_poll`]).
-    busy_poll: std::time::Duration,
-}
-
-thread_local! {
-    /// The core of the endpoint this thread drives, for application tasks spawned onto it
-    /// (`Endpoint::spawn`): they connect and accept inline, since waiting for a reply from
-    /// their own thread would never end.
-    static LOCAL_CORE: RefCell<Option<Rc<RefCell<Core>>>> = const { RefCell::new(None) };
+    busy_poll: Duration,
 }
 
 thread_local! {
     /// The endpoint whose I/O thread this is, for [`crate::try_spawn`].
-    static CURRENT: RefCell<std::sync::Weak<EndpointShared>> = const { RefCell::new(std::sync::Weak::new()) };
+    static CURRENT: std::cell::RefCell<std::sync::Weak<EndpointShared>> =
+        const { std::cell::RefCell::new(std::sync::Weak::new()) };
 }
 
 /// The endpoint whose I/O thread the caller runs on, if any.
@@ -314,39 +312,27 @@ pub(crate) fn current_endpoint() -> Option<Arc<EndpointShared>> {
 /// Tasks polled per turn at most, so I/O keeps flowing under a busy application.
 const MAX_TASK_POLLS_PER_TURN: usize = 1024;
 
-/// If the current thread is the I/O thread of `shared`'s endpoint, run `f` on its core.
-/// Returns `None` on any other thread (or while the core is busy, which cannot happen from a
-/// task, since tasks run only between phases).
-pub(crate) fn with_local_core<R>(shared: &Arc<EndpointShared>, f: impl FnOnce(&mut Core) -> R) -> Option<R> {
-    LOCAL_CORE.with(|slot| {
-        let slot = slot.borrow();
-        let core_rc = slot.as_ref()?;
-        let mut core = core_rc.try_borrow_mut().ok()?;
-        if !Arc::ptr_eq(&core.shared, shared) {
-            return None;
-        }
-        Some(f(&mut core))
-    })
-}
-
 /// Capacity of the received-events queue kept between turns (a few GRO batches' worth).
 const MAX_RETAINED_EVENTS: usize = 1024;
 
 /// Everything but the backend, so the receive callback can borrow it while the backend runs.
-pub(crate) struct Core {
+struct Core {
     shared: Arc<EndpointShared>,
-    endpoint: proto::Endpoint,
     conns: HandleMap<Arc<ConnectionInner>>,
     /// Each connection's next timeout. Scanned linearly each turn: the protocol work per
     /// connection dwarfs it at the connection counts one endpoint serves.
     timers: HandleMap<Instant>,
     dirty: VecDeque<ConnectionHandle>,
     in_dirty: HandleSet,
+    /// Connections that found every TX buffer in flight, each once (`in_waiting_tx`).
     waiting_tx: Vec<ConnectionHandle>,
-    responses: VecDeque<(Vec<u8>, Transmit)>,
+    in_waiting_tx: HandleSet,
+    /// This turn's datagrams, routed through the endpoint after the wait under one lock.
+    rx: Vec<(RecvMeta, BytesMut)>,
     /// Connection events from this turn's datagrams, not yet handed to their connections.
     received: Vec<(ConnectionHandle, proto::ConnectionEvent)>,
-    resp_buf: Vec<u8>,
+    /// Connections taken from [`ProtoEndpoint::new_conns`], not yet in the tables.
+    new_conns: Vec<NewConnection>,
     woken: Vec<Waker>,
     max_segments: usize,
     admission: Admission,
@@ -354,35 +340,24 @@ pub(crate) struct Core {
     handshaking: HandleSet,
     shutting_down: bool,
     stats: EndpointStats,
-    /// `Instant::now()` of the current batch of received datagrams.
-    now: Option<Instant>,
 }
 
 impl Driver {
-    fn run(&mut self) {
+    fn run(&mut self) -> std::io::Result<()> {
         loop {
-            // Application tasks spawned on this thread run first, with the core free for them
-            // (they may connect or accept inline).
+            // Application tasks spawned on this thread run first.
             self.run_local_tasks();
-            let core_rc = self.core.clone();
-            let mut core = core_rc.borrow_mut();
+            let core = &mut self.core;
+            let io = &mut *self.io;
             core.stats.loop_turns += 1;
             core.take_commands(&mut self.commands);
             if core.shutting_down {
-                core.close_all(
-                    proto::VarInt::from_u32(0),
-                    bytes::Bytes::from_static(b"endpoint dropped"),
-                );
+                core.flush_closes(io);
+                return Ok(());
             }
-            core.drive_dirty(&mut *self.io);
-            core.send_responses(&mut *self.io);
-            core.publish_stats(&*self.io);
-            if core.shutting_down {
-                // Push the close frames out; the backend's shutdown waits for their completions.
-                let mut sink = |_: RecvMeta, _: BytesMut| {};
-                let _ = self.io.turn(Some(Instant::now()), &mut sink);
-                return;
-            }
+            core.drive_dirty(io);
+            core.send_responses(io);
+            core.publish_stats(io);
             let busy = !core.dirty.is_empty()
                 || core.shared.mailbox.is_notified()
                 || !lock(&core.shared.local_tasks).is_empty();
@@ -393,17 +368,11 @@ impl Driver {
             };
             // Busy-poll (opt-in) only when there is nothing to do yet.
             let spin_until = (!busy && !self.busy_poll.is_zero()).then(|| Instant::now() + self.busy_poll);
-            if let Err(e) = Self::wait(&mut *self.io, &mut core, deadline, spin_until) {
-                error!("I/O backend failed: {e}; closing the endpoint");
-                return;
-            }
+            Self::wait(io, core, deadline, spin_until)?;
+            core.route_received();
             core.deliver_received();
             core.expire_timers();
-            if !core.waiting_tx.is_empty() && self.io.has_free_tx() {
-                for ch in std::mem::take(&mut core.waiting_tx) {
-                    core.mark_dirty(ch);
-                }
-            }
+            core.retry_waiting_tx(io);
         }
     }
 
@@ -419,12 +388,9 @@ impl Driver {
     ) -> std::io::Result<()> {
         if let Some(until) = spin_until {
             loop {
-                core.now = None;
-                let mut on_recv = |meta: RecvMeta, data: BytesMut| core.on_datagram(meta, data);
-                io.turn(Some(Instant::now()), &mut on_recv)?;
+                io.turn(Some(Instant::now()), &mut |meta, data| core.rx.push((meta, data)))?;
                 let now = Instant::now();
-                let work = !core.received.is_empty()
-                    || !core.responses.is_empty()
+                let work = !core.rx.is_empty()
                     || core.shared.mailbox.is_notified()
                     || !lock(&core.shared.local_tasks).is_empty()
                     || deadline.is_some_and(|d| d <= now)
@@ -438,14 +404,12 @@ impl Driver {
                 std::hint::spin_loop();
             }
         }
-        core.now = None;
-        let mut on_recv = |meta: RecvMeta, data: BytesMut| core.on_datagram(meta, data);
-        io.turn(deadline, &mut on_recv)
+        io.turn(deadline, &mut |meta, data| core.rx.push((meta, data)))
     }
 
     /// Run the application tasks that are ready (bounded, so I/O keeps flowing).
     fn run_local_tasks(&mut self) {
-        let shared = self.core.borrow().shared.clone();
+        let shared = &self.core.shared;
         for _ in 0..MAX_TASK_POLLS_PER_TURN {
             let Some(runnable) = lock(&shared.local_tasks).pop_front() else {
                 break;
@@ -455,15 +419,22 @@ impl Driver {
     }
 
     /// The loop has ended (shutdown, backend failure or panic): nothing will drive connections
-    /// any more. Fail everything still waiting so no future hangs, and refuse new commands.
+    /// any more. Fail everything still waiting so no future hangs, and refuse new commands and
+    /// new connections.
     fn finish(&mut self, reason: ConnectionError) {
-        let core_rc = self.core.clone();
-        // A panic may have left the core borrowed in a frame that unwound; RefCell borrows are
-        // released on unwind, so this succeeds.
-        let mut core = core_rc.borrow_mut();
-        // Commands still queued are dropped: their reply channels close, so callers see an
-        // error instead of waiting.
+        let core = &mut self.core;
+        // Commands still queued are dropped.
         drop(core.shared.mailbox.close());
+        // Connections the application created that were never taken over fail too; from now
+        // on `connect` and `accept` fail at once.
+        {
+            let mut ep = lock(&core.shared.proto);
+            ep.stopped = true;
+            core.new_conns.append(&mut ep.new_conns);
+        }
+        for n in core.new_conns.drain(..) {
+            core.conns.insert(n.inner.handle, n.inner);
+        }
         // Tasks spawned on this thread are cancelled (their futures dropped here): the queued
         // ones by dropping their runnables, the waiting ones by waking them into a closed
         // queue, which drops them too.
@@ -479,28 +450,49 @@ impl Driver {
             st.driver_exited = true;
             st.open_connections = 0;
             st.incoming.clear();
-            EndpointShared::wake_waiters(&mut st);
+            woken.extend(EndpointShared::take_waiters(&mut st));
         }
         for w in woken {
             w.wake();
         }
         core.publish_stats(&*self.io);
         self.io.shutdown();
-        drop(core);
         drop(tasks);
         for w in task_wakers {
             w.wake();
         }
-        LOCAL_CORE.with(|c| c.borrow_mut().take());
     }
 }
 
 impl Core {
     fn take_commands(&mut self, commands: &mut VecDeque<Command>) {
         self.shared.mailbox.drain(commands);
+        // Connections created before a command was queued are in the tables before that
+        // command runs (a `Close` closes them too).
+        self.new_conns.append(&mut lock(&self.shared.proto).new_conns);
+        self.adopt_new_connections();
         while let Some(cmd) = commands.pop_front() {
             self.command(cmd);
         }
+    }
+
+    /// Take connections the application created into the tables; they are driven this turn
+    /// (a client sends its Initial).
+    fn adopt_new_connections(&mut self) {
+        if self.new_conns.is_empty() {
+            return;
+        }
+        let mut new = std::mem::take(&mut self.new_conns);
+        for n in new.drain(..) {
+            let ch = n.inner.handle;
+            if n.accepted {
+                self.handshaking.insert(ch);
+            }
+            self.conns.insert(ch, n.inner);
+            self.mark_dirty(ch);
+        }
+        self.new_conns = new;
+        lock(&self.shared.state).open_connections = self.conns.len();
     }
 
     fn drive_dirty(&mut self, io: &mut dyn IoBackend) {
@@ -516,16 +508,78 @@ impl Core {
         }
     }
 
+    /// Connections waiting for a TX buffer are driven again once one is free.
+    fn retry_waiting_tx(&mut self, io: &dyn IoBackend) {
+        if self.waiting_tx.is_empty() || !io.has_free_tx() {
+            return;
+        }
+        let mut waiting = std::mem::take(&mut self.waiting_tx);
+        for ch in waiting.drain(..) {
+            self.in_waiting_tx.remove(&ch);
+            self.mark_dirty(ch);
+        }
+        self.waiting_tx = waiting;
+    }
+
+    /// Shutdown: close every connection and keep turning (bounded) until each one's
+    /// CONNECTION_CLOSE is on its way, however few TX buffers there are; the backend's
+    /// shutdown then waits for those sends to complete.
+    fn flush_closes(&mut self, io: &mut dyn IoBackend) {
+        self.close_all(
+            proto::VarInt::from_u32(0),
+            bytes::Bytes::from_static(b"endpoint dropped"),
+        );
+        let until = Instant::now() + SHUTDOWN_FLUSH_TIME;
+        // Datagrams that arrive meanwhile are dropped: every connection is closing.
+        let mut discard = |_: RecvMeta, _: BytesMut| {};
+        for _ in 0..MAX_SHUTDOWN_TURNS {
+            self.drive_dirty(io);
+            self.send_responses(io);
+            let pending = !self.dirty.is_empty() || !self.waiting_tx.is_empty();
+            let now = Instant::now();
+            // Submit what was queued; if connections still wait for a TX buffer, wait (briefly)
+            // for a send completion to free one.
+            let deadline = if pending {
+                (now + Duration::from_millis(1)).min(until)
+            } else {
+                now
+            };
+            if let Err(e) = io.turn(Some(deadline), &mut discard) {
+                debug!("I/O backend failed during shutdown: {e}");
+                break;
+            }
+            if !pending {
+                return;
+            }
+            if now >= until {
+                break;
+            }
+            self.retry_waiting_tx(io);
+        }
+        warn!(
+            connections = self.dirty.len() + self.waiting_tx.len(),
+            "shutdown: some connections' CONNECTION_CLOSE could not be sent in time"
+        );
+    }
+
     fn send_responses(&mut self, io: &mut dyn IoBackend) {
-        while let Some((bytes, t)) = self.responses.pop_front() {
+        let mut responses = {
+            let mut ep = lock(&self.shared.proto);
+            self.stats.responses_dropped += std::mem::take(&mut ep.responses_dropped);
+            if ep.responses.is_empty() {
+                return;
+            }
+            std::mem::take(&mut ep.responses)
+        };
+        while let Some((bytes, t)) = responses.pop_front() {
             match io.take_tx() {
                 Some(mut tx) => {
                     tx.buf.extend_from_slice(&bytes[..t.size]);
                     io.send(tx, &t);
                 }
                 None => {
-                    self.stats.responses_dropped += 1 + self.responses.len() as u64;
-                    self.responses.clear();
+                    self.stats.responses_dropped += 1 + responses.len() as u64;
+                    responses.clear();
                 }
             }
         }
@@ -558,11 +612,42 @@ impl Core {
         };
     }
 
-    fn now(&mut self) -> Instant {
-        *self.now.get_or_insert_with(Instant::now)
+    /// Route this turn's datagrams through the endpoint, under one lock. Connections the
+    /// application created are taken over under the same lock first, so every event routed
+    /// to a connection finds it in the tables.
+    fn route_received(&mut self) {
+        if self.rx.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let shared = self.shared.clone();
+        let mut guard = lock(&shared.proto);
+        let ep = &mut *guard;
+        self.new_conns.append(&mut ep.new_conns);
+        let mut rx = std::mem::take(&mut self.rx);
+        for (meta, data) in rx.drain(..) {
+            match ep
+                .inner
+                .handle(now, meta.remote, meta.local_ip, meta.ecn, data, &mut ep.buf)
+            {
+                // Queued, and handed over per connection below: one connection lock for a
+                // whole GRO batch instead of one per datagram (the application contends for it).
+                Some(DatagramEvent::ConnectionEvent(ch, ev)) => self.received.push((ch, ev)),
+                Some(DatagramEvent::NewConnection(incoming)) => self.admit(ep, incoming),
+                Some(DatagramEvent::Response(t)) => ep.queue_response(t),
+                None => {}
+            }
+            ep.buf.clear();
+        }
+        drop(guard);
+        if rx.capacity() > MAX_RETAINED_EVENTS {
+            rx.shrink_to(MAX_RETAINED_EVENTS);
+        }
+        self.rx = rx;
+        self.adopt_new_connections();
     }
 
-    /// Hand the connection events queued by [`Core::on_datagram`] to their connections, in
+    /// Hand the connection events queued by [`Core::route_received`] to their connections, in
     /// arrival order, taking each connection's lock once per run of events.
     fn deliver_received(&mut self) {
         let mut received = std::mem::take(&mut self.received);
@@ -595,34 +680,14 @@ impl Core {
         }
     }
 
-    fn on_datagram(&mut self, meta: RecvMeta, data: BytesMut) {
-        let now = self.now();
-        match self.endpoint.handle(
-            now,
-            meta.remote,
-            meta.local_ip,
-            meta.ecn,
-            data,
-            &mut self.resp_buf,
-        ) {
-            // Queued, and handed over per connection after the turn: one lock for a whole GRO
-            // batch instead of one per datagram (the application contends for that lock).
-            Some(DatagramEvent::ConnectionEvent(ch, ev)) => self.received.push((ch, ev)),
-            Some(DatagramEvent::NewConnection(incoming)) => self.admit(incoming),
-            Some(DatagramEvent::Response(t)) => self.queue_response(t),
-            None => {}
-        }
-        self.resp_buf.clear();
-    }
-
     /// Decide what happens to a new incoming connection: Retry it (address validation), refuse
     /// it (closed, shutting down, or over the cap), or queue it for `accept`.
-    fn admit(&mut self, incoming: proto::Incoming) {
+    fn admit(&mut self, ep: &mut ProtoEndpoint, incoming: proto::Incoming) {
         if self.admission.validate_addresses && !incoming.remote_address_validated() && incoming.may_retry() {
             self.stats.incoming_retried += 1;
-            match self.endpoint.retry(incoming, &mut self.resp_buf) {
-                Ok(t) => self.queue_response(t),
-                Err(e) => self.endpoint.ignore(e.into_incoming()),
+            match ep.inner.retry(incoming, &mut ep.buf) {
+                Ok(t) => ep.queue_response(t),
+                Err(e) => ep.inner.ignore(e.into_incoming()),
             }
             return;
         }
@@ -633,25 +698,16 @@ impl Core {
             if over_cap {
                 self.stats.incoming_refused += 1;
             }
-            let t = self.endpoint.refuse(incoming, &mut self.resp_buf);
-            self.queue_response(t);
+            let t = ep.inner.refuse(incoming, &mut ep.buf);
+            ep.queue_response(t);
             return;
         }
         st.incoming.push_back(incoming);
-        // Wake every waiting `accept`: a waker left by a dropped future must not swallow the
-        // only wakeup.
-        for w in st.accept_waiters.drain(..) {
-            w.wake();
-        }
-    }
-
-    fn queue_response(&mut self, t: Transmit) {
-        if self.responses.len() < MAX_PENDING_RESPONSES {
-            self.responses.push_back((self.resp_buf[..t.size].to_vec(), t));
-        } else {
-            self.stats.responses_dropped += 1;
-        }
-        self.resp_buf.clear();
+        // Wake every waiting `accept` (after unlocking): a waker left by a dropped future must
+        // not swallow the only wakeup.
+        let waiters = std::mem::take(&mut st.accept_waiters);
+        drop(st);
+        waiters.into_iter().for_each(Waker::wake);
     }
 
     /// Mark every connection whose timer is due. No allocation: this runs every turn.
@@ -664,14 +720,6 @@ impl Core {
         }
     }
 
-    fn add_connection(&mut self, ch: ConnectionHandle, conn: proto::Connection) -> Arc<ConnectionInner> {
-        let inner = ConnectionInner::new(ch, conn, self.shared.clone());
-        self.conns.insert(ch, inner.clone());
-        lock(&self.shared.state).open_connections = self.conns.len();
-        self.mark_dirty(ch);
-        inner
-    }
-
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Drive(ch) => {
@@ -680,89 +728,42 @@ impl Core {
                     self.mark_dirty(ch);
                 }
             }
-            Command::Connect {
-                config,
-                remote,
-                server_name,
-                reply,
-            } => {
-                let _ = reply.send(self.connect(config, remote, &server_name));
-            }
-            Command::Accept {
-                incoming,
-                server_config,
-                reply,
-            } => {
-                let _ = reply.send(self.accept(incoming, server_config));
-            }
             Command::Refuse(incoming) => {
-                let t = self.endpoint.refuse(incoming, &mut self.resp_buf);
-                self.queue_response(t);
+                let mut guard = lock(&self.shared.proto);
+                let ep = &mut *guard;
+                let t = ep.inner.refuse(incoming, &mut ep.buf);
+                ep.queue_response(t);
             }
-            Command::Retry(incoming) => match self.endpoint.retry(incoming, &mut self.resp_buf) {
-                Ok(t) => self.queue_response(t),
-                Err(e) => self.endpoint.ignore(e.into_incoming()),
-            },
-            Command::Ignore(incoming) => self.endpoint.ignore(incoming),
-            Command::SetServerConfig(c) => self.endpoint.set_server_config(c),
+            Command::Retry(incoming) => {
+                let mut guard = lock(&self.shared.proto);
+                let ep = &mut *guard;
+                match ep.inner.retry(incoming, &mut ep.buf) {
+                    Ok(t) => ep.queue_response(t),
+                    Err(e) => ep.inner.ignore(e.into_incoming()),
+                }
+            }
+            Command::Ignore(incoming) => lock(&self.shared.proto).inner.ignore(incoming),
+            Command::SetServerConfig(c) => lock(&self.shared.proto).inner.set_server_config(c),
             Command::Close { code, reason } => {
                 self.close_all(code, reason);
-                let pending: Vec<_> = {
+                let (pending, waiters) = {
                     let mut st = lock(&self.shared.state);
                     st.closed = true;
-                    EndpointShared::wake_waiters(&mut st);
-                    st.incoming.drain(..).collect()
+                    let w = EndpointShared::take_waiters(&mut st);
+                    (st.incoming.drain(..).collect::<Vec<_>>(), w)
                 };
+                waiters.into_iter().for_each(Waker::wake);
+                let mut guard = lock(&self.shared.proto);
+                let ep = &mut *guard;
                 for inc in pending {
-                    let t = self.endpoint.refuse(inc, &mut self.resp_buf);
-                    self.queue_response(t);
+                    let t = ep.inner.refuse(inc, &mut ep.buf);
+                    ep.queue_response(t);
                 }
             }
             Command::Shutdown => self.shutting_down = true,
             #[cfg(test)]
             Command::Panic => panic!("injected by a test"),
         }
-    }
-
-    /// Start a client connection.
-    pub(crate) fn connect(
-        &mut self,
-        config: proto::ClientConfig,
-        remote: SocketAddr,
-        server_name: &str,
-    ) -> Result<Arc<ConnectionInner>, proto::ConnectError> {
-        if self.shutting_down {
-            return Err(proto::ConnectError::EndpointStopping);
-        }
-        let (ch, conn) = self
-            .endpoint
-            .connect(Instant::now(), config, remote, server_name)?;
-        Ok(self.add_connection(ch, conn))
-    }
-
-    /// Accept an incoming connection.
-    pub(crate) fn accept(
-        &mut self,
-        incoming: proto::Incoming,
-        server_config: Option<Arc<ServerConfig>>,
-    ) -> Result<Arc<ConnectionInner>, ConnectionError> {
-        let res = match self
-            .endpoint
-            .accept(incoming, Instant::now(), &mut self.resp_buf, server_config)
-        {
-            Ok((ch, conn)) => {
-                self.handshaking.insert(ch);
-                Ok(self.add_connection(ch, conn))
-            }
-            Err(e) => {
-                if let Some(t) = e.response {
-                    self.queue_response(t);
-                }
-                Err(e.cause)
-            }
-        };
-        self.resp_buf.clear();
-        res
     }
 
     fn close_all(&mut self, code: proto::VarInt, reason: bytes::Bytes) {
@@ -807,7 +808,9 @@ impl Core {
                     break;
                 }
                 let Some(mut tx) = io.take_tx() else {
-                    self.waiting_tx.push(ch);
+                    if self.in_waiting_tx.insert(ch) {
+                        self.waiting_tx.push(ch);
+                    }
                     break;
                 };
                 // The backend may have turned GSO off at run time: ask it every time.
@@ -825,7 +828,9 @@ impl Core {
             }
             while let Some(ev) = st.inner.poll_endpoint_events() {
                 drained |= ev.is_drained();
-                if let Some(cev) = self.endpoint.handle_event(ch, ev) {
+                // Lock order: connection state, then the endpoint.
+                let reply = lock(&self.shared.proto).inner.handle_event(ch, ev);
+                if let Some(cev) = reply {
                     st.inner.handle_event(cev);
                     again = true;
                 }
@@ -854,13 +859,16 @@ impl Core {
             self.handshaking.remove(&ch);
             self.conns.remove(&ch);
             self.timers.remove(&ch);
-            let mut st = lock(&self.shared.state);
-            st.open_connections = self.conns.len();
-            if self.conns.is_empty() {
-                for w in st.idle_waiters.drain(..) {
-                    w.wake();
+            let idle = {
+                let mut st = lock(&self.shared.state);
+                st.open_connections = self.conns.len();
+                if self.conns.is_empty() {
+                    std::mem::take(&mut st.idle_waiters)
+                } else {
+                    Vec::new()
                 }
-            }
+            };
+            idle.into_iter().for_each(Waker::wake);
         } else if again {
             self.mark_dirty(ch);
         }

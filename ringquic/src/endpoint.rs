@@ -9,6 +9,7 @@ use std::{
     collections::VecDeque,
     future::{Future, IntoFuture},
     io,
+    panic::AssertUnwindSafe,
     net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{
@@ -17,14 +18,14 @@ use std::{
     },
     task::{Context, Poll, Waker},
     thread::ThreadId,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use quinn_proto::{self as proto, ClientConfig, ConnectError, EndpointConfig, ServerConfig, VarInt};
 
 use crate::{
-    connection::{register, Connecting, Connection, ConnectionRef},
+    connection::{register, Connecting, Connection, ConnectionInner, ConnectionRef},
     driver::{self, DriverSetup},
     io::{BackendKind, IoConfig},
     mailbox::{lock, Command, Mailbox},
@@ -94,15 +95,65 @@ pub(crate) struct EpState {
     pub(crate) stats: EndpointStats,
 }
 
+/// Endpoint-level responses (version negotiation, stateless resets, refusals, …) kept for
+/// sending; more are dropped and counted, as a stateless responder should under flood.
+pub(crate) const MAX_PENDING_RESPONSES: usize = 64;
+
+/// The `quinn_proto::Endpoint`, shared as in quinn: the I/O thread locks it to route a turn's
+/// received datagrams and to hand it connection events; the application locks it to create a
+/// connection (`connect`, `Incoming::accept`), which therefore never waits for a turn of the
+/// I/O thread, only for this lock (held for one batch of routing at most).
+///
+/// Lock order: a connection's state, then this, then [`EndpointShared::state`].
+pub(crate) struct ProtoEndpoint {
+    pub(crate) inner: proto::Endpoint,
+    /// Connections the application created that the I/O thread has not taken into its tables
+    /// yet. Pushed under this lock, and the I/O thread takes them under it before routing
+    /// datagrams, so no datagram for a new connection is routed before the connection is known.
+    pub(crate) new_conns: Vec<NewConnection>,
+    /// Responses to send (bounded by [`MAX_PENDING_RESPONSES`]).
+    pub(crate) responses: VecDeque<(Vec<u8>, proto::Transmit)>,
+    pub(crate) responses_dropped: u64,
+    /// Scratch space quinn-proto writes responses into.
+    pub(crate) buf: Vec<u8>,
+    /// [`Endpoint::close`] was called: new connections fail with `EndpointStopping`.
+    pub(crate) closed: bool,
+    /// The I/O thread has exited: nothing would drive a new connection.
+    pub(crate) stopped: bool,
+}
+
+/// A connection created on the application's side, for the I/O thread to take over.
+pub(crate) struct NewConnection {
+    pub(crate) inner: Arc<ConnectionInner>,
+    /// Accepted (server side): counts against `max_incoming` until its handshake completes.
+    pub(crate) accepted: bool,
+}
+
+impl ProtoEndpoint {
+    /// Queue the response quinn-proto wrote into `self.buf`, or count it dropped if the queue
+    /// is full.
+    pub(crate) fn queue_response(&mut self, t: proto::Transmit) {
+        if self.responses.len() < MAX_PENDING_RESPONSES {
+            self.responses.push_back((self.buf[..t.size].to_vec(), t));
+        } else {
+            self.responses_dropped += 1;
+        }
+        self.buf.clear();
+    }
+}
+
 /// Everything the handles and the I/O thread share.
 pub(crate) struct EndpointShared {
     pub(crate) mailbox: Mailbox,
+    pub(crate) proto: Mutex<ProtoEndpoint>,
     pub(crate) state: Mutex<EpState>,
     /// Handles of any kind alive (endpoints, connections, streams, incoming).
     handles: AtomicUsize,
     /// Endpoint handles alive; at zero no new connections are accepted.
     endpoint_handles: AtomicUsize,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Disconnects when the I/O thread is done (its sender is dropped as `driver::run` returns).
+    exited: Mutex<Option<mpsc::Receiver<()>>>,
     pub(crate) thread_id: OnceLock<ThreadId>,
     pub(crate) info: OnceLock<(BackendKind, SocketAddr)>,
     /// Application tasks spawned onto the I/O thread ([`Endpoint::spawn`]), ready to run.
@@ -120,13 +171,27 @@ impl EndpointShared {
 }
 
 impl EndpointShared {
-    /// Wake every task waiting on the endpoint (accept, wait_idle).
-    pub(crate) fn wake_waiters(st: &mut EpState) {
-        for w in st.accept_waiters.drain(..).chain(st.idle_waiters.drain(..)) {
-            w.wake();
-        }
+    /// Take every task waiting on the endpoint (accept, wait_idle), to wake once the state's
+    /// lock is released.
+    pub(crate) fn take_waiters(st: &mut EpState) -> Vec<Waker> {
+        st.accept_waiters.drain(..).chain(st.idle_waiters.drain(..)).collect()
+    }
+
+    /// Hand a connection created on this side to the I/O thread (see
+    /// [`ProtoEndpoint::new_conns`]), under the endpoint lock that created it.
+    fn register(&self, mut ep: std::sync::MutexGuard<'_, ProtoEndpoint>, conn: NewConnection) {
+        ep.new_conns.push(conn);
+        drop(ep);
+        self.mailbox.notify();
     }
 }
+
+/// How long the drop of an endpoint's last handle waits for its I/O thread to finish shutting
+/// down (closing connections, cancelling in-flight I/O) before leaving it to finish alone.
+/// Normally the thread is done within a few milliseconds; io_uring's wait for the kernel to
+/// give back every buffer can take longer only when the kernel is stuck (it gives up after 5 s
+/// and then leaks the memory rather than free it under the kernel).
+pub const SHUTDOWN_JOIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A counted handle keeping the I/O thread alive. The last one to drop shuts the thread down
 /// and joins it.
@@ -151,14 +216,26 @@ impl Drop for EndpointRef {
             return;
         }
         // Last handle: stop the I/O thread and wait for it, unless we *are* the I/O thread
-        // (a waker dropped there released the last handle); then it exits on its own.
+        // (a waker dropped there released the last handle); then it exits on its own. The
+        // wait is bounded by SHUTDOWN_JOIN_TIMEOUT: past it the thread finishes alone.
         let _ = self.0.mailbox.push(Command::Shutdown);
-        if self.0.thread_id.get() == Some(&std::thread::current().id()) {
+        if self.0.on_io_thread() {
             return;
         }
-        if let Some(t) = lock(&self.0.thread).take() {
-            if t.join().is_err() {
-                tracing::error!("ringquic I/O thread panicked");
+        let thread = lock(&self.0.thread).take();
+        let exited = lock(&self.0.exited).take();
+        let (Some(thread), Some(exited)) = (thread, exited) else {
+            return;
+        };
+        match exited.recv_timeout(SHUTDOWN_JOIN_TIMEOUT) {
+            Err(mpsc::RecvTimeoutError::Timeout) => tracing::warn!(
+                "ringquic I/O thread still shutting down after {SHUTDOWN_JOIN_TIMEOUT:?}; not waiting for it"
+            ),
+            // Done (the sender was dropped): the join returns at once.
+            _ => {
+                if thread.join().is_err() {
+                    tracing::error!("ringquic I/O thread panicked");
+                }
             }
         }
     }
@@ -272,7 +349,10 @@ impl Endpoint {
     /// Connect to `addr` with `config`. `server_name` is checked against the server's
     /// certificate.
     ///
-    /// Briefly waits for the I/O thread to register the connection (one turn of its loop).
+    /// Never waits for the I/O thread: the connection is created here, under the endpoint's
+    /// lock, and the I/O thread starts driving it on its next turn. Fails with
+    /// [`ConnectError::EndpointStopping`] once [`Endpoint::close`] was called or the I/O thread
+    /// has exited.
     pub fn connect_with(
         &self,
         config: ClientConfig,
@@ -286,25 +366,20 @@ impl Endpoint {
             }
             _ => addr,
         };
-        if self.shared().on_io_thread() {
-            // A task spawned on the I/O thread: connect inline (waiting for a reply from our
-            // own thread would never end).
-            let inner =
-                driver::with_local_core(self.shared(), |core| core.connect(config, addr, server_name))
-                    .ok_or(ConnectError::EndpointStopping)??;
-            return Ok(Connecting::new(ConnectionRef::adopt(inner, self.inner.clone())));
+        let shared = self.shared();
+        let mut ep = lock(&shared.proto);
+        if ep.closed || ep.stopped {
+            return Err(ConnectError::EndpointStopping);
         }
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.shared()
-            .mailbox
-            .push(Command::Connect {
-                config,
-                remote: addr,
-                server_name: server_name.to_owned(),
-                reply: tx,
-            })
-            .map_err(|_| ConnectError::EndpointStopping)?;
-        let inner = rx.recv().map_err(|_| ConnectError::EndpointStopping)??;
+        let (ch, conn) = ep.inner.connect(Instant::now(), config, addr, server_name)?;
+        let inner = ConnectionInner::new(ch, conn, shared.clone());
+        shared.register(
+            ep,
+            NewConnection {
+                inner: inner.clone(),
+                accepted: false,
+            },
+        );
         Ok(Connecting::new(ConnectionRef::adopt(inner, self.inner.clone())))
     }
 
@@ -330,9 +405,18 @@ impl Endpoint {
         Accept { endpoint: self }
     }
 
-    /// Close every connection with `code` and `reason` and stop accepting. Use
-    /// [`Endpoint::wait_idle`] to let the close frames reach the peers.
+    /// Close every connection with `code` and `reason` and stop accepting: from now on
+    /// [`Endpoint::accept`] yields `None` and [`Endpoint::connect`] fails with
+    /// [`ConnectError::EndpointStopping`]. Use [`Endpoint::wait_idle`] to let the close frames
+    /// reach the peers.
     pub fn close(&self, code: VarInt, reason: &[u8]) {
+        lock(&self.shared().proto).closed = true;
+        let waiters = {
+            let mut st = lock(&self.shared().state);
+            st.closed = true;
+            EndpointShared::take_waiters(&mut st)
+        };
+        waiters.into_iter().for_each(Waker::wake);
         let _ = self.shared().mailbox.push(Command::Close {
             code,
             reason: Bytes::copy_from_slice(reason),
@@ -400,17 +484,22 @@ where
 }
 
 /// A spawned task's future, registered with the endpoint so the exiting I/O thread can wake
-/// (and thereby cancel) it.
+/// (and thereby cancel) it. A panic while polling it is caught here and becomes the task's
+/// output, so it ends that task only: the I/O thread, its connections and other tasks go on
+/// (as with `tokio::spawn`).
 struct Cancellable<F> {
     fut: Pin<Box<F>>,
     shared: std::sync::Weak<EndpointShared>,
     key: Option<u64>,
 }
 
-impl<F: Future> Future for Cancellable<F> {
-    type Output = F::Output;
+/// What a panicking task left behind.
+type PanicPayload = Box<dyn std::any::Any + Send + 'static>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+impl<F: Future> Future for Cancellable<F> {
+    type Output = Result<F::Output, PanicPayload>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if self.key.is_none() {
             // Every waker of one async-task task schedules that same task: one is enough.
             if let Some(shared) = self.shared.upgrade() {
@@ -421,7 +510,17 @@ impl<F: Future> Future for Cancellable<F> {
                 self.key = Some(key);
             }
         }
-        self.fut.as_mut().poll(cx)
+        // The future is not polled again after a panic (the task completes with the payload),
+        // so whatever state the panic left it in is never observed: unwind safety holds.
+        let fut = self.fut.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => {
+                tracing::debug!("a task spawned on the I/O thread panicked");
+                Poll::Ready(Err(payload))
+            }
+        }
     }
 }
 
@@ -436,12 +535,75 @@ impl<F> Drop for Cancellable<F> {
 /// A task running on an endpoint's I/O thread ([`Endpoint::spawn`]). Await it for the task's
 /// output; drop it to let the task run on.
 #[must_use = "dropping a JoinHandle detaches the task"]
-pub struct JoinHandle<T>(Option<async_task::FallibleTask<T>>);
+pub struct JoinHandle<T>(Option<async_task::FallibleTask<Result<T, PanicPayload>>>);
 
-/// The task was cancelled because its endpoint's I/O thread exited.
-#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
-#[error("the task was cancelled: its endpoint's I/O thread exited")]
-pub struct TaskCancelled;
+/// Why a task started with [`Endpoint::spawn`] produced no output: it was cancelled, or it
+/// panicked (the panic ended that task only).
+pub struct JoinError {
+    /// `None`: cancelled. The payload sits behind a mutex only so `JoinError` is `Sync`.
+    panic: Option<Mutex<PanicPayload>>,
+}
+
+impl JoinError {
+    fn cancelled() -> Self {
+        Self { panic: None }
+    }
+
+    /// The task was cancelled: [`JoinHandle::abort`], or its endpoint's I/O thread exited.
+    pub fn is_cancelled(&self) -> bool {
+        self.panic.is_none()
+    }
+
+    /// The task panicked.
+    pub fn is_panic(&self) -> bool {
+        self.panic.is_some()
+    }
+
+    /// The panic's payload, to resume it with [`std::panic::resume_unwind`]; `Err(self)` if the
+    /// task was cancelled instead.
+    pub fn try_into_panic(self) -> Result<PanicPayload, JoinError> {
+        match self.panic {
+            Some(p) => Ok(p.into_inner().unwrap_or_else(|e| e.into_inner())),
+            None => Err(self),
+        }
+    }
+
+    /// The panic message, when the payload is a string (as with `panic!("...")`).
+    fn message(&self) -> Option<String> {
+        let p = self.panic.as_ref()?;
+        let p = lock(p);
+        p.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+    }
+}
+
+impl std::fmt::Display for JoinError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.panic, self.message()) {
+            (None, _) => f.write_str("the task was cancelled"),
+            (Some(_), Some(m)) => write!(f, "the task panicked: {m}"),
+            (Some(_), None) => f.write_str("the task panicked"),
+        }
+    }
+}
+
+impl std::fmt::Debug for JoinError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.panic, self.message()) {
+            (None, _) => f.write_str("JoinError::Cancelled"),
+            (Some(_), m) => write!(f, "JoinError::Panic({:?})", m.as_deref().unwrap_or("...")),
+        }
+    }
+}
+
+impl std::error::Error for JoinError {}
+
+impl From<JoinError> for io::Error {
+    fn from(e: JoinError) -> Self {
+        io::Error::other(e)
+    }
+}
 
 impl<T> JoinHandle<T> {
     /// Cancel the task: its future is dropped (on the I/O thread, or here if it is not running).
@@ -451,12 +613,18 @@ impl<T> JoinHandle<T> {
 }
 
 impl<T> Future for JoinHandle<T> {
-    type Output = Result<T, TaskCancelled>;
+    type Output = Result<T, JoinError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.0.as_mut() {
-            Some(t) => Pin::new(t).poll(cx).map(|r| r.ok_or(TaskCancelled)),
-            None => Poll::Ready(Err(TaskCancelled)),
+            Some(t) => Pin::new(t).poll(cx).map(|r| match r {
+                Some(Ok(v)) => Ok(v),
+                Some(Err(panic)) => Err(JoinError {
+                    panic: Some(Mutex::new(panic)),
+                }),
+                None => Err(JoinError::cancelled()),
+            }),
+            None => Poll::Ready(Err(JoinError::cancelled())),
         }
     }
 }
@@ -532,36 +700,48 @@ impl Incoming {
         self.accept_inner(Some(server_config))
     }
 
+    /// Accept here, under the endpoint's lock (no wait for the I/O thread); the I/O thread
+    /// takes the new connection over on its next turn.
     fn accept_inner(
         mut self,
         server_config: Option<Arc<ServerConfig>>,
     ) -> Result<Connecting, ConnectionError> {
         let incoming = self.take();
-        if self.endpoint.0.on_io_thread() {
-            // A task spawned on the I/O thread: accept inline.
-            let inner =
-                driver::with_local_core(&self.endpoint.0, |core| core.accept(incoming, server_config))
-                    .ok_or(ConnectionError::LocallyClosed)??;
-            return Ok(Connecting::new(ConnectionRef::adopt(
-                inner,
-                self.endpoint.clone(),
-            )));
+        let shared = &self.endpoint.0;
+        let mut ep = lock(&shared.proto);
+        if ep.stopped {
+            return Err(ConnectionError::LocallyClosed);
         }
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.endpoint
-            .0
-            .mailbox
-            .push(Command::Accept {
-                incoming,
-                server_config,
-                reply: tx,
-            })
-            .map_err(|_| ConnectionError::LocallyClosed)?;
-        let inner = rx.recv().map_err(|_| ConnectionError::LocallyClosed)??;
-        Ok(Connecting::new(ConnectionRef::adopt(
-            inner,
-            self.endpoint.clone(),
-        )))
+        let ep_ref = &mut *ep;
+        match ep_ref
+            .inner
+            .accept(incoming, Instant::now(), &mut ep_ref.buf, server_config)
+        {
+            Ok((ch, conn)) => {
+                ep.buf.clear();
+                let inner = ConnectionInner::new(ch, conn, shared.clone());
+                shared.register(
+                    ep,
+                    NewConnection {
+                        inner: inner.clone(),
+                        accepted: true,
+                    },
+                );
+                Ok(Connecting::new(ConnectionRef::adopt(
+                    inner,
+                    self.endpoint.clone(),
+                )))
+            }
+            Err(e) => {
+                match e.response {
+                    Some(t) => ep.queue_response(t),
+                    None => ep.buf.clear(),
+                }
+                drop(ep);
+                shared.mailbox.notify();
+                Err(e.cause)
+            }
+        }
     }
 
     /// Refuse: the peer gets a CONNECTION_REFUSED close.
@@ -965,8 +1145,23 @@ impl EndpointBuilder {
         cfg: IoConfig,
         backend: Option<BackendKind>,
     ) -> Result<Endpoint, EndpointError> {
+        let endpoint_config = Arc::new(self.endpoint_config);
+        let server_config = self.server_config.map(Arc::new);
+        // quinn-proto's path MTU discovery needs the socket to send with "don't fragment",
+        // which every backend sets.
+        let allow_mtud = true;
+        let (exit_tx, exit_rx) = mpsc::channel();
         let shared = Arc::new(EndpointShared {
             mailbox: Mailbox::new(),
+            proto: Mutex::new(ProtoEndpoint {
+                inner: proto::Endpoint::new(endpoint_config, server_config, allow_mtud, None),
+                new_conns: Vec::new(),
+                responses: VecDeque::new(),
+                responses_dropped: 0,
+                buf: Vec::new(),
+                closed: false,
+                stopped: false,
+            }),
             state: Mutex::new(EpState {
                 incoming: VecDeque::new(),
                 accept_waiters: Vec::new(),
@@ -980,6 +1175,7 @@ impl EndpointBuilder {
             handles: AtomicUsize::new(0),
             endpoint_handles: AtomicUsize::new(1),
             thread: Mutex::new(None),
+            exited: Mutex::new(Some(exit_rx)),
             thread_id: OnceLock::new(),
             info: OnceLock::new(),
             local_tasks: Mutex::new(VecDeque::new()),
@@ -991,8 +1187,6 @@ impl EndpointBuilder {
             socket,
             io: cfg,
             backend,
-            endpoint_config: Arc::new(self.endpoint_config),
-            server_config: self.server_config.map(Arc::new),
             admission: driver::Admission {
                 validate_addresses: self.validate_addresses,
                 max_incoming: self.max_incoming,
@@ -1000,6 +1194,7 @@ impl EndpointBuilder {
             #[cfg(test)]
             fake: self.fake,
             ready: ready_tx,
+            exited: exit_tx,
         };
         let thread = std::thread::Builder::new()
             .name("ringquic-io".into())

@@ -11,40 +11,22 @@
 
 use std::{
     collections::VecDeque,
-    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc, Arc, Mutex, OnceLock,
+        Arc, Mutex, OnceLock,
     },
     thread::ThreadId,
 };
 
 use bytes::Bytes;
-use quinn_proto::{ClientConfig, ConnectError, ConnectionHandle, ServerConfig, VarInt};
+use quinn_proto::{ConnectionHandle, ServerConfig, VarInt};
 
-use crate::{connection::ConnectionInner, io::Wakeup, ConnectionError};
-
-/// A one-shot reply from the I/O thread. If the I/O thread goes away first, the sender is
-/// dropped and the receiver sees a disconnect instead of hanging.
-pub(crate) type Reply<T> = mpsc::SyncSender<T>;
+use crate::io::Wakeup;
 
 /// What the application asks of the I/O thread.
 pub(crate) enum Command {
     /// A connection's application-side state changed (data written, stream opened, …): drive it.
     Drive(ConnectionHandle),
-    /// Start a client connection.
-    Connect {
-        config: ClientConfig,
-        remote: SocketAddr,
-        server_name: String,
-        reply: Reply<Result<Arc<ConnectionInner>, ConnectError>>,
-    },
-    /// Accept an incoming connection.
-    Accept {
-        incoming: quinn_proto::Incoming,
-        server_config: Option<Arc<ServerConfig>>,
-        reply: Reply<Result<Arc<ConnectionInner>, ConnectionError>>,
-    },
     /// Refuse an incoming connection (the peer gets CONNECTION_REFUSED).
     Refuse(quinn_proto::Incoming),
     /// Answer an incoming connection with a Retry packet.

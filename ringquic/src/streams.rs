@@ -25,7 +25,6 @@ use crate::{
 pub struct SendStream {
     conn: ConnectionRef,
     id: StreamId,
-    done: bool,
 }
 
 impl std::fmt::Debug for ConnectionRef {
@@ -38,11 +37,7 @@ impl std::fmt::Debug for ConnectionRef {
 
 impl SendStream {
     pub(crate) fn new(conn: ConnectionRef, id: StreamId) -> Self {
-        Self {
-            conn,
-            id,
-            done: false,
-        }
+        Self { conn, id }
     }
 
     /// The stream's identifier.
@@ -119,17 +114,14 @@ impl SendStream {
         let mut st = self.conn.lock();
         match st.inner.send_stream(self.id).finish() {
             Ok(()) => {
-                self.done = true;
                 drop(st);
                 self.conn.wake();
                 Ok(())
             }
             Err(FinishError::ClosedStream) => Err(ClosedStream::default()),
-            // Harmless here, as in quinn: `stopped` reports it to whoever cares.
-            Err(FinishError::Stopped(_)) => {
-                self.done = true;
-                Ok(())
-            }
+            // Harmless here, as in quinn: `stopped` reports it to whoever cares (and dropping
+            // the stream resets it with the peer's code).
+            Err(FinishError::Stopped(_)) => Ok(()),
         }
     }
 
@@ -137,7 +129,6 @@ impl SendStream {
     pub fn reset(&mut self, code: VarInt) -> Result<(), ClosedStream> {
         let mut st = self.conn.lock();
         st.inner.send_stream(self.id).reset(code)?;
-        self.done = true;
         drop(st);
         self.conn.wake();
         Ok(())
@@ -170,16 +161,26 @@ impl SendStream {
 }
 
 impl Drop for SendStream {
+    /// As quinn: finish the stream; if the peer has stopped it, reset it with the peer's code,
+    /// which is what lets quinn-proto free the stream and give its credit back (a stopped
+    /// stream that is neither reset nor finished stays open for ever and counts against the
+    /// peer's stream limit). Wakers this stream registered are released either way.
     fn drop(&mut self) {
-        if self.done {
-            return;
-        }
         let mut st = self.conn.lock();
+        st.blocked_writers.remove(&self.id);
+        st.stopped.remove(&self.id);
         if st.error.is_some() {
             return;
         }
-        if st.inner.send_stream(self.id).finish().is_ok() {
-            drop(st);
+        let mut stream = st.inner.send_stream(self.id);
+        let changed = match stream.finish() {
+            Ok(()) => true,
+            Err(FinishError::Stopped(code)) => stream.reset(code).is_ok(),
+            // Already finished (and perhaps freed) or reset: nothing to do.
+            Err(FinishError::ClosedStream) => false,
+        };
+        drop(st);
+        if changed {
             self.conn.wake();
         }
     }
@@ -407,12 +408,12 @@ impl RecvStream {
 }
 
 impl Drop for RecvStream {
+    /// As quinn: stop the stream with code 0 unless it was read to the end; the reader's waker
+    /// is released either way.
     fn drop(&mut self) {
-        if self.all_data_read {
-            return;
-        }
         let mut st = self.conn.lock();
-        if st.error.is_some() {
+        st.blocked_readers.remove(&self.id);
+        if self.all_data_read || st.error.is_some() {
             return;
         }
         if st.inner.recv_stream(self.id).stop(VarInt::from_u32(0)).is_ok() {

@@ -2,7 +2,7 @@
 mod common;
 use common::*;
 
-use ringquic::{Endpoint, TaskCancelled};
+use ringquic::Endpoint;
 
 /// Serve on the server's I/O thread and run the client on the client's, connect and accept
 /// included (they run inline there); 200 request/response exchanges cost (next to) no
@@ -46,9 +46,9 @@ fn request_response_entirely_on_io_threads() {
             watchdog.join().unwrap();
             n
         });
-        assert_eq!(done, Ok(200), "{b}");
+        assert_eq!(done.expect("the request task"), 200, "{b}");
         // The server's accept_bi ends with the connection's close.
-        assert_eq!(futures::executor::block_on(serving), Ok(()));
+        futures::executor::block_on(serving).expect("the serving task");
         let (cw, sw) = (client.stats().app_wakeups, server.stats().app_wakeups);
         assert!(
             cw < 10 && sw < 10,
@@ -84,12 +84,17 @@ fn close_ends_a_local_accept_loop_and_abort_drops_a_task() {
             std::future::pending::<()>().await
         });
         endpoint.close(0u32.into(), b"");
-        assert_eq!(futures::executor::block_on(accept_loop), Ok(0), "{b}");
+        assert_eq!(futures::executor::block_on(accept_loop).expect("accept loop"), 0, "{b}");
         parked.abort();
         // Aborting dropped the task's future (and the endpoint handle it held).
-        dropped_rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("the aborted task's future was not dropped");
+        // (A task aborted before its first poll drops the sender unused: Disconnected.)
+        assert!(
+            !matches!(
+                dropped_rx.recv_timeout(std::time::Duration::from_secs(10)),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            ),
+            "{b}: the aborted task's future was not dropped"
+        );
         drop(endpoint);
     }
 }
@@ -103,7 +108,8 @@ fn tasks_of_a_closed_endpoint_are_cancelled() {
         drop(endpoint);
         // Last handle goes: the I/O thread exits and cancels the task.
         drop(probe);
-        assert_eq!(futures::executor::block_on(waiting), Err(TaskCancelled), "{b}");
+        let e = futures::executor::block_on(waiting).expect_err("the task cannot finish");
+        assert!(e.is_cancelled() && !e.is_panic(), "{b}: {e}");
     }
 }
 
@@ -122,5 +128,87 @@ fn try_spawn_on_the_current_io_thread() {
             .expect("on the I/O thread");
         inner.await.unwrap() + 1
     });
-    assert_eq!(futures::executor::block_on(outer), Ok(21));
+    assert_eq!(futures::executor::block_on(outer).expect("outer task"), 21);
+}
+
+/// A panic in a spawned task ends that task only (as with `tokio::spawn`): its handle says it
+/// panicked, and the endpoint, its connections and its other tasks go on.
+#[test]
+fn a_panicking_task_ends_alone() {
+    for b in backends() {
+        let (server, client) = pair(b);
+        let addr = server.local_addr().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(20), async {
+                let connecting = client.connect(addr, "localhost").unwrap();
+                let conn = server.accept().await.unwrap().await.unwrap();
+                let client_conn = connecting.await.unwrap();
+                // A task that waits on the connection while its sibling panics.
+                let c = conn.clone();
+                let survivor = server.spawn(async move {
+                    let mut recv = c.accept_uni().await.unwrap();
+                    recv.read_to_end(64).await.unwrap()
+                });
+                let boom = server.spawn(async {
+                    tokio::task::yield_now().await;
+                    panic!("deliberate panic in a spawned task");
+                });
+                let e = boom.await.expect_err("the task panicked");
+                assert!(e.is_panic() && !e.is_cancelled(), "{b}: {e:?}");
+                assert!(e.to_string().contains("deliberate panic"), "{b}: {e}");
+                // The endpoint, the connection and the other task are still alive.
+                let mut send = client_conn.open_uni().await.unwrap();
+                send.write_all(b"still here").await.unwrap();
+                send.finish().unwrap();
+                assert_eq!(survivor.await.expect("the survivor"), b"still here");
+                let late = server.spawn(async { 7 });
+                assert_eq!(late.await.expect("a task spawned after the panic"), 7);
+                assert!(conn.close_reason().is_none(), "{b}");
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{b}: hung after a task panicked"));
+        });
+    }
+}
+
+/// Connecting never waits for an I/O thread: a task on endpoint A's I/O thread connects
+/// through endpoint B while a task on B's connects through A, and both handshakes complete.
+#[test]
+fn crossed_connects_between_io_threads_do_not_deadlock() {
+    for b in backends() {
+        let (a, bee) = pair(b);
+        let (b2, a2) = pair(b);
+        // a serves, bee connects to it from a task on a2's thread; b2 serves, a2's peer...
+        let (a_addr, b2_addr) = (a.local_addr().unwrap(), b2.local_addr().unwrap());
+        let (bee2, a22) = (bee.clone(), a2.clone());
+        // On a2's I/O thread: connect through bee. On bee's I/O thread: connect through a2.
+        let t1 = a2.spawn(async move { bee2.connect(a_addr, "localhost").unwrap().await.map(|_| ()) });
+        let t2 = bee.spawn(async move { a22.connect(b2_addr, "localhost").unwrap().await.map(|_| ()) });
+        let (sa, sb) = (a.clone(), b2.clone());
+        let accepts = std::thread::spawn(move || {
+            futures::executor::block_on(async {
+                let x = sa.accept().await.unwrap().await;
+                let y = sb.accept().await.unwrap().await;
+                (x.is_ok(), y.is_ok())
+            })
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let watchdog = std::thread::spawn(move || {
+            if rx.recv_timeout(std::time::Duration::from_secs(20)).is_err() {
+                eprintln!("crossed connects between I/O threads deadlocked");
+                std::process::abort();
+            }
+        });
+        let r1 = futures::executor::block_on(t1).expect("task 1");
+        let r2 = futures::executor::block_on(t2).expect("task 2");
+        let accepted = accepts.join().unwrap();
+        tx.send(()).unwrap();
+        watchdog.join().unwrap();
+        assert!(r1.is_ok() && r2.is_ok(), "{b}: {r1:?} {r2:?}");
+        assert_eq!(accepted, (true, true), "{b}");
+    }
 }
