@@ -603,6 +603,7 @@ impl Core {
             recv_zero_copy: io.recv_zero_copy,
             send_zero_copy: io.send_zero_copy,
             send_zero_copy_copied: io.send_zero_copy_copied,
+            recv_buffers_lent: io.recv_lent,
             responses_dropped: c.responses_dropped,
             incoming_retried: c.incoming_retried,
             incoming_refused: c.incoming_refused,

@@ -67,6 +67,10 @@ pub struct EndpointStats {
     pub send_zero_copy: u64,
     /// Zero-copy sends the kernel reported it had to copy after all (on loopback, all of them).
     pub send_zero_copy_copied: u64,
+    /// Receive buffers lent out by zero-copy receive that are still held by quinn-proto or the
+    /// application now (a gauge, not a counter; at most
+    /// [`EndpointBuilder::recv_memory_budget`] bytes' worth).
+    pub recv_buffers_lent: u64,
     /// Endpoint-level responses (version negotiation, stateless reset, refusals) dropped for lack
     /// of a TX buffer.
     pub responses_dropped: u64,
@@ -847,6 +851,7 @@ pub struct EndpointBuilder {
     validate_addresses: bool,
     max_incoming: usize,
     zero_copy_min: usize,
+    recv_memory_budget: usize,
     send_zc_min: usize,
     busy_poll: Duration,
     pin_cpu: Option<usize>,
@@ -866,6 +871,7 @@ impl std::fmt::Debug for EndpointBuilder {
             .field("validate_addresses", &self.validate_addresses)
             .field("max_incoming", &self.max_incoming)
             .field("zero_copy_threshold", &self.zero_copy_min)
+            .field("recv_memory_budget", &self.recv_memory_budget)
             .field("send_zero_copy_threshold", &self.send_zc_min)
             .field("busy_poll", &self.busy_poll)
             .field("pin_cpu", &self.pin_cpu)
@@ -891,6 +897,10 @@ pub const DEFAULT_TX_BUFFERS: usize = 64;
 /// Default [`EndpointBuilder::zero_copy_threshold`]: 16 KiB, about a dozen full-size datagrams
 /// coalesced by GRO. Each zero-copy buffer then carries at least a quarter of its capacity.
 pub const DEFAULT_ZERO_COPY_THRESHOLD: usize = 16 * 1024;
+/// Default [`EndpointBuilder::recv_memory_budget`]: 8 MiB, 127 default-size receive buffers (on
+/// io_uring, 63 for zero-copy receive and 63 for pooled copies), a few stream receive windows of
+/// quinn-proto's default size in flight to the application.
+pub const DEFAULT_RECV_MEMORY_BUDGET: usize = 8 << 20;
 /// Default size of one TX buffer: the largest GSO batch.
 pub const DEFAULT_TX_BUFFER_SIZE: usize = 65536;
 
@@ -908,6 +918,7 @@ impl Default for EndpointBuilder {
             validate_addresses: false,
             max_incoming: DEFAULT_MAX_INCOMING,
             zero_copy_min: DEFAULT_ZERO_COPY_THRESHOLD,
+            recv_memory_budget: DEFAULT_RECV_MEMORY_BUDGET,
             send_zc_min: usize::MAX,
             busy_poll: Duration::ZERO,
             pin_cpu: None,
@@ -993,18 +1004,36 @@ impl EndpointBuilder {
 
     /// Zero-copy receive (io_uring): a receive of at least `bytes` of payload (one GRO batch,
     /// several datagrams) is not copied. The buffer the kernel filled goes to quinn-proto, which
-    /// decrypts in place, and the application's `read_chunk` gets slices of that same memory; a
-    /// fresh buffer takes its place in the kernel's ring. Smaller receives are copied into an
-    /// exact-size buffer and the kernel's buffer is reused at once.
+    /// decrypts in place, and the application's `read_chunk` gets slices of that same memory;
+    /// another buffer takes its place in the kernel's ring. Smaller receives are copied, each
+    /// datagram into an allocation of its own size, and the kernel's buffer is reused at once.
     ///
-    /// The threshold bounds the memory a received datagram can hold on to: a buffer handed over
-    /// is `recv_buffer_size` bytes and lives until the last piece of it is dropped (a stream
-    /// chunk the application has not read yet holds its whole buffer), so a threshold of 16 KiB
-    /// with the default 64 KiB buffers keeps that at most 4× the bytes received. `0` hands every receive over without a copy;
-    /// `usize::MAX` copies every receive. The poll and RIO backends always copy. Default
-    /// [`DEFAULT_ZERO_COPY_THRESHOLD`]; [`EndpointStats::recv_zero_copy`] counts the handovers.
+    /// A lent buffer is `recv_buffer_size` bytes and lives until the last piece of it is
+    /// dropped (a stream chunk or datagram the application has not read holds the whole
+    /// buffer), so lending is bounded by [`EndpointBuilder::recv_memory_budget`]. `0` lends every
+    /// receive (within the budget); `usize::MAX` copies every receive. The poll and RIO backends
+    /// always copy. Default [`DEFAULT_ZERO_COPY_THRESHOLD`]; [`EndpointStats::recv_zero_copy`]
+    /// counts the receives lent.
     pub fn zero_copy_threshold(mut self, bytes: usize) -> Self {
         self.zero_copy_min = bytes;
+        self
+    }
+
+    /// The receive memory budget: at most `bytes` of receive buffers lent to quinn-proto and
+    /// the application at once, endpoint-wide. Lent buffers are the kernel's own (zero-copy
+    /// receive, io_uring) and the pooled buffers a GRO batch is copied into (every backend);
+    /// io_uring splits the budget evenly between the two. A buffer comes back, and is reused
+    /// instead of allocating a new one, once quinn-proto and the application hold no piece of
+    /// it. While the budget is used up, each datagram is copied into an allocation of its own
+    /// size instead, which quinn-proto's own accounting covers.
+    ///
+    /// This is what bounds the memory a peer can make the endpoint hold by having it keep
+    /// tiny pieces of big receives (docs/RELIABILITY.md, "Receive memory budget"); rounded down
+    /// to whole buffers. Default [`DEFAULT_RECV_MEMORY_BUDGET`]; `0` lends nothing (no
+    /// zero-copy receive, every datagram copied on its own). [`EndpointStats::recv_buffers_lent`]
+    /// says how many are out.
+    pub fn recv_memory_budget(mut self, bytes: usize) -> Self {
+        self.recv_memory_budget = bytes;
         self
     }
 
@@ -1103,6 +1132,7 @@ impl EndpointBuilder {
             tx_buffer_size: self.tx_buffer_size,
             max_udp_payload,
             zero_copy_min: self.zero_copy_min,
+            recv_memory_budget: self.recv_memory_budget,
             send_zc_min: self.send_zc_min,
             busy_poll: self.busy_poll,
             pin_cpu: self.pin_cpu,

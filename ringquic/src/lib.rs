@@ -69,7 +69,8 @@ pub use crate::{
     endpoint::{
         try_spawn, Accept, Endpoint, EndpointBuilder, EndpointStats, Incoming, IncomingFuture, JoinHandle,
         JoinError, RetryError, DEFAULT_MAX_INCOMING, DEFAULT_RECV_BUFFERS, DEFAULT_RECV_BUFFER_SIZE,
-        DEFAULT_TX_BUFFERS, DEFAULT_TX_BUFFER_SIZE, DEFAULT_ZERO_COPY_THRESHOLD,
+        DEFAULT_TX_BUFFERS, DEFAULT_TX_BUFFER_SIZE, DEFAULT_RECV_MEMORY_BUDGET, DEFAULT_ZERO_COPY_THRESHOLD,
+        SHUTDOWN_JOIN_TIMEOUT,
     },
     io::BackendKind,
     streams::{RecvStream, ResetWaitError, SendStream},
@@ -102,9 +103,8 @@ pub mod fuzzing {
     }
 
     /// Split a received payload of `len` bytes by a GRO segment size; returns the ranges.
-    #[cfg(target_os = "linux")]
     pub fn split_segments(len: usize, segment_size: Option<usize>) -> Vec<std::ops::Range<usize>> {
-        crate::io::cmsg::segments(len, segment_size).collect()
+        crate::io::recv::segments(len, segment_size).collect()
     }
 
     /// Encode send-side control messages and parse them back; returns the encoded length.

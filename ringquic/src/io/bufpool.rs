@@ -20,7 +20,7 @@ use std::{alloc::Layout, ptr::NonNull};
 
 use bytes::BytesMut;
 
-use super::TxBuf;
+use super::{recv::Lender, TxBuf};
 
 /// One aligned allocation split into fixed-size receive buffers (the RIO backend's registered
 /// region; tested on every platform).
@@ -100,37 +100,44 @@ impl Drop for RxArena {
 ///
 /// Each buffer is its own `BytesMut` allocation. While the kernel holds buffer `id` we only keep
 /// its address; when a completion says the kernel filled it, the backend either copies the
-/// bytes out and hands the same buffer back to the kernel ([`RxSlots::filled`]), or takes the
-/// whole buffer away for quinn-proto and the application ([`RxSlots::take`], zero-copy receive)
-/// and a fresh allocation takes its place in the ring.
+/// bytes out and hands the same buffer back to the kernel ([`RxSlots::filled`]), or lends the
+/// whole buffer to quinn-proto and the application ([`RxSlots::lend`], zero-copy receive) and
+/// another buffer takes its place in the ring.
 ///
 /// ```text
-///   slot id ──► BytesMut (capacity `size`) ──► kernel writes ──► take(id, len) ──► quinn-proto
-///                      ▲                                                      │
-///                      └──────────── fresh BytesMut::with_capacity(size) ◄────┘
+///   slot id ──► BytesMut (capacity `size`) ──► kernel writes ──► lend(id) ──► quinn-proto, app
+///                      ▲                                          │ head kept in `lent`
+///                      └── spare (a lent buffer no one holds any more) or a fresh one
 /// ```
+///
+/// Lending is bounded by a [`Lender`]: at most `max_lent` buffers may be out at once, and a
+/// lent buffer no one holds any more is taken back and reused instead of allocating a new one.
+/// When the budget is used up, [`RxSlots::lend`] refuses and the backend copies instead:
+/// whatever a peer sends, lent buffers never hold more than `max_lent × size` bytes.
 ///
 /// A fresh buffer's first `zeroed` bytes are zeroed: the kernel leaves gaps in the header part
 /// of a `recvmsg` buffer (a name or control area larger than what it wrote), and every byte a
 /// completion's length covers must be initialised before we read it. The payload after that
-/// prefix is written by the kernel in full, so the rest of the buffer is never touched by us.
+/// prefix is written by the kernel in full. A reused buffer's bytes were all initialised in
+/// its first life (zeroed, or written by the kernel), so it needs no zeroing again.
 pub(crate) struct RxSlots {
     bufs: Vec<BytesMut>,
     size: usize,
-    zeroed: usize,
+    lender: Lender,
 }
 
 impl RxSlots {
-    /// `count` buffers of `size` bytes each, the first `zeroed` bytes of each zeroed. `None`
-    /// for a zero count or size, or `zeroed > size`.
-    pub(crate) fn new(count: usize, size: usize, zeroed: usize) -> Option<Self> {
+    /// `count` buffers of `size` bytes each, the first `zeroed` bytes of each zeroed; at most
+    /// `max_lent` lent at once. `None` for a zero count or size, or `zeroed > size`.
+    pub(crate) fn new(count: usize, size: usize, zeroed: usize, max_lent: usize) -> Option<Self> {
         if count == 0 || size == 0 || zeroed > size {
             return None;
         }
+        let mut lender = Lender::new(size, zeroed, max_lent);
         Some(Self {
-            bufs: (0..count).map(|_| fresh_buffer(size, zeroed)).collect(),
+            bufs: (0..count).map(|_| lender.buffer()).collect(),
             size,
-            zeroed,
+            lender,
         })
     }
 
@@ -142,6 +149,16 @@ impl RxSlots {
     /// Size of each buffer in bytes.
     pub(crate) fn buf_size(&self) -> usize {
         self.size
+    }
+
+    /// Buffers lent and not yet known to be back (see [`Lender::sweep`]).
+    pub(crate) fn lent(&self) -> usize {
+        self.lender.lent()
+    }
+
+    /// Take back lent buffers no one holds any more.
+    pub(crate) fn sweep(&mut self) {
+        self.lender.sweep();
     }
 
     /// Address of buffer `id`, for the kernel. Panics if `id` is out of range: ids come from our
@@ -171,30 +188,24 @@ impl RxSlots {
         Some(unsafe { std::slice::from_raw_parts(buf.as_ptr(), len) })
     }
 
-    /// Take buffer `id` with its first `len` bytes, leaving a fresh empty buffer in its place
-    /// (whose address [`RxSlots::addr`] then gives). `None` when out of range.
+    /// Lend buffer `id`: its bytes `[payload.start, payload.end)` go out as one `BytesMut`
+    /// sharing the buffer's allocation, and a spare or fresh buffer takes its place (whose
+    /// address [`RxSlots::addr`] then gives). `None` when out of range, or when `max_lent`
+    /// buffers are still held (then the caller copies; the buffer stays in its slot).
     ///
     /// # Safety
-    /// As for [`RxSlots::filled`].
-    pub(crate) unsafe fn take(&mut self, id: usize, len: usize) -> Option<BytesMut> {
-        if !self.valid(id, len) {
+    /// As for [`RxSlots::filled`], with `len = payload.end`.
+    pub(crate) unsafe fn lend(&mut self, id: usize, payload: std::ops::Range<usize>) -> Option<BytesMut> {
+        if !self.valid(id, payload.end) || payload.start > payload.end || !self.lender.has_room() {
             return None;
         }
-        let fresh = fresh_buffer(self.size, self.zeroed);
-        let mut buf = std::mem::replace(&mut self.bufs[id], fresh);
-        // SAFETY: as in `filled`: `len` ≤ capacity and every byte below it is initialised.
-        unsafe { buf.set_len(len) };
-        Some(buf)
+        let next = self.lender.buffer();
+        let mut buf = std::mem::replace(&mut self.bufs[id], next);
+        // SAFETY: as in `filled`: `payload.end` ≤ capacity and every byte below it is
+        // initialised.
+        unsafe { buf.set_len(payload.end) };
+        Some(self.lender.lend(buf, payload.start))
     }
-}
-
-/// An empty buffer of capacity `size` whose first `zeroed` bytes are initialised to zero.
-fn fresh_buffer(size: usize, zeroed: usize) -> BytesMut {
-    let mut b = BytesMut::with_capacity(size);
-    for byte in &mut b.spare_capacity_mut()[..zeroed] {
-        byte.write(0);
-    }
-    b
 }
 
 /// The TX buffers of one endpoint.
@@ -314,29 +325,56 @@ mod tests {
     }
 
     #[test]
-    fn rx_slots_take_replaces_the_buffer() {
-        assert!(RxSlots::new(0, 10, 0).is_none());
-        assert!(RxSlots::new(2, 0, 0).is_none());
-        assert!(RxSlots::new(2, 8, 9).is_none());
-        let mut s = RxSlots::new(2, 64, 0).unwrap();
+    fn rx_slots_lend_replaces_the_buffer() {
+        assert!(RxSlots::new(0, 10, 0, 1).is_none());
+        assert!(RxSlots::new(2, 0, 0, 1).is_none());
+        assert!(RxSlots::new(2, 8, 9, 1).is_none());
+        let mut s = RxSlots::new(2, 64, 0, 4).unwrap();
         assert_eq!((s.buf_count(), s.buf_size()), (2, 64));
         let a = s.addr(0);
         // Stand in for the kernel: write into the buffer through the address it was given.
         // SAFETY: `a` points at 64 writable bytes owned by `s`.
-        unsafe { std::ptr::copy_nonoverlapping(b"datagram".as_ptr(), a, 8) };
-        // SAFETY: 8 bytes were just written and nothing else writes the buffer.
-        assert_eq!(unsafe { s.filled(0, 8) }, Some(&b"datagram"[..]));
+        unsafe { std::ptr::copy_nonoverlapping(b"hdr:datagram".as_ptr(), a, 12) };
+        // SAFETY: 12 bytes were just written and nothing else writes the buffer.
+        assert_eq!(unsafe { s.filled(0, 12) }, Some(&b"hdr:datagram"[..]));
         // SAFETY: as above.
-        let taken = unsafe { s.take(0, 8) }.unwrap();
-        assert_eq!(&taken[..], b"datagram");
-        assert_eq!(taken.as_ptr(), a as *const u8, "taken without a copy");
-        assert_ne!(s.addr(0), a, "a fresh buffer took its place");
+        let lent = unsafe { s.lend(0, 4..12) }.unwrap();
+        assert_eq!(&lent[..], b"datagram");
+        assert_eq!(lent.as_ptr(), a.wrapping_add(4) as *const u8, "lent without a copy");
+        assert_ne!(s.addr(0), a, "another buffer took its place");
+        assert_eq!(s.lent(), 1);
         // SAFETY: out-of-range requests are refused before any memory is touched.
         unsafe {
-            assert!(s.take(2, 1).is_none());
-            assert!(s.take(1, 65).is_none());
+            assert!(s.lend(2, 0..1).is_none());
+            assert!(s.lend(1, 0..65).is_none());
             assert!(s.filled(5, 1).is_none());
         }
+    }
+
+    /// At most `max_lent` buffers are out at once; a buffer no one holds any more is reclaimed
+    /// whole and reused for the next slot that needs one, without a new allocation.
+    #[test]
+    fn rx_slots_lending_is_bounded_and_buffers_come_back() {
+        let mut s = RxSlots::new(4, 64, 8, 2).unwrap();
+        let first = s.addr(0);
+        // SAFETY (all `lend` calls): the buffers' first 8 bytes are zeroed and nothing writes
+        // them; lengths are within the 64-byte buffers.
+        let a = unsafe { s.lend(0, 8..8) }.unwrap();
+        let b = unsafe { s.lend(1, 8..8) }.unwrap();
+        assert!(unsafe { s.lend(2, 8..8) }.is_none(), "over the budget: the caller copies");
+        assert_eq!(s.lent(), 2);
+        // A piece of `a` still held keeps it lent; dropping every piece brings it back.
+        let piece = a.freeze();
+        s.sweep();
+        assert_eq!(s.lent(), 2);
+        drop(piece);
+        let b_piece = b.freeze();
+        s.sweep();
+        assert_eq!(s.lent(), 1, "buffer 0 came back");
+        let c = unsafe { s.lend(2, 8..8) }.unwrap();
+        assert_eq!(s.addr(2), first, "slot 2 now holds buffer 0's allocation, reused");
+        assert_eq!(s.lent(), 2);
+        drop((b_piece, c));
     }
 
     #[test]

@@ -193,21 +193,6 @@ pub(crate) fn wire_addr(dst: SocketAddr, socket_is_v6: bool) -> SocketAddr {
     }
 }
 
-/// Split a received payload into datagrams: a GRO batch holds `segment_size`-byte datagrams, the
-/// last one possibly shorter. A zero segment size means one datagram.
-pub(crate) fn segments(
-    payload_len: usize,
-    segment_size: Option<usize>,
-) -> impl Iterator<Item = std::ops::Range<usize>> {
-    let step = match segment_size {
-        Some(s) if s > 0 => s,
-        _ => payload_len.max(1),
-    };
-    (0..payload_len)
-        .step_by(step)
-        .map(move |start| start..(start + step).min(payload_len))
-}
-
 /// Socket features the io_uring backend turned on.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LinuxFeatures {
@@ -341,17 +326,6 @@ mod tests {
         assert_eq!(parse(&buf), RecvCmsgs::default());
         buf[..8].copy_from_slice(&(usize::MAX - 3).to_ne_bytes());
         assert_eq!(parse(&buf), RecvCmsgs::default());
-    }
-
-    #[test]
-    fn gro_segments_split() {
-        let v: Vec<_> = segments(3000, Some(1200)).collect();
-        assert_eq!(v, vec![0..1200, 1200..2400, 2400..3000]);
-        let v: Vec<_> = segments(500, None).collect();
-        assert_eq!(v, vec![0..500]);
-        let v: Vec<_> = segments(500, Some(0)).collect();
-        assert_eq!(v, vec![0..500]);
-        assert_eq!(segments(0, Some(1200)).count(), 0);
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub(crate) mod cmsg;
 #[cfg(test)]
 pub(crate) mod fake;
 pub(crate) mod poll;
+pub(crate) mod recv;
 #[cfg(windows)]
 pub(crate) mod rio;
 // Platform-independent RIO bookkeeping: used by `rio` on Windows, unit-tested everywhere.
@@ -142,6 +143,9 @@ pub(crate) struct IoStats {
     pub send_zero_copy: u64,
     /// Zero-copy sends the kernel reported it copied after all (always, on loopback).
     pub send_zero_copy_copied: u64,
+    /// Receive buffers lent out by zero-copy receive and still held (not a counter: the
+    /// number now, at most the zero-copy budget's worth).
+    pub recv_lent: u64,
 }
 
 /// What a backend needs to know, validated by the builder before the I/O thread starts.
@@ -161,6 +165,8 @@ pub(crate) struct IoConfig {
     /// (io_uring only; see `EndpointBuilder::zero_copy_threshold`).
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub zero_copy_min: usize,
+    /// Bytes of receive buffers that may be lent out at once (`recv.rs`).
+    pub recv_memory_budget: usize,
     /// io_uring: sends of at least this many bytes use `SENDMSG_ZC` (`usize::MAX`: never).
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub send_zc_min: usize,
@@ -191,6 +197,7 @@ impl IoConfig {
             tx_buffer_size,
             max_udp_payload: 1472,
             zero_copy_min: usize::MAX,
+            recv_memory_budget: 0,
             send_zc_min: usize::MAX,
             busy_poll: std::time::Duration::ZERO,
             pin_cpu: None,

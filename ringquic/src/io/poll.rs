@@ -10,7 +10,8 @@
 //!   zero timeout instead of sleeping.
 //! * **Receive** uses one preallocated block of memory, split into up to
 //!   [`quinn_udp::BATCH_SIZE`] buffers, each large enough for a whole GRO batch (≤ 64 KiB).
-//!   Every `recvmmsg` batch is copied into one [`BytesMut`] and split per datagram.
+//!   Every received datagram is copied out of the `recvmmsg` buffers into its own allocation
+//!   (see `recv.rs`).
 //! * **Send** tries the system call right away. A send that would block is parked in a FIFO,
 //!   which is bounded by construction (it only holds TX buffers, and there are `tx_buffers` of
 //!   them), and flushed, in order, when the socket reports writability. Interest in writability
@@ -34,7 +35,7 @@ use mio::{net::UdpSocket, Events, Interest, Poll, Token, Waker};
 use quinn_udp::{UdpSocketState, BATCH_SIZE};
 use tracing::{debug, trace};
 
-use super::{BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup};
+use super::{recv, BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup};
 
 /// Token of the UDP socket in the `mio` registry.
 const SOCKET: Token = Token(0);
@@ -113,6 +114,8 @@ pub(crate) struct PollBackend {
     recv_buf: Vec<u8>,
     recv_slot_size: usize,
     recv_slots: usize,
+    /// Pooled buffers GRO batches are copied into and lent from (`recv.rs`).
+    lender: recv::Lender,
     recv_meta: [quinn_udp::RecvMeta; BATCH_SIZE],
     /// Free TX buffers.
     tx_free: Vec<TxBuf>,
@@ -229,6 +232,11 @@ impl PollBackend {
             recv_buf: vec![0; recv_slots * recv_slot_size],
             recv_slot_size,
             recv_slots,
+            lender: recv::Lender::new(
+                recv_slot_size,
+                0,
+                cfg.recv_memory_budget / recv_slot_size.max(1),
+            ),
             recv_meta: [quinn_udp::RecvMeta::default(); BATCH_SIZE],
             tx_free,
             tx_count: cfg.tx_buffers,
@@ -419,15 +427,8 @@ impl PollBackend {
                 Err(e) => return Err(e),
             };
 
-            let total: usize = metas[..count].iter().map(|m| m.len.min(slot_size)).sum();
-            let mut batch = BytesMut::with_capacity(total);
             for (buf, meta) in bufs[..count].iter().zip(metas[..count].iter()) {
-                batch.extend_from_slice(&buf[..meta.len.min(slot_size)]);
-            }
-
-            for meta in metas[..count].iter() {
                 let len = meta.len.min(slot_size);
-                let mut data = batch.split_to(len);
                 if len == 0 {
                     continue;
                 }
@@ -439,6 +440,14 @@ impl PollBackend {
                 // A full buffer holding a lone datagram (larger than max_udp_payload) or ending
                 // in a short segment may have been cut by the kernel: drop that last datagram.
                 let drop_last = len >= slot_size && (stride == len || len % stride != 0);
+                let kept = if drop_last {
+                    self.stats.recv_dropped += 1;
+                    trace!(remote = %meta.addr, "dropping a truncated datagram");
+                    // Everything before the last datagram's start.
+                    (len - 1) / stride * stride
+                } else {
+                    len
+                };
                 let recv_meta = RecvMeta {
                     remote: canonical_addr(meta.addr),
                     local_ip: meta.dst_ip.map(canonical_ip),
@@ -446,21 +455,9 @@ impl PollBackend {
                         .ecn
                         .and_then(|ecn| quinn_proto::EcnCodepoint::from_bits(ecn as u8)),
                 };
-                while !data.is_empty() {
-                    let datagram = if data.len() > stride {
-                        data.split_to(stride)
-                    } else {
-                        std::mem::take(&mut data)
-                    };
-                    if drop_last && data.is_empty() {
-                        self.stats.recv_dropped += 1;
-                        trace!(remote = %recv_meta.remote, "dropping a truncated datagram");
-                        break;
-                    }
-                    self.stats.datagrams_received += 1;
-                    self.stats.bytes_received += datagram.len() as u64;
-                    on_recv(recv_meta, datagram);
-                }
+                // Each datagram in its own allocation (`recv.rs`): a piece quinn-proto keeps
+                // holds its own datagram alive, never the batch.
+                recv::deliver(&mut self.lender, &buf[..kept], Some(stride), recv_meta, &mut self.stats, on_recv);
             }
         }
         Ok(())

@@ -74,9 +74,10 @@ use windows_sys::Win32::{
 
 use super::{
     bufpool::{RxArena, TxPool},
+    recv,
     rio_book::{
         self, addr_for_socket, canonical, classify, decode_ctx, encode_rio_control, encode_sockaddr_inet,
-        ip_for_socket, parse_rio_control, parse_sockaddr_inet, segments_per_part, split_datagrams,
+        ip_for_socket, parse_rio_control, parse_sockaddr_inet, segments_per_part,
         wait_millis, CmsgLayout, RecvBook, RegionLayout, ReqKind, RioNotify, RioOptions, SendBook,
         SendControl, Span, Status, MAX_URO_BYTES, MAX_USO_BYTES, MAX_USO_SEGMENTS, SOCKADDR_INET_LEN,
     },
@@ -606,6 +607,9 @@ pub(crate) struct RioBackend {
     cq: Option<Cq>,
     registration: Option<Registration>,
     arena: Option<RxArena>,
+    /// Pooled buffers URO batches are copied into and lent from (`recv.rs`). In a `RefCell`:
+    /// it is used while the registered region is borrowed through `&self`.
+    lender: std::cell::RefCell<recv::Lender>,
     signals: Option<Signals>,
     waker: Arc<dyn Wakeup>,
     buffer_id: ws::RIO_BUFFERID,
@@ -706,6 +710,7 @@ impl RioBackend {
 
         // Locals drop in reverse order on the error paths below: the queue first, then the
         // registration, then the memory.
+        let rx_payload_len = layout.rx_payload(0).map_or(1, |s| s.len as usize);
         let Some(arena) = RxArena::new(1, layout.total()) else {
             fail!(
                 "RIO buffer region",
@@ -771,6 +776,11 @@ impl RioBackend {
             cq: Some(cq),
             registration: Some(registration),
             arena: Some(arena),
+            lender: std::cell::RefCell::new(recv::Lender::new(
+                rx_payload_len,
+                0,
+                cfg.recv_memory_budget / rx_payload_len.max(1),
+            )),
             signals: Some(signals),
             waker,
             buffer_id,
@@ -1132,36 +1142,33 @@ impl RioBackend {
         ) else {
             return;
         };
-        let parsed = {
-            // SAFETY: the slot is held (its receive completed; it is posted again only after
-            // `release`), so the kernel does not write these bytes now.
-            let (a, c, p) = unsafe { (self.bytes(addr), self.bytes(ctrl), self.bytes(payload)) };
-            let len = len.min(p.len());
-            parse_sockaddr_inet(a).map(|remote| {
-                (
-                    remote,
-                    parse_rio_control(c, CmsgLayout::NATIVE),
-                    BytesMut::from(&p[..len]),
-                )
-            })
-        };
-        let Some((remote, c, mut data)) = parsed else {
+        // SAFETY: the slot is held (its receive completed; it is posted again only after
+        // `release`), so the kernel does not write these bytes now.
+        let (a, c, p) = unsafe { (self.bytes(addr), self.bytes(ctrl), self.bytes(payload)) };
+        // Counted on a copy: the slices above borrow `self`.
+        let mut stats = self.stats;
+        let Some(remote) = parse_sockaddr_inet(a) else {
             self.stats.recv_dropped += 1;
             return;
         };
+        let c = parse_rio_control(c, CmsgLayout::NATIVE);
         let meta = RecvMeta {
             remote,
             local_ip: c.dst_ip,
             ecn: c.ecn,
         };
-        let len = data.len();
-        self.stats.bytes_received += len as u64;
         // UDP_COALESCED_INFO is only present on a coalesced receive: honour it even if URO was
-        // not asked for, rather than hand a batch on as one datagram.
-        for range in split_datagrams(len, c.segment_size) {
-            self.stats.datagrams_received += 1;
-            on_recv(meta, data.split_to(range.len()));
-        }
+        // not asked for, rather than hand a batch on as one datagram. Copied into a pooled
+        // buffer or per datagram (`recv.rs`: what a retained piece may keep alive).
+        recv::deliver(
+            &mut self.lender.borrow_mut(),
+            &p[..len.min(p.len())],
+            c.segment_size,
+            meta,
+            &mut stats,
+            on_recv,
+        );
+        self.stats = stats;
     }
 
     fn on_send_done(&mut self, r: ws::RIORESULT) {

@@ -25,7 +25,6 @@ use std::{
     collections::VecDeque,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
-    ops::Range,
     time::{Duration, Instant},
 };
 
@@ -234,7 +233,7 @@ pub(crate) struct Span {
 impl Span {
     /// The byte range, for slicing.
     #[cfg(test)]
-    pub(crate) fn range(self) -> Range<usize> {
+    pub(crate) fn range(self) -> std::ops::Range<usize> {
         self.offset as usize..self.offset as usize + self.len as usize
     }
 }
@@ -762,18 +761,6 @@ impl SendBook {
     pub(crate) fn has_waiting(&self) -> bool {
         !self.waiting.is_empty()
     }
-}
-
-/// Split a received payload of `len` bytes by a URO segment size (the last datagram may be
-/// shorter). Without a size, or a zero one, the payload is one datagram.
-pub(crate) fn split_datagrams(len: usize, segment: Option<usize>) -> impl Iterator<Item = Range<usize>> {
-    let step = match segment {
-        Some(s) if s > 0 => s,
-        _ => len.max(1),
-    };
-    (0..len)
-        .step_by(step)
-        .map(move |start| start..(start + step).min(len))
 }
 
 // ─── Socket addresses ────────────────────────────────────────────────────────────────────
@@ -1555,26 +1542,6 @@ mod tests {
         assert_eq!(segments_per_part(1200, 1, MAX_USO_BYTES), 1);
         assert_eq!(segments_per_part(70_000, 512, MAX_USO_BYTES), 1);
         assert_eq!(segments_per_part(0, 512, MAX_USO_BYTES), 1);
-    }
-
-    #[test]
-    fn uro_payloads_split() {
-        let r: Vec<_> = split_datagrams(2500, Some(1000)).collect();
-        assert_eq!(r, [0..1000, 1000..2000, 2000..2500]);
-        assert_eq!(
-            split_datagrams(700, None)
-                .map(|r| (r.start, r.end))
-                .collect::<Vec<_>>(),
-            [(0, 700)]
-        );
-        assert_eq!(
-            split_datagrams(700, Some(0))
-                .map(|r| (r.start, r.end))
-                .collect::<Vec<_>>(),
-            [(0, 700)]
-        );
-        assert_eq!(split_datagrams(0, Some(10)).count(), 0);
-        assert_eq!(split_datagrams(0, None).count(), 0);
     }
 
     #[test]

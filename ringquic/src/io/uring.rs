@@ -37,7 +37,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use quinn_proto::Transmit;
 use tracing::{debug, warn};
@@ -45,6 +45,7 @@ use tracing::{debug, warn};
 use super::{
     bufpool::{RxSlots, TxPool},
     cmsg::{self, SendCmsgs},
+    recv,
     BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
 };
 
@@ -222,6 +223,9 @@ pub(crate) struct UringBackend {
     /// Receives with at least this many payload bytes are handed over in the buffer the
     /// kernel filled (zero-copy); smaller ones are copied out and the buffer reused at once.
     zero_copy_min: usize,
+    /// Pooled buffers that receives below `zero_copy_min` holding several datagrams are
+    /// copied into and lent from (payload-sized: no header area).
+    copies: recv::Lender,
     tx: TxPool,
     slots: Box<[SendSlot]>,
     /// Multishot receives the kernel holds (normally 0 or 1).
@@ -261,7 +265,11 @@ impl UringBackend {
             .ok_or(crate::EndpointError::Config("recv_buffers must be at most 32768"))?;
         // The header part (recvmsg_out, name and control areas) is zeroed: the kernel may leave
         // gaps there. The payload after it is always written in full.
-        let mut rx = RxSlots::new(entries as usize, cfg.recv_buffer_size, RECV_HEADROOM).ok_or(
+        // At most `recv_memory_budget` bytes of buffers lent to quinn-proto and the
+        // application: half for the kernel's own buffers (zero-copy), half for the pooled
+        // buffers small GRO batches are copied into.
+        let max_lent = cfg.recv_memory_budget / 2 / cfg.recv_buffer_size.max(1);
+        let mut rx = RxSlots::new(entries as usize, cfg.recv_buffer_size, RECV_HEADROOM, max_lent).ok_or(
             crate::EndpointError::Config("receive buffer pool could not be allocated"),
         )?;
         let mut buf_ring = BufRing::new(entries).map_err(io_err("provided-buffer ring"))?;
@@ -310,6 +318,7 @@ impl UringBackend {
             buf_ring: Some(buf_ring),
             rx: Some(rx),
             zero_copy_min: cfg.zero_copy_min,
+            copies: recv::Lender::new(cfg.recv_buffer_size - RECV_HEADROOM, 0, max_lent),
             tx: TxPool::new(cfg.tx_buffers, cfg.tx_buffer_size),
             slots,
             recv_armed: 0,
@@ -471,29 +480,40 @@ impl UringBackend {
         }
         if res >= 0 {
             let len = res as usize;
-            // SAFETY: this completion returned buffer `bid`; `len` covers its zeroed header part
-            // and the payload the kernel wrote in full (see `RxSlots`).
-            let filled = unsafe { rx.filled(bid as usize, len) };
-            // Small receives are copied out here, while the buffer is borrowed; the big buffer
-            // then goes straight back to the ring.
-            let parsed = filled.map(|b| {
-                parse(b, &self.recv_msg).map(|p| {
-                    let copy =
-                        (p.payload.len() < self.zero_copy_min).then(|| BytesMut::from(&b[p.payload.clone()]));
-                    (p, copy)
-                })
-            });
+            // SAFETY (`filled`, `lend`): this completion returned buffer `bid`; `len` covers its
+            // zeroed (or, reused, initialised) header part and the payload the kernel wrote in
+            // full (see `RxSlots`).
+            let parsed = unsafe { rx.filled(bid as usize, len) }.map(|b| parse(b, &self.recv_msg));
             match parsed {
-                Some(Ok((p, Some(data)))) => deliver(data, &p, &mut self.stats, on_recv),
-                Some(Ok((p, None))) => {
-                    // Zero-copy: the buffer itself goes to quinn-proto (decrypted in place) and
-                    // on to the application's chunks; a fresh one takes its ring slot below.
-                    // SAFETY: as for `filled` above.
-                    if let Some(mut data) = unsafe { rx.take(bid as usize, len) } {
-                        data.advance(p.payload.start);
-                        data.truncate(p.payload.len());
-                        self.stats.recv_zero_copy += 1;
-                        deliver(data, &p, &mut self.stats, on_recv);
+                Some(Ok(p)) => {
+                    // Zero-copy for big receives, within the lending budget: the buffer itself
+                    // goes to quinn-proto (decrypted in place) and on to the application's
+                    // chunks; another takes its ring slot.
+                    let lent = if p.payload.len() >= self.zero_copy_min {
+                        // SAFETY: as above.
+                        unsafe { rx.lend(bid as usize, p.payload.clone()) }
+                    } else {
+                        None
+                    };
+                    match lent {
+                        Some(data) => {
+                            self.stats.recv_zero_copy += 1;
+                            recv::deliver_lent(data, p.segment_size, p.meta, &mut self.stats, on_recv);
+                        }
+                        None => {
+                            // SAFETY: as above; the buffer is still ours until it is pushed
+                            // back to the ring below.
+                            if let Some(b) = unsafe { rx.filled(bid as usize, len) } {
+                                recv::deliver(
+                                    &mut self.copies,
+                                    &b[p.payload.clone()],
+                                    p.segment_size,
+                                    p.meta,
+                                    &mut self.stats,
+                                    on_recv,
+                                );
+                            }
+                        }
                     }
                 }
                 _ => self.stats.recv_dropped += 1,
@@ -638,7 +658,9 @@ struct Parsed {
 /// Parse one completed receive buffer (`io_uring_recvmsg_out`, name, control, payload).
 fn parse(buf: &[u8], msg: &libc::msghdr) -> Result<Parsed, ()> {
     let out = types::RecvMsgOut::parse(buf, msg)?;
-    if out.is_payload_truncated() || out.is_name_data_truncated() {
+    // A cut control area may have lost the UDP_GRO message: the batch would reach quinn-proto
+    // as one datagram. Drop it (counted) instead.
+    if out.is_payload_truncated() || out.is_name_data_truncated() || out.is_control_data_truncated() {
         return Err(());
     }
     let remote = cmsg::parse_sockaddr(out.name_data()).ok_or(())?;
@@ -655,15 +677,6 @@ fn parse(buf: &[u8], msg: &libc::msghdr) -> Result<Parsed, ()> {
         },
         segment_size: c.segment_size,
     })
-}
-
-/// Hand the datagrams of one receive (a GRO batch is split by segment size, without copying) on.
-fn deliver(mut data: BytesMut, p: &Parsed, stats: &mut IoStats, on_recv: &mut dyn FnMut(RecvMeta, BytesMut)) {
-    stats.bytes_received += data.len() as u64;
-    for range in cmsg::segments(data.len(), p.segment_size) {
-        stats.datagrams_received += 1;
-        on_recv(p.meta, data.split_to(range.len()));
-    }
 }
 
 impl IoBackend for UringBackend {
@@ -780,6 +793,13 @@ impl IoBackend for UringBackend {
         self.enter(deadline)?;
         self.reap_into_buffer();
         self.dispatch(on_recv);
+        // Lent buffers the application has let go of come back for reuse (O(lent), bounded by
+        // the zero-copy budget), and the gauge stays current.
+        self.copies.sweep();
+        if let Some(rx) = self.rx.as_mut() {
+            rx.sweep();
+            self.stats.recv_lent = (rx.lent() + self.copies.lent()) as u64;
+        }
         Ok(())
     }
 
@@ -1098,6 +1118,7 @@ mod tests {
     fn zero_copy_receive_hands_over_the_kernels_buffer() {
         let mut c = cfg(8, 65536 + 256);
         c.zero_copy_min = 0;
+        c.recv_memory_budget = usize::MAX;
         let Some(mut b) = backend(&c) else { return };
         let size = c.recv_buffer_size;
         let provided: Vec<usize> = {

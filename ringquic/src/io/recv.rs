@@ -1,0 +1,284 @@
+//! What a received datagram may keep alive: the one place every backend hands received bytes
+//! to the I/O loop through.
+//!
+//! quinn-proto keeps pieces of received datagrams: stream data until the application reads it,
+//! unreliable datagrams until `read_datagram`. Each piece is a `Bytes` slice that keeps its whole
+//! allocation alive. quinn-proto accounts for that (its stream reassembly compares the bytes it
+//! buffers with the size of the packets they came in, and copies out small pieces when the
+//! packets are mostly dead), but only if each datagram it is handed is its own allocation of
+//! about its own size. A GRO batch received into one buffer and split per datagram breaks that:
+//! a 1-byte piece of the last datagram keeps the other 40 datagrams' bytes alive too, which a
+//! peer can use to make us hold 10 000× what it sent.
+//!
+//! So there are three ways in, and backends use only these:
+//!
+//! * [`deliver_copied`]: each datagram is copied into its own exact-size allocation (the rule
+//!   quinn-proto's accounting assumes). The receive buffer stays with the backend. Used for a
+//!   receive of one datagram, and whenever the budget below is used up.
+//! * [`Lender::copy_in`] then [`deliver_lent`]: a receive of several datagrams (a GRO batch) is
+//!   copied into one pooled buffer, which is split per datagram and lent out.
+//! * [`deliver_lent`] of the kernel's own buffer (io_uring zero-copy receive, `RxSlots`).
+//!
+//! A lent buffer lives until the last piece of it is dropped. [`Lender`] bounds how many are
+//! out at once (the receive memory budget) and takes a buffer back for reuse once no piece of
+//! it is held, so a steady stream of GRO batches allocates nothing, and what a peer can make
+//! lent buffers hold is at most the budget, whatever it sends.
+//!
+//! Unreliable datagrams need nothing more: quinn-proto counts their payload against
+//! `datagram_receive_buffer_size`, and a copied datagram keeps only its own packet alive.
+
+use std::ops::Range;
+
+use bytes::BytesMut;
+
+use super::{IoStats, RecvMeta};
+
+/// Split a received payload into datagrams: a GRO (or URO) batch holds `segment_size`-byte
+/// datagrams, the last one possibly shorter. Without a size, or with a zero one, the payload is
+/// one datagram.
+pub(crate) fn segments(payload_len: usize, segment_size: Option<usize>) -> impl Iterator<Item = Range<usize>> {
+    let step = match segment_size {
+        Some(s) if s > 0 => s,
+        _ => payload_len.max(1),
+    };
+    (0..payload_len)
+        .step_by(step)
+        .map(move |start| start..(start + step).min(payload_len))
+}
+
+/// Hand each datagram of `payload` on in its own exact-size allocation (one allocation per
+/// datagram; the backend keeps its buffer).
+pub(crate) fn deliver_copied(
+    payload: &[u8],
+    segment_size: Option<usize>,
+    meta: RecvMeta,
+    stats: &mut IoStats,
+    on_recv: &mut dyn FnMut(RecvMeta, BytesMut),
+) {
+    stats.bytes_received += payload.len() as u64;
+    for range in segments(payload.len(), segment_size) {
+        stats.datagrams_received += 1;
+        on_recv(meta, BytesMut::from(&payload[range]));
+    }
+}
+
+/// Hand the datagrams of `data` on as slices of `data` itself, without copying. Only for
+/// buffers lent through a [`Lender`] (see the module docs).
+pub(crate) fn deliver_lent(
+    mut data: BytesMut,
+    segment_size: Option<usize>,
+    meta: RecvMeta,
+    stats: &mut IoStats,
+    on_recv: &mut dyn FnMut(RecvMeta, BytesMut),
+) {
+    stats.bytes_received += data.len() as u64;
+    for range in segments(data.len(), segment_size) {
+        stats.datagrams_received += 1;
+        on_recv(meta, data.split_to(range.len()));
+    }
+}
+
+/// Hand one receive on: copied into a pooled buffer and lent when it holds several datagrams
+/// and the budget allows, else copied per datagram.
+pub(crate) fn deliver(
+    lender: &mut Lender,
+    payload: &[u8],
+    segment_size: Option<usize>,
+    meta: RecvMeta,
+    stats: &mut IoStats,
+    on_recv: &mut dyn FnMut(RecvMeta, BytesMut),
+) {
+    let several = segment_size.is_some_and(|s| s > 0 && s < payload.len());
+    match several.then(|| lender.copy_in(payload)).flatten() {
+        Some(data) => deliver_lent(data, segment_size, meta, stats, on_recv),
+        None => deliver_copied(payload, segment_size, meta, stats, on_recv),
+    }
+    stats.recv_lent = lender.lent() as u64;
+}
+
+/// Buffers of one size lent to quinn-proto and the application, at most `max_lent` at once,
+/// and reused once they come back.
+///
+/// A lent buffer is tracked by a head split off its start (sharing its allocation) and kept
+/// here. Once every other piece of the buffer is gone (the application read or dropped the
+/// data), the head is the allocation's last handle and reclaims it whole
+/// (`BytesMut::try_reclaim`, which succeeds only for a unique handle); [`Lender::sweep`] then
+/// keeps it as a spare for the next buffer needed.
+///
+/// (Written by hand: no crate pools `bytes` buffers by reclaiming split handles.)
+pub(crate) struct Lender {
+    size: usize,
+    /// Bytes at the start of a fresh buffer that are zeroed (io_uring reads a receive's header
+    /// area, which the kernel may leave partly unwritten).
+    zeroed: usize,
+    lent: Vec<BytesMut>,
+    max_lent: usize,
+    spare: Vec<BytesMut>,
+}
+
+/// Buffers that came back kept for reuse; more are freed.
+const MAX_SPARE: usize = 16;
+
+impl Lender {
+    /// Buffers of `size` bytes, the first `zeroed` of a fresh one zeroed; at most `max_lent` out.
+    pub(crate) fn new(size: usize, zeroed: usize, max_lent: usize) -> Self {
+        Self {
+            size,
+            zeroed: zeroed.min(size),
+            lent: Vec::new(),
+            max_lent,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Buffers lent and not yet known to be back.
+    pub(crate) fn lent(&self) -> usize {
+        self.lent.len()
+    }
+
+    /// Whether another buffer may be lent now (sweeps first when at the limit).
+    pub(crate) fn has_room(&mut self) -> bool {
+        if self.lent.len() >= self.max_lent {
+            self.sweep();
+        }
+        self.lent.len() < self.max_lent
+    }
+
+    /// An empty buffer of `size` bytes: a spare, or a fresh allocation whose first `zeroed`
+    /// bytes are zero. Every byte of a spare below what it held before is initialised.
+    pub(crate) fn buffer(&mut self) -> BytesMut {
+        self.spare.pop().unwrap_or_else(|| {
+            let mut b = BytesMut::with_capacity(self.size);
+            b.resize(self.zeroed, 0);
+            b.clear();
+            b
+        })
+    }
+
+    /// Lend `buf` (a whole buffer from [`Lender::buffer`]): its bytes from `start` on go out,
+    /// the head before `start` stays here to track it. The caller checked [`Lender::has_room`].
+    pub(crate) fn lend(&mut self, mut buf: BytesMut, start: usize) -> BytesMut {
+        let head = buf.split_to(start.min(buf.len()));
+        self.lent.push(head);
+        buf
+    }
+
+    /// Copy `payload` into a lent buffer; `None` if it does not fit one or the budget is used.
+    pub(crate) fn copy_in(&mut self, payload: &[u8]) -> Option<BytesMut> {
+        if payload.len() > self.size || !self.has_room() {
+            return None;
+        }
+        let mut b = self.buffer();
+        b.extend_from_slice(payload);
+        Some(self.lend(b, 0))
+    }
+
+    /// Take back every lent buffer no one holds any more. O(lent), at most `max_lent`.
+    pub(crate) fn sweep(&mut self) {
+        let size = self.size;
+        let spare = &mut self.spare;
+        self.lent.retain_mut(|head| {
+            head.clear();
+            // Succeeds only when the head is the allocation's last handle; it then covers the
+            // whole buffer again, from its start.
+            if !head.try_reclaim(size) {
+                return true;
+            }
+            if spare.len() < MAX_SPARE {
+                spare.push(std::mem::take(head));
+            }
+            false
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_split_by_size_with_a_short_last_one() {
+        let v: Vec<_> = segments(3000, Some(1200)).collect();
+        assert_eq!(v, [0..1200, 1200..2400, 2400..3000]);
+        assert_eq!(segments(500, None).collect::<Vec<_>>(), [0..500]);
+        assert_eq!(segments(500, Some(0)).collect::<Vec<_>>(), [0..500]);
+        assert_eq!(segments(0, Some(1200)).count(), 0);
+        assert_eq!(segments(0, None).count(), 0);
+    }
+
+    fn meta() -> RecvMeta {
+        RecvMeta {
+            remote: "127.0.0.1:1".parse().unwrap(),
+            local_ip: None,
+            ecn: None,
+        }
+    }
+
+    /// A copied datagram owns an allocation of its own size: dropping the others frees them.
+    #[test]
+    fn copied_datagrams_are_separate_exact_allocations() {
+        let payload: Vec<u8> = (0..4100u32).map(|i| i as u8).collect();
+        let mut stats = IoStats::default();
+        let mut got = Vec::new();
+        deliver_copied(&payload, Some(1400), meta(), &mut stats, &mut |_, d| got.push(d));
+        assert_eq!(got.iter().map(|d| d.len()).collect::<Vec<_>>(), [1400, 1400, 1300]);
+        assert_eq!(got.iter().map(|d| d.capacity()).collect::<Vec<_>>(), [1400, 1400, 1300]);
+        assert_eq!(&got[2][..], &payload[2800..]);
+        let mut last = got.pop().unwrap();
+        drop(got);
+        // Unique: reclaiming its own capacity succeeds, nothing else shares it.
+        last.clear();
+        assert!(last.try_reclaim(1300));
+        assert_eq!((stats.datagrams_received, stats.bytes_received), (3, 4100));
+    }
+
+    /// Lent datagrams are slices of the one buffer: the buffer lives while any piece does.
+    #[test]
+    fn lent_datagrams_share_the_buffer() {
+        let mut buf = BytesMut::with_capacity(8192);
+        buf.extend_from_slice(&[7u8; 4100]);
+        let base = buf.as_ptr();
+        let mut stats = IoStats::default();
+        let mut got = Vec::new();
+        deliver_lent(buf, Some(1400), meta(), &mut stats, &mut |_, d| got.push(d));
+        assert_eq!(got.len(), 3);
+        // Addresses compared only, nothing dereferenced.
+        assert_eq!(got[1].as_ptr() as usize - base as usize, 1400);
+        assert_eq!((stats.datagrams_received, stats.bytes_received), (3, 4100));
+    }
+
+    /// At most `max_lent` buffers are out; one no one holds any more comes back and is reused
+    /// (the same allocation), and a batch over the budget is copied per datagram instead.
+    #[test]
+    fn lending_is_bounded_and_buffers_come_back() {
+        let mut l = Lender::new(8192, 0, 2);
+        let batch = [1u8; 4200];
+        let a = l.copy_in(&batch).unwrap();
+        let a_base = a.as_ptr();
+        let b = l.copy_in(&batch).unwrap();
+        assert!(l.copy_in(&batch).is_none(), "over the budget");
+        assert!(l.copy_in(&[0u8; 8193]).is_none(), "larger than a buffer");
+        // A piece still held keeps its buffer lent.
+        let piece = a.freeze().slice(4000..4001);
+        l.sweep();
+        assert_eq!(l.lent(), 2);
+        drop(piece);
+        l.sweep();
+        assert_eq!(l.lent(), 1, "the first buffer came back");
+        let c = l.copy_in(&batch).unwrap();
+        assert_eq!(c.as_ptr(), a_base, "and was reused, not reallocated");
+        drop((b, c));
+
+        // Through `deliver`: one datagram is copied exactly, a batch is lent.
+        let mut stats = IoStats::default();
+        let mut l = Lender::new(8192, 0, 1);
+        let mut got = Vec::new();
+        deliver(&mut l, &batch, Some(1400), meta(), &mut stats, &mut |_, d| got.push(d));
+        assert_eq!((got.len(), l.lent(), stats.recv_lent), (3, 1, 1));
+        deliver(&mut l, &batch, Some(1400), meta(), &mut stats, &mut |_, d| got.push(d));
+        assert_eq!(got.len(), 6);
+        assert_eq!(got[3].capacity(), 1400, "over the budget: exact copies");
+        deliver(&mut l, &batch[..1200], Some(1400), meta(), &mut stats, &mut |_, d| got.push(d));
+        assert_eq!(got[6].capacity(), 1200, "one datagram: an exact copy");
+    }
+}
