@@ -1,0 +1,180 @@
+//! Differential suite: every scenario is written once (in the `differential/*.rs` macros) and
+//! expanded twice, against stock quinn 0.11 (`quinn_impl::…`) and against ringquic
+//! (`ringquic_impl::…`), asserting the same observable outcome: values, error variants,
+//! ordering, and that nothing hangs (every wait is bounded by [`support::within`]).
+//!
+//! ringquic's side runs on whichever backend `RINGQUIC_BACKEND` picks (io_uring by default on
+//! Linux; CI runs the binary again with `RINGQUIC_BACKEND=poll`).
+//!
+//! What differs between the two APIs lives in the small `imp` adapter module of each
+//! implementation; where an outcome differs on purpose, the scenario says so and reads the
+//! expected value from `imp`, and `PORTING.md` lists the difference. Scenarios that fail on
+//! ringquic today because of a known bug carry a `// finding X` comment.
+//!
+//! `differential/ringquic_only.rs` holds scenarios for ringquic's own API (`Endpoint::spawn`),
+//! each next to the tokio/quinn behaviour it mirrors.
+mod common;
+
+#[macro_use]
+mod differential {
+    pub mod support;
+    #[macro_use]
+    pub mod adapters;
+    #[macro_use]
+    pub mod connection;
+    #[macro_use]
+    pub mod streams;
+    #[macro_use]
+    pub mod lifecycle;
+    #[macro_use]
+    pub mod paths;
+    pub mod ringquic_only;
+}
+
+/// Stock quinn 0.11 on tokio. Not on Windows: under Wine quinn-udp cannot configure a socket
+/// (see interop.rs); the Linux runs do the comparison.
+#[cfg(not(windows))]
+mod quinn_impl {
+    /// quinn's side of the few calls whose shape differs.
+    pub mod imp {
+        use std::{net::SocketAddr, sync::Arc};
+
+        use quinn::{ClientConfig, Connection, Dir, Endpoint, EndpointConfig, ServerConfig, VarInt};
+
+        pub const NAME: &str = "quinn";
+        /// quinn can lose the CONNECTION_CLOSE of a connection whose handles are all dropped
+        /// (with or around the endpoint's) without `wait_idle`: the peer times out.
+        pub const DROP_MAY_LOSE_CLOSE: bool = true;
+        /// quinn-proto drops a stream's receive state when an ordered read follows an
+        /// unordered one, so the next read is `ClosedStream`.
+        pub const ILLEGAL_ORDERED_READ_KEEPS_STREAM: bool = false;
+
+        /// An endpoint on a socket bound to `addr` (quinn's `Endpoint::new`).
+        pub fn endpoint(
+            config: EndpointConfig,
+            server: Option<ServerConfig>,
+            client: Option<ClientConfig>,
+            addr: SocketAddr,
+        ) -> Endpoint {
+            let socket = std::net::UdpSocket::bind(addr).expect("bind");
+            endpoint_on(config, server, client, socket)
+        }
+
+        /// An endpoint on an existing socket.
+        pub fn endpoint_on(
+            config: EndpointConfig,
+            server: Option<ServerConfig>,
+            client: Option<ClientConfig>,
+            socket: std::net::UdpSocket,
+        ) -> Endpoint {
+            let mut e =
+                Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime)).expect("quinn endpoint");
+            if let Some(c) = client {
+                e.set_default_client_config(c);
+            }
+            e
+        }
+
+        /// A server endpoint that is as short of send buffers as the implementation allows
+        /// (quinn has no such setting: a plain server).
+        pub fn scarce_tx_server(server: ServerConfig) -> Endpoint {
+            endpoint(
+                EndpointConfig::default(),
+                Some(server),
+                None,
+                crate::common::localhost(),
+            )
+        }
+
+        /// quinn: one setter per direction.
+        pub fn set_max_concurrent_streams(conn: &Connection, dir: Dir, n: u32) {
+            match dir {
+                Dir::Bi => conn.set_max_concurrent_bi_streams(VarInt::from_u32(n)),
+                Dir::Uni => conn.set_max_concurrent_uni_streams(VarInt::from_u32(n)),
+            }
+        }
+    }
+
+    adapter_common!(quinn);
+    connection_scenarios!(quinn);
+    stream_scenarios!(quinn);
+    lifecycle_scenarios!(quinn);
+    path_scenarios!(quinn);
+}
+
+/// ringquic, on the backend `RINGQUIC_BACKEND` selects.
+mod ringquic_impl {
+    /// ringquic's side of the few calls whose shape differs.
+    pub mod imp {
+        use std::net::SocketAddr;
+
+        use ringquic::{
+            ClientConfig, Connection, Dir, Endpoint, EndpointBuilder, EndpointConfig, ServerConfig, VarInt,
+        };
+
+        pub const NAME: &str = "ringquic";
+        /// ringquic's I/O thread sends every pending close before it exits.
+        pub const DROP_MAY_LOSE_CLOSE: bool = false;
+        /// ringquic refuses the ordered read before quinn-proto sees it: the stream survives.
+        pub const ILLEGAL_ORDERED_READ_KEEPS_STREAM: bool = true;
+
+        fn builder(
+            config: EndpointConfig,
+            server: Option<ServerConfig>,
+            client: Option<ClientConfig>,
+        ) -> EndpointBuilder {
+            let mut b = Endpoint::builder().endpoint_config(config);
+            if let Some(s) = server {
+                b = b.server_config(s);
+            }
+            if let Some(c) = client {
+                b = b.default_client_config(c);
+            }
+            b
+        }
+
+        /// An endpoint on a socket bound to `addr` (ringquic's builder).
+        pub fn endpoint(
+            config: EndpointConfig,
+            server: Option<ServerConfig>,
+            client: Option<ClientConfig>,
+            addr: SocketAddr,
+        ) -> Endpoint {
+            builder(config, server, client)
+                .bind(addr)
+                .expect("ringquic endpoint")
+        }
+
+        /// An endpoint on an existing socket.
+        pub fn endpoint_on(
+            config: EndpointConfig,
+            server: Option<ServerConfig>,
+            client: Option<ClientConfig>,
+            socket: std::net::UdpSocket,
+        ) -> Endpoint {
+            builder(config, server, client)
+                .socket(socket)
+                .expect("ringquic endpoint")
+        }
+
+        /// A server endpoint with a single TX buffer.
+        pub fn scarce_tx_server(server: ServerConfig) -> Endpoint {
+            Endpoint::builder()
+                .server_config(server)
+                .tx_buffers(1)
+                .bind(crate::common::localhost())
+                .expect("ringquic endpoint")
+        }
+
+        /// ringquic: one setter taking the direction.
+        pub fn set_max_concurrent_streams(conn: &Connection, dir: Dir, n: u32) {
+            conn.set_max_concurrent_streams(dir, VarInt::from_u32(n));
+        }
+    }
+
+    adapter_common!(ringquic);
+    connection_scenarios!(ringquic);
+    stream_scenarios!(ringquic);
+    lifecycle_scenarios!(ringquic);
+    path_scenarios!(ringquic);
+}
