@@ -9,8 +9,8 @@ use std::{
     collections::VecDeque,
     future::{Future, IntoFuture},
     io,
-    panic::AssertUnwindSafe,
     net::{IpAddr, SocketAddr},
+    panic::AssertUnwindSafe,
     pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -178,7 +178,10 @@ impl EndpointShared {
     /// Take every task waiting on the endpoint (accept, wait_idle), to wake once the state's
     /// lock is released.
     pub(crate) fn take_waiters(st: &mut EpState) -> Vec<Waker> {
-        st.accept_waiters.drain(..).chain(st.idle_waiters.drain(..)).collect()
+        st.accept_waiters
+            .drain(..)
+            .chain(st.idle_waiters.drain(..))
+            .collect()
     }
 
     /// Hand a connection created on this side to the I/O thread (see

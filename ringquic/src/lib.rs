@@ -67,9 +67,9 @@ mod streams;
 pub use crate::{
     connection::{Connecting, Connection},
     endpoint::{
-        try_spawn, Accept, Endpoint, EndpointBuilder, EndpointStats, Incoming, IncomingFuture, JoinHandle,
-        JoinError, RetryError, DEFAULT_MAX_INCOMING, DEFAULT_RECV_BUFFERS, DEFAULT_RECV_BUFFER_SIZE,
-        DEFAULT_TX_BUFFERS, DEFAULT_TX_BUFFER_SIZE, DEFAULT_RECV_MEMORY_BUDGET, DEFAULT_ZERO_COPY_THRESHOLD,
+        try_spawn, Accept, Endpoint, EndpointBuilder, EndpointStats, Incoming, IncomingFuture, JoinError,
+        JoinHandle, RetryError, DEFAULT_MAX_INCOMING, DEFAULT_RECV_BUFFERS, DEFAULT_RECV_BUFFER_SIZE,
+        DEFAULT_RECV_MEMORY_BUDGET, DEFAULT_TX_BUFFERS, DEFAULT_TX_BUFFER_SIZE, DEFAULT_ZERO_COPY_THRESHOLD,
         SHUTDOWN_JOIN_TIMEOUT,
     },
     io::BackendKind,

@@ -362,7 +362,9 @@ async fn shutdown_closes_every_connection() {
             let _ = started_tx.send(());
             std::thread::sleep(Duration::from_millis(30));
         });
-        started_rx.recv_timeout(Duration::from_secs(5)).expect("task started");
+        started_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("task started");
         drop(busy);
         drop(conns);
         drop(client);
@@ -393,7 +395,11 @@ async fn dropping_a_stopped_stream_returns_its_credit() {
             for i in 0..300 {
                 let (mut send, _recv) = conn.open_bi().await.unwrap();
                 send.write_all(b"x").await.unwrap();
-                assert_eq!(send.stopped().await.unwrap(), Some(7u32.into()), "{b}: stream {i}");
+                assert_eq!(
+                    send.stopped().await.unwrap(),
+                    Some(7u32.into()),
+                    "{b}: stream {i}"
+                );
             }
         };
         within(20, async { tokio::join!(serve, open) }).await;

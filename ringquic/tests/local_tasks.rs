@@ -84,7 +84,11 @@ fn close_ends_a_local_accept_loop_and_abort_drops_a_task() {
             std::future::pending::<()>().await
         });
         endpoint.close(0u32.into(), b"");
-        assert_eq!(futures::executor::block_on(accept_loop).expect("accept loop"), 0, "{b}");
+        assert_eq!(
+            futures::executor::block_on(accept_loop).expect("accept loop"),
+            0,
+            "{b}"
+        );
         parked.abort();
         // Aborting dropped the task's future (and the endpoint handle it held).
         // (A task aborted before its first poll drops the sender unused: Disconnected.)

@@ -340,7 +340,11 @@ mod tests {
         // SAFETY: as above.
         let lent = unsafe { s.lend(0, 4..12) }.unwrap();
         assert_eq!(&lent[..], b"datagram");
-        assert_eq!(lent.as_ptr(), a.wrapping_add(4) as *const u8, "lent without a copy");
+        assert_eq!(
+            lent.as_ptr(),
+            a.wrapping_add(4) as *const u8,
+            "lent without a copy"
+        );
         assert_ne!(s.addr(0), a, "another buffer took its place");
         assert_eq!(s.lent(), 1);
         // SAFETY: out-of-range requests are refused before any memory is touched.
@@ -357,11 +361,14 @@ mod tests {
     fn rx_slots_lending_is_bounded_and_buffers_come_back() {
         let mut s = RxSlots::new(4, 64, 8, 2).unwrap();
         let first = s.addr(0);
-        // SAFETY (all `lend` calls): the buffers' first 8 bytes are zeroed and nothing writes
-        // them; lengths are within the 64-byte buffers.
+        // SAFETY: the buffers' first 8 bytes are zeroed, the lengths are within the 64-byte
+        // buffers, and nothing else writes them (the same for every `lend` below).
         let a = unsafe { s.lend(0, 8..8) }.unwrap();
+        // SAFETY: as above.
         let b = unsafe { s.lend(1, 8..8) }.unwrap();
-        assert!(unsafe { s.lend(2, 8..8) }.is_none(), "over the budget: the caller copies");
+        // SAFETY: as above.
+        let over = unsafe { s.lend(2, 8..8) };
+        assert!(over.is_none(), "over the budget: the caller copies");
         assert_eq!(s.lent(), 2);
         // A piece of `a` still held keeps it lent; dropping every piece brings it back.
         let piece = a.freeze();
@@ -371,6 +378,7 @@ mod tests {
         let b_piece = b.freeze();
         s.sweep();
         assert_eq!(s.lent(), 1, "buffer 0 came back");
+        // SAFETY: as above.
         let c = unsafe { s.lend(2, 8..8) }.unwrap();
         assert_eq!(s.addr(2), first, "slot 2 now holds buffer 0's allocation, reused");
         assert_eq!(s.lent(), 2);

@@ -232,11 +232,7 @@ impl PollBackend {
             recv_buf: vec![0; recv_slots * recv_slot_size],
             recv_slot_size,
             recv_slots,
-            lender: recv::Lender::new(
-                recv_slot_size,
-                0,
-                cfg.recv_memory_budget / recv_slot_size.max(1),
-            ),
+            lender: recv::Lender::new(recv_slot_size, 0, cfg.recv_memory_budget / recv_slot_size.max(1)),
             recv_meta: [quinn_udp::RecvMeta::default(); BATCH_SIZE],
             tx_free,
             tx_count: cfg.tx_buffers,
@@ -457,7 +453,14 @@ impl PollBackend {
                 };
                 // Each datagram in its own allocation (`recv.rs`): a piece quinn-proto keeps
                 // holds its own datagram alive, never the batch.
-                recv::deliver(&mut self.lender, &buf[..kept], Some(stride), recv_meta, &mut self.stats, on_recv);
+                recv::deliver(
+                    &mut self.lender,
+                    &buf[..kept],
+                    Some(stride),
+                    recv_meta,
+                    &mut self.stats,
+                    on_recv,
+                );
             }
         }
         Ok(())

@@ -45,8 +45,7 @@ use tracing::{debug, warn};
 use super::{
     bufpool::{RxSlots, TxPool},
     cmsg::{self, SendCmsgs},
-    recv,
-    BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
+    recv, BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
 };
 
 const RECV: u64 = 1 << 56;
@@ -483,9 +482,10 @@ impl UringBackend {
         }
         if res >= 0 {
             let len = res as usize;
-            // SAFETY (`filled`, `lend`): this completion returned buffer `bid`; `len` covers its
-            // zeroed (or, reused, initialised) header part and the payload the kernel wrote in
-            // full (see `RxSlots`).
+            // SAFETY: this completion returned buffer `bid` (the kernel writes it no more until
+            // it is pushed back to the ring below); `len` covers its header part, zeroed when
+            // the buffer was made and initialised ever since, and the payload the kernel wrote
+            // in full (see `RxSlots`). The same holds for `lend` and `filled` below.
             let parsed = unsafe { rx.filled(bid as usize, len) }.map(|b| parse(b, &self.recv_msg));
             match parsed {
                 Some(Ok(p)) => {
