@@ -63,6 +63,7 @@ mod io;
 mod mailbox;
 mod socket;
 mod streams;
+mod sync;
 
 pub use crate::{
     connection::{Connecting, Connection},
