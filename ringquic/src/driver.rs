@@ -148,6 +148,8 @@ pub(crate) fn run(setup: DriverSetup) {
             max_segments,
             admission,
             handshaking: HandleSet::default(),
+            closes_sent: HandleSet::default(),
+            awaiting_close: HandleSet::default(),
             shutting_down: false,
             stats: EndpointStats::default(),
         },
@@ -338,6 +340,10 @@ struct Core {
     admission: Admission,
     /// Server-side connections accepted whose handshake has not completed.
     handshaking: HandleSet,
+    /// Closed connections whose CONNECTION_CLOSE has gone out.
+    closes_sent: HandleSet,
+    /// Shutdown: closed connections whose CONNECTION_CLOSE has not gone out yet.
+    awaiting_close: HandleSet,
     shutting_down: bool,
     stats: EndpointStats,
 }
@@ -521,30 +527,41 @@ impl Core {
         self.waiting_tx = waiting;
     }
 
-    /// Shutdown: close every connection and keep turning (bounded) until each one's
-    /// CONNECTION_CLOSE is on its way, however few TX buffers there are; the backend's
-    /// shutdown then waits for those sends to complete.
+    /// Shutdown: close every connection and keep the loop going (bounded) until each one's
+    /// CONNECTION_CLOSE has gone out, however few TX buffers there are; the backend's shutdown
+    /// then waits for those sends to complete.
+    ///
+    /// Received datagrams are still processed meanwhile: quinn-proto holds a close back by
+    /// congestion control and pacing while stream data is pending, so the peer's ACKs (and
+    /// the pacing timer) are what let it out.
     fn flush_closes(&mut self, io: &mut dyn IoBackend) {
         self.close_all(
             proto::VarInt::from_u32(0),
             bytes::Bytes::from_static(b"endpoint dropped"),
         );
+        for (ch, conn) in self.conns.iter() {
+            let ours = conn.lock().error == Some(ConnectionError::LocallyClosed);
+            if ours && !self.closes_sent.contains(&ch) {
+                self.awaiting_close.insert(ch);
+            }
+        }
         let until = Instant::now() + SHUTDOWN_FLUSH_TIME;
-        // Datagrams that arrive meanwhile are dropped: every connection is closing.
-        let mut discard = |_: RecvMeta, _: BytesMut| {};
         for _ in 0..MAX_SHUTDOWN_TURNS {
             self.drive_dirty(io);
             self.send_responses(io);
-            let pending = !self.dirty.is_empty() || !self.waiting_tx.is_empty();
+            let pending =
+                !self.dirty.is_empty() || !self.waiting_tx.is_empty() || self.awaiting_close.len() > 0;
             let now = Instant::now();
-            // Submit what was queued; if connections still wait for a TX buffer, wait (briefly)
-            // for a send completion to free one.
-            let deadline = if pending {
-                (now + Duration::from_millis(1)).min(until)
-            } else {
+            // Submit what was queued; while closes are still due, wait (briefly) for a send
+            // completion, an ACK or a pacing timer.
+            let deadline = if !pending || !self.dirty.is_empty() {
                 now
+            } else {
+                let timer = self.timers.values().min().copied().unwrap_or(until);
+                timer.min(now + Duration::from_millis(5)).min(until)
             };
-            if let Err(e) = io.turn(Some(deadline), &mut discard) {
+            let rx = &mut self.rx;
+            if let Err(e) = io.turn(Some(deadline), &mut |meta, data| rx.push((meta, data))) {
                 debug!("I/O backend failed during shutdown: {e}");
                 break;
             }
@@ -554,10 +571,14 @@ impl Core {
             if now >= until {
                 break;
             }
+            self.route_received();
+            self.deliver_received();
+            self.expire_timers();
             self.retry_waiting_tx(io);
         }
+        self.rx.clear();
         warn!(
-            connections = self.dirty.len() + self.waiting_tx.len(),
+            connections = self.awaiting_close.len(),
             "shutdown: some connections' CONNECTION_CLOSE could not be sent in time"
         );
     }
@@ -798,7 +819,14 @@ impl Core {
         let mut again = false;
         {
             let mut st = conn.lock();
-            if self.timers.get(&ch).is_some_and(|t| *t <= now) {
+            let timer_due = self.timers.get(&ch).is_some_and(|t| *t <= now);
+            // A connection the application has closed sends its CONNECTION_CLOSE before its
+            // timers run: if this thread got to it late (more than three PTOs after the close,
+            // on a loaded machine), the close timer would end the closing period first and the
+            // peer would hear nothing but an idle timeout. Otherwise timers first, so loss
+            // recovery's retransmits go out in this same drive.
+            let closing = st.inner.is_closed();
+            if timer_due && !closing {
                 st.inner.handle_timeout(now);
             }
             // Transmit first: ACKs and data go out before we look at events.
@@ -826,6 +854,14 @@ impl Core {
                         break;
                     }
                 }
+            }
+            if closing && sent > 0 {
+                // A closed connection transmits nothing but its CONNECTION_CLOSE (and ACKs).
+                self.closes_sent.insert(ch);
+                self.awaiting_close.remove(&ch);
+            }
+            if timer_due && closing {
+                st.inner.handle_timeout(now);
             }
             while let Some(ev) = st.inner.poll_endpoint_events() {
                 drained |= ev.is_drained();
@@ -858,6 +894,8 @@ impl Core {
         self.woken = woken;
         if drained {
             self.handshaking.remove(&ch);
+            self.closes_sent.remove(&ch);
+            self.awaiting_close.remove(&ch);
             self.conns.remove(&ch);
             self.timers.remove(&ch);
             let idle = {

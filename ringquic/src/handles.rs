@@ -93,6 +93,10 @@ impl HandleSet {
         self.0.remove(ch).is_some()
     }
 
+    pub(crate) fn contains(&self, ch: &ConnectionHandle) -> bool {
+        self.0.get(ch).is_some()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.0.len()
     }
@@ -128,6 +132,7 @@ mod tests {
         let mut s = HandleSet::default();
         assert!(s.insert(ConnectionHandle(3)));
         assert!(!s.insert(ConnectionHandle(3)));
+        assert!(s.contains(&ConnectionHandle(3)) && !s.contains(&ConnectionHandle(4)));
         assert_eq!(s.len(), 1);
         assert!(s.remove(&ConnectionHandle(3)));
         assert!(!s.remove(&ConnectionHandle(3)));

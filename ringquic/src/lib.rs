@@ -229,8 +229,8 @@ pub enum ReadError {
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ReadExactError {
-    /// The stream ended with this many bytes still wanted.
-    #[error("stream finished early ({0} bytes missing)")]
+    /// The stream ended after this many bytes were read, before the buffer was full.
+    #[error("stream finished early ({0} bytes read)")]
     FinishedEarly(usize),
     /// Reading failed.
     #[error(transparent)]

@@ -123,7 +123,12 @@ impl Mailbox {
     /// Take every queued command. Clears the `notified` flag first, so a push that races with
     /// the drain either lands in this batch or sends a fresh wakeup.
     pub(crate) fn drain(&self, out: &mut VecDeque<Command>) {
-        self.notified.store(false, Ordering::Release);
+        // A swap rather than a plain store: the same under C11 (an RMW or a store, every
+        // later swap in `notify` reads this `false` or a later value), but loom 0.7.3 models
+        // a plain store racing RMWs wrongly (tokio-rs/loom#254) and would report a false lost
+        // wakeup; with the swap the model checks every case. Once per turn, so the locked
+        // instruction costs nothing measurable.
+        self.notified.swap(false, Ordering::AcqRel);
         let mut q = lock(&self.queue);
         std::mem::swap(&mut q.commands, out);
     }
@@ -360,18 +365,12 @@ mod loom_model {
         check(2, false, Some(4), MAILBOX);
     }
 
-    /// Ignored: fails under loom 0.7.3 with a deadlock that C11 rules out, loom's bug with a
-    /// plain store racing an RMW (tokio-rs/loom issue #254, fix proposed in PR #391, not
-    /// released). The trace: the I/O thread's own push sets the flag (no wakeup); producer A
-    /// swaps it (reads true, no wakeup) while the I/O thread stores false in `drain` and takes
-    /// A's command; producer B, which locks the queue after that drain, so after the store,
-    /// then swaps and loom lets it read A's `true`, an older value. But A's swap read the I/O
-    /// thread's swap, so it is right after it in modification order, the store is after A's
-    /// swap, and B's swap must read the store's `false` and wake. With `drain` clearing by
-    /// `swap(false)` instead (an RMW) loom passes this case; one producer, or two without the
-    /// I/O thread's push, have too few RMWs to hit the bug.
+    /// Two producers and the I/O thread's own push. (Under loom 0.7.3 this needs `drain` to
+    /// clear the flag with a swap: with a plain store loom reports a deadlock that C11 rules
+    /// out, its bug tokio-rs/loom#254. The trace: the I/O thread's push sets the flag, producer
+    /// A swaps it (reads true), the I/O thread stores false and takes A's command, producer B,
+    /// after that drain, swaps and loom lets it read A's older `true`.)
     #[test]
-    #[ignore = "false deadlock from loom 0.7.3's RMW-vs-store bug (loom issue #254)"]
     fn two_producers_and_io_thread_push() {
         check(2, true, Some(4), MAILBOX);
     }

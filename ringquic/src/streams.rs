@@ -252,12 +252,14 @@ impl RecvStream {
         })
     }
 
-    /// Read exactly `buf.len()` bytes.
-    pub async fn read_exact(&mut self, mut buf: &mut [u8]) -> Result<(), ReadExactError> {
-        while !buf.is_empty() {
-            match self.read(buf).await? {
-                Some(n) => buf = &mut buf[n..],
-                None => return Err(ReadExactError::FinishedEarly(buf.len())),
+    /// Read exactly `buf.len()` bytes. If the stream ends first,
+    /// [`ReadExactError::FinishedEarly`] says how many bytes were read (as in quinn).
+    pub async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ReadExactError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.read(&mut buf[filled..]).await? {
+                Some(n) => filled += n,
+                None => return Err(ReadExactError::FinishedEarly(filled)),
             }
         }
         Ok(())
