@@ -234,14 +234,103 @@ impl Clone for ConnectionRef {
 
 impl Drop for ConnectionRef {
     fn drop(&mut self) {
-        let mut st = self.inner.lock();
+        self.inner.release_handle();
+    }
+}
+
+impl ConnectionInner {
+    /// One application handle is gone; at the last, the connection is closed with code 0.
+    pub(crate) fn release_handle(&self) {
+        let mut st = self.lock();
         st.handles -= 1;
         if st.handles == 0 && st.error.is_none() {
             let mut woken = Vec::new();
             st.close(VarInt::from_u32(0), Bytes::new(), &mut woken);
             drop(st);
-            self.inner.wake();
+            self.wake();
             wake_all(woken);
+        }
+    }
+}
+
+/// A connection the I/O thread creates for [`Endpoint::connect`](crate::Endpoint::connect) or
+/// [`Incoming::accept`](crate::Incoming::accept): quinn-proto's connect and accept run TLS
+/// (key generation, the server's certificate signature), far too much to do under the
+/// endpoint lock the I/O thread routes datagrams with (measured: handshakes/s fell by a
+/// quarter when the application did it), so the application's call only queues it and the
+/// [`Connecting`] waits for it, asynchronously.
+#[derive(Default)]
+pub(crate) struct PendingAccept {
+    state: Mutex<PendingState>,
+}
+
+#[derive(Default)]
+struct PendingState {
+    result: Option<Result<Arc<ConnectionInner>, ConnectionError>>,
+    waker: Option<Waker>,
+    /// The `Connecting` is gone: a connection that arrives now is released at once.
+    abandoned: bool,
+}
+
+/// The I/O thread's end of a [`PendingAccept`] (connect or accept). Dropped unanswered (the I/O thread exited
+/// with the command still queued), it answers `LocallyClosed`, so nothing waits for ever.
+pub(crate) struct AcceptReply(Option<Arc<PendingAccept>>);
+
+impl AcceptReply {
+    /// A new pending accept: the reply for the I/O thread, the wait for the `Connecting`.
+    pub(crate) fn new() -> (Self, AcceptWait) {
+        let p = Arc::new(PendingAccept::default());
+        (Self(Some(p.clone())), AcceptWait(p))
+    }
+
+    /// Answer. A connection whose `Connecting` is already gone is released (closed, code 0).
+    pub(crate) fn complete(mut self, result: Result<Arc<ConnectionInner>, ConnectionError>) {
+        let Some(p) = self.0.take() else { return };
+        let mut st = lock(&p.state);
+        if st.abandoned {
+            drop(st);
+            if let Ok(inner) = result {
+                inner.release_handle();
+            }
+            return;
+        }
+        let waker = st.waker.take();
+        match (waker, &result) {
+            // The task waiting for the connection would only find it handshaking: leave its
+            // waker with the connection instead, to be woken once, when the handshake ends.
+            (Some(w), Ok(inner)) => {
+                inner.lock().on_connected.push(w);
+                st.result = Some(result);
+            }
+            (waker, _) => {
+                st.result = Some(result);
+                drop(st);
+                if let Some(w) = waker {
+                    w.wake();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for AcceptReply {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            Self(self.0.take()).complete(Err(ConnectionError::LocallyClosed));
+        }
+    }
+}
+
+/// The `Connecting`'s end of a [`PendingAccept`].
+pub(crate) struct AcceptWait(Arc<PendingAccept>);
+
+impl Drop for AcceptWait {
+    fn drop(&mut self) {
+        let mut st = lock(&self.0.state);
+        st.abandoned = true;
+        if let Some(Ok(inner)) = st.result.take() {
+            drop(st);
+            inner.release_handle();
         }
     }
 }
@@ -256,7 +345,20 @@ impl std::ops::Deref for ConnectionRef {
 /// A connection in progress. Resolves to a [`Connection`] once the handshake completes.
 #[must_use = "a Connecting does nothing unless awaited"]
 pub struct Connecting {
-    conn: Option<ConnectionRef>,
+    state: ConnectingState,
+}
+
+enum ConnectingState {
+    /// A connection the I/O thread has not created yet (connect or accept queued).
+    Pending {
+        wait: AcceptWait,
+        endpoint: EndpointRef,
+        remote: SocketAddr,
+        local_ip: Option<IpAddr>,
+    },
+    Handshaking(ConnectionRef),
+    /// Resolved (the connection was handed out, or an error reported).
+    Done,
 }
 
 impl std::fmt::Debug for Connecting {
@@ -268,22 +370,39 @@ impl std::fmt::Debug for Connecting {
 }
 
 impl Connecting {
-    pub(crate) fn new(conn: ConnectionRef) -> Self {
-        Self { conn: Some(conn) }
+    /// A connection the I/O thread is creating.
+    pub(crate) fn pending(
+        wait: AcceptWait,
+        endpoint: EndpointRef,
+        remote: SocketAddr,
+        local_ip: Option<IpAddr>,
+    ) -> Self {
+        Self {
+            state: ConnectingState::Pending {
+                wait,
+                endpoint,
+                remote,
+                local_ip,
+            },
+        }
     }
 
     /// The peer's address.
     pub fn remote_address(&self) -> SocketAddr {
-        self.conn
-            .as_ref()
-            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| {
-                c.lock().inner.remote_address()
-            })
+        match &self.state {
+            ConnectingState::Pending { remote, .. } => *remote,
+            ConnectingState::Handshaking(c) => c.lock().inner.remote_address(),
+            ConnectingState::Done => SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
     }
 
     /// The local IP address the connection uses, if known.
     pub fn local_ip(&self) -> Option<IpAddr> {
-        self.conn.as_ref().and_then(|c| c.lock().inner.local_ip())
+        match &self.state {
+            ConnectingState::Pending { local_ip, .. } => *local_ip,
+            ConnectingState::Handshaking(c) => c.lock().inner.local_ip(),
+            ConnectingState::Done => None,
+        }
     }
 }
 
@@ -291,13 +410,37 @@ impl Future for Connecting {
     type Output = Result<Connection, ConnectionError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(conn) = self.conn.as_ref() else {
+        if let ConnectingState::Pending { wait, endpoint, .. } = &self.state {
+            let mut st = lock(&wait.0.state);
+            match st.result.take() {
+                None => {
+                    st.waker = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                Some(Err(e)) => {
+                    drop(st);
+                    self.state = ConnectingState::Done;
+                    return Poll::Ready(Err(e));
+                }
+                Some(Ok(inner)) => {
+                    drop(st);
+                    let conn = ConnectionRef::adopt(inner, endpoint.clone());
+                    self.state = ConnectingState::Handshaking(conn);
+                }
+            }
+        }
+        let ConnectingState::Handshaking(conn) = &self.state else {
             return Poll::Ready(Err(ConnectionError::LocallyClosed));
         };
         let mut st = conn.lock();
         if st.connected {
             drop(st);
-            return Poll::Ready(Ok(Connection(self.conn.take().expect("checked above"))));
+            let ConnectingState::Handshaking(conn) =
+                std::mem::replace(&mut self.state, ConnectingState::Done)
+            else {
+                unreachable!("checked above")
+            };
+            return Poll::Ready(Ok(Connection(conn)));
         }
         if let Some(e) = st.error.clone() {
             return Poll::Ready(Err(e));

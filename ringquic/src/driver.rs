@@ -31,11 +31,38 @@ use tracing::{debug, error, info, warn};
 use crate::handles::{HandleMap, HandleSet};
 use crate::{
     connection::ConnectionInner,
-    endpoint::{EndpointShared, EndpointStats, NewConnection, ProtoEndpoint},
+    endpoint::{EndpointShared, EndpointStats},
     io::{poll::PollBackend, BackendKind, IoBackend, IoConfig, RecvMeta},
     mailbox::{lock, Command},
     ConnectionError, EndpointError, TransportError, TransportErrorCode,
 };
+
+/// Endpoint-level responses (version negotiation, stateless resets, refusals, …) kept for
+/// sending; more are dropped and counted, as a stateless responder should under flood.
+const MAX_PENDING_RESPONSES: usize = 64;
+
+/// The `quinn_proto::Endpoint`, owned by the I/O thread, with the responses it produces.
+struct ProtoEndpoint {
+    inner: proto::Endpoint,
+    /// Responses to send (bounded by [`MAX_PENDING_RESPONSES`]).
+    responses: VecDeque<(Vec<u8>, proto::Transmit)>,
+    responses_dropped: u64,
+    /// Scratch space quinn-proto writes responses into.
+    buf: Vec<u8>,
+}
+
+impl ProtoEndpoint {
+    /// Queue the response quinn-proto wrote into `self.buf`, or count it dropped if the queue
+    /// is full.
+    fn queue_response(&mut self, t: proto::Transmit) {
+        if self.responses.len() < MAX_PENDING_RESPONSES {
+            self.responses.push_back((self.buf[..t.size].to_vec(), t));
+        } else {
+            self.responses_dropped += 1;
+        }
+        self.buf.clear();
+    }
+}
 
 /// GSO batches one connection may send per turn before others get their go.
 pub(crate) const MAX_TRANSMITS_PER_DRIVE: usize = 16;
@@ -68,6 +95,7 @@ pub(crate) struct DriverSetup {
     pub socket: std::net::UdpSocket,
     pub io: IoConfig,
     pub backend: Option<BackendKind>,
+    pub endpoint: proto::Endpoint,
     pub admission: Admission,
     /// Tests: use this backend instead of a kernel one.
     #[cfg(test)]
@@ -84,6 +112,7 @@ pub(crate) fn run(setup: DriverSetup) {
         socket,
         io,
         backend,
+        endpoint,
         admission,
         #[cfg(test)]
         fake,
@@ -135,6 +164,12 @@ pub(crate) fn run(setup: DriverSetup) {
         io: backend,
         core: Core {
             shared: shared.clone(),
+            ep: ProtoEndpoint {
+                inner: endpoint,
+                responses: VecDeque::new(),
+                responses_dropped: 0,
+                buf: Vec::new(),
+            },
             conns: HandleMap::default(),
             timers: HandleMap::default(),
             dirty: VecDeque::new(),
@@ -143,7 +178,7 @@ pub(crate) fn run(setup: DriverSetup) {
             in_waiting_tx: HandleSet::default(),
             rx: Vec::new(),
             received: Vec::new(),
-            new_conns: Vec::new(),
+            incoming: Vec::new(),
             woken: Vec::new(),
             max_segments,
             admission,
@@ -176,6 +211,17 @@ pub(crate) fn run(setup: DriverSetup) {
     // Dropping the driver drops the backend, which cancels and reaps in-flight I/O before its
     // buffers are freed.
     drop(driver);
+}
+
+/// What a `Connecting` reports for a connect quinn-proto refused on the I/O thread (the checks
+/// `Endpoint::connect_with` can make itself never get here).
+fn connect_failed(e: proto::ConnectError) -> ConnectionError {
+    match e {
+        proto::ConnectError::EndpointStopping => ConnectionError::LocallyClosed,
+        proto::ConnectError::CidsExhausted => ConnectionError::CidsExhausted,
+        proto::ConnectError::UnsupportedVersion => ConnectionError::VersionMismatch,
+        other => internal_error(format!("connect refused: {other}")),
+    }
 }
 
 /// The error connections see when the endpoint failed under them (not a close of theirs).
@@ -320,6 +366,7 @@ const MAX_RETAINED_EVENTS: usize = 1024;
 /// Everything but the backend, so the receive callback can borrow it while the backend runs.
 struct Core {
     shared: Arc<EndpointShared>,
+    ep: ProtoEndpoint,
     conns: HandleMap<Arc<ConnectionInner>>,
     /// Each connection's next timeout. Scanned linearly each turn: the protocol work per
     /// connection dwarfs it at the connection counts one endpoint serves.
@@ -333,8 +380,8 @@ struct Core {
     rx: Vec<(RecvMeta, BytesMut)>,
     /// Connection events from this turn's datagrams, not yet handed to their connections.
     received: Vec<(ConnectionHandle, proto::ConnectionEvent)>,
-    /// Connections taken from [`ProtoEndpoint::new_conns`], not yet in the tables.
-    new_conns: Vec<NewConnection>,
+    /// New connection attempts from this turn's datagrams, admitted after routing.
+    incoming: Vec<proto::Incoming>,
     woken: Vec<Waker>,
     max_segments: usize,
     admission: Admission,
@@ -431,16 +478,6 @@ impl Driver {
         let core = &mut self.core;
         // Commands still queued are dropped.
         drop(core.shared.mailbox.close());
-        // Connections the application created that were never taken over fail too; from now
-        // on `connect` and `accept` fail at once.
-        {
-            let mut ep = lock(&core.shared.proto);
-            ep.stopped = true;
-            core.new_conns.append(&mut ep.new_conns);
-        }
-        for n in core.new_conns.drain(..) {
-            core.conns.insert(n.inner.handle, n.inner);
-        }
         // Tasks spawned on this thread are cancelled (their futures dropped here): the queued
         // ones by dropping their runnables, the waiting ones by waking them into a closed
         // queue, which drops them too.
@@ -473,31 +510,20 @@ impl Driver {
 impl Core {
     fn take_commands(&mut self, commands: &mut VecDeque<Command>) {
         self.shared.mailbox.drain(commands);
-        // Connections created before a command was queued are in the tables before that
-        // command runs (a `Close` closes them too).
-        self.new_conns.append(&mut lock(&self.shared.proto).new_conns);
-        self.adopt_new_connections();
         while let Some(cmd) = commands.pop_front() {
             self.command(cmd);
         }
     }
 
-    /// Take connections the application created into the tables; they are driven this turn
-    /// (a client sends its Initial).
-    fn adopt_new_connections(&mut self) {
-        if self.new_conns.is_empty() {
-            return;
+    /// A connection the I/O thread just created (connect or accept) joins the tables and is
+    /// driven this turn (a client sends its Initial).
+    fn add_connection(&mut self, inner: &Arc<ConnectionInner>, accepted: bool) {
+        let ch = inner.handle;
+        if accepted {
+            self.handshaking.insert(ch);
         }
-        let mut new = std::mem::take(&mut self.new_conns);
-        for n in new.drain(..) {
-            let ch = n.inner.handle;
-            if n.accepted {
-                self.handshaking.insert(ch);
-            }
-            self.conns.insert(ch, n.inner);
-            self.mark_dirty(ch);
-        }
-        self.new_conns = new;
+        self.conns.insert(ch, inner.clone());
+        self.mark_dirty(ch);
         lock(&self.shared.state).open_connections = self.conns.len();
     }
 
@@ -584,23 +610,16 @@ impl Core {
     }
 
     fn send_responses(&mut self, io: &mut dyn IoBackend) {
-        let mut responses = {
-            let mut ep = lock(&self.shared.proto);
-            self.stats.responses_dropped += std::mem::take(&mut ep.responses_dropped);
-            if ep.responses.is_empty() {
-                return;
-            }
-            std::mem::take(&mut ep.responses)
-        };
-        while let Some((bytes, t)) = responses.pop_front() {
+        self.stats.responses_dropped += std::mem::take(&mut self.ep.responses_dropped);
+        while let Some((bytes, t)) = self.ep.responses.pop_front() {
             match io.take_tx() {
                 Some(mut tx) => {
                     tx.buf.extend_from_slice(&bytes[..t.size]);
                     io.send(tx, &t);
                 }
                 None => {
-                    self.stats.responses_dropped += 1 + responses.len() as u64;
-                    responses.clear();
+                    self.stats.responses_dropped += 1 + self.ep.responses.len() as u64;
+                    self.ep.responses.clear();
                 }
             }
         }
@@ -634,20 +653,15 @@ impl Core {
         };
     }
 
-    /// Route this turn's datagrams through the endpoint, under one lock. Connections the
-    /// application created are taken over under the same lock first, so every event routed
-    /// to a connection finds it in the tables.
+    /// Route this turn's datagrams through the endpoint, then admit the new connection
+    /// attempts among them.
     fn route_received(&mut self) {
         if self.rx.is_empty() {
             return;
         }
         let now = Instant::now();
-        let shared = self.shared.clone();
-        let mut guard = lock(&shared.proto);
-        let ep = &mut *guard;
-        self.new_conns.append(&mut ep.new_conns);
-        let mut rx = std::mem::take(&mut self.rx);
-        for (meta, data) in rx.drain(..) {
+        let ep = &mut self.ep;
+        for (meta, data) in self.rx.drain(..) {
             match ep
                 .inner
                 .handle(now, meta.remote, meta.local_ip, meta.ecn, data, &mut ep.buf)
@@ -655,18 +669,20 @@ impl Core {
                 // Queued, and handed over per connection below: one connection lock for a
                 // whole GRO batch instead of one per datagram (the application contends for it).
                 Some(DatagramEvent::ConnectionEvent(ch, ev)) => self.received.push((ch, ev)),
-                Some(DatagramEvent::NewConnection(incoming)) => self.admit(ep, incoming),
+                Some(DatagramEvent::NewConnection(incoming)) => self.incoming.push(incoming),
                 Some(DatagramEvent::Response(t)) => ep.queue_response(t),
                 None => {}
             }
             ep.buf.clear();
         }
-        drop(guard);
-        if rx.capacity() > MAX_RETAINED_EVENTS {
-            rx.shrink_to(MAX_RETAINED_EVENTS);
+        if self.rx.capacity() > MAX_RETAINED_EVENTS {
+            self.rx.shrink_to(MAX_RETAINED_EVENTS);
         }
-        self.rx = rx;
-        self.adopt_new_connections();
+        let mut incoming = std::mem::take(&mut self.incoming);
+        for inc in incoming.drain(..) {
+            self.admit(inc);
+        }
+        self.incoming = incoming;
     }
 
     /// Hand the connection events queued by [`Core::route_received`] to their connections, in
@@ -704,7 +720,8 @@ impl Core {
 
     /// Decide what happens to a new incoming connection: Retry it (address validation), refuse
     /// it (closed, shutting down, or over the cap), or queue it for `accept`.
-    fn admit(&mut self, ep: &mut ProtoEndpoint, incoming: proto::Incoming) {
+    fn admit(&mut self, incoming: proto::Incoming) {
+        let ep = &mut self.ep;
         if self.admission.validate_addresses && !incoming.remote_address_validated() && incoming.may_retry() {
             self.stats.incoming_retried += 1;
             match ep.inner.retry(incoming, &mut ep.buf) {
@@ -750,22 +767,75 @@ impl Core {
                     self.mark_dirty(ch);
                 }
             }
+            Command::Connect {
+                config,
+                remote,
+                server_name,
+                reply,
+            } => {
+                let created = if self.shutting_down {
+                    Err(proto::ConnectError::EndpointStopping)
+                } else {
+                    self.ep
+                        .inner
+                        .connect(Instant::now(), config, remote, &server_name)
+                };
+                match created {
+                    Ok((ch, conn)) => {
+                        let inner = ConnectionInner::new(ch, conn, self.shared.clone());
+                        self.add_connection(&inner, false);
+                        reply.complete(Ok(inner));
+                    }
+                    Err(e) => reply.complete(Err(connect_failed(e))),
+                }
+            }
+            Command::Accept {
+                incoming,
+                server_config,
+                reply,
+            } => {
+                let accepted = {
+                    let ep = &mut self.ep;
+                    let r = ep
+                        .inner
+                        .accept(incoming, Instant::now(), &mut ep.buf, server_config);
+                    match r {
+                        Ok(c) => {
+                            ep.buf.clear();
+                            Ok(c)
+                        }
+                        Err(e) => {
+                            match e.response {
+                                Some(t) => ep.queue_response(t),
+                                None => ep.buf.clear(),
+                            }
+                            Err(e.cause)
+                        }
+                    }
+                };
+                match accepted {
+                    Ok((ch, conn)) => {
+                        let inner = ConnectionInner::new(ch, conn, self.shared.clone());
+                        self.add_connection(&inner, true);
+                        reply.complete(Ok(inner));
+                    }
+                    Err(e) => reply.complete(Err(e)),
+                }
+            }
             Command::Refuse(incoming) => {
-                let mut guard = lock(&self.shared.proto);
-                let ep = &mut *guard;
+                let ep = &mut self.ep;
                 let t = ep.inner.refuse(incoming, &mut ep.buf);
                 ep.queue_response(t);
             }
             Command::Retry(incoming) => {
-                let mut guard = lock(&self.shared.proto);
-                let ep = &mut *guard;
+                let ep = &mut self.ep;
                 match ep.inner.retry(incoming, &mut ep.buf) {
                     Ok(t) => ep.queue_response(t),
                     Err(e) => ep.inner.ignore(e.into_incoming()),
                 }
             }
-            Command::Ignore(incoming) => lock(&self.shared.proto).inner.ignore(incoming),
-            Command::SetServerConfig(c) => lock(&self.shared.proto).inner.set_server_config(c),
+            Command::Ignore(incoming) => self.ep.inner.ignore(incoming),
+            Command::SetServerConfig(c) => self.ep.inner.set_server_config(c),
             Command::Close { code, reason } => {
                 self.close_all(code, reason);
                 let (pending, waiters) = {
@@ -775,8 +845,7 @@ impl Core {
                     (st.incoming.drain(..).collect::<Vec<_>>(), w)
                 };
                 waiters.into_iter().for_each(Waker::wake);
-                let mut guard = lock(&self.shared.proto);
-                let ep = &mut *guard;
+                let ep = &mut self.ep;
                 for inc in pending {
                     let t = ep.inner.refuse(inc, &mut ep.buf);
                     ep.queue_response(t);
@@ -831,12 +900,14 @@ impl Core {
             }
             // Transmit first: ACKs and data go out before we look at events.
             let mut sent = 0;
+            let mut tx_blocked = false;
             loop {
                 if sent >= MAX_TRANSMITS_PER_DRIVE {
                     again = true;
                     break;
                 }
                 let Some(mut tx) = io.take_tx() else {
+                    tx_blocked = true;
                     if self.in_waiting_tx.insert(ch) {
                         self.waiting_tx.push(ch);
                     }
@@ -860,13 +931,16 @@ impl Core {
                 self.closes_sent.insert(ch);
                 self.awaiting_close.remove(&ch);
             }
-            if timer_due && closing {
+            // ... and its timers wait while the close could not go out for want of a TX buffer
+            // (the close timer would end the closing period first), or, at shutdown, until it
+            // has gone out at all (bounded by the flush's time limit).
+            let hold = tx_blocked || self.awaiting_close.contains(&ch);
+            if timer_due && closing && !hold {
                 st.inner.handle_timeout(now);
             }
             while let Some(ev) = st.inner.poll_endpoint_events() {
                 drained |= ev.is_drained();
-                // Lock order: connection state, then the endpoint.
-                let reply = lock(&self.shared.proto).inner.handle_event(ch, ev);
+                let reply = self.ep.inner.handle_event(ch, ev);
                 if let Some(cev) = reply {
                     st.inner.handle_event(cev);
                     again = true;

@@ -18,14 +18,14 @@ use std::{
     },
     task::{Context, Poll, Waker},
     thread::ThreadId,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use quinn_proto::{self as proto, ClientConfig, ConnectError, EndpointConfig, ServerConfig, VarInt};
 
 use crate::{
-    connection::{register, Connecting, Connection, ConnectionInner, ConnectionRef},
+    connection::{register, AcceptReply, Connecting, Connection},
     driver::{self, DriverSetup},
     io::{BackendKind, IoConfig},
     mailbox::{lock, Command, Mailbox},
@@ -99,57 +99,9 @@ pub(crate) struct EpState {
     pub(crate) stats: EndpointStats,
 }
 
-/// Endpoint-level responses (version negotiation, stateless resets, refusals, …) kept for
-/// sending; more are dropped and counted, as a stateless responder should under flood.
-pub(crate) const MAX_PENDING_RESPONSES: usize = 64;
-
-/// The `quinn_proto::Endpoint`, shared as in quinn: the I/O thread locks it to route a turn's
-/// received datagrams and to hand it connection events; the application locks it to create a
-/// connection (`connect`, `Incoming::accept`), which therefore never waits for a turn of the
-/// I/O thread, only for this lock (held for one batch of routing at most).
-///
-/// Lock order: a connection's state, then this, then [`EndpointShared::state`].
-pub(crate) struct ProtoEndpoint {
-    pub(crate) inner: proto::Endpoint,
-    /// Connections the application created that the I/O thread has not taken into its tables
-    /// yet. Pushed under this lock, and the I/O thread takes them under it before routing
-    /// datagrams, so no datagram for a new connection is routed before the connection is known.
-    pub(crate) new_conns: Vec<NewConnection>,
-    /// Responses to send (bounded by [`MAX_PENDING_RESPONSES`]).
-    pub(crate) responses: VecDeque<(Vec<u8>, proto::Transmit)>,
-    pub(crate) responses_dropped: u64,
-    /// Scratch space quinn-proto writes responses into.
-    pub(crate) buf: Vec<u8>,
-    /// [`Endpoint::close`] was called: new connections fail with `EndpointStopping`.
-    pub(crate) closed: bool,
-    /// The I/O thread has exited: nothing would drive a new connection.
-    pub(crate) stopped: bool,
-}
-
-/// A connection created on the application's side, for the I/O thread to take over.
-pub(crate) struct NewConnection {
-    pub(crate) inner: Arc<ConnectionInner>,
-    /// Accepted (server side): counts against `max_incoming` until its handshake completes.
-    pub(crate) accepted: bool,
-}
-
-impl ProtoEndpoint {
-    /// Queue the response quinn-proto wrote into `self.buf`, or count it dropped if the queue
-    /// is full.
-    pub(crate) fn queue_response(&mut self, t: proto::Transmit) {
-        if self.responses.len() < MAX_PENDING_RESPONSES {
-            self.responses.push_back((self.buf[..t.size].to_vec(), t));
-        } else {
-            self.responses_dropped += 1;
-        }
-        self.buf.clear();
-    }
-}
-
 /// Everything the handles and the I/O thread share.
 pub(crate) struct EndpointShared {
     pub(crate) mailbox: Mailbox,
-    pub(crate) proto: Mutex<ProtoEndpoint>,
     pub(crate) state: Mutex<EpState>,
     /// Handles of any kind alive (endpoints, connections, streams, incoming).
     handles: AtomicUsize,
@@ -182,14 +134,6 @@ impl EndpointShared {
             .drain(..)
             .chain(st.idle_waiters.drain(..))
             .collect()
-    }
-
-    /// Hand a connection created on this side to the I/O thread (see
-    /// [`ProtoEndpoint::new_conns`]), under the endpoint lock that created it.
-    fn register(&self, mut ep: std::sync::MutexGuard<'_, ProtoEndpoint>, conn: NewConnection) {
-        ep.new_conns.push(conn);
-        drop(ep);
-        self.mailbox.notify();
     }
 }
 
@@ -356,10 +300,12 @@ impl Endpoint {
     /// Connect to `addr` with `config`. `server_name` is checked against the server's
     /// certificate.
     ///
-    /// Never waits for the I/O thread: the connection is created here, under the endpoint's
-    /// lock, and the I/O thread starts driving it on its next turn. Fails with
-    /// [`ConnectError::EndpointStopping`] once [`Endpoint::close`] was called or the I/O thread
-    /// has exited.
+    /// Never waits for the I/O thread: what can be checked here is (the endpoint closed or
+    /// stopped: [`ConnectError::EndpointStopping`]; an unusable address; a server name rustls
+    /// cannot use), and the connection itself is created by the I/O thread on its next turn
+    /// (TLS key generation belongs there); the rare failures only quinn-proto can tell
+    /// (connection IDs exhausted, an unsupported version) are reported by the returned
+    /// [`Connecting`] (see PORTING.md).
     pub fn connect_with(
         &self,
         config: ClientConfig,
@@ -373,21 +319,28 @@ impl Endpoint {
             }
             _ => addr,
         };
+        // quinn-proto's own checks, made here so they fail at once, as in quinn.
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(ConnectError::InvalidRemoteAddress(addr));
+        }
+        if rustls::pki_types::ServerName::try_from(server_name).is_err() {
+            return Err(ConnectError::InvalidServerName(server_name.into()));
+        }
         let shared = self.shared();
-        let mut ep = lock(&shared.proto);
-        if ep.closed || ep.stopped {
+        if lock(&shared.state).closed || shared.mailbox.is_closed() {
             return Err(ConnectError::EndpointStopping);
         }
-        let (ch, conn) = ep.inner.connect(Instant::now(), config, addr, server_name)?;
-        let inner = ConnectionInner::new(ch, conn, shared.clone());
-        shared.register(
-            ep,
-            NewConnection {
-                inner: inner.clone(),
-                accepted: false,
-            },
-        );
-        Ok(Connecting::new(ConnectionRef::adopt(inner, self.inner.clone())))
+        let (reply, wait) = AcceptReply::new();
+        shared
+            .mailbox
+            .push(Command::Connect {
+                config,
+                remote: addr,
+                server_name: server_name.to_owned(),
+                reply,
+            })
+            .map_err(|_| ConnectError::EndpointStopping)?;
+        Ok(Connecting::pending(wait, self.inner.clone(), addr, None))
     }
 
     /// Run `future` on the endpoint's I/O thread, next to the socket and the connections
@@ -417,7 +370,6 @@ impl Endpoint {
     /// [`ConnectError::EndpointStopping`]. Use [`Endpoint::wait_idle`] to let the close frames
     /// reach the peers.
     pub fn close(&self, code: VarInt, reason: &[u8]) {
-        lock(&self.shared().proto).closed = true;
         let waiters = {
             let mut st = lock(&self.shared().state);
             st.closed = true;
@@ -707,48 +659,28 @@ impl Incoming {
         self.accept_inner(Some(server_config))
     }
 
-    /// Accept here, under the endpoint's lock (no wait for the I/O thread); the I/O thread
-    /// takes the new connection over on its next turn.
+    /// Queue the accept for the I/O thread and return at once: quinn-proto's accept runs the
+    /// TLS server's first flight, which belongs on the I/O thread rather than under the
+    /// endpoint lock it routes datagrams with. The returned [`Connecting`] waits for it; an
+    /// accept that fails (or an endpoint that has stopped) is reported there.
     fn accept_inner(
         mut self,
         server_config: Option<Arc<ServerConfig>>,
     ) -> Result<Connecting, ConnectionError> {
+        let (remote, local_ip) = (self.remote_address(), self.local_ip());
         let incoming = self.take();
-        let shared = &self.endpoint.0;
-        let mut ep = lock(&shared.proto);
-        if ep.stopped {
-            return Err(ConnectionError::LocallyClosed);
-        }
-        let ep_ref = &mut *ep;
-        match ep_ref
-            .inner
-            .accept(incoming, Instant::now(), &mut ep_ref.buf, server_config)
-        {
-            Ok((ch, conn)) => {
-                ep.buf.clear();
-                let inner = ConnectionInner::new(ch, conn, shared.clone());
-                shared.register(
-                    ep,
-                    NewConnection {
-                        inner: inner.clone(),
-                        accepted: true,
-                    },
-                );
-                Ok(Connecting::new(ConnectionRef::adopt(
-                    inner,
-                    self.endpoint.clone(),
-                )))
-            }
-            Err(e) => {
-                match e.response {
-                    Some(t) => ep.queue_response(t),
-                    None => ep.buf.clear(),
-                }
-                drop(ep);
-                shared.mailbox.notify();
-                Err(e.cause)
-            }
-        }
+        let (reply, wait) = AcceptReply::new();
+        self.endpoint
+            .0
+            .mailbox
+            .push(Command::Accept {
+                incoming,
+                server_config,
+                reply,
+            })
+            // The I/O thread has exited (the returned command, with its reply, is dropped).
+            .map_err(|_| ConnectionError::LocallyClosed)?;
+        Ok(Connecting::pending(wait, self.endpoint.clone(), remote, local_ip))
     }
 
     /// Refuse: the peer gets a CONNECTION_REFUSED close.
@@ -1186,15 +1118,6 @@ impl EndpointBuilder {
         let (exit_tx, exit_rx) = mpsc::channel();
         let shared = Arc::new(EndpointShared {
             mailbox: Mailbox::new(),
-            proto: Mutex::new(ProtoEndpoint {
-                inner: proto::Endpoint::new(endpoint_config, server_config, allow_mtud, None),
-                new_conns: Vec::new(),
-                responses: VecDeque::new(),
-                responses_dropped: 0,
-                buf: Vec::new(),
-                closed: false,
-                stopped: false,
-            }),
             state: Mutex::new(EpState {
                 incoming: VecDeque::new(),
                 accept_waiters: Vec::new(),
@@ -1220,6 +1143,7 @@ impl EndpointBuilder {
             socket,
             io: cfg,
             backend,
+            endpoint: proto::Endpoint::new(endpoint_config, server_config, allow_mtud, None),
             admission: driver::Admission {
                 validate_addresses: self.validate_addresses,
                 max_incoming: self.max_incoming,

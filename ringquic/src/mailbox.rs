@@ -18,19 +18,34 @@ use std::{
 };
 
 use bytes::Bytes;
-use quinn_proto::{ConnectionHandle, ServerConfig, VarInt};
+use std::net::SocketAddr;
+
+use quinn_proto::{ClientConfig, ConnectionHandle, ServerConfig, VarInt};
 
 // The handshake's primitives: std's, or loom's under `--cfg ringquic_loom` (see crate::sync).
-use crate::io::Wakeup;
 use crate::sync::{
     thread::{self, ThreadId},
     AtomicBool, Lock, Mutex,
 };
+use crate::{connection::AcceptReply, io::Wakeup};
 
 /// What the application asks of the I/O thread.
 pub(crate) enum Command {
     /// A connection's application-side state changed (data written, stream opened, …): drive it.
     Drive(ConnectionHandle),
+    /// Start a client connection; the answer goes to the waiting `Connecting`.
+    Connect {
+        config: ClientConfig,
+        remote: SocketAddr,
+        server_name: String,
+        reply: AcceptReply,
+    },
+    /// Accept an incoming connection; the answer goes to the waiting `Connecting`.
+    Accept {
+        incoming: quinn_proto::Incoming,
+        server_config: Option<Arc<ServerConfig>>,
+        reply: AcceptReply,
+    },
     /// Refuse an incoming connection (the peer gets CONNECTION_REFUSED).
     Refuse(quinn_proto::Incoming),
     /// Answer an incoming connection with a Retry packet.

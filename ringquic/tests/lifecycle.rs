@@ -317,27 +317,6 @@ async fn idle_endpoint_sleeps() {
     }
 }
 
-/// After `Endpoint::close`, `connect` fails at once with `EndpointStopping` (as in quinn) and
-/// `accept` yields `None`; nothing waits for the I/O thread.
-#[tokio::test(flavor = "current_thread")]
-async fn connect_after_close_fails_at_once() {
-    for b in backends() {
-        let (server, client) = pair(b);
-        let addr = server.local_addr().unwrap();
-        client.close(0u32.into(), b"");
-        assert!(
-            matches!(
-                client.connect(addr, "localhost"),
-                Err(ringquic::ConnectError::EndpointStopping)
-            ),
-            "{b}"
-        );
-        assert!(within(5, client.accept()).await.is_none(), "{b}");
-        server.close(0u32.into(), b"");
-        assert!(within(5, server.accept()).await.is_none(), "{b}");
-    }
-}
-
 /// Shutdown sends every connection's CONNECTION_CLOSE, however few TX buffers there are: 40
 /// connections whose handles all go at once through an endpoint with one TX buffer, while
 /// its I/O thread is busy, so the whole shutdown happens in its final turns. Every server-side
@@ -355,12 +334,13 @@ async fn shutdown_closes_every_connection() {
             conns.push(c);
         }
         // Keep the client's I/O thread busy while every handle goes, so the connections'
-        // closes and the shutdown reach it together. (Briefly: a connection closed longer
-        // ago than three PTOs, ~80 ms here, ends its closing period without sending.)
+        // closes and the shutdown reach it together, and late: longer than three PTOs (~80 ms
+        // here), after which quinn-proto's close timer would end a closing period in which
+        // the close had not gone out.
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let busy = client.spawn(async move {
             let _ = started_tx.send(());
-            std::thread::sleep(Duration::from_millis(30));
+            std::thread::sleep(Duration::from_millis(300));
         });
         started_rx
             .recv_timeout(Duration::from_secs(5))
@@ -374,34 +354,5 @@ async fn shutdown_closes_every_connection() {
                 other => panic!("{b}: connection {i}: {other}"),
             }
         }
-    }
-}
-
-/// A stream the peer stopped and we then drop is reset with the peer's code (as quinn does),
-/// so quinn-proto frees it and its credit returns: far more streams than the peer's
-/// concurrent-stream limit (100) open one after another.
-#[tokio::test(flavor = "current_thread")]
-async fn dropping_a_stopped_stream_returns_its_credit() {
-    for b in backends() {
-        let (server, client) = pair(b);
-        let (sconn, conn) = connected(&server, &client).await;
-        let serve = async {
-            for _ in 0..300 {
-                let (_send, mut recv) = sconn.accept_bi().await.unwrap();
-                recv.stop(7u32.into()).unwrap();
-            }
-        };
-        let open = async {
-            for i in 0..300 {
-                let (mut send, _recv) = conn.open_bi().await.unwrap();
-                send.write_all(b"x").await.unwrap();
-                assert_eq!(
-                    send.stopped().await.unwrap(),
-                    Some(7u32.into()),
-                    "{b}: stream {i}"
-                );
-            }
-        };
-        within(20, async { tokio::join!(serve, open) }).await;
     }
 }

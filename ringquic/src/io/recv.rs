@@ -81,8 +81,13 @@ pub(crate) fn deliver_lent(
     }
 }
 
-/// Hand one receive on: copied into a pooled buffer and lent when it holds several datagrams
-/// and the budget allows, else copied per datagram.
+/// Receives smaller than this are copied per datagram even when they hold several: a few
+/// small allocations cost less than taking a whole pooled buffer, and a pooled buffer that is
+/// lent carries at least a quarter of its (default 64 KiB) size.
+pub(crate) const POOLED_MIN: usize = 16 * 1024;
+
+/// Hand one receive on: copied into a pooled buffer and lent when it is a batch of several
+/// datagrams of at least [`POOLED_MIN`] bytes and the budget allows, else copied per datagram.
 pub(crate) fn deliver(
     lender: &mut Lender,
     payload: &[u8],
@@ -91,7 +96,7 @@ pub(crate) fn deliver(
     stats: &mut IoStats,
     on_recv: &mut dyn FnMut(RecvMeta, BytesMut),
 ) {
-    let several = segment_size.is_some_and(|s| s > 0 && s < payload.len());
+    let several = payload.len() >= POOLED_MIN && segment_size.is_some_and(|s| s > 0 && s < payload.len());
     match several.then(|| lender.copy_in(payload)).flatten() {
         Some(data) => deliver_lent(data, segment_size, meta, stats, on_recv),
         None => deliver_copied(payload, segment_size, meta, stats, on_recv),
@@ -278,27 +283,24 @@ mod tests {
         assert_eq!(c.as_ptr(), a_base, "and was reused, not reallocated");
         drop((b, c));
 
-        // Through `deliver`: one datagram is copied exactly, a batch is lent.
+        // Through `deliver`: a big batch is lent; one over the budget, a small batch and a
+        // single datagram are copied per datagram.
+        let big = vec![3u8; 14 * 1400];
         let mut stats = IoStats::default();
-        let mut l = Lender::new(8192, 0, 1);
+        let mut l = Lender::new(65536, 0, 1);
         let mut got = Vec::new();
-        deliver(&mut l, &batch, Some(1400), meta(), &mut stats, &mut |_, d| {
-            got.push(d)
-        });
-        assert_eq!((got.len(), l.lent(), stats.recv_lent), (3, 1, 1));
-        deliver(&mut l, &batch, Some(1400), meta(), &mut stats, &mut |_, d| {
-            got.push(d)
-        });
-        assert_eq!(got.len(), 6);
-        assert_eq!(got[3].capacity(), 1400, "over the budget: exact copies");
-        deliver(
-            &mut l,
-            &batch[..1200],
-            Some(1400),
-            meta(),
-            &mut stats,
-            &mut |_, d| got.push(d),
-        );
-        assert_eq!(got[6].capacity(), 1200, "one datagram: an exact copy");
+        let mut push = |_: RecvMeta, d: BytesMut| got.push(d);
+        deliver(&mut l, &big, Some(1400), meta(), &mut stats, &mut push);
+        assert_eq!((l.lent(), stats.recv_lent), (1, 1));
+        deliver(&mut l, &big, Some(1400), meta(), &mut stats, &mut push);
+        deliver(&mut l, &batch, Some(1400), meta(), &mut stats, &mut push);
+        deliver(&mut l, &batch[..1200], Some(1400), meta(), &mut stats, &mut push);
+        assert_eq!(got.len(), 14 + 14 + 3 + 1);
+        // Addresses compared only: lent datagrams lie back to back in one buffer; copies each
+        // have an allocation of their own (malloc's headers sit between any two).
+        let adjacent = |i: usize| got[i + 1].as_ptr() as usize == got[i].as_ptr() as usize + 1400;
+        assert!((0..13).all(adjacent), "lent: slices of one buffer");
+        assert!(!(14..30).any(adjacent), "exact copies");
+        assert_eq!(got[31].capacity(), 1200, "one datagram: an exact copy");
     }
 }
