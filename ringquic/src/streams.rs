@@ -331,7 +331,13 @@ impl RecvStream {
         std::future::poll_fn(|cx| {
             let mut st = self.conn.lock();
             match st.inner.recv_stream(self.id).received_reset() {
-                Ok(Some(code)) => return Poll::Ready(Ok(Some(code))),
+                Ok(Some(code)) => {
+                    // quinn-proto has just freed the stream: the connection may owe the peer
+                    // stream credit (MAX_STREAMS), which only a drive sends.
+                    drop(st);
+                    self.conn.wake();
+                    return Poll::Ready(Ok(Some(code)));
+                }
                 Ok(None) => {}
                 Err(ClosedStream { .. }) => return Poll::Ready(Ok(self.reset)),
             }
