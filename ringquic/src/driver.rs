@@ -575,8 +575,10 @@ impl Core {
         for _ in 0..MAX_SHUTDOWN_TURNS {
             self.drive_dirty(io);
             self.send_responses(io);
-            let pending =
-                !self.dirty.is_empty() || !self.waiting_tx.is_empty() || self.awaiting_close.len() > 0;
+            let pending = !self.dirty.is_empty()
+                || !self.waiting_tx.is_empty()
+                || self.awaiting_close.len() > 0
+                || io.sends_waiting();
             let now = Instant::now();
             // Submit what was queued; while closes are still due, wait (briefly) for a send
             // completion, an ACK or a pacing timer.

@@ -272,6 +272,14 @@ pub(crate) trait IoBackend {
     fn take_tx(&mut self) -> Option<TxBuf>;
     /// Whether [`IoBackend::take_tx`] would return a buffer now.
     fn has_free_tx(&self) -> bool;
+    /// Whether sends are queued that the kernel has not taken yet and that
+    /// [`IoBackend::shutdown`] would drop (the poll backend's sends waiting for the socket to
+    /// become writable). Shutdown keeps turning while this holds, so a connection's last
+    /// CONNECTION_CLOSE is not among them. Submitted io_uring sends do not count: shutdown
+    /// waits for their completions anyway.
+    fn sends_waiting(&self) -> bool {
+        false
+    }
     /// Return a TX buffer unused.
     fn put_tx(&mut self, buf: TxBuf);
     /// Queue `buf.buf[..transmit.size]` for sending as described by `transmit`. Errors are

@@ -493,6 +493,10 @@ impl IoBackend for PollBackend {
         }
     }
 
+    fn sends_waiting(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     fn has_free_tx(&self) -> bool {
         !self.tx_free.is_empty()
     }
