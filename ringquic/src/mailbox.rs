@@ -153,7 +153,8 @@ impl Mailbox {
         self.notified.load(Ordering::Acquire)
     }
 
-    /// Refuse further commands and return those still queued, so their reply channels close.
+    /// Refuse further commands and return those still queued (a queued `Connect`/`Accept`
+    /// answers its `Connecting` with `LocallyClosed` when dropped).
     pub(crate) fn close(&self) -> VecDeque<Command> {
         let mut q = lock(&self.queue);
         q.closed = true;

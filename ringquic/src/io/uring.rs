@@ -1025,6 +1025,36 @@ mod tests {
     /// `IORING_CQE_F_NOTIF`.
     const F_NOTIF: u32 = 1 << 3;
 
+    /// A receive whose control area the kernel cut (`MSG_CTRUNC`) may have lost its `UDP_GRO`
+    /// message, so its payload could be a whole batch taken for one datagram: it is refused.
+    #[test]
+    fn a_receive_with_a_cut_control_area_is_refused() {
+        // A completed buffer as the kernel lays it out: io_uring_recvmsg_out, the name area
+        // (a sockaddr_in), an empty control area, a 10-byte payload.
+        let mut buf = vec![0u8; RECV_HEADROOM + 10];
+        let header = |flags: u32| {
+            let mut h = Vec::new();
+            for v in [std::mem::size_of::<libc::sockaddr_in>() as u32, 0, 10, flags] {
+                h.extend_from_slice(&v.to_ne_bytes());
+            }
+            h
+        };
+        buf[RECVMSG_OUT..RECVMSG_OUT + 2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        buf[RECVMSG_OUT + 2..RECVMSG_OUT + 4].copy_from_slice(&4433u16.to_be_bytes());
+        buf[RECVMSG_OUT + 4..RECVMSG_OUT + 8].copy_from_slice(&[127, 0, 0, 1]);
+        // SAFETY: an all-zero msghdr is a valid value (null pointers, zero lengths); only its
+        // two length fields are read.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_namelen = NAME_LEN as u32;
+        msg.msg_controllen = CONTROL_LEN as _;
+        buf[..RECVMSG_OUT].copy_from_slice(&header(0));
+        let ok = parse(&buf, &msg).expect("an intact receive parses");
+        assert_eq!(ok.payload.len(), 10);
+        assert_eq!(ok.meta.remote, "127.0.0.1:4433".parse().unwrap());
+        buf[..RECVMSG_OUT].copy_from_slice(&header(libc::MSG_CTRUNC as u32));
+        assert!(parse(&buf, &msg).is_err(), "a cut control area must be refused");
+    }
+
     /// Completions the kernel rarely produces on demand, injected: the backend counts them,
     /// re-arms, ignores what it cannot trust, and keeps working.
     #[test]
