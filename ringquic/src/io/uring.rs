@@ -1224,6 +1224,40 @@ mod tests {
         assert!(b.has_free_tx());
     }
 
+    /// `EINVAL` from a zero-copy send from a registered buffer says the kernel will not send
+    /// from the registration; it says nothing about GSO, even for a GSO batch: the
+    /// registration is dropped, GSO stays on. (`EINVAL` on an ordinary GSO send still turns
+    /// GSO off.)
+    #[test]
+    fn a_refused_zero_copy_send_is_not_taken_for_a_gso_refusal() {
+        let c = cfg(8, 65536 + 256);
+        let Some(mut b) = backend(&c) else { return };
+        assert!(b.max_gso_segments() > 1, "GSO probe failed on this kernel");
+        let mut none = |_: RecvMeta, _: BytesMut| {};
+        let mut fail = |b: &mut UringBackend, fixed_send: bool| {
+            let mut tx = b.take_tx().unwrap();
+            tx.buf.extend_from_slice(&[0u8; 2400]);
+            let slot = tx.slot as usize;
+            b.slots[slot].segment = Some(1200);
+            b.slots[slot].fixed_send = fixed_send;
+            b.slots[slot].fixed = Some((0, 0));
+            b.tx.park(tx);
+            b.cqes.push((SEND | slot as u64, -libc::EINVAL, 0));
+            b.dispatch(&mut none);
+        };
+        fail(&mut b, true);
+        assert!(b.max_gso_segments() > 1, "GSO still on");
+        assert!(b.slots.iter().all(|s| s.fixed.is_none()), "registration dropped");
+        assert_eq!(b.stats().gso_disabled, 0);
+        fail(&mut b, false);
+        assert_eq!(
+            b.max_gso_segments(),
+            1,
+            "an ordinary GSO send's EINVAL turns GSO off"
+        );
+        assert_eq!(b.tx.in_flight(), 0);
+    }
+
     /// A submission queue smaller than one turn's sends: pushing submits as it goes, nothing is
     /// lost.
     #[test]
