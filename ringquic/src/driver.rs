@@ -1127,6 +1127,54 @@ mod tests {
         (server, client)
     }
 
+    /// A backend that fails under a live connection ends the endpoint with an error that
+    /// says so (`INTERNAL_ERROR` and the backend's error), not as if the application had
+    /// closed it; later calls fail at once.
+    #[test]
+    fn a_failed_backend_is_an_internal_error() {
+        let (sc, cc) = configs();
+        let net = crate::io::fake::FakeNet::new(crate::io::fake::Faults::default());
+        let server = fake_endpoint(&net, Some(sc), None, 8);
+        let client = fake_endpoint(&net, None, Some(cc), 8);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), async {
+                let addr = server.local_addr().unwrap();
+                let connecting = client.connect(addr, "localhost").unwrap();
+                let _s = server.accept().await.unwrap().await.unwrap();
+                let conn = connecting.await.unwrap();
+                net.set_faults(crate::io::fake::Faults {
+                    fail_turns: true,
+                    ..Default::default()
+                });
+                // Wake both loops so they turn (and fail) now.
+                conn.close(0u32.into(), b"");
+                match conn.closed().await {
+                    ConnectionError::LocallyClosed => {}
+                    other => panic!("the closing side: {other:?}"),
+                }
+                match _s.closed().await {
+                    ConnectionError::TransportError(e) => {
+                        assert_eq!(e.code, TransportErrorCode::INTERNAL_ERROR);
+                        assert!(e.reason.contains("backend failed"), "{}", e.reason);
+                    }
+                    other => panic!("the server side: {other:?}"),
+                }
+                // The server's I/O thread has exited: no accept, no connect.
+                assert!(server.accept().await.is_none());
+                assert!(matches!(
+                    server.connect_with(configs().1, addr, "localhost"),
+                    Err(crate::ConnectError::EndpointStopping)
+                ));
+            })
+            .await
+            .expect("a failed backend hung the endpoint");
+        });
+    }
+
     /// One TX buffer held "in the kernel" for three turns, drops, duplicates and batches
     /// delivered backwards: the loop parks the connection on `waiting_tx`, resumes it on
     /// completions, and the data arrives exact.

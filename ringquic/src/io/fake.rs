@@ -31,6 +31,8 @@ pub(crate) struct Faults {
     pub reverse_batches: bool,
     /// Keep each TX buffer "in flight" for this many turns before its completion.
     pub tx_completion_turns: usize,
+    /// Every turn fails, as a backend whose ring broke would (`io::Error` "injected").
+    pub fail_turns: bool,
 }
 
 #[derive(Default)]
@@ -57,6 +59,11 @@ impl FakeNet {
             faults: Mutex::new(faults),
             ..Default::default()
         })
+    }
+
+    /// Change the faults from now on.
+    pub(crate) fn set_faults(&self, faults: Faults) {
+        *lock(&self.faults) = faults;
     }
 
     /// Datagrams dropped on purpose so far.
@@ -190,7 +197,14 @@ impl IoBackend for FakeBackend {
     ) -> io::Result<()> {
         // A completed send is I/O to report, as a CQE would be: do not sleep after one.
         let completed = self.complete_sends();
-        let reverse = lock(&self.net.faults).reverse_batches;
+        let Faults {
+            reverse_batches: reverse,
+            fail_turns,
+            ..
+        } = *lock(&self.net.faults);
+        if fail_turns {
+            return Err(io::Error::other("injected backend failure"));
+        }
         let mut net = lock(&self.net.state);
         // Bounded wait: at most 10 s per turn even without a deadline.
         let limit = Instant::now() + Duration::from_secs(10);
