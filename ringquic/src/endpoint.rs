@@ -52,7 +52,9 @@ pub struct EndpointStats {
     pub recv_starved: u64,
     /// Times the kernel ended a multishot receive and the I/O thread re-armed it.
     pub recv_rearms: u64,
-    /// Sends that failed (the datagrams are lost, as on a lossy path; QUIC recovers them).
+    /// Sends that failed (the datagrams are lost, as on a lossy path; QUIC recovers them). On
+    /// io_uring a full socket buffer (`EAGAIN`/`ENOBUFS`) counts too; the poll backend queues
+    /// such sends until the socket is writable instead.
     pub send_errors: u64,
     /// Times a connection had data to send but every TX buffer was in flight.
     pub tx_exhausted: u64,

@@ -27,7 +27,8 @@ use std::{
 use bytes::BytesMut;
 use quinn_proto::{EcnCodepoint, Transmit};
 
-// Used by the io_uring backend now and by the Windows RIO backend later.
+// Used by the io_uring backend (`RxSlots`, `TxPool`) and the Windows RIO backend (`RxArena`,
+// `TxPool`); not every part on every platform.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) mod bufpool;
 #[cfg(target_os = "linux")]
@@ -130,8 +131,9 @@ pub(crate) struct IoStats {
     pub recv_starved: u64,
     /// Multishot receives the kernel ended and we re-armed.
     pub recv_rearms: u64,
-    /// Sends that failed with an error other than "try again" (the datagram is dropped, as a
-    /// lossy network would; QUIC recovers it).
+    /// Sends that failed: the datagram is dropped, as a lossy network would, and QUIC recovers
+    /// it. On io_uring a full socket buffer (`EAGAIN`, `ENOBUFS`) counts too; the poll backend
+    /// queues such sends until the socket is writable instead.
     pub send_errors: u64,
     /// Times the driver found every TX buffer in flight.
     pub tx_exhausted: u64,

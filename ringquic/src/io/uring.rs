@@ -3,20 +3,23 @@
 //! ```text
 //!          provided-buffer ring (bgid 0)              TX slots (TxPool + SendSlot)
 //!   ┌──────────────────────────────────┐       ┌───────────────────────────────────┐
-//!   │ RxArena: N buffers, each          │       │ slot i: msghdr ─► iovec ─► Vec<u8> │
+//!   │ RxSlots: N BytesMut buffers, each │       │ slot i: msghdr ─► iovec ─► Vec<u8> │
 //!   │ [recvmsg_out|name|control|payload]│       │         name (dest), control (GSO, │
 //!   └──────────────▲───────────────────┘       │         ECN, src ip)                │
-//!     recycle bid  │  kernel picks a buffer    └──────────────┬────────────────────┘
-//!                  │                                          │ SENDMSG (user_data SEND|i)
-//!   RECVMSG multishot (user_data RECV) ──► CQE(bid, len) ──► split GRO ──► on_recv(meta, BytesMut)
+//!     bid back, or │  kernel picks a buffer    └──────────────┬────────────────────┘
+//!     a spare/fresh│                                          │ SENDMSG (user_data SEND|i)
+//!   RECVMSG multishot (user_data RECV) ──► CQE(bid, len) ──► io/recv.rs ──► on_recv(meta, BytesMut)
 //!   POLL_ADD multishot on the eventfd (user_data WAKE) ──► CQE ──► read eventfd, loop turns
 //! ```
 //!
 //! * One multishot `recvmsg` stays armed on the socket; every completion names the provided
-//!   buffer the kernel filled. We parse it (`RecvMsgOut`), copy the payload once into a
-//!   `BytesMut` for quinn-proto, and put the buffer straight back into the ring. When the kernel
-//!   ends the multishot (ENOBUFS while every buffer was in use, or any other reason) we re-arm
-//!   it on the next turn and count the drop.
+//!   buffer the kernel filled. We parse it (`RecvMsgOut`) and hand the payload on through
+//!   `io/recv.rs`: a GRO batch of at least `zero_copy_threshold` goes on in that very buffer
+//!   (lent, within the receive memory budget; a spare or fresh buffer takes its ring slot);
+//!   anything else is copied (one datagram: an exact copy; a batch: a pooled buffer or a copy
+//!   per datagram) and the buffer goes straight back into the ring. When the kernel ends the
+//!   multishot (ENOBUFS while every buffer was in use, or any other reason) we re-arm it on
+//!   the next turn and count it.
 //! * Sends go out as `sendmsg` with `UDP_SEGMENT` (GSO), ECN and the source address. A slot's
 //!   `msghdr`, name, control and data stay put until its completion arrives. Small sends wait
 //!   for the turn's one `io_uring_enter`; once 32 KiB are queued they are submitted at once, so
@@ -213,7 +216,9 @@ impl Drop for BufRing {
 
 /// The io_uring backend. Lives on the I/O thread.
 pub(crate) struct UringBackend {
-    // Declared first: dropped (ring fd closed) before the memory below.
+    // Declared first, so the ring is closed before the memory below is freed. That order is
+    // not what makes freeing safe: `shutdown` (called by `Drop` first) waits until the kernel
+    // has completed every operation, and leaks the memory if it has not.
     ring: IoUring,
     socket: std::net::UdpSocket,
     socket_is_v6: bool,
