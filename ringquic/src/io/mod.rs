@@ -29,6 +29,7 @@ use quinn_proto::{EcnCodepoint, Transmit};
 
 // Used by the io_uring backend (`RxSlots`, `TxPool`) and the Windows RIO backend (`RxArena`,
 // `TxPool`); not every part on every platform.
+pub(crate) mod addr;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) mod bufpool;
 #[cfg(target_os = "linux")]

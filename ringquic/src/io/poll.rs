@@ -25,7 +25,7 @@ use std::{
     collections::VecDeque,
     fmt,
     io::{self, IoSliceMut},
-    net::{IpAddr, SocketAddr, SocketAddrV6},
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -35,7 +35,10 @@ use mio::{net::UdpSocket, Events, Interest, Poll, Token, Waker};
 use quinn_udp::{UdpSocketState, BATCH_SIZE};
 use tracing::{debug, trace};
 
-use super::{recv, BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup};
+use super::{
+    addr::{addr_for_socket, canonical, canonical_ip, ip_for_socket},
+    recv, BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
+};
 
 /// Token of the UDP socket in the `mio` registry.
 const SOCKET: Token = Token(0);
@@ -445,7 +448,7 @@ impl PollBackend {
                     len
                 };
                 let recv_meta = RecvMeta {
-                    remote: canonical_addr(meta.addr),
+                    remote: canonical(meta.addr),
                     local_ip: meta.dst_ip.map(canonical_ip),
                     ecn: meta
                         .ecn
@@ -521,11 +524,14 @@ impl IoBackend for PollBackend {
             );
         }
         let pending = PendingTx {
-            destination: addr_for_socket(transmit.destination, self.ipv6),
+            // A real IPv6 destination on an IPv4 socket cannot be reached (`connect_with` refuses
+            // it): passed on as it is, the send fails and is counted.
+            destination: addr_for_socket(transmit.destination, self.ipv6).unwrap_or(transmit.destination),
             ecn: transmit
                 .ecn
                 .and_then(|ecn| quinn_udp::EcnCodepoint::from_bits(ecn as u8)),
-            src_ip: transmit.src_ip.map(|ip| ip_for_socket(ip, self.ipv6)),
+            // A source the socket's family cannot name is left to the kernel.
+            src_ip: transmit.src_ip.and_then(|ip| ip_for_socket(ip, self.ipv6)),
             len,
             segment_size: transmit.segment_size.filter(|&seg| seg > 0),
             sent: 0,
@@ -620,43 +626,6 @@ fn is_transient_recv_error(e: &io::Error) -> bool {
             | io::ErrorKind::HostUnreachable
             | io::ErrorKind::NetworkUnreachable
     )
-}
-
-/// IPv4 peers on a dual-stack socket are reported as IPv4.
-fn canonical_addr(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => addr,
-        },
-        SocketAddr::V4(_) => addr,
-    }
-}
-
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
-    }
-}
-
-/// The address to give the kernel: v4-mapped on an IPv6 socket, plain IPv4 on an IPv4 socket.
-fn addr_for_socket(addr: SocketAddr, ipv6: bool) -> SocketAddr {
-    match addr {
-        SocketAddr::V4(v4) if ipv6 => {
-            SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
-        }
-        SocketAddr::V6(_) if !ipv6 => canonical_addr(addr),
-        _ => addr,
-    }
-}
-
-fn ip_for_socket(ip: IpAddr, ipv6: bool) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) if ipv6 => IpAddr::V6(v4.to_ipv6_mapped()),
-        IpAddr::V6(_) if !ipv6 => canonical_ip(ip),
-        _ => ip,
-    }
 }
 
 #[cfg(test)]
@@ -1074,22 +1043,5 @@ mod tests {
         let deadline = Instant::now() + Duration::from_millis(10);
         a.turn(Some(deadline), &mut |_, _| {}).unwrap();
         a.shutdown();
-    }
-
-    #[test]
-    fn address_mapping() {
-        let v4: SocketAddr = (Ipv4Addr::new(192, 0, 2, 1), 443).into();
-        let mapped: SocketAddr = (Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped(), 443).into();
-        assert_eq!(canonical_addr(mapped), v4);
-        assert_eq!(addr_for_socket(v4, true), mapped);
-        assert_eq!(addr_for_socket(mapped, false), v4);
-        assert_eq!(addr_for_socket(v4, false), v4);
-        let v6: SocketAddr = (Ipv6Addr::LOCALHOST, 443).into();
-        assert_eq!(canonical_addr(v6), v6);
-        assert_eq!(addr_for_socket(v6, true), v6);
-        assert_eq!(
-            ip_for_socket(Ipv4Addr::LOCALHOST.into(), true),
-            IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped())
-        );
     }
 }

@@ -73,13 +73,14 @@ use windows_sys::Win32::{
 };
 
 use super::{
+    addr::{addr_for_socket, canonical, ip_for_socket},
     bufpool::{RxArena, TxPool},
     recv,
     rio_book::{
-        self, addr_for_socket, canonical, classify, decode_ctx, encode_rio_control, encode_sockaddr_inet,
-        ip_for_socket, parse_rio_control, parse_sockaddr_inet, segments_per_part, wait_millis, CmsgLayout,
-        RecvBook, RegionLayout, ReqKind, RioNotify, RioOptions, SendBook, SendControl, Span, Status,
-        MAX_URO_BYTES, MAX_USO_BYTES, MAX_USO_SEGMENTS, SOCKADDR_INET_LEN,
+        self, classify, decode_ctx, encode_rio_control, encode_sockaddr_inet, parse_rio_control,
+        parse_sockaddr_inet, segments_per_part, wait_millis, CmsgLayout, RecvBook, RegionLayout, ReqKind,
+        RioNotify, RioOptions, SendBook, SendControl, Span, Status, MAX_URO_BYTES, MAX_USO_BYTES,
+        MAX_USO_SEGMENTS, SOCKADDR_INET_LEN,
     },
     BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
 };
