@@ -488,40 +488,46 @@ impl UringBackend {
         if res >= 0 {
             let len = res as usize;
             // SAFETY: this completion returned buffer `bid` (the kernel writes it no more until
-            // it is pushed back to the ring below); `len` covers its header part, zeroed when
-            // the buffer was made and initialised ever since, and the payload the kernel wrote
-            // in full (see `RxSlots`). The same holds for `lend` and `filled` below.
-            let parsed = unsafe { rx.filled(bid as usize, len) }.map(|b| parse(b, &self.recv_msg));
-            match parsed {
-                Some(Ok(p)) => {
-                    // Zero-copy for big receives, within the lending budget: the buffer itself
-                    // goes to quinn-proto (decrypted in place) and on to the application's
-                    // chunks; another takes its ring slot.
-                    let lent = if p.payload.len() >= self.zero_copy_min {
-                        // SAFETY: as above.
-                        unsafe { rx.lend(bid as usize, p.payload.clone()) }
-                    } else {
-                        None
-                    };
-                    match lent {
+            // it goes back to the ring below); `len` covers only initialised bytes: the header
+            // part, zeroed at creation, and the payload the kernel wrote (see `RxSlots`).
+            let filled = unsafe { rx.filled(bid as usize, len) };
+            match filled.map(|b| (parse(b, &self.recv_msg), b)) {
+                // A small receive (the per-packet path of request/response traffic): copied
+                // out of the buffer in hand, which then goes straight back to the ring.
+                Some((Ok(p), b)) if p.payload.len() < self.zero_copy_min => {
+                    recv::deliver(
+                        &mut self.copies,
+                        &b[p.payload.clone()],
+                        p.segment_size,
+                        p.meta,
+                        &mut self.stats,
+                        on_recv,
+                    );
+                }
+                // Zero-copy, within the lending budget: the buffer itself goes to quinn-proto
+                // (decrypted in place) and on to the application's chunks; another takes its
+                // ring slot. Over the budget it is copied like a small one.
+                Some((Ok(p), _)) => {
+                    // SAFETY: as for `filled` above: the kernel is done with buffer `bid` and
+                    // `p.payload.end` ≤ `len` (parsed from within it).
+                    match unsafe { rx.lend(bid as usize, p.payload.clone()) } {
                         Some(data) => {
                             self.stats.recv_zero_copy += 1;
                             recv::deliver_lent(data, p.segment_size, p.meta, &mut self.stats, on_recv);
                         }
-                        None => {
-                            // SAFETY: as above; the buffer is still ours until it is pushed
-                            // back to the ring below.
-                            if let Some(b) = unsafe { rx.filled(bid as usize, len) } {
-                                recv::deliver(
-                                    &mut self.copies,
-                                    &b[p.payload.clone()],
-                                    p.segment_size,
-                                    p.meta,
-                                    &mut self.stats,
-                                    on_recv,
-                                );
-                            }
-                        }
+                        // SAFETY: as for `filled` above; `lend` refused, so buffer `bid` is
+                        // still in its slot, unchanged.
+                        None => match unsafe { rx.filled(bid as usize, len) } {
+                            Some(b) => recv::deliver(
+                                &mut self.copies,
+                                &b[p.payload.clone()],
+                                p.segment_size,
+                                p.meta,
+                                &mut self.stats,
+                                on_recv,
+                            ),
+                            None => self.stats.recv_dropped += 1,
+                        },
                     }
                 }
                 _ => self.stats.recv_dropped += 1,
