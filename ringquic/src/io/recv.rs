@@ -58,11 +58,9 @@ pub(crate) fn deliver_copied(
     stats: &mut IoStats,
     on_recv: &mut dyn FnMut(RecvMeta, BytesMut),
 ) {
-    stats.bytes_received += payload.len() as u64;
-    for range in segments(payload.len(), segment_size) {
-        stats.datagrams_received += 1;
-        on_recv(meta, BytesMut::from(&payload[range]));
-    }
+    each_datagram(payload.len(), segment_size, meta, stats, on_recv, |r| {
+        BytesMut::from(&payload[r])
+    });
 }
 
 /// Hand the datagrams of `data` on as slices of `data` itself, without copying. Only for
@@ -74,10 +72,24 @@ pub(crate) fn deliver_lent(
     stats: &mut IoStats,
     on_recv: &mut dyn FnMut(RecvMeta, BytesMut),
 ) {
-    stats.bytes_received += data.len() as u64;
-    for range in segments(data.len(), segment_size) {
+    each_datagram(data.len(), segment_size, meta, stats, on_recv, |r| {
+        data.split_to(r.len())
+    });
+}
+
+/// Count a receive of `len` bytes and hand on each of its datagrams, made by `take`.
+fn each_datagram(
+    len: usize,
+    segment_size: Option<usize>,
+    meta: RecvMeta,
+    stats: &mut IoStats,
+    on_recv: &mut dyn FnMut(RecvMeta, BytesMut),
+    mut take: impl FnMut(Range<usize>) -> BytesMut,
+) {
+    stats.bytes_received += len as u64;
+    for range in segments(len, segment_size) {
         stats.datagrams_received += 1;
-        on_recv(meta, data.split_to(range.len()));
+        on_recv(meta, take(range));
     }
 }
 
@@ -139,7 +151,7 @@ impl Lender {
         }
     }
 
-    /// Buffers lent and not yet known to be back.
+    /// Buffers lent and not yet known to be back (checked when a buffer is next needed).
     pub(crate) fn lent(&self) -> usize {
         self.lent.len()
     }
@@ -152,9 +164,16 @@ impl Lender {
         self.lent.len() < self.max_lent
     }
 
-    /// An empty buffer of `size` bytes: a spare, or a fresh allocation whose first `zeroed`
-    /// bytes are zero. Every byte of a spare below what it held before is initialised.
+    /// An empty buffer of `size` bytes: a spare (lent buffers that came back are looked for
+    /// first when there is none), or a fresh allocation whose first `zeroed` bytes are zero.
+    /// Every byte of a spare below what it held before is initialised.
+    ///
+    /// Sweeping here, when a buffer is needed, rather than on every turn keeps the cost off
+    /// turns that lend nothing, and it is what every backend's lending goes through.
     pub(crate) fn buffer(&mut self) -> BytesMut {
+        if self.spare.is_empty() {
+            self.sweep();
+        }
         self.spare.pop().unwrap_or_else(|| {
             let mut b = BytesMut::with_capacity(self.size);
             b.resize(self.zeroed, 0);

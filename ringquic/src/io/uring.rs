@@ -812,11 +812,7 @@ impl IoBackend for UringBackend {
         self.enter(deadline)?;
         self.reap_into_buffer();
         self.dispatch(on_recv);
-        // Lent buffers the application has let go of come back for reuse (O(lent), bounded by
-        // the zero-copy budget), and the gauge stays current.
-        self.copies.sweep();
-        if let Some(rx) = self.rx.as_mut() {
-            rx.sweep();
+        if let Some(rx) = self.rx.as_ref() {
             self.stats.recv_lent = (rx.lent() + self.copies.lent()) as u64;
         }
         Ok(())
