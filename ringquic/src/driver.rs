@@ -76,8 +76,6 @@ pub(crate) const RECV_HEADROOM: usize = 0;
 /// How long shutdown keeps turning the loop so every connection's CONNECTION_CLOSE goes out
 /// (with few TX buffers and many connections that takes several turns).
 const SHUTDOWN_FLUSH_TIME: Duration = Duration::from_millis(500);
-/// Turns of that flush at most.
-const MAX_SHUTDOWN_TURNS: usize = 10_000;
 
 /// How new incoming connections are admitted, before the application sees them.
 #[derive(Debug, Clone, Copy)]
@@ -185,7 +183,7 @@ pub(crate) fn run(setup: DriverSetup) {
             handshaking: HandleSet::default(),
             closes_sent: HandleSet::default(),
             awaiting_close: HandleSet::default(),
-            shutting_down: false,
+            flush_until: None,
             stats: EndpointStats::default(),
         },
         commands: VecDeque::new(),
@@ -391,7 +389,9 @@ struct Core {
     closes_sent: HandleSet,
     /// Shutdown: closed connections whose CONNECTION_CLOSE has not gone out yet.
     awaiting_close: HandleSet,
-    shutting_down: bool,
+    /// Set once the last handle is gone: the loop goes on until every close is out, or until
+    /// this time (see [`Core::begin_shutdown`]).
+    flush_until: Option<Instant>,
     stats: EndpointStats,
 }
 
@@ -404,23 +404,48 @@ impl Driver {
             let io = &mut *self.io;
             core.stats.loop_turns += 1;
             core.take_commands(&mut self.commands);
-            if core.shutting_down {
-                core.flush_closes(io);
-                return Ok(());
-            }
             core.drive_dirty(io);
             core.send_responses(io);
             core.publish_stats(io);
+            if let Some(until) = core.flush_until {
+                // Shutting down: done once every close is out (the backend's shutdown submits
+                // what is queued and waits for it), or at the time limit.
+                if !core.closes_pending(io) {
+                    // Hand what was just queued to the kernel before the backend shuts down.
+                    let rx = &mut core.rx;
+                    io.turn(Some(Instant::now()), &mut |meta, data| rx.push((meta, data)))?;
+                    return Ok(());
+                }
+                if Instant::now() >= until {
+                    warn!(
+                        connections = core.awaiting_close.len(),
+                        "shutdown: some connections' CONNECTION_CLOSE could not be sent in time"
+                    );
+                    return Ok(());
+                }
+            }
             let busy = !core.dirty.is_empty()
                 || core.shared.mailbox.is_notified()
                 || !lock(&core.shared.local_tasks).is_empty();
-            let deadline = if busy {
-                Some(Instant::now())
+            let now = Instant::now();
+            let mut deadline = if busy {
+                Some(now)
             } else {
                 core.timers.values().min().copied()
             };
+            if let Some(until) = core.flush_until {
+                // While closes are due, wake at least every 5 ms (a send completion, an ACK or a
+                // pacing timer lets them out) and at the time limit.
+                deadline = Some(
+                    deadline
+                        .unwrap_or(until)
+                        .min(now + Duration::from_millis(5))
+                        .min(until),
+                );
+            }
             // Busy-poll (opt-in) only when there is nothing to do yet.
-            let spin_until = (!busy && !self.busy_poll.is_zero()).then(|| Instant::now() + self.busy_poll);
+            let spin_until = (!busy && !self.busy_poll.is_zero() && core.flush_until.is_none())
+                .then(|| Instant::now() + self.busy_poll);
             Self::wait(io, core, deadline, spin_until)?;
             core.route_received();
             core.deliver_received();
@@ -553,14 +578,16 @@ impl Core {
         self.waiting_tx = waiting;
     }
 
-    /// Shutdown: close every connection and keep the loop going (bounded) until each one's
-    /// CONNECTION_CLOSE has gone out, however few TX buffers there are; the backend's shutdown
-    /// then waits for those sends to complete.
-    ///
-    /// Received datagrams are still processed meanwhile: quinn-proto holds a close back by
-    /// congestion control and pacing while stream data is pending, so the peer's ACKs (and
-    /// the pacing timer) are what let it out.
-    fn flush_closes(&mut self, io: &mut dyn IoBackend) {
+    /// The last handle is gone: close every connection and let the loop go on (at most
+    /// [`SHUTDOWN_FLUSH_TIME`]) until each one's CONNECTION_CLOSE has gone out, however few TX
+    /// buffers there are. The loop keeps processing received datagrams meanwhile: quinn-proto
+    /// holds a close back by congestion control and pacing while stream data is pending, so the
+    /// peer's ACKs (and the pacing timer) are what let it out.
+    fn begin_shutdown(&mut self) {
+        if self.flush_until.is_some() {
+            return;
+        }
+        self.flush_until = Some(Instant::now() + SHUTDOWN_FLUSH_TIME);
         self.close_all(
             proto::VarInt::from_u32(0),
             bytes::Bytes::from_static(b"endpoint dropped"),
@@ -571,44 +598,20 @@ impl Core {
                 self.awaiting_close.insert(ch);
             }
         }
-        let until = Instant::now() + SHUTDOWN_FLUSH_TIME;
-        for _ in 0..MAX_SHUTDOWN_TURNS {
-            self.drive_dirty(io);
-            self.send_responses(io);
-            let pending = !self.dirty.is_empty()
-                || !self.waiting_tx.is_empty()
-                || self.awaiting_close.len() > 0
-                || io.sends_waiting();
-            let now = Instant::now();
-            // Submit what was queued; while closes are still due, wait (briefly) for a send
-            // completion, an ACK or a pacing timer.
-            let deadline = if !pending || !self.dirty.is_empty() {
-                now
-            } else {
-                let timer = self.timers.values().min().copied().unwrap_or(until);
-                timer.min(now + Duration::from_millis(5)).min(until)
-            };
-            let rx = &mut self.rx;
-            if let Err(e) = io.turn(Some(deadline), &mut |meta, data| rx.push((meta, data))) {
-                debug!("I/O backend failed during shutdown: {e}");
-                break;
-            }
-            if !pending {
-                return;
-            }
-            if now >= until {
-                break;
-            }
-            self.route_received();
-            self.deliver_received();
-            self.expire_timers();
-            self.retry_waiting_tx(io);
-        }
-        self.rx.clear();
-        warn!(
-            connections = self.awaiting_close.len(),
-            "shutdown: some connections' CONNECTION_CLOSE could not be sent in time"
-        );
+    }
+
+    /// Whether shutdown still has closes to get out: connections to drive, waiting for a TX
+    /// buffer, or whose close has not been sent, or sends the backend has not handed to the
+    /// kernel yet.
+    fn closes_pending(&self, io: &dyn IoBackend) -> bool {
+        !self.dirty.is_empty()
+            || !self.waiting_tx.is_empty()
+            || self.awaiting_close.len() > 0
+            || io.sends_waiting()
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.flush_until.is_some()
     }
 
     fn send_responses(&mut self, io: &mut dyn IoBackend) {
@@ -734,7 +737,7 @@ impl Core {
         }
         let mut st = lock(&self.shared.state);
         let over_cap = st.incoming.len() + self.handshaking.len() >= self.admission.max_incoming;
-        if st.closed || self.shutting_down || over_cap {
+        if st.closed || self.flush_until.is_some() || over_cap {
             drop(st);
             if over_cap {
                 self.stats.incoming_refused += 1;
@@ -775,7 +778,7 @@ impl Core {
                 server_name,
                 reply,
             } => {
-                let created = if self.shutting_down {
+                let created = if self.shutting_down() {
                     Err(proto::ConnectError::EndpointStopping)
                 } else {
                     self.ep
@@ -853,7 +856,7 @@ impl Core {
                     ep.queue_response(t);
                 }
             }
-            Command::Shutdown => self.shutting_down = true,
+            Command::Shutdown => self.begin_shutdown(),
             #[cfg(test)]
             Command::Panic => panic!("injected by a test"),
         }
