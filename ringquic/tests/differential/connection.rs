@@ -79,6 +79,26 @@ macro_rules! connection_scenarios {
                 assert!(matches!(r, Err(ConnectError::EndpointStopping)), "{}: {:?}", imp::NAME, r.map(|_| ()));
             }
 
+            /// `connect` refuses an unusable address or server name at once, with the same
+            /// `ConnectError` variants (ringquic checks these itself: its connection is created
+            /// on the I/O thread).
+            #[tokio::test]
+            async fn connect_refuses_bad_address_and_name_at_once() {
+                let (server, client, _c) = h::endpoints();
+                let addr = server.local_addr().unwrap();
+                let r = client.connect(SocketAddr::new(addr.ip(), 0), "localhost");
+                assert!(matches!(r, Err(ConnectError::InvalidRemoteAddress(_))), "{}: {:?}", imp::NAME, r.map(|_| ()));
+                let r = client.connect("0.0.0.0:4433".parse().unwrap(), "localhost");
+                assert!(matches!(r, Err(ConnectError::InvalidRemoteAddress(_))), "{}: {:?}", imp::NAME, r.map(|_| ()));
+                let r = client.connect(addr, "not a name");
+                assert!(matches!(r, Err(ConnectError::InvalidServerName(_))), "{}: {:?}", imp::NAME, r.map(|_| ()));
+                // And a good one still connects.
+                let c = within(5, "connect", client.connect(addr, "localhost").unwrap());
+                let s = within(5, "accept", async { server.accept().await.unwrap().await });
+                let (c, s) = tokio::join!(c, s);
+                assert!(c.is_ok() && s.is_ok(), "{}", imp::NAME);
+            }
+
             /// `accept` on a closed endpoint returns `None` at once.
             #[tokio::test]
             async fn accept_after_close_is_none() {
