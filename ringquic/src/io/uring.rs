@@ -495,14 +495,7 @@ impl UringBackend {
                 // A small receive (the per-packet path of request/response traffic): copied
                 // out of the buffer in hand, which then goes straight back to the ring.
                 Some((Ok(p), b)) if p.payload.len() < self.zero_copy_min => {
-                    recv::deliver(
-                        &mut self.copies,
-                        &b[p.payload.clone()],
-                        p.segment_size,
-                        p.meta,
-                        &mut self.stats,
-                        on_recv,
-                    );
+                    p.copy_out(b, &mut self.copies, &mut self.stats, on_recv)
                 }
                 // Zero-copy, within the lending budget: the buffer itself goes to quinn-proto
                 // (decrypted in place) and on to the application's chunks; another takes its
@@ -518,14 +511,7 @@ impl UringBackend {
                         // SAFETY: as for `filled` above; `lend` refused, so buffer `bid` is
                         // still in its slot, unchanged.
                         None => match unsafe { rx.filled(bid as usize, len) } {
-                            Some(b) => recv::deliver(
-                                &mut self.copies,
-                                &b[p.payload.clone()],
-                                p.segment_size,
-                                p.meta,
-                                &mut self.stats,
-                                on_recv,
-                            ),
+                            Some(b) => p.copy_out(b, &mut self.copies, &mut self.stats, on_recv),
                             None => self.stats.recv_dropped += 1,
                         },
                     }
@@ -669,6 +655,26 @@ struct Parsed {
     payload: std::ops::Range<usize>,
     meta: RecvMeta,
     segment_size: Option<usize>,
+}
+
+impl Parsed {
+    /// Hand this receive on as a copy out of `buf`, the completed buffer it was parsed from.
+    fn copy_out(
+        &self,
+        buf: &[u8],
+        copies: &mut recv::Lender,
+        stats: &mut IoStats,
+        on_recv: &mut dyn FnMut(RecvMeta, BytesMut),
+    ) {
+        recv::deliver(
+            copies,
+            &buf[self.payload.clone()],
+            self.segment_size,
+            self.meta,
+            stats,
+            on_recv,
+        );
+    }
 }
 
 /// Parse one completed receive buffer (`io_uring_recvmsg_out`, name, control, payload).
