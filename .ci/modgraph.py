@@ -107,8 +107,14 @@ def module_files(src):
 
 
 def paths_in(text):
-    """Every `crate::`/`super::`/`self::` path in the text, as lists of segments."""
+    """Every `crate::`/`super::`/`self::` path in the text, and every path that starts with the
+    name of a child module the file declares (`mod seam;` ... `seam::IoBackend`), as lists of
+    segments (a child's path is given as `self::child::...`)."""
     found = []
+    children = re.findall(r"\bmod\s+(\w+)\s*;", text)
+    for child in children:
+        for m in re.finditer(r"(?<![\w:])" + child + r"\s*::", text):
+            found.append(["self", child])
     for m in re.finditer(r"\buse\s+((?:\$?crate|super|self)\s*::[^;]*);", text, re.S):
         found.extend(expand_use_tree([], m.group(1)))
     inline = re.sub(r"\buse\s+[^;]*;", "", text, flags=re.S)
@@ -118,40 +124,63 @@ def paths_in(text):
     return found
 
 
-def resolve(mods, reexports, here, segs):
+def resolve(mods, reexports, here, segs, depth=0):
+    """The module that defines what `segs` (a path written in module `here`) names. A name a
+    module re-exports (`pub use seam::IoBackend;`) resolves to the module that defines it: the
+    dependency is on the code, not on the namespace that lends it a shorter name."""
     segs = list(segs)
     if segs[0] in ("crate", "$crate"):
         base = []
         segs = segs[1:]
-    else:
+    elif segs[0] in ("super", "self"):
         base = list(here)
         while segs and segs[0] in ("super", "self"):
             if segs[0] == "super":
                 base = base[:-1]
             segs = segs[1:]
+    elif tuple(list(here) + [segs[0]]) in mods:
+        base = list(here)
+    else:
+        return None  # another crate
     path = base + segs
     # Longest prefix that names a module.
     for n in range(len(path), -1, -1):
         if tuple(path[:n]) in mods:
             mod = tuple(path[:n])
-            if mod == () and n < len(path) and path[n] in reexports:
-                return reexports[path[n]]
+            if n < len(path) and depth < 8:
+                target = reexports.get(mod, {}).get(path[n])
+                if target is not None:
+                    return target
             return mod
     return None
+
+
+def collect_reexports(mods, texts):
+    raw = {}
+    for mod, text in texts.items():
+        for m in re.finditer(r"\bpub(?:\s*\([^)]*\))?\s+use\s+([^;]*);", text, re.S):
+            for segs in expand_use_tree([], m.group(1)):
+                if len(segs) > 1:
+                    raw.setdefault(mod, []).append(segs)
+    reexports = {}
+    # Resolve in rounds so that re-exports of re-exports land on the defining module.
+    for _ in range(4):
+        for mod, paths in raw.items():
+            for segs in paths:
+                target = resolve(mods, reexports, mod, segs[:-1])
+                if target is None:
+                    continue
+                final = reexports.get(target, {}).get(segs[-1], target)
+                if final != mod:
+                    reexports.setdefault(mod, {})[segs[-1]] = final
+    return reexports
 
 
 def main():
     src = sys.argv[1]
     mods = module_files(src)
     texts = {m: strip_test_modules(strip_comments(open(p).read())) for m, p in mods.items()}
-    root = texts.get(())
-    reexports = {}
-    if root:
-        for m in re.finditer(r"\bpub\s+use\s+((?:crate|self)\s*::[^;]*);", root, re.S):
-            for segs in expand_use_tree([], m.group(1)):
-                mod = resolve(mods, {}, (), segs[:-1]) if len(segs) > 1 else None
-                if mod is not None and mod != ():
-                    reexports[segs[-1]] = mod
+    reexports = collect_reexports(mods, texts)
     graph = {}
     for mod, text in texts.items():
         deps = set()

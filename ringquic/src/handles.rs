@@ -53,10 +53,6 @@ impl<T> HandleMap<T> {
         self.len
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     pub(crate) fn clear(&mut self) {
         self.slots.clear();
         self.len = 0;
@@ -109,7 +105,7 @@ mod tests {
     #[test]
     fn map_and_set_behave_like_the_std_ones() {
         let mut m = HandleMap::default();
-        assert!(m.is_empty());
+        assert_eq!(m.len(), 0);
         assert_eq!(m.insert(ConnectionHandle(5), "a"), None);
         assert_eq!(m.insert(ConnectionHandle(1), "b"), None);
         assert_eq!(m.insert(ConnectionHandle(5), "c"), Some("a"));
@@ -127,7 +123,7 @@ mod tests {
         assert_eq!(m.remove(&ConnectionHandle(77)), None);
         assert_eq!(m.len(), 1);
         m.clear();
-        assert!(m.is_empty() && m.iter().next().is_none());
+        assert!(m.len() == 0 && m.iter().next().is_none());
 
         let mut s = HandleSet::default();
         assert!(s.insert(ConnectionHandle(3)));

@@ -54,27 +54,48 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+// The module map (DESIGN.md draws it with its arrows). Handles the application holds:
+mod builder;
 mod connection;
-mod driver;
 mod endpoint;
-mod handles;
+mod incoming;
+mod local;
+mod streams;
+// The state handles and the I/O thread share, and the one place they meet:
+mod shared;
+mod wakers;
+// The I/O thread:
+mod core;
+mod driver;
+// Below both: the queue to the I/O thread, sockets, the backends (all of the crate's `unsafe`).
 #[allow(unsafe_code)]
 mod io;
 mod mailbox;
 mod socket;
-mod streams;
+// Leaves every layer may use:
+mod backend;
+mod errors;
+mod handles;
+mod stats;
 mod sync;
 
 pub use crate::{
-    connection::{Connecting, Connection},
-    endpoint::{
-        try_spawn, Accept, Endpoint, EndpointBuilder, EndpointStats, Incoming, IncomingFuture, JoinError,
-        JoinHandle, RetryError, DEFAULT_MAX_INCOMING, DEFAULT_RECV_BUFFERS, DEFAULT_RECV_BUFFER_SIZE,
+    backend::{BackendKind, EndpointError},
+    builder::{
+        EndpointBuilder, DEFAULT_MAX_INCOMING, DEFAULT_RECV_BUFFERS, DEFAULT_RECV_BUFFER_SIZE,
         DEFAULT_RECV_MEMORY_BUDGET, DEFAULT_TX_BUFFERS, DEFAULT_TX_BUFFER_SIZE, DEFAULT_ZERO_COPY_THRESHOLD,
-        SHUTDOWN_JOIN_TIMEOUT,
     },
-    io::BackendKind,
-    streams::{RecvStream, ResetWaitError, SendStream},
+    connection::{Connecting, Connection},
+    endpoint::{Accept, Endpoint},
+    errors::{
+        ReadError, ReadExactError, ReadToEndError, ResetWaitError, SendDatagramError, StoppedError,
+        WriteError,
+    },
+    incoming::{Incoming, IncomingFuture, RetryError},
+    local::{try_spawn, JoinError, JoinHandle},
+    shared::SHUTDOWN_JOIN_TIMEOUT,
+    stats::EndpointStats,
+    streams::{RecvStream, SendStream},
 };
 
 pub use quinn_proto::{
@@ -123,176 +144,5 @@ pub mod fuzzing {
             src_ip,
         };
         crate::io::cmsg::encode(&mut buf, dst_v4, &c)
-    }
-}
-
-/// Errors creating an endpoint.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum EndpointError {
-    /// The UDP socket could not be created or bound to the address.
-    #[error("failed to bind a UDP socket to {addr}: {source}")]
-    Bind {
-        /// The address asked for.
-        addr: std::net::SocketAddr,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// A socket option ringquic needs could not be set or read (for an adopted socket: the
-    /// socket is not usable as it is, and `option` names what is missing).
-    #[error("the socket cannot be used: {option}: {source}")]
-    Socket {
-        /// The option or check that failed.
-        option: &'static str,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// A backend name (`RINGQUIC_BACKEND` or the builder) is not one ringquic knows.
-    #[error("unknown backend {0:?}: expected \"uring\", \"poll\" or \"rio\"")]
-    UnknownBackend(String),
-    /// The backend asked for explicitly cannot run here.
-    #[error("the {backend} backend is not available here: {source}")]
-    BackendUnavailable {
-        /// The backend asked for.
-        backend: BackendKind,
-        /// Why it cannot run.
-        source: std::io::Error,
-    },
-    /// Setting up the backend failed after it was chosen.
-    #[error("I/O backend setup failed at {what}: {source}")]
-    Backend {
-        /// The step that failed.
-        what: &'static str,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// The builder's settings cannot work; the message says which and why.
-    #[error("invalid endpoint configuration: {0}")]
-    Config(&'static str),
-    /// A receive buffer cannot hold a maximum-size UDP payload plus the backend's headers.
-    #[error("receive buffers of {size} bytes are too small: at least {min} bytes are needed for a {max_udp_payload}-byte UDP payload")]
-    RecvBufferTooSmall {
-        /// The size asked for.
-        size: usize,
-        /// The smallest that works.
-        min: usize,
-        /// The endpoint's maximum UDP payload size.
-        max_udp_payload: usize,
-    },
-    /// A TX buffer cannot hold one maximum-size UDP payload.
-    #[error("TX buffers of {size} bytes are too small: at least {min} bytes are needed")]
-    TxBufferTooSmall {
-        /// The size asked for.
-        size: usize,
-        /// The smallest that works.
-        min: usize,
-    },
-    /// The I/O thread could not be started.
-    #[error("failed to start the I/O thread: {0}")]
-    Thread(std::io::Error),
-}
-
-/// Errors writing to a [`SendStream`].
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum WriteError {
-    /// The peer stopped the stream with this code.
-    #[error("sending stopped by peer: error {0}")]
-    Stopped(VarInt),
-    /// The connection was lost.
-    #[error("connection lost: {0}")]
-    ConnectionLost(#[from] ConnectionError),
-    /// The stream was already finished or reset.
-    #[error("closed stream")]
-    ClosedStream,
-}
-
-/// Errors reading from a [`RecvStream`].
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ReadError {
-    /// The peer reset the stream with this code.
-    #[error("stream reset by peer: error {0}")]
-    Reset(VarInt),
-    /// The connection was lost.
-    #[error("connection lost: {0}")]
-    ConnectionLost(#[from] ConnectionError),
-    /// The stream was already stopped, or read to the end.
-    #[error("closed stream")]
-    ClosedStream,
-    /// An ordered read after unordered reads on the same stream.
-    #[error("ordered read after unordered read")]
-    IllegalOrderedRead,
-}
-
-/// Errors from [`RecvStream::read_exact`].
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ReadExactError {
-    /// The stream ended after this many bytes were read, before the buffer was full.
-    #[error("stream finished early ({0} bytes read)")]
-    FinishedEarly(usize),
-    /// Reading failed.
-    #[error(transparent)]
-    ReadError(#[from] ReadError),
-}
-
-/// Errors from [`RecvStream::read_to_end`].
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ReadToEndError {
-    /// The stream is longer than the limit given.
-    #[error("stream too long")]
-    TooLong,
-    /// Reading failed.
-    #[error(transparent)]
-    Read(#[from] ReadError),
-}
-
-/// Errors from [`SendStream::stopped`].
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum StoppedError {
-    /// The connection was lost.
-    #[error("connection lost: {0}")]
-    ConnectionLost(#[from] ConnectionError),
-}
-
-/// Errors from [`Connection::send_datagram`].
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SendDatagramError {
-    /// The peer does not accept datagrams.
-    #[error("datagrams not supported by peer")]
-    UnsupportedByPeer,
-    /// Datagrams are disabled locally.
-    #[error("datagram support disabled")]
-    Disabled,
-    /// The datagram is larger than the connection can carry now.
-    #[error("datagram too large")]
-    TooLarge,
-    /// The connection was lost.
-    #[error("connection lost: {0}")]
-    ConnectionLost(#[from] ConnectionError),
-}
-
-impl From<WriteError> for std::io::Error {
-    fn from(e: WriteError) -> Self {
-        let kind = match e {
-            WriteError::Stopped(_) | WriteError::ConnectionLost(_) => std::io::ErrorKind::ConnectionReset,
-            WriteError::ClosedStream => std::io::ErrorKind::NotConnected,
-        };
-        Self::new(kind, e)
-    }
-}
-
-impl From<ReadError> for std::io::Error {
-    fn from(e: ReadError) -> Self {
-        let kind = match e {
-            ReadError::Reset(_) | ReadError::ConnectionLost(_) => std::io::ErrorKind::ConnectionReset,
-            ReadError::ClosedStream => std::io::ErrorKind::NotConnected,
-            ReadError::IllegalOrderedRead => std::io::ErrorKind::InvalidInput,
-        };
-        Self::new(kind, e)
     }
 }

@@ -17,55 +17,18 @@ use std::{
     },
 };
 
-use bytes::Bytes;
-use std::net::SocketAddr;
-
-use quinn_proto::{ClientConfig, ConnectionHandle, ServerConfig, VarInt};
-
 // The handshake's primitives: std's, or loom's under `--cfg ringquic_loom` (see crate::sync).
+use crate::io::Wakeup;
 use crate::sync::{
+    lock,
     thread::{self, ThreadId},
-    AtomicBool, Lock, Mutex,
+    AtomicBool, Mutex,
 };
-use crate::{connection::AcceptReply, io::Wakeup};
 
-/// What the application asks of the I/O thread.
-pub(crate) enum Command {
-    /// A connection's application-side state changed (data written, stream opened, …): drive it.
-    Drive(ConnectionHandle),
-    /// Start a client connection; the answer goes to the waiting `Connecting`.
-    Connect {
-        config: ClientConfig,
-        remote: SocketAddr,
-        server_name: String,
-        reply: AcceptReply,
-    },
-    /// Accept an incoming connection; the answer goes to the waiting `Connecting`.
-    Accept {
-        incoming: quinn_proto::Incoming,
-        server_config: Option<Arc<ServerConfig>>,
-        reply: AcceptReply,
-    },
-    /// Refuse an incoming connection (the peer gets CONNECTION_REFUSED).
-    Refuse(quinn_proto::Incoming),
-    /// Answer an incoming connection with a Retry packet.
-    Retry(quinn_proto::Incoming),
-    /// Drop an incoming connection silently.
-    Ignore(quinn_proto::Incoming),
-    /// Replace the server configuration (`None`: stop accepting).
-    SetServerConfig(Option<Arc<ServerConfig>>),
-    /// Close every connection with this code and reason.
-    Close { code: VarInt, reason: Bytes },
-    /// Every handle is gone: close what is left, cancel in-flight I/O and exit.
-    Shutdown,
-    /// Panic on the I/O thread, to test that a panic fails futures instead of hanging them.
-    #[cfg(test)]
-    Panic,
-}
-
-/// The queue and its wakeup.
-pub(crate) struct Mailbox {
-    queue: Mutex<MailboxState>,
+/// The queue of `T`s (the crate's `shared::Command`) and its wakeup. Generic so this module knows
+/// nothing of what is queued: the commands carry connections and replies of the layer above.
+pub(crate) struct Mailbox<T> {
+    queue: Mutex<MailboxState<T>>,
     notified: AtomicBool,
     waker: OnceLock<Arc<dyn Wakeup>>,
     /// The I/O thread: a notify from it needs no system call, its loop checks the flag before
@@ -76,13 +39,13 @@ pub(crate) struct Mailbox {
     wakeups: AtomicU64,
 }
 
-struct MailboxState {
-    commands: VecDeque<Command>,
+struct MailboxState<T> {
+    commands: VecDeque<T>,
     /// Set when the I/O thread has exited; later pushes are refused.
     closed: bool,
 }
 
-impl Mailbox {
+impl<T> Mailbox<T> {
     pub(crate) fn new() -> Self {
         Self {
             queue: Mutex::new(MailboxState {
@@ -108,7 +71,7 @@ impl Mailbox {
     /// Gives the command back if the I/O thread has exited. (A large `Err` is fine here: it is
     /// the rare path, and boxing every command would cost an allocation on the common one.)
     #[allow(clippy::result_large_err)]
-    pub(crate) fn push(&self, cmd: Command) -> Result<(), Command> {
+    pub(crate) fn push(&self, cmd: T) -> Result<(), T> {
         {
             let mut q = lock(&self.queue);
             if q.closed {
@@ -137,7 +100,7 @@ impl Mailbox {
 
     /// Take every queued command. Clears the `notified` flag first, so a push that races with
     /// the drain either lands in this batch or sends a fresh wakeup.
-    pub(crate) fn drain(&self, out: &mut VecDeque<Command>) {
+    pub(crate) fn drain(&self, out: &mut VecDeque<T>) {
         // A swap rather than a plain store: the same under C11 (an RMW or a store, every
         // later swap in `notify` reads this `false` or a later value), but loom 0.7.3 models
         // a plain store racing RMWs wrongly (tokio-rs/loom#254) and would report a false lost
@@ -155,7 +118,7 @@ impl Mailbox {
 
     /// Refuse further commands and return those still queued (a queued `Connect`/`Accept`
     /// answers its `Connecting` with `LocallyClosed` when dropped).
-    pub(crate) fn close(&self) -> VecDeque<Command> {
+    pub(crate) fn close(&self) -> VecDeque<T> {
         let mut q = lock(&self.queue);
         q.closed = true;
         self.closed.store(true, Ordering::Release);
@@ -171,13 +134,6 @@ impl Mailbox {
     pub(crate) fn wakeups(&self) -> u64 {
         self.wakeups.load(Ordering::Relaxed)
     }
-}
-
-/// Lock a mutex, ignoring poisoning: every critical section in this crate leaves its data
-/// consistent before anything that could panic, and a panic on the I/O thread is reported to
-/// the application through connection errors, not through poisoned locks.
-pub(crate) fn lock<M: Lock + ?Sized>(m: &M) -> M::Guard<'_> {
-    m.lock_ignoring_poison()
 }
 
 #[cfg(test)]
@@ -200,14 +156,14 @@ mod tests {
         let (mb2, w2) = (mb.clone(), w.clone());
         std::thread::spawn(move || mb2.set_waker(w2)).join().unwrap();
         for i in 0..100 {
-            assert!(mb.push(Command::Drive(ConnectionHandle(i))).is_ok());
+            assert!(mb.push(i).is_ok());
         }
         assert_eq!(w.0.load(Ordering::SeqCst), 1);
         let mut out = VecDeque::new();
         mb.drain(&mut out);
         assert_eq!(out.len(), 100);
         // After a drain the next push wakes again.
-        assert!(mb.push(Command::Drive(ConnectionHandle(0))).is_ok());
+        assert!(mb.push(0).is_ok());
         assert_eq!(w.0.load(Ordering::SeqCst), 2);
         assert_eq!(mb.wakeups(), 2);
     }
@@ -217,7 +173,7 @@ mod tests {
         let mb = Mailbox::new();
         let w = Arc::new(CountingWake(AtomicUsize::new(0)));
         mb.set_waker(w.clone());
-        assert!(mb.push(Command::Drive(ConnectionHandle(0))).is_ok());
+        assert!(mb.push(0).is_ok());
         assert_eq!(
             w.0.load(Ordering::SeqCst),
             0,
@@ -229,13 +185,10 @@ mod tests {
     #[test]
     fn closed_mailbox_gives_commands_back() {
         let mb = Mailbox::new();
-        assert!(mb.push(Command::Shutdown).is_ok());
+        assert!(mb.push(7).is_ok());
         let left = mb.close();
         assert_eq!(left.len(), 1);
-        assert!(matches!(
-            mb.push(Command::Drive(ConnectionHandle(1))),
-            Err(Command::Drive(_))
-        ));
+        assert!(matches!(mb.push(1), Err(1)));
     }
 }
 
@@ -292,8 +245,8 @@ mod loom_model {
     /// Each side of the protocol, so the model can also be run against broken versions.
     #[derive(Clone, Copy)]
     struct Protocol {
-        push: fn(&Mailbox, Command),
-        drain: fn(&Mailbox, &mut VecDeque<Command>),
+        push: fn(&Mailbox<usize>, usize),
+        drain: fn(&Mailbox<usize>, &mut VecDeque<usize>),
         /// Whether the loop checks `is_notified()` before it sleeps.
         check_before_sleep: bool,
     }
@@ -329,7 +282,7 @@ mod loom_model {
             let handles: Vec<_> = (0..producers)
                 .map(|i| {
                     let mb = mb.clone();
-                    loom::thread::spawn(move || (p.push)(&mb, Command::Drive(ConnectionHandle(i))))
+                    loom::thread::spawn(move || (p.push)(&mb, i))
                 })
                 .collect();
 
@@ -342,7 +295,7 @@ mod loom_model {
                 got += out.drain(..).count();
                 if io_thread_pushes && !pushed_self {
                     pushed_self = true;
-                    (p.push)(&mb, Command::Drive(ConnectionHandle(99)));
+                    (p.push)(&mb, 99);
                 }
                 if got == expected {
                     break;

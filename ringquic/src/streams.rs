@@ -13,7 +13,7 @@ use bytes::Bytes;
 use quinn_proto::{self as proto, Chunk, ClosedStream, FinishError, StreamId, VarInt};
 
 use crate::{
-    connection::ConnectionRef, ConnectionError, ReadError, ReadExactError, ReadToEndError, StoppedError,
+    shared::ConnectionRef, ReadError, ReadExactError, ReadToEndError, ResetWaitError, StoppedError,
     WriteError,
 };
 
@@ -25,14 +25,6 @@ use crate::{
 pub struct SendStream {
     conn: ConnectionRef,
     id: StreamId,
-}
-
-impl std::fmt::Debug for ConnectionRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectionRef")
-            .field("handle", &self.handle.0)
-            .finish()
-    }
 }
 
 impl SendStream {
@@ -90,7 +82,7 @@ impl SendStream {
         f: impl FnOnce(&mut proto::SendStream<'_>) -> Result<T, proto::WriteError>,
     ) -> Poll<Result<T, WriteError>> {
         let mut st = self.conn.lock();
-        if let Some(e) = st.error.clone() {
+        if let Some(e) = st.error() {
             return Poll::Ready(Err(WriteError::ConnectionLost(e)));
         }
         match f(&mut st.inner.send_stream(self.id)) {
@@ -100,7 +92,7 @@ impl SendStream {
                 Poll::Ready(Ok(v))
             }
             Err(proto::WriteError::Blocked) => {
-                st.blocked_writers.insert(self.id, cx.waker().clone());
+                st.waiters().writable(self.id, cx.waker());
                 Poll::Pending
             }
             Err(proto::WriteError::Stopped(code)) => Poll::Ready(Err(WriteError::Stopped(code))),
@@ -150,10 +142,10 @@ impl SendStream {
                 // The stream is gone: it was finished and fully acknowledged (or reset).
                 Err(ClosedStream { .. }) => return Poll::Ready(Ok(None)),
             }
-            if let Some(e) = st.error.clone() {
+            if let Some(e) = st.error() {
                 return Poll::Ready(Err(StoppedError::ConnectionLost(e)));
             }
-            st.stopped.insert(self.id, cx.waker().clone());
+            st.waiters().stopped(self.id, cx.waker());
             Poll::Pending
         })
         .await
@@ -167,9 +159,8 @@ impl Drop for SendStream {
     /// peer's stream limit). Wakers this stream registered are released either way.
     fn drop(&mut self) {
         let mut st = self.conn.lock();
-        st.blocked_writers.remove(&self.id);
-        st.stopped.remove(&self.id);
-        if st.error.is_some() {
+        st.waiters().forget_send(self.id);
+        if st.error().is_some() {
             return;
         }
         let mut stream = st.inner.send_stream(self.id);
@@ -341,10 +332,10 @@ impl RecvStream {
                 Ok(None) => {}
                 Err(ClosedStream { .. }) => return Poll::Ready(Ok(self.reset)),
             }
-            if let Some(e) = st.error.clone() {
+            if let Some(e) = st.error() {
                 return Poll::Ready(Err(ResetWaitError::ConnectionLost(e)));
             }
-            st.blocked_readers.insert(self.id, cx.waker().clone());
+            st.waiters().readable(self.id, cx.waker());
             Poll::Pending
         })
         .await
@@ -394,10 +385,10 @@ impl RecvStream {
             ReadStatus::Failed(v, proto::ReadError::Blocked) => match v {
                 Some(v) => Poll::Ready(Ok(Some(v))),
                 None => {
-                    if let Some(e) = st.error.clone() {
+                    if let Some(e) = st.error() {
                         return Poll::Ready(Err(ReadError::ConnectionLost(e)));
                     }
-                    st.blocked_readers.insert(self.id, cx.waker().clone());
+                    st.waiters().readable(self.id, cx.waker());
                     Poll::Pending
                 }
             },
@@ -420,8 +411,8 @@ impl Drop for RecvStream {
     /// is released either way.
     fn drop(&mut self) {
         let mut st = self.conn.lock();
-        st.blocked_readers.remove(&self.id);
-        if self.all_data_read || st.error.is_some() {
+        st.waiters().forget_recv(self.id);
+        if self.all_data_read || st.error().is_some() {
             return;
         }
         if st.inner.recv_stream(self.id).stop(VarInt::from_u32(0)).is_ok() {
@@ -429,15 +420,6 @@ impl Drop for RecvStream {
             self.conn.wake();
         }
     }
-}
-
-/// Error from [`RecvStream::received_reset`].
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ResetWaitError {
-    /// The connection was lost.
-    #[error("connection lost: {0}")]
-    ConnectionLost(#[from] ConnectionError),
 }
 
 #[cfg(feature = "tokio")]

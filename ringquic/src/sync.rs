@@ -26,7 +26,7 @@ pub(crate) use loom::{
 };
 
 /// A mutex whose lock ignores poisoning: `std`'s, and under the loom cfg also `loom`'s (whose
-/// `lock()` returns a `LockResult` too). Behind [`crate::mailbox::lock`].
+/// `lock()` returns a `LockResult` too). Behind [`lock`].
 pub(crate) trait Lock {
     /// The guard `lock()` returns.
     type Guard<'a>
@@ -55,4 +55,11 @@ impl<T: ?Sized> Lock for loom::sync::Mutex<T> {
     fn lock_ignoring_poison(&self) -> Self::Guard<'_> {
         self.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Lock a mutex, ignoring poisoning: every critical section in this crate leaves its data
+/// consistent before anything that could panic, and a panic on the I/O thread is reported to
+/// the application through connection errors, not through poisoned locks.
+pub(crate) fn lock<M: Lock + ?Sized>(m: &M) -> M::Guard<'_> {
+    m.lock_ignoring_poison()
 }

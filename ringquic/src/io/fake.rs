@@ -16,7 +16,11 @@ use bytes::BytesMut;
 use quinn_proto::Transmit;
 
 use super::{bufpool::TxPool, BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup};
-use crate::mailbox::lock;
+use crate::sync::lock;
+
+/// Builds a fake backend on the I/O thread from the endpoint's (unused) socket
+/// (`EndpointBuilder::fake_backend`).
+pub(crate) type FakeFactory = Box<dyn FnOnce(&std::net::UdpSocket, &IoConfig) -> Box<dyn IoBackend> + Send>;
 
 /// What the fake network does to traffic. Counters are per network, deterministic.
 #[derive(Debug, Clone, Copy, Default)]

@@ -1,31 +1,23 @@
-//! The backend seam: how the I/O thread talks to the kernel.
+//! The I/O layer: the backends that move datagrams between the kernel and the I/O thread, and
+//! the choice among them.
 //!
-//! The seam is completion-oriented, whatever the backend underneath:
+//! - `seam.rs`: the trait every backend implements ([`IoBackend`]) and the types that cross it
+//!   (TX buffers, receive metadata, counters, configuration);
+//! - `uring.rs` (Linux io_uring), `rio.rs` with `rio_book.rs` (Windows Registered I/O),
+//!   `poll.rs` (the portable fallback), `fake.rs` (tests: a scripted network);
+//! - shared by the backends: `bufpool.rs` (buffers made with the socket), `recv.rs` (handing
+//!   received bytes over, within the memory budget), `cmsg.rs` (Linux control messages),
+//!   `addr.rs` (socket address forms).
 //!
-//! * **TX**: the driver takes a free TX buffer ([`IoBackend::take_tx`]), lets quinn-proto write
-//!   one GSO batch straight into it (`Connection::poll_transmit`), and hands it back with
-//!   [`IoBackend::send`]. The buffer returns to the backend's free list when the kernel is done
-//!   with it. When every TX buffer is in flight `take_tx` returns `None`; the driver stops polling
-//!   connections for transmits and resumes on the completion that frees one. There is no unbounded
-//!   queue anywhere on the send path.
-//! * **RX**: [`IoBackend::turn`] submits what is queued, sleeps until a completion, the deadline or
-//!   a wakeup, and hands every received datagram (GRO batches already split by segment size) to a
-//!   callback, together with its [`RecvMeta`].
-//! * **Wakeup**: [`IoBackend::waker`] gives the handle that other threads use to interrupt the
-//!   sleep (an eventfd watched by the ring, or a `mio::Waker`).
-//!
-//! Nothing in this module knows about connections or streams.
+//! Arrows point down only: this file uses the backends, the backends use `seam.rs` and the
+//! shared helpers, and nothing here uses a module above `io/` but `backend.rs` (the backend
+//! names and setup errors) and `sync.rs`. Nothing in this layer knows about connections or
+//! streams. All of the crate's `unsafe` is in this directory.
 
-use std::{
-    fmt, io,
-    net::{IpAddr, SocketAddr},
-    str::FromStr,
-    sync::Arc,
-    time::Instant,
-};
+use std::io;
 
-use bytes::BytesMut;
-use quinn_proto::{EcnCodepoint, Transmit};
+pub(crate) use crate::backend::BackendKind;
+use crate::backend::EndpointError;
 
 // Used by the io_uring backend (`RxSlots`, `TxPool`) and the Windows RIO backend (`RxArena`,
 // `TxPool`); not every part on every platform.
@@ -46,167 +38,111 @@ pub(crate) mod rio_book;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
 
-/// Which I/O backend an endpoint runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum BackendKind {
-    /// Linux io_uring: multishot `recvmsg` into a provided-buffer ring, `sendmsg` with GSO.
-    IoUring,
-    /// Portable readiness-based fallback: `quinn-udp` system calls driven by epoll/kqueue/IOCP
-    /// through `mio`.
-    Poll,
-    /// Windows Registered I/O: `RIOReceiveEx`/`RIOSendEx` (with USO) on one registered buffer
-    /// region, completions announced through an event or an I/O completion port. Windows only;
-    /// where RIO is missing the poll backend serves instead (see `docs/WINDOWS.md`).
-    Rio,
-}
+pub(crate) mod seam;
 
-impl BackendKind {
-    /// The name used by `RINGQUIC_BACKEND` and the builder: `uring`, `poll` or `rio`.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::IoUring => "uring",
-            BackendKind::Poll => "poll",
-            BackendKind::Rio => "rio",
+pub(crate) use seam::{IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup};
+
+/// Headroom any backend may need in a receive buffer in front of the payload.
+#[cfg(target_os = "linux")]
+pub(crate) const RECV_HEADROOM: usize = uring::RECV_HEADROOM;
+#[cfg(not(target_os = "linux"))]
+pub(crate) const RECV_HEADROOM: usize = 0;
+
+/// Open the backend for `socket`: `wanted` if given (an error if it cannot run here), else the
+/// best this system offers (io_uring on Linux, RIO on Windows, the poll backend elsewhere or
+/// when those are missing, logged once).
+pub(crate) fn open_backend(
+    socket: std::net::UdpSocket,
+    cfg: &IoConfig,
+    wanted: Option<BackendKind>,
+) -> Result<Box<dyn IoBackend>, EndpointError> {
+    #[cfg(not(windows))]
+    if wanted == Some(BackendKind::Rio) {
+        return Err(EndpointError::BackendUnavailable {
+            backend: BackendKind::Rio,
+            source: std::io::Error::new(std::io::ErrorKind::Unsupported, "RIO exists only on Windows"),
+        });
+    }
+    // Windows: RIO when asked for or when nothing was. If RIO cannot be set up before anything
+    // was posted on the socket (no RIO in the system, as under Wine; an adopted socket without
+    // WSA_FLAG_REGISTERED_IO), the socket comes back and the poll backend serves it — unless
+    // RIO was asked for explicitly, which makes it an error.
+    #[cfg(windows)]
+    let socket = if !matches!(wanted, None | Some(BackendKind::Rio)) {
+        socket
+    } else {
+        let opts = rio_book::RioOptions::from_env()?;
+        match rio::RioBackend::new(socket, cfg, opts) {
+            Ok(b) => return Ok(Box::new(b)),
+            Err(e) if wanted == Some(BackendKind::Rio) => {
+                return Err(EndpointError::BackendUnavailable {
+                    backend: BackendKind::Rio,
+                    source: std::io::Error::new(e.source.kind(), format!("{}: {}", e.what, e.source)),
+                })
+            }
+            Err(e) => match e.socket {
+                Some(socket) => {
+                    static ONCE: std::sync::Once = std::sync::Once::new();
+                    ONCE.call_once(|| {
+                        tracing::warn!(
+                            "Windows RIO is not available ({}: {}); using the poll backend",
+                            e.what,
+                            e.source
+                        )
+                    });
+                    socket
+                }
+                None => {
+                    return Err(EndpointError::Backend {
+                        what: e.what,
+                        source: e.source,
+                    })
+                }
+            },
+        }
+    };
+    #[cfg(target_os = "linux")]
+    {
+        if wanted != Some(BackendKind::Poll) {
+            match uring::open_ring(cfg) {
+                Ok(ring) => return Ok(Box::new(uring::UringBackend::new(ring, socket, cfg)?)),
+                // SQPOLL was asked for: running without it would not be what the user chose.
+                Err(source) if cfg.sqpoll_idle.is_some() => {
+                    return Err(EndpointError::Backend {
+                        what: "io_uring with IORING_SETUP_SQPOLL",
+                        source,
+                    })
+                }
+                Err(source) if wanted == Some(BackendKind::IoUring) => {
+                    return Err(EndpointError::BackendUnavailable {
+                        backend: BackendKind::IoUring,
+                        source,
+                    })
+                }
+                Err(e) => log_fallback(&e),
+            }
         }
     }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for BackendKind {
-    type Err = crate::EndpointError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "uring" | "io_uring" | "io-uring" => Ok(BackendKind::IoUring),
-            "poll" | "fallback" => Ok(BackendKind::Poll),
-            "rio" => Ok(BackendKind::Rio),
-            _ => Err(crate::EndpointError::UnknownBackend(s.to_owned())),
+    #[cfg(not(target_os = "linux"))]
+    {
+        if wanted == Some(BackendKind::IoUring) {
+            return Err(EndpointError::BackendUnavailable {
+                backend: BackendKind::IoUring,
+                source: std::io::Error::new(std::io::ErrorKind::Unsupported, "io_uring exists only on Linux"),
+            });
         }
     }
+    let b = poll::PollBackend::new(socket, cfg).map_err(|source| EndpointError::Backend {
+        what: "poll backend",
+        source,
+    })?;
+    Ok(Box::new(b))
 }
 
-/// Where a received datagram came from and how it arrived.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RecvMeta {
-    /// The peer's address (IPv4 peers on a dual-stack socket are reported as IPv4).
-    pub remote: SocketAddr,
-    /// The local address the datagram was sent to (`IP_PKTINFO` / `IPV6_PKTINFO`), if known.
-    pub local_ip: Option<IpAddr>,
-    /// ECN bits from the IP header, if any.
-    pub ecn: Option<EcnCodepoint>,
-}
-
-/// A TX buffer owned by the driver between [`IoBackend::take_tx`] and [`IoBackend::send`]
-/// (or [`IoBackend::put_tx`]).
-///
-/// Ownership is explicit, as in tokio-uring: whoever holds the `TxBuf` may write into it; once it
-/// is given to `send` the backend (and the kernel) own it until the send completes. Moving a
-/// `TxBuf` never moves its heap memory, which is what the kernel points at.
-#[derive(Debug)]
-pub(crate) struct TxBuf {
-    /// Backend-private slot number.
-    pub(crate) slot: u32,
-    /// The bytes to send; cleared when handed out, with at least the capacity the backend
-    /// promised (`IoConfig::tx_buffer_size`).
-    pub(crate) buf: Vec<u8>,
-}
-
-/// Counters kept by a backend, reported through [`crate::EndpointStats`].
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct IoStats {
-    pub datagrams_received: u64,
-    pub bytes_received: u64,
-    pub datagrams_sent: u64,
-    pub bytes_sent: u64,
-    /// Datagrams dropped on receive: truncated (did not fit a buffer) or with unparsable
-    /// metadata.
-    pub recv_dropped: u64,
-    /// Times every receive buffer was in use (`ENOBUFS` on the provided-buffer ring); datagrams
-    /// wait in the kernel's socket buffer meanwhile, lost only if that overflows too.
-    pub recv_starved: u64,
-    /// Multishot receives the kernel ended and we re-armed.
-    pub recv_rearms: u64,
-    /// Sends that failed: the datagram is dropped, as a lossy network would, and QUIC recovers
-    /// it. On io_uring a full socket buffer (`EAGAIN`, `ENOBUFS`) counts too; the poll backend
-    /// queues such sends until the socket is writable instead.
-    pub send_errors: u64,
-    /// Times the driver found every TX buffer in flight.
-    pub tx_exhausted: u64,
-    /// Times a GSO send was refused and the backend fell back to one datagram per send.
-    pub gso_disabled: u64,
-    /// Receives handed to quinn-proto in the buffer the kernel filled, without a copy.
-    pub recv_zero_copy: u64,
-    /// Sends submitted as zero-copy (`SENDMSG_ZC`).
-    pub send_zero_copy: u64,
-    /// Zero-copy sends the kernel reported it copied after all (always, on loopback).
-    pub send_zero_copy_copied: u64,
-    /// Receive buffers lent out by zero-copy receive and still held (not a counter: the
-    /// number now, at most the zero-copy budget's worth).
-    pub recv_lent: u64,
-}
-
-/// What a backend needs to know, validated by the builder before the I/O thread starts.
-#[derive(Debug, Clone)]
-pub(crate) struct IoConfig {
-    /// Number of receive buffers (provided-buffer ring entries).
-    pub recv_buffers: usize,
-    /// Bytes per receive buffer, including the backend's headers.
-    pub recv_buffer_size: usize,
-    /// Number of TX buffers.
-    pub tx_buffers: usize,
-    /// Bytes per TX buffer: the largest GSO batch one send may carry.
-    pub tx_buffer_size: usize,
-    /// The largest UDP payload quinn-proto will write (`EndpointConfig::max_udp_payload_size`).
-    pub max_udp_payload: usize,
-    /// Receives of at least this many payload bytes skip the copy out of the kernel's buffer
-    /// (io_uring only; see `EndpointBuilder::zero_copy_threshold`).
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    pub zero_copy_min: usize,
-    /// Bytes of receive buffers that may be lent out at once (`recv.rs`).
-    pub recv_memory_budget: usize,
-    /// io_uring: sends of at least this many bytes use `SENDMSG_ZC` (`usize::MAX`: never).
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    pub send_zc_min: usize,
-    /// After a turn that found nothing to do, keep polling without sleeping this long.
-    pub busy_poll: std::time::Duration,
-    /// Pin the I/O thread to this CPU.
-    pub pin_cpu: Option<usize>,
-    /// io_uring: a kernel thread polls the submission queue (`IORING_SETUP_SQPOLL`) and sleeps
-    /// after this long idle.
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    pub sqpoll_idle: Option<std::time::Duration>,
-}
-
-#[cfg(test)]
-impl IoConfig {
-    /// A backend test's configuration: these pool sizes, 1472-byte datagrams, every optional
-    /// behaviour (zero-copy, busy-poll, pinning, SQPOLL) off.
-    pub(crate) fn for_tests(
-        recv_buffers: usize,
-        recv_buffer_size: usize,
-        tx_buffers: usize,
-        tx_buffer_size: usize,
-    ) -> Self {
-        Self {
-            recv_buffers,
-            recv_buffer_size,
-            tx_buffers,
-            tx_buffer_size,
-            max_udp_payload: 1472,
-            zero_copy_min: usize::MAX,
-            recv_memory_budget: 0,
-            send_zc_min: usize::MAX,
-            busy_poll: std::time::Duration::ZERO,
-            pin_cpu: None,
-            sqpoll_idle: None,
-        }
-    }
+#[cfg(target_os = "linux")]
+fn log_fallback(e: &std::io::Error) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| tracing::warn!("io_uring is not available ({e}); using the poll backend"));
 }
 
 /// Pin the calling thread to `cpu` (`sched_setaffinity` on Linux, `SetThreadAffinityMask` on
@@ -255,52 +191,4 @@ pub(crate) fn pin_current_thread(cpu: usize) -> io::Result<()> {
             "pinning the I/O thread is supported on Linux and Windows",
         ))
     }
-}
-
-/// Interrupts the I/O thread's sleep. Implemented by each backend's wakeup primitive.
-pub(crate) trait Wakeup: Send + Sync + 'static {
-    /// Make the I/O thread's current or next sleep return promptly.
-    fn wake(&self);
-}
-
-/// One kernel I/O backend, owned and driven by the I/O thread.
-pub(crate) trait IoBackend {
-    /// Which backend this is.
-    fn kind(&self) -> BackendKind;
-    /// The socket's local address.
-    fn local_addr(&self) -> io::Result<SocketAddr>;
-    /// Largest number of datagrams one [`TxBuf`] may carry as a GSO batch (1 without GSO).
-    fn max_gso_segments(&self) -> usize;
-    /// Take a free TX buffer, empty. `None` when every TX buffer is in flight.
-    fn take_tx(&mut self) -> Option<TxBuf>;
-    /// Whether [`IoBackend::take_tx`] would return a buffer now.
-    fn has_free_tx(&self) -> bool;
-    /// Whether sends are queued that the kernel has not taken yet and that
-    /// [`IoBackend::shutdown`] would drop (the poll backend's sends waiting for the socket to
-    /// become writable). Shutdown keeps turning while this holds, so a connection's last
-    /// CONNECTION_CLOSE is not among them. Submitted io_uring sends do not count: shutdown
-    /// waits for their completions anyway.
-    fn sends_waiting(&self) -> bool {
-        false
-    }
-    /// Return a TX buffer unused.
-    fn put_tx(&mut self, buf: TxBuf);
-    /// Queue `buf.buf[..transmit.size]` for sending as described by `transmit`. Errors are
-    /// counted, never returned: a datagram that cannot be sent is a lost datagram.
-    fn send(&mut self, buf: TxBuf, transmit: &Transmit);
-    /// Submit what is queued, then wait until there is I/O to report, `deadline` passes (`None`:
-    /// no deadline) or [`Wakeup::wake`] is called, and hand received datagrams to `on_recv`.
-    /// A deadline in the past means "do not sleep". Does a bounded amount of work per call.
-    fn turn(
-        &mut self,
-        deadline: Option<Instant>,
-        on_recv: &mut dyn FnMut(RecvMeta, BytesMut),
-    ) -> io::Result<()>;
-    /// The wakeup handle for other threads.
-    fn waker(&self) -> Arc<dyn Wakeup>;
-    /// Counters.
-    fn stats(&self) -> IoStats;
-    /// Cancel everything in flight and wait until the kernel no longer references any buffer.
-    /// Called once before the backend is dropped; `Drop` must also be safe without it.
-    fn shutdown(&mut self);
 }

@@ -1,0 +1,423 @@
+//! [`EndpointBuilder`]: an endpoint's settings, their checks, and the start of its I/O thread
+//! (socket, backend, `quinn_proto::Endpoint`), with the constructors `Endpoint::server`,
+//! `Endpoint::client` and `Endpoint::builder`.
+//!
+//! Those constructors are written here, in an `impl Endpoint` of this file, so that the arrow
+//! between the two files points one way: the builder makes endpoints; the endpoint handle does
+//! not know how.
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{mpsc, Arc},
+    time::Duration,
+};
+
+use quinn_proto::{self as proto, ClientConfig, EndpointConfig, ServerConfig};
+
+use crate::{
+    core::Admission,
+    driver::{self, DriverSetup},
+    io::{BackendKind, IoConfig},
+    shared::{EndpointRef, EndpointShared},
+    Endpoint, EndpointError,
+};
+
+impl Endpoint {
+    /// A builder with the defaults: automatic backend choice, 256 receive buffers of 64 KiB
+    /// (plus headers), 64 TX buffers of 64 KiB.
+    pub fn builder() -> EndpointBuilder {
+        EndpointBuilder::default()
+    }
+
+    /// A server (that can also connect out) bound to `addr`.
+    pub fn server(config: ServerConfig, addr: SocketAddr) -> Result<Self, EndpointError> {
+        Self::builder().server_config(config).bind(addr)
+    }
+
+    /// A client bound to `addr` (use port 0 for any). Set a client configuration with
+    /// [`Endpoint::set_default_client_config`] or use [`Endpoint::connect_with`].
+    pub fn client(addr: SocketAddr) -> Result<Self, EndpointError> {
+        Self::builder().bind(addr)
+    }
+}
+
+/// Builds an [`Endpoint`] with non-default settings.
+#[must_use]
+pub struct EndpointBuilder {
+    backend: Option<BackendKind>,
+    server_config: Option<ServerConfig>,
+    client_config: Option<ClientConfig>,
+    endpoint_config: EndpointConfig,
+    recv_buffers: usize,
+    recv_buffer_size: usize,
+    tx_buffers: usize,
+    tx_buffer_size: usize,
+    validate_addresses: bool,
+    max_incoming: usize,
+    zero_copy_min: usize,
+    recv_memory_budget: usize,
+    send_zc_min: usize,
+    busy_poll: Duration,
+    pin_cpu: Option<usize>,
+    sqpoll_idle: Option<Duration>,
+    #[cfg(test)]
+    fake: Option<crate::io::fake::FakeFactory>,
+}
+
+impl std::fmt::Debug for EndpointBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointBuilder")
+            .field("backend", &self.backend)
+            .field("recv_buffers", &self.recv_buffers)
+            .field("recv_buffer_size", &self.recv_buffer_size)
+            .field("tx_buffers", &self.tx_buffers)
+            .field("tx_buffer_size", &self.tx_buffer_size)
+            .field("validate_addresses", &self.validate_addresses)
+            .field("max_incoming", &self.max_incoming)
+            .field("zero_copy_threshold", &self.zero_copy_min)
+            .field("recv_memory_budget", &self.recv_memory_budget)
+            .field("send_zero_copy_threshold", &self.send_zc_min)
+            .field("busy_poll", &self.busy_poll)
+            .field("pin_cpu", &self.pin_cpu)
+            .field("sqpoll_idle", &self.sqpoll_idle)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default cap on incoming connections waiting for `accept` plus those still handshaking.
+pub const DEFAULT_MAX_INCOMING: usize = 1024;
+
+/// Default number of receive buffers.
+pub const DEFAULT_RECV_BUFFERS: usize = 256;
+/// Default size of one receive buffer: a 64 KiB GRO batch plus the backend's headers.
+pub const DEFAULT_RECV_BUFFER_SIZE: usize = 65536 + 256;
+/// Default number of TX buffers.
+pub const DEFAULT_TX_BUFFERS: usize = 64;
+/// Default [`EndpointBuilder::zero_copy_threshold`]: 16 KiB, about a dozen full-size datagrams
+/// coalesced by GRO. Each zero-copy buffer then carries at least a quarter of its capacity.
+pub const DEFAULT_ZERO_COPY_THRESHOLD: usize = 16 * 1024;
+/// Default [`EndpointBuilder::recv_memory_budget`]: 32 MiB, 510 default-size receive buffers (on
+/// io_uring, 255 for zero-copy receive and 255 for pooled copies). Measured: 8 MiB (63 lent
+/// kernel buffers) cost a one-connection download on io_uring 10% of its throughput and 13%
+/// more CPU, because lending ran out and receives were copied; 32 MiB gives all of it back.
+pub const DEFAULT_RECV_MEMORY_BUDGET: usize = 32 << 20;
+/// Default size of one TX buffer: the largest GSO batch.
+pub const DEFAULT_TX_BUFFER_SIZE: usize = 65536;
+
+impl Default for EndpointBuilder {
+    fn default() -> Self {
+        Self {
+            backend: None,
+            server_config: None,
+            client_config: None,
+            endpoint_config: EndpointConfig::default(),
+            recv_buffers: DEFAULT_RECV_BUFFERS,
+            recv_buffer_size: DEFAULT_RECV_BUFFER_SIZE,
+            tx_buffers: DEFAULT_TX_BUFFERS,
+            tx_buffer_size: DEFAULT_TX_BUFFER_SIZE,
+            validate_addresses: false,
+            max_incoming: DEFAULT_MAX_INCOMING,
+            zero_copy_min: DEFAULT_ZERO_COPY_THRESHOLD,
+            recv_memory_budget: DEFAULT_RECV_MEMORY_BUDGET,
+            send_zc_min: usize::MAX,
+            busy_poll: Duration::ZERO,
+            pin_cpu: None,
+            sqpoll_idle: None,
+            #[cfg(test)]
+            fake: None,
+        }
+    }
+}
+
+impl EndpointBuilder {
+    /// Choose the backend. Without this, `RINGQUIC_BACKEND` (`uring`, `poll` or `rio`) decides,
+    /// and without that, io_uring is used on Linux where the kernel allows it, Registered I/O on
+    /// Windows where the system has it, and the poll backend elsewhere.
+    /// A backend chosen here or through the variable that cannot run is an error, not a silent
+    /// fallback.
+    pub fn backend(mut self, kind: BackendKind) -> Self {
+        self.backend = Some(kind);
+        self
+    }
+
+    /// Accept incoming connections with this configuration.
+    pub fn server_config(mut self, config: ServerConfig) -> Self {
+        self.server_config = Some(config);
+        self
+    }
+
+    /// The client configuration [`Endpoint::connect`] uses.
+    pub fn default_client_config(mut self, config: ClientConfig) -> Self {
+        self.client_config = Some(config);
+        self
+    }
+
+    /// Endpoint-wide QUIC settings (maximum UDP payload, connection ID generator, …).
+    pub fn endpoint_config(mut self, config: EndpointConfig) -> Self {
+        self.endpoint_config = config;
+        self
+    }
+
+    /// Number of receive buffers kept armed with the kernel (rounded up to a power of two for
+    /// io_uring). More absorbs bigger bursts. Default 256.
+    pub fn recv_buffers(mut self, n: usize) -> Self {
+        self.recv_buffers = n;
+        self
+    }
+
+    /// Bytes per receive buffer, headers included. Below 64 KiB + 256 the io_uring backend
+    /// turns GRO off (a coalesced batch would not fit). Default 64 KiB + 256.
+    pub fn recv_buffer_size(mut self, n: usize) -> Self {
+        self.recv_buffer_size = n;
+        self
+    }
+
+    /// Number of TX buffers; when all are in flight, sending waits for a completion.
+    /// Default 64.
+    pub fn tx_buffers(mut self, n: usize) -> Self {
+        self.tx_buffers = n;
+        self
+    }
+
+    /// Bytes per TX buffer: the largest GSO batch one send carries. Default 64 KiB.
+    pub fn tx_buffer_size(mut self, n: usize) -> Self {
+        self.tx_buffer_size = n;
+        self
+    }
+
+    /// Make every new client prove its address with a Retry round trip before it reaches
+    /// [`Endpoint::accept`] (costs one round trip per handshake; blunts spoofed-source floods
+    /// and amplification). Off by default, as in quinn.
+    pub fn validate_addresses(mut self, on: bool) -> Self {
+        self.validate_addresses = on;
+        self
+    }
+
+    /// At most `n` incoming connections waiting for [`Endpoint::accept`] plus accepted ones still
+    /// handshaking; more are refused (CONNECTION_REFUSED) and counted in
+    /// [`EndpointStats::incoming_refused`]. Bounds the memory a handshake flood can take.
+    /// Default [`DEFAULT_MAX_INCOMING`].
+    pub fn max_incoming(mut self, n: usize) -> Self {
+        self.max_incoming = n;
+        self
+    }
+
+    /// Zero-copy receive (io_uring): a receive of at least `bytes` of payload (one GRO batch,
+    /// several datagrams) is not copied. The buffer the kernel filled goes to quinn-proto, which
+    /// decrypts in place, and the application's `read_chunk` gets slices of that same memory;
+    /// another buffer takes its place in the kernel's ring. Smaller receives are copied, each
+    /// datagram into an allocation of its own size, and the kernel's buffer is reused at once.
+    ///
+    /// A lent buffer is `recv_buffer_size` bytes and lives until the last piece of it is
+    /// dropped (a stream chunk or datagram the application has not read holds the whole
+    /// buffer), so lending is bounded by [`EndpointBuilder::recv_memory_budget`]. `0` lends every
+    /// receive (within the budget); `usize::MAX` copies every receive. The poll and RIO backends
+    /// always copy. Default [`DEFAULT_ZERO_COPY_THRESHOLD`]; [`EndpointStats::recv_zero_copy`]
+    /// counts the receives lent.
+    pub fn zero_copy_threshold(mut self, bytes: usize) -> Self {
+        self.zero_copy_min = bytes;
+        self
+    }
+
+    /// The receive memory budget: at most `bytes` of receive buffers lent to quinn-proto and
+    /// the application at once, endpoint-wide. Lent buffers are the kernel's own (zero-copy
+    /// receive, io_uring) and the pooled buffers a GRO batch is copied into (every backend);
+    /// io_uring splits the budget evenly between the two. A buffer comes back, and is reused
+    /// instead of allocating a new one, once quinn-proto and the application hold no piece of
+    /// it. While the budget is used up, each datagram is copied into an allocation of its own
+    /// size instead, which quinn-proto's own accounting covers.
+    ///
+    /// This is what bounds the memory a peer can make the endpoint hold by having it keep
+    /// tiny pieces of big receives (docs/RELIABILITY.md, "Receive memory budget"); rounded down
+    /// to whole buffers. Default [`DEFAULT_RECV_MEMORY_BUDGET`]; `0` lends nothing (no
+    /// zero-copy receive, every datagram copied on its own). [`EndpointStats::recv_buffers_lent`]
+    /// says how many are out.
+    pub fn recv_memory_budget(mut self, bytes: usize) -> Self {
+        self.recv_memory_budget = bytes;
+        self
+    }
+
+    /// Zero-copy send (io_uring, Linux 6.0+): a GSO batch of at least `bytes` goes out as
+    /// `SENDMSG_ZC` from TX buffers registered with the kernel (fixed buffers, used where the
+    /// kernel allows them with `SENDMSG_ZC`, 6.15+), so the kernel sends from our memory instead
+    /// of copying it into socket buffers. Each such send costs a second completion (the kernel's
+    /// "done with the buffer" notification), and the TX buffer stays busy until it arrives.
+    ///
+    /// It pays only for large sends on a real NIC: the kernel copies anyway when the receiver is
+    /// on the same host (loopback), which [`EndpointStats::send_zero_copy_copied`] reports, and
+    /// below ~10 KB the notification costs more than the copy saves. A kernel without
+    /// `SENDMSG_ZC` keeps ordinary sends (logged). Default `usize::MAX`: off.
+    pub fn send_zero_copy_threshold(mut self, bytes: usize) -> Self {
+        self.send_zc_min = bytes;
+        self
+    }
+
+    /// Busy-poll: when a turn of the I/O loop finds nothing to do, keep asking the kernel for
+    /// completions (without sleeping) for up to `d` before going to sleep. This trades a
+    /// spinning core for the cost of a sleep and a cross-CPU wakeup per burst of packets, and
+    /// pays only when the I/O thread has a core to itself: with the application's tasks on the
+    /// I/O thread ([`Endpoint::spawn`]) and [`EndpointBuilder::pin_to_cpu`], say. On a machine
+    /// with fewer cores than busy threads it takes CPU time from them instead. At most 1 s.
+    /// Default zero: sleep at once.
+    pub fn busy_poll(mut self, d: Duration) -> Self {
+        self.busy_poll = d;
+        self
+    }
+
+    /// Pin the I/O thread to CPU `cpu` (Linux and Windows). Failing to pin (a CPU the process
+    /// may not use, say) fails [`EndpointBuilder::bind`]. Default: not pinned.
+    pub fn pin_to_cpu(mut self, cpu: usize) -> Self {
+        self.pin_cpu = Some(cpu);
+        self
+    }
+
+    /// io_uring `SQPOLL`: a kernel thread picks up submissions, so sends need no
+    /// `io_uring_enter`; it sleeps after `idle` without work (rounded to milliseconds, at least
+    /// 1). It costs a kernel thread that spins while busy: worth it only with cores to spare.
+    /// If the kernel refuses it, [`EndpointBuilder::bind`] fails rather than silently running
+    /// without. Other backends ignore it. Default: off.
+    pub fn sqpoll(mut self, idle: Duration) -> Self {
+        self.sqpoll_idle = Some(idle);
+        self
+    }
+
+    /// Tests: run on a fake backend.
+    #[cfg(test)]
+    pub(crate) fn fake_backend(mut self, f: crate::io::fake::FakeFactory) -> Self {
+        self.fake = Some(f);
+        self
+    }
+
+    fn io_config(&self) -> Result<IoConfig, EndpointError> {
+        let max_udp_payload = self.endpoint_config.get_max_udp_payload_size() as usize;
+        if self.recv_buffers == 0 {
+            return Err(EndpointError::Config("recv_buffers must be at least 1"));
+        }
+        if self.recv_buffers > 32768 {
+            return Err(EndpointError::Config("recv_buffers must be at most 32768"));
+        }
+        if self.tx_buffers == 0 {
+            return Err(EndpointError::Config("tx_buffers must be at least 1"));
+        }
+        if self.tx_buffers > 4096 {
+            return Err(EndpointError::Config("tx_buffers must be at most 4096"));
+        }
+        if self.max_incoming == 0 {
+            return Err(EndpointError::Config("max_incoming must be at least 1"));
+        }
+        if self.busy_poll > Duration::from_secs(1) {
+            return Err(EndpointError::Config("busy_poll must be at most 1 s"));
+        }
+        if self.sqpoll_idle.is_some_and(|d| d > Duration::from_secs(60)) {
+            return Err(EndpointError::Config("sqpoll idle time must be at most 60 s"));
+        }
+        let min_rx = max_udp_payload + crate::io::RECV_HEADROOM;
+        if self.recv_buffer_size < min_rx {
+            return Err(EndpointError::RecvBufferTooSmall {
+                size: self.recv_buffer_size,
+                min: min_rx,
+                max_udp_payload,
+            });
+        }
+        if self.tx_buffer_size < max_udp_payload {
+            return Err(EndpointError::TxBufferTooSmall {
+                size: self.tx_buffer_size,
+                min: max_udp_payload,
+            });
+        }
+        Ok(IoConfig {
+            recv_buffers: self.recv_buffers,
+            recv_buffer_size: self.recv_buffer_size,
+            tx_buffers: self.tx_buffers,
+            tx_buffer_size: self.tx_buffer_size,
+            max_udp_payload,
+            zero_copy_min: self.zero_copy_min,
+            recv_memory_budget: self.recv_memory_budget,
+            send_zc_min: self.send_zc_min,
+            busy_poll: self.busy_poll,
+            pin_cpu: self.pin_cpu,
+            sqpoll_idle: self.sqpoll_idle,
+        })
+    }
+
+    fn choose_backend(&self) -> Result<Option<BackendKind>, EndpointError> {
+        if let Some(b) = self.backend {
+            return Ok(Some(b));
+        }
+        match std::env::var("RINGQUIC_BACKEND") {
+            Ok(v) if !v.trim().is_empty() => v.parse().map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Create a socket bound to `addr` and start the endpoint on it. An IPv6 wildcard address
+    /// (`[::]:port`) is dual-stack.
+    pub fn bind(self, addr: SocketAddr) -> Result<Endpoint, EndpointError> {
+        let cfg = self.io_config()?;
+        let backend = self.choose_backend()?;
+        let socket = crate::socket::create(addr)?;
+        self.start(socket, cfg, backend)
+    }
+
+    /// Start the endpoint on an existing socket. The socket must be a bound UDP socket; ringquic
+    /// sets the options it needs on it (non-blocking, ECN and packet-info control messages, GRO,
+    /// no fragmentation) and says which one failed if it cannot.
+    pub fn socket(self, socket: std::net::UdpSocket) -> Result<Endpoint, EndpointError> {
+        let cfg = self.io_config()?;
+        let backend = self.choose_backend()?;
+        crate::socket::adopt(&socket)?;
+        self.start(socket, cfg, backend)
+    }
+
+    fn start(
+        self,
+        socket: std::net::UdpSocket,
+        cfg: IoConfig,
+        backend: Option<BackendKind>,
+    ) -> Result<Endpoint, EndpointError> {
+        let endpoint_config = Arc::new(self.endpoint_config);
+        let server_config = self.server_config.map(Arc::new);
+        // quinn-proto's path MTU discovery needs the socket to send with "don't fragment",
+        // which every backend sets.
+        let allow_mtud = true;
+        let (exit_tx, exit_rx) = mpsc::channel();
+        let shared = EndpointShared::new(self.client_config, exit_rx);
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let setup = DriverSetup {
+            shared: shared.clone(),
+            socket,
+            io: cfg,
+            backend,
+            endpoint: proto::Endpoint::new(endpoint_config, server_config, allow_mtud, None),
+            admission: Admission {
+                validate_addresses: self.validate_addresses,
+                max_incoming: self.max_incoming,
+            },
+            #[cfg(test)]
+            fake: self.fake,
+            ready: ready_tx,
+            exited: exit_tx,
+        };
+        let thread = std::thread::Builder::new()
+            .name("ringquic-io".into())
+            .spawn(move || driver::run(setup))
+            .map_err(EndpointError::Thread)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {
+                shared.set_thread(thread);
+                Ok(Endpoint::started(EndpointRef::new(shared)))
+            }
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(EndpointError::Thread(io::Error::other(
+                    "the I/O thread exited during setup",
+                )))
+            }
+        }
+    }
+}

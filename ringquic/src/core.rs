@@ -1,0 +1,669 @@
+//! The protocol side of the I/O thread's turn: the `quinn_proto::Endpoint` and every
+//! connection's protocol work (the follow-up to the seed's design: connections driven on the
+//! I/O thread, next to the socket).
+//!
+//! [`Core`] is everything of the I/O thread but its backend: commands from the application,
+//! routing received datagrams through the endpoint to their connections, admitting new ones,
+//! timers, driving each dirty connection (timers, events, transmits into TX buffers), the
+//! endpoint's own responses, and the flush of CONNECTION_CLOSEs at shutdown. The loop in
+//! `driver.rs` calls it around the backend's wait; what it learns that the application must
+//! hear, it says through the shared state's methods (`shared.rs`).
+
+use std::{
+    collections::VecDeque,
+    sync::Arc,
+    task::Waker,
+    time::{Duration, Instant},
+};
+
+use bytes::BytesMut;
+use quinn_proto::{self as proto, ConnectionHandle, DatagramEvent};
+
+use crate::{
+    handles::{HandleMap, HandleSet},
+    io::{IoBackend, RecvMeta},
+    shared::{Command, ConnectionInner, EndpointShared, Offer},
+    wakers::wake_all,
+    ConnectionError, EndpointStats, TransportError, TransportErrorCode,
+};
+
+/// Endpoint-level responses (version negotiation, stateless resets, refusals, …) kept for
+/// sending; more are dropped and counted, as a stateless responder should under flood.
+const MAX_PENDING_RESPONSES: usize = 64;
+
+/// The `quinn_proto::Endpoint`, owned by the I/O thread, with the responses it produces.
+struct ProtoEndpoint {
+    inner: proto::Endpoint,
+    /// Responses to send (bounded by [`MAX_PENDING_RESPONSES`]).
+    responses: VecDeque<(Vec<u8>, proto::Transmit)>,
+    responses_dropped: u64,
+    /// Scratch space quinn-proto writes responses into.
+    buf: Vec<u8>,
+}
+
+impl ProtoEndpoint {
+    /// Queue the response quinn-proto wrote into `self.buf`, or count it dropped if the queue
+    /// is full.
+    fn queue_response(&mut self, t: proto::Transmit) {
+        if self.responses.len() < MAX_PENDING_RESPONSES {
+            self.responses.push_back((self.buf[..t.size].to_vec(), t));
+        } else {
+            self.responses_dropped += 1;
+        }
+        self.buf.clear();
+    }
+}
+
+/// GSO batches one connection may send per turn before others get their go.
+pub(crate) const MAX_TRANSMITS_PER_DRIVE: usize = 16;
+
+/// How long shutdown keeps turning the loop so every connection's CONNECTION_CLOSE goes out
+/// (with few TX buffers and many connections that takes several turns).
+const SHUTDOWN_FLUSH_TIME: Duration = Duration::from_millis(500);
+
+/// How new incoming connections are admitted, before the application sees them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Admission {
+    /// Answer every incoming connection whose address is not yet validated with a Retry.
+    pub validate_addresses: bool,
+    /// Most incoming connections waiting for `accept` plus accepted ones still handshaking;
+    /// more are refused.
+    pub max_incoming: usize,
+}
+
+/// What a `Connecting` reports for a connect quinn-proto refused on the I/O thread (the checks
+/// `Endpoint::connect_with` can make itself never get here).
+fn connect_failed(e: proto::ConnectError) -> ConnectionError {
+    match e {
+        proto::ConnectError::EndpointStopping => ConnectionError::LocallyClosed,
+        proto::ConnectError::CidsExhausted => ConnectionError::CidsExhausted,
+        proto::ConnectError::UnsupportedVersion => ConnectionError::VersionMismatch,
+        other => internal_error(format!("connect refused: {other}")),
+    }
+}
+
+/// The error connections see when the endpoint failed under them (not a close of theirs).
+pub(crate) fn internal_error(reason: String) -> ConnectionError {
+    ConnectionError::TransportError(TransportError {
+        code: TransportErrorCode::INTERNAL_ERROR,
+        frame: None,
+        reason,
+    })
+}
+
+/// Capacity of the received-events queue kept between turns (a few GRO batches' worth).
+const MAX_RETAINED_EVENTS: usize = 1024;
+
+/// Everything but the backend, so the receive callback can borrow it while the backend runs.
+pub(crate) struct Core {
+    shared: Arc<EndpointShared>,
+    ep: ProtoEndpoint,
+    conns: HandleMap<Arc<ConnectionInner>>,
+    /// Each connection's next timeout. Scanned linearly each turn: the protocol work per
+    /// connection dwarfs it at the connection counts one endpoint serves.
+    timers: HandleMap<Instant>,
+    dirty: VecDeque<ConnectionHandle>,
+    in_dirty: HandleSet,
+    /// Connections that found every TX buffer in flight, each once (`in_waiting_tx`).
+    waiting_tx: Vec<ConnectionHandle>,
+    in_waiting_tx: HandleSet,
+    /// This turn's datagrams, routed through the endpoint after the wait under one lock.
+    rx: Vec<(RecvMeta, BytesMut)>,
+    /// Connection events from this turn's datagrams, not yet handed to their connections.
+    received: Vec<(ConnectionHandle, proto::ConnectionEvent)>,
+    /// New connection attempts from this turn's datagrams, admitted after routing.
+    incoming: Vec<proto::Incoming>,
+    woken: Vec<Waker>,
+    max_segments: usize,
+    admission: Admission,
+    /// Server-side connections accepted whose handshake has not completed.
+    handshaking: HandleSet,
+    /// Closed connections whose CONNECTION_CLOSE has gone out.
+    closes_sent: HandleSet,
+    /// Shutdown: closed connections whose CONNECTION_CLOSE has not gone out yet.
+    awaiting_close: HandleSet,
+    /// Set once the last handle is gone: the loop goes on until every close is out, or until
+    /// this time (see [`Core::begin_shutdown`]).
+    flush_until: Option<Instant>,
+    stats: EndpointStats,
+}
+
+impl Core {
+    pub(crate) fn new(
+        shared: Arc<EndpointShared>,
+        endpoint: proto::Endpoint,
+        max_segments: usize,
+        admission: Admission,
+    ) -> Self {
+        Self {
+            shared,
+            ep: ProtoEndpoint {
+                inner: endpoint,
+                responses: VecDeque::new(),
+                responses_dropped: 0,
+                buf: Vec::new(),
+            },
+            conns: HandleMap::default(),
+            timers: HandleMap::default(),
+            dirty: VecDeque::new(),
+            in_dirty: HandleSet::default(),
+            waiting_tx: Vec::new(),
+            in_waiting_tx: HandleSet::default(),
+            rx: Vec::new(),
+            received: Vec::new(),
+            incoming: Vec::new(),
+            woken: Vec::new(),
+            max_segments,
+            admission,
+            handshaking: HandleSet::default(),
+            closes_sent: HandleSet::default(),
+            awaiting_close: HandleSet::default(),
+            flush_until: None,
+            stats: EndpointStats::default(),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<EndpointShared> {
+        &self.shared
+    }
+
+    /// The first half of a turn, before the wait: the application's commands, then every dirty
+    /// connection, then the endpoint's responses; the counters are published.
+    pub(crate) fn begin_turn(&mut self, commands: &mut VecDeque<Command>, io: &mut dyn IoBackend) {
+        self.stats.loop_turns += 1;
+        self.take_commands(commands);
+        self.drive_dirty(io);
+        self.send_responses(io);
+        self.publish_stats(io);
+    }
+
+    /// A datagram the backend received during the wait, routed after it.
+    pub(crate) fn receive(&mut self, meta: RecvMeta, data: BytesMut) {
+        self.rx.push((meta, data));
+    }
+
+    /// The second half of a turn, after the wait: route what was received, mark connections
+    /// whose timer is due, and those that waited for a TX buffer if one is free now.
+    pub(crate) fn end_turn(&mut self, io: &dyn IoBackend) {
+        self.route_received();
+        self.deliver_received();
+        self.expire_timers();
+        self.retry_waiting_tx(io);
+    }
+
+    /// Connections are waiting to be driven.
+    pub(crate) fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Datagrams received and not routed yet.
+    pub(crate) fn has_received(&self) -> bool {
+        !self.rx.is_empty()
+    }
+
+    /// Connections are waiting for a free TX buffer.
+    pub(crate) fn waits_for_tx(&self) -> bool {
+        !self.waiting_tx.is_empty()
+    }
+
+    /// The earliest connection timer.
+    pub(crate) fn next_timeout(&self) -> Option<Instant> {
+        self.timers.values().min().copied()
+    }
+
+    /// Shutting down: when the flush of closes gives up.
+    pub(crate) fn flush_deadline(&self) -> Option<Instant> {
+        self.flush_until
+    }
+
+    /// Connections whose CONNECTION_CLOSE has not gone out yet.
+    pub(crate) fn closes_unsent(&self) -> usize {
+        self.awaiting_close.len()
+    }
+
+    /// The loop is over: every connection fails with `reason` (its waiters woken) and is
+    /// forgotten.
+    pub(crate) fn fail_all(&mut self, reason: ConnectionError) {
+        let mut woken = Vec::new();
+        for conn in self.conns.values() {
+            conn.lock().terminate(reason.clone(), &mut woken);
+        }
+        self.conns.clear();
+        wake_all(woken);
+    }
+
+    fn take_commands(&mut self, commands: &mut VecDeque<Command>) {
+        self.shared.mailbox.drain(commands);
+        while let Some(cmd) = commands.pop_front() {
+            self.command(cmd);
+        }
+    }
+
+    /// A connection the I/O thread just created (connect or accept) joins the tables and is
+    /// driven this turn (a client sends its Initial).
+    fn add_connection(&mut self, inner: &Arc<ConnectionInner>, accepted: bool) {
+        let ch = inner.handle;
+        if accepted {
+            self.handshaking.insert(ch);
+        }
+        self.conns.insert(ch, inner.clone());
+        self.mark_dirty(ch);
+        self.shared.set_open_connections(self.conns.len());
+    }
+
+    fn drive_dirty(&mut self, io: &mut dyn IoBackend) {
+        // Drive only the connections dirty at the start of this phase; ones marked again while
+        // driving (bound reached) wait for the next turn.
+        let n = self.dirty.len();
+        for _ in 0..n {
+            let Some(ch) = self.dirty.pop_front() else {
+                break;
+            };
+            self.in_dirty.remove(&ch);
+            self.drive(ch, io);
+        }
+    }
+
+    /// Connections waiting for a TX buffer are driven again once one is free.
+    fn retry_waiting_tx(&mut self, io: &dyn IoBackend) {
+        if self.waiting_tx.is_empty() || !io.has_free_tx() {
+            return;
+        }
+        let mut waiting = std::mem::take(&mut self.waiting_tx);
+        for ch in waiting.drain(..) {
+            self.in_waiting_tx.remove(&ch);
+            self.mark_dirty(ch);
+        }
+        self.waiting_tx = waiting;
+    }
+
+    /// The last handle is gone: close every connection and let the loop go on (at most
+    /// [`SHUTDOWN_FLUSH_TIME`]) until each one's CONNECTION_CLOSE has gone out, however few TX
+    /// buffers there are. The loop keeps processing received datagrams meanwhile: quinn-proto
+    /// holds a close back by congestion control and pacing while stream data is pending, so the
+    /// peer's ACKs (and the pacing timer) are what let it out.
+    fn begin_shutdown(&mut self) {
+        if self.flush_until.is_some() {
+            return;
+        }
+        self.flush_until = Some(Instant::now() + SHUTDOWN_FLUSH_TIME);
+        self.close_all(
+            proto::VarInt::from_u32(0),
+            bytes::Bytes::from_static(b"endpoint dropped"),
+        );
+        for (ch, conn) in self.conns.iter() {
+            let ours = conn.lock().closed_locally();
+            if ours && !self.closes_sent.contains(&ch) {
+                self.awaiting_close.insert(ch);
+            }
+        }
+    }
+
+    /// Whether shutdown still has closes to get out: connections to drive, waiting for a TX
+    /// buffer, or whose close has not been sent, or sends the backend has not handed to the
+    /// kernel yet.
+    pub(crate) fn closes_pending(&self, io: &dyn IoBackend) -> bool {
+        !self.dirty.is_empty()
+            || !self.waiting_tx.is_empty()
+            || self.awaiting_close.len() > 0
+            || io.sends_waiting()
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.flush_until.is_some()
+    }
+
+    fn send_responses(&mut self, io: &mut dyn IoBackend) {
+        self.stats.responses_dropped += std::mem::take(&mut self.ep.responses_dropped);
+        while let Some((bytes, t)) = self.ep.responses.pop_front() {
+            match io.take_tx() {
+                Some(mut tx) => {
+                    tx.buf.extend_from_slice(&bytes[..t.size]);
+                    io.send(tx, &t);
+                }
+                None => {
+                    self.stats.responses_dropped += 1 + self.ep.responses.len() as u64;
+                    self.ep.responses.clear();
+                }
+            }
+        }
+    }
+
+    pub(crate) fn publish_stats(&self, io: &dyn IoBackend) {
+        let io = io.stats();
+        let c = &self.stats;
+        self.shared.publish_stats(EndpointStats {
+            datagrams_received: io.datagrams_received,
+            bytes_received: io.bytes_received,
+            datagrams_sent: io.datagrams_sent,
+            bytes_sent: io.bytes_sent,
+            recv_dropped: io.recv_dropped,
+            recv_starved: io.recv_starved,
+            recv_rearms: io.recv_rearms,
+            send_errors: io.send_errors,
+            tx_exhausted: io.tx_exhausted,
+            gso_disabled: io.gso_disabled,
+            recv_zero_copy: io.recv_zero_copy,
+            send_zero_copy: io.send_zero_copy,
+            send_zero_copy_copied: io.send_zero_copy_copied,
+            recv_buffers_lent: io.recv_lent,
+            responses_dropped: c.responses_dropped,
+            incoming_retried: c.incoming_retried,
+            incoming_refused: c.incoming_refused,
+            app_wakeups: 0,
+            loop_turns: c.loop_turns,
+            open_connections: self.conns.len() as u64,
+        });
+    }
+
+    /// Route this turn's datagrams through the endpoint, then admit the new connection
+    /// attempts among them.
+    fn route_received(&mut self) {
+        if self.rx.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let ep = &mut self.ep;
+        for (meta, data) in self.rx.drain(..) {
+            match ep
+                .inner
+                .handle(now, meta.remote, meta.local_ip, meta.ecn, data, &mut ep.buf)
+            {
+                // Queued, and handed over per connection below: one connection lock for a
+                // whole GRO batch instead of one per datagram (the application contends for it).
+                Some(DatagramEvent::ConnectionEvent(ch, ev)) => self.received.push((ch, ev)),
+                Some(DatagramEvent::NewConnection(incoming)) => self.incoming.push(incoming),
+                Some(DatagramEvent::Response(t)) => ep.queue_response(t),
+                None => {}
+            }
+            ep.buf.clear();
+        }
+        if self.rx.capacity() > MAX_RETAINED_EVENTS {
+            self.rx.shrink_to(MAX_RETAINED_EVENTS);
+        }
+        let mut incoming = std::mem::take(&mut self.incoming);
+        for inc in incoming.drain(..) {
+            self.admit(inc);
+        }
+        self.incoming = incoming;
+    }
+
+    /// Hand the connection events queued by [`Core::route_received`] to their connections, in
+    /// arrival order, taking each connection's lock once per run of events.
+    fn deliver_received(&mut self) {
+        let mut received = std::mem::take(&mut self.received);
+        let mut events = received.drain(..).peekable();
+        while let Some((ch, ev)) = events.next() {
+            let Some(conn) = self.conns.get(&ch) else {
+                continue;
+            };
+            {
+                let mut st = conn.lock();
+                st.inner.handle_event(ev);
+                while let Some((_, ev)) = events.next_if(|(next, _)| *next == ch) {
+                    st.inner.handle_event(ev);
+                }
+            }
+            self.mark_dirty(ch);
+        }
+        drop(events);
+        // A flood can queue tens of thousands of events in one turn; do not keep that much
+        // capacity for the endpoint's life.
+        if received.capacity() > MAX_RETAINED_EVENTS {
+            received.shrink_to(MAX_RETAINED_EVENTS);
+        }
+        self.received = received;
+    }
+
+    fn mark_dirty(&mut self, ch: ConnectionHandle) {
+        if self.in_dirty.insert(ch) {
+            self.dirty.push_back(ch);
+        }
+    }
+
+    /// Decide what happens to a new incoming connection: Retry it (address validation), refuse
+    /// it (closed, shutting down, or over the cap), or queue it for `accept`.
+    fn admit(&mut self, incoming: proto::Incoming) {
+        let ep = &mut self.ep;
+        if self.admission.validate_addresses && !incoming.remote_address_validated() && incoming.may_retry() {
+            self.stats.incoming_retried += 1;
+            match ep.inner.retry(incoming, &mut ep.buf) {
+                Ok(t) => ep.queue_response(t),
+                Err(e) => ep.inner.ignore(e.into_incoming()),
+            }
+            return;
+        }
+        let refused = if self.flush_until.is_some() {
+            incoming
+        } else {
+            let room = self.admission.max_incoming.saturating_sub(self.handshaking.len());
+            match self.shared.offer_incoming(incoming, room) {
+                Offer::Queued => return,
+                Offer::Closed(incoming) => incoming,
+                Offer::Full(incoming) => {
+                    self.stats.incoming_refused += 1;
+                    incoming
+                }
+            }
+        };
+        let t = ep.inner.refuse(refused, &mut ep.buf);
+        ep.queue_response(t);
+    }
+
+    /// Mark every connection whose timer is due. No allocation: this runs every turn.
+    fn expire_timers(&mut self) {
+        let now = Instant::now();
+        for (ch, t) in self.timers.iter() {
+            if *t <= now && self.in_dirty.insert(ch) {
+                self.dirty.push_back(ch);
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Drive(ch) => {
+                if let Some(c) = self.conns.get(&ch) {
+                    c.clear_queued();
+                    self.mark_dirty(ch);
+                }
+            }
+            Command::Connect {
+                config,
+                remote,
+                server_name,
+                reply,
+            } => {
+                let created = if self.shutting_down() {
+                    Err(proto::ConnectError::EndpointStopping)
+                } else {
+                    self.ep
+                        .inner
+                        .connect(Instant::now(), config, remote, &server_name)
+                };
+                match created {
+                    Ok((ch, conn)) => {
+                        let inner = ConnectionInner::new(ch, conn, self.shared.clone());
+                        self.add_connection(&inner, false);
+                        reply.complete(Ok(inner));
+                    }
+                    Err(e) => reply.complete(Err(connect_failed(e))),
+                }
+            }
+            Command::Accept {
+                incoming,
+                server_config,
+                reply,
+            } => {
+                let accepted = {
+                    let ep = &mut self.ep;
+                    let r = ep
+                        .inner
+                        .accept(incoming, Instant::now(), &mut ep.buf, server_config);
+                    match r {
+                        Ok(c) => {
+                            ep.buf.clear();
+                            Ok(c)
+                        }
+                        Err(e) => {
+                            match e.response {
+                                Some(t) => ep.queue_response(t),
+                                None => ep.buf.clear(),
+                            }
+                            Err(e.cause)
+                        }
+                    }
+                };
+                match accepted {
+                    Ok((ch, conn)) => {
+                        let inner = ConnectionInner::new(ch, conn, self.shared.clone());
+                        self.add_connection(&inner, true);
+                        reply.complete(Ok(inner));
+                    }
+                    Err(e) => reply.complete(Err(e)),
+                }
+            }
+            Command::Refuse(incoming) => {
+                let ep = &mut self.ep;
+                let t = ep.inner.refuse(incoming, &mut ep.buf);
+                ep.queue_response(t);
+            }
+            Command::Retry(incoming) => {
+                let ep = &mut self.ep;
+                match ep.inner.retry(incoming, &mut ep.buf) {
+                    Ok(t) => ep.queue_response(t),
+                    Err(e) => ep.inner.ignore(e.into_incoming()),
+                }
+            }
+            Command::Ignore(incoming) => self.ep.inner.ignore(incoming),
+            Command::SetServerConfig(c) => self.ep.inner.set_server_config(c),
+            Command::Close { code, reason } => {
+                self.close_all(code, reason);
+                let ep = &mut self.ep;
+                for inc in self.shared.stop_accepting() {
+                    let t = ep.inner.refuse(inc, &mut ep.buf);
+                    ep.queue_response(t);
+                }
+            }
+            Command::Shutdown => self.begin_shutdown(),
+            #[cfg(test)]
+            Command::Panic => panic!("injected by a test"),
+        }
+    }
+
+    fn close_all(&mut self, code: proto::VarInt, reason: bytes::Bytes) {
+        let mut woken = std::mem::take(&mut self.woken);
+        let chs: Vec<_> = self.conns.keys().collect();
+        for ch in chs {
+            if let Some(conn) = self.conns.get(&ch) {
+                conn.lock().close(code, reason.clone(), &mut woken);
+            }
+            self.mark_dirty(ch);
+        }
+        for w in woken.drain(..) {
+            w.wake();
+        }
+        self.woken = woken;
+    }
+
+    /// Drive one connection: timers, events, transmits. Bounded.
+    fn drive(&mut self, ch: ConnectionHandle, io: &mut dyn IoBackend) {
+        let Some(conn) = self.conns.get(&ch).cloned() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut woken = std::mem::take(&mut self.woken);
+        let mut drained = false;
+        let mut again = false;
+        {
+            let mut st = conn.lock();
+            let timer_due = self.timers.get(&ch).is_some_and(|t| *t <= now);
+            // A connection the application has closed sends its CONNECTION_CLOSE before its
+            // timers run: if this thread got to it late (more than three PTOs after the close,
+            // on a loaded machine), the close timer would end the closing period first and the
+            // peer would hear nothing but an idle timeout. Otherwise timers first, so loss
+            // recovery's retransmits go out in this same drive.
+            let closing = st.inner.is_closed();
+            if timer_due && !closing {
+                st.inner.handle_timeout(now);
+            }
+            // Transmit first: ACKs and data go out before we look at events.
+            let mut sent = 0;
+            let mut tx_blocked = false;
+            loop {
+                if sent >= MAX_TRANSMITS_PER_DRIVE {
+                    again = true;
+                    break;
+                }
+                let Some(mut tx) = io.take_tx() else {
+                    tx_blocked = true;
+                    if self.in_waiting_tx.insert(ch) {
+                        self.waiting_tx.push(ch);
+                    }
+                    break;
+                };
+                // The backend may have turned GSO off at run time: ask it every time.
+                let segments = self.max_segments.min(io.max_gso_segments()).max(1);
+                match st.inner.poll_transmit(now, segments, &mut tx.buf) {
+                    Some(t) => {
+                        io.send(tx, &t);
+                        sent += 1;
+                    }
+                    None => {
+                        io.put_tx(tx);
+                        break;
+                    }
+                }
+            }
+            if closing && sent > 0 {
+                // A closed connection transmits nothing but its CONNECTION_CLOSE (and ACKs).
+                self.closes_sent.insert(ch);
+                self.awaiting_close.remove(&ch);
+            }
+            // ... and its timers wait while the close could not go out for want of a TX buffer
+            // (the close timer would end the closing period first), or, at shutdown, until it
+            // has gone out at all (bounded by the flush's time limit).
+            let hold = tx_blocked || self.awaiting_close.contains(&ch);
+            if timer_due && closing && !hold {
+                st.inner.handle_timeout(now);
+            }
+            while let Some(ev) = st.inner.poll_endpoint_events() {
+                drained |= ev.is_drained();
+                let reply = self.ep.inner.handle_event(ch, ev);
+                if let Some(cev) = reply {
+                    st.inner.handle_event(cev);
+                    again = true;
+                }
+            }
+            while let Some(ev) = st.inner.poll() {
+                st.on_event(ev, &mut woken);
+            }
+            st.wake_freed_stopped(&mut woken);
+            if !st.inner.is_handshaking() {
+                self.handshaking.remove(&ch);
+            }
+            match st.inner.poll_timeout() {
+                Some(t) => {
+                    self.timers.insert(ch, t);
+                }
+                None => {
+                    self.timers.remove(&ch);
+                }
+            }
+        }
+        for w in woken.drain(..) {
+            w.wake();
+        }
+        self.woken = woken;
+        if drained {
+            self.handshaking.remove(&ch);
+            self.closes_sent.remove(&ch);
+            self.awaiting_close.remove(&ch);
+            self.conns.remove(&ch);
+            self.timers.remove(&ch);
+            self.shared.set_open_connections(self.conns.len());
+        } else if again {
+            self.mark_dirty(ch);
+        }
+    }
+}

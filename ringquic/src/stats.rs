@@ -1,0 +1,58 @@
+//! [`EndpointStats`]: the counters an endpoint reports. The I/O thread fills them in each turn
+//! (from its backend's counters and its own), the application reads them.
+
+/// Counters of an endpoint's I/O, for monitoring and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// UDP datagrams received (after splitting GRO batches).
+    pub datagrams_received: u64,
+    /// UDP payload bytes received.
+    pub bytes_received: u64,
+    /// UDP datagrams sent (GSO batches counted per datagram).
+    pub datagrams_sent: u64,
+    /// UDP payload bytes sent.
+    pub bytes_sent: u64,
+    /// Datagrams dropped on receive: truncated (larger than a receive buffer) or with
+    /// unparsable metadata.
+    pub recv_dropped: u64,
+    /// Times every receive buffer was in use, so receiving paused until buffers came back
+    /// (datagrams wait in the kernel's socket buffer meanwhile).
+    pub recv_starved: u64,
+    /// Times the kernel ended a multishot receive and the I/O thread re-armed it.
+    pub recv_rearms: u64,
+    /// Sends that failed (the datagrams are lost, as on a lossy path; QUIC recovers them). On
+    /// io_uring a full socket buffer (`EAGAIN`/`ENOBUFS`) counts too; the poll backend queues
+    /// such sends until the socket is writable instead.
+    pub send_errors: u64,
+    /// Times a connection had data to send but every TX buffer was in flight.
+    pub tx_exhausted: u64,
+    /// Times GSO was refused by the kernel and turned off.
+    pub gso_disabled: u64,
+    /// Receives (one GRO batch each) handed to quinn-proto and the application in the very
+    /// buffer the kernel filled, without a copy (io_uring; see
+    /// [`EndpointBuilder::zero_copy_threshold`](crate::EndpointBuilder::zero_copy_threshold)).
+    pub recv_zero_copy: u64,
+    /// Sends submitted as zero-copy `SENDMSG_ZC` (see
+    /// [`EndpointBuilder::send_zero_copy_threshold`](crate::EndpointBuilder::send_zero_copy_threshold)).
+    pub send_zero_copy: u64,
+    /// Zero-copy sends the kernel reported it had to copy after all (on loopback, all of them).
+    pub send_zero_copy_copied: u64,
+    /// Receive buffers lent out by zero-copy receive that are still held by quinn-proto or the
+    /// application now (a gauge, not a counter; at most
+    /// [`EndpointBuilder::recv_memory_budget`](crate::EndpointBuilder::recv_memory_budget) bytes' worth).
+    pub recv_buffers_lent: u64,
+    /// Endpoint-level responses (version negotiation, stateless reset, refusals) dropped for lack
+    /// of a TX buffer.
+    pub responses_dropped: u64,
+    /// Incoming connections answered with a Retry because address validation is on.
+    pub incoming_retried: u64,
+    /// Incoming connections refused because `max_incoming` were already pending or handshaking.
+    pub incoming_refused: u64,
+    /// Wakeups the application sent to the I/O thread (coalesced: many commands, one wakeup).
+    pub app_wakeups: u64,
+    /// Turns of the I/O loop.
+    pub loop_turns: u64,
+    /// Connections the I/O thread drives now.
+    pub open_connections: u64,
+}
