@@ -19,9 +19,9 @@ use std::io;
 pub(crate) use crate::backend::BackendKind;
 use crate::backend::EndpointError;
 
+pub(crate) mod addr;
 // Used by the io_uring backend (`RxSlots`, `TxPool`) and the Windows RIO backend (`RxArena`,
 // `TxPool`); not every part on every platform.
-pub(crate) mod addr;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) mod bufpool;
 #[cfg(target_os = "linux")]
