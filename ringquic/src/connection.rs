@@ -18,7 +18,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use quinn_proto::{self as proto, ConnectionStats, Dir, StreamId, VarInt};
+use quinn_proto::{
+    self as proto, congestion::Controller, crypto::ExportKeyingMaterialError, ConnectionStats, Dir, Side,
+    StreamId, VarInt,
+};
 
 use crate::{
     shared::{AcceptWait, ConnectionRef, EndpointRef},
@@ -142,64 +145,23 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     /// Open a bidirectional stream. Waits while the peer's stream limit is reached.
-    pub async fn open_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
-        let id = self.open(Dir::Bi).await?;
-        Ok((
-            SendStream::new(self.0.clone(), id),
-            RecvStream::new(self.0.clone(), id),
-        ))
+    pub fn open_bi(&self) -> OpenBi<'_> {
+        OpenBi { conn: &self.0 }
     }
 
     /// Open a unidirectional stream. Waits while the peer's stream limit is reached.
-    pub async fn open_uni(&self) -> Result<SendStream, ConnectionError> {
-        let id = self.open(Dir::Uni).await?;
-        Ok(SendStream::new(self.0.clone(), id))
+    pub fn open_uni(&self) -> OpenUni<'_> {
+        OpenUni { conn: &self.0 }
     }
 
     /// Accept the next bidirectional stream the peer opens.
-    pub async fn accept_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
-        let id = self.accept(Dir::Bi).await?;
-        Ok((
-            SendStream::new(self.0.clone(), id),
-            RecvStream::new(self.0.clone(), id),
-        ))
+    pub fn accept_bi(&self) -> AcceptBi<'_> {
+        AcceptBi { conn: &self.0 }
     }
 
     /// Accept the next unidirectional stream the peer opens.
-    pub async fn accept_uni(&self) -> Result<RecvStream, ConnectionError> {
-        let id = self.accept(Dir::Uni).await?;
-        Ok(RecvStream::new(self.0.clone(), id))
-    }
-
-    fn open(&self, dir: Dir) -> impl Future<Output = Result<StreamId, ConnectionError>> + '_ {
-        std::future::poll_fn(move |cx| {
-            let mut st = self.0.lock();
-            if let Some(e) = st.error() {
-                return Poll::Ready(Err(e));
-            }
-            if let Some(id) = st.inner.streams().open(dir) {
-                return Poll::Ready(Ok(id));
-            }
-            st.waiters().open(dir, cx.waker());
-            Poll::Pending
-        })
-    }
-
-    fn accept(&self, dir: Dir) -> impl Future<Output = Result<StreamId, ConnectionError>> + '_ {
-        std::future::poll_fn(move |cx| {
-            let mut st = self.0.lock();
-            if let Some(id) = st.inner.streams().accept(dir) {
-                drop(st);
-                // Accepting may let us grant the peer more stream credit.
-                self.0.wake();
-                return Poll::Ready(Ok(id));
-            }
-            if let Some(e) = st.error() {
-                return Poll::Ready(Err(e));
-            }
-            st.waiters().accept(dir, cx.waker());
-            Poll::Pending
-        })
+    pub fn accept_uni(&self) -> AcceptUni<'_> {
+        AcceptUni { conn: &self.0 }
     }
 
     /// Send an unreliable datagram. If the send buffer is full the oldest queued datagram is
@@ -215,29 +177,28 @@ impl Connection {
                 self.0.wake();
                 Ok(())
             }
-            Err(proto::SendDatagramError::UnsupportedByPeer) => Err(SendDatagramError::UnsupportedByPeer),
-            Err(proto::SendDatagramError::Disabled) => Err(SendDatagramError::Disabled),
-            Err(proto::SendDatagramError::TooLarge) => Err(SendDatagramError::TooLarge),
-            // Not returned when dropping old datagrams is allowed; treat as "too large" if a
-            // future quinn-proto does.
-            Err(proto::SendDatagramError::Blocked(_)) => Err(SendDatagramError::TooLarge),
+            Err(e) => Err(datagram_error(e)),
         }
     }
 
     /// Receive the next unreliable datagram.
-    pub async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
-        std::future::poll_fn(|cx| {
-            let mut st = self.0.lock();
-            if let Some(d) = st.inner.datagrams().recv() {
-                return Poll::Ready(Ok(d));
-            }
-            if let Some(e) = st.error() {
-                return Poll::Ready(Err(e));
-            }
-            st.waiters().datagram(cx.waker());
-            Poll::Pending
-        })
-        .await
+    pub fn read_datagram(&self) -> ReadDatagram<'_> {
+        ReadDatagram { conn: &self.0 }
+    }
+
+    /// Send an unreliable datagram, waiting while the send buffer is full instead of dropping
+    /// the oldest queued datagram (as quinn's `send_datagram_wait`).
+    pub fn send_datagram_wait(&self, data: Bytes) -> SendDatagram<'_> {
+        SendDatagram {
+            conn: &self.0,
+            data: Some(data),
+        }
+    }
+
+    /// Bytes free in the datagram send buffer: a datagram no larger is queued without dropping
+    /// an older one.
+    pub fn datagram_send_buffer_space(&self) -> usize {
+        self.0.lock().inner.datagrams().send_buffer_space()
     }
 
     /// The largest datagram payload [`Connection::send_datagram`] accepts now, or `None` if the
@@ -315,9 +276,249 @@ impl Connection {
         self.0.lock().inner.current_mtu()
     }
 
-    /// Change how many streams of `dir` the peer may have open at once.
+    /// Change how many streams of `dir` the peer may have open at once (ringquic's; quinn has
+    /// one method per direction, below).
     pub fn set_max_concurrent_streams(&self, dir: Dir, count: VarInt) {
         self.0.lock().inner.set_max_concurrent_streams(dir, count);
         self.0.wake();
+    }
+
+    /// Change how many unidirectional streams the peer may have open at once.
+    pub fn set_max_concurrent_uni_streams(&self, count: VarInt) {
+        self.set_max_concurrent_streams(Dir::Uni, count);
+    }
+
+    /// Change how many bidirectional streams the peer may have open at once.
+    pub fn set_max_concurrent_bi_streams(&self, count: VarInt) {
+        self.set_max_concurrent_streams(Dir::Bi, count);
+    }
+
+    /// Change how much data may be in flight unacknowledged across all streams.
+    pub fn set_send_window(&self, send_window: u64) {
+        self.0.lock().inner.set_send_window(send_window);
+        self.0.wake();
+    }
+
+    /// Change how much data the peer may send across all streams before we read it.
+    pub fn set_receive_window(&self, receive_window: VarInt) {
+        self.0.lock().inner.set_receive_window(receive_window);
+        self.0.wake();
+    }
+
+    /// Which side of the connection this is.
+    pub fn side(&self) -> Side {
+        self.0.lock().inner.side()
+    }
+
+    /// The smallest round-trip time seen on the current path.
+    pub fn min_rtt(&self) -> Duration {
+        self.0.lock().inner.min_rtt()
+    }
+
+    /// A copy of the congestion controller's state.
+    pub fn congestion_state(&self) -> Box<dyn Controller> {
+        self.0.lock().inner.congestion_state().clone_box()
+    }
+
+    /// Start a key update now (for tests of key updates; QUIC updates keys on its own).
+    pub fn force_key_update(&self) {
+        self.0.lock().inner.force_key_update();
+        // The update goes out with the next packet: make sure there is one.
+        self.0.wake();
+    }
+
+    /// Derive keying material from the TLS session (RFC 5705), for binding application
+    /// protocols to this connection.
+    pub fn export_keying_material(
+        &self,
+        output: &mut [u8],
+        label: &[u8],
+        context: &[u8],
+    ) -> Result<(), ExportKeyingMaterialError> {
+        self.0
+            .lock()
+            .inner
+            .crypto_session()
+            .export_keying_material(output, label, context)
+    }
+}
+
+/// A stream just opened or accepted, and whether it belongs to 0-RTT data (then it fails with
+/// `ZeroRttRejected` if the server turns the 0-RTT data down).
+type NewStream = (StreamId, bool);
+
+/// The two halves of a bidirectional stream.
+fn bi(conn: &ConnectionRef, (id, is_0rtt): NewStream) -> (SendStream, RecvStream) {
+    (
+        SendStream::new(conn.clone(), id, is_0rtt),
+        RecvStream::new(conn.clone(), id, is_0rtt),
+    )
+}
+
+/// Open a stream of `dir`, or wait for the peer's limit to allow one.
+fn poll_open(
+    conn: &ConnectionRef,
+    cx: &mut Context<'_>,
+    dir: Dir,
+) -> Poll<Result<NewStream, ConnectionError>> {
+    let mut st = conn.lock();
+    if let Some(e) = st.error() {
+        return Poll::Ready(Err(e));
+    }
+    if let Some(id) = st.inner.streams().open(dir) {
+        let is_0rtt = st.inner.side().is_client() && st.inner.is_handshaking();
+        return Poll::Ready(Ok((id, is_0rtt)));
+    }
+    st.waiters().open(dir, cx.waker());
+    Poll::Pending
+}
+
+/// Take the next stream of `dir` the peer opened, or wait for one.
+fn poll_accept(
+    conn: &ConnectionRef,
+    cx: &mut Context<'_>,
+    dir: Dir,
+) -> Poll<Result<NewStream, ConnectionError>> {
+    let mut st = conn.lock();
+    if let Some(id) = st.inner.streams().accept(dir) {
+        let is_0rtt = st.inner.is_handshaking();
+        drop(st);
+        // Accepting may let us grant the peer more stream credit.
+        conn.wake();
+        return Poll::Ready(Ok((id, is_0rtt)));
+    }
+    if let Some(e) = st.error() {
+        return Poll::Ready(Err(e));
+    }
+    st.waiters().accept(dir, cx.waker());
+    Poll::Pending
+}
+
+/// Future of [`Connection::open_bi`].
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct OpenBi<'a> {
+    conn: &'a ConnectionRef,
+}
+
+impl Future for OpenBi<'_> {
+    type Output = Result<(SendStream, RecvStream), ConnectionError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        poll_open(self.conn, cx, Dir::Bi).map_ok(|id| bi(self.conn, id))
+    }
+}
+
+/// Future of [`Connection::open_uni`].
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct OpenUni<'a> {
+    conn: &'a ConnectionRef,
+}
+
+impl Future for OpenUni<'_> {
+    type Output = Result<SendStream, ConnectionError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        poll_open(self.conn, cx, Dir::Uni)
+            .map_ok(|(id, is_0rtt)| SendStream::new(self.conn.clone(), id, is_0rtt))
+    }
+}
+
+/// Future of [`Connection::accept_bi`].
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct AcceptBi<'a> {
+    conn: &'a ConnectionRef,
+}
+
+impl Future for AcceptBi<'_> {
+    type Output = Result<(SendStream, RecvStream), ConnectionError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        poll_accept(self.conn, cx, Dir::Bi).map_ok(|id| bi(self.conn, id))
+    }
+}
+
+/// Future of [`Connection::accept_uni`].
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct AcceptUni<'a> {
+    conn: &'a ConnectionRef,
+}
+
+impl Future for AcceptUni<'_> {
+    type Output = Result<RecvStream, ConnectionError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        poll_accept(self.conn, cx, Dir::Uni)
+            .map_ok(|(id, is_0rtt)| RecvStream::new(self.conn.clone(), id, is_0rtt))
+    }
+}
+
+/// Future of [`Connection::read_datagram`].
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct ReadDatagram<'a> {
+    conn: &'a ConnectionRef,
+}
+
+impl Future for ReadDatagram<'_> {
+    type Output = Result<Bytes, ConnectionError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut st = self.conn.lock();
+        if let Some(d) = st.inner.datagrams().recv() {
+            return Poll::Ready(Ok(d));
+        }
+        if let Some(e) = st.error() {
+            return Poll::Ready(Err(e));
+        }
+        st.waiters().datagram(cx.waker());
+        Poll::Pending
+    }
+}
+
+/// Future of [`Connection::send_datagram_wait`].
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct SendDatagram<'a> {
+    conn: &'a ConnectionRef,
+    /// The datagram, until it is queued.
+    data: Option<Bytes>,
+}
+
+impl Future for SendDatagram<'_> {
+    type Output = Result<(), SendDatagramError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(data) = self.data.take() else {
+            // Polled again after it completed: nothing left to send.
+            return Poll::Ready(Ok(()));
+        };
+        let mut st = self.conn.lock();
+        if let Some(e) = st.error() {
+            return Poll::Ready(Err(SendDatagramError::ConnectionLost(e)));
+        }
+        match st.inner.datagrams().send(data, false) {
+            Ok(()) => {
+                drop(st);
+                self.conn.wake();
+                Poll::Ready(Ok(()))
+            }
+            Err(proto::SendDatagramError::Blocked(data)) => {
+                st.waiters().datagram_space(cx.waker());
+                drop(st);
+                self.data = Some(data);
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(datagram_error(e))),
+        }
+    }
+}
+
+/// quinn-proto's refusal of a datagram, as quinn reports it.
+fn datagram_error(e: proto::SendDatagramError) -> SendDatagramError {
+    match e {
+        proto::SendDatagramError::UnsupportedByPeer => SendDatagramError::UnsupportedByPeer,
+        proto::SendDatagramError::Disabled => SendDatagramError::Disabled,
+        proto::SendDatagramError::TooLarge => SendDatagramError::TooLarge,
+        // Only returned when dropping old datagrams is not allowed, which `send_datagram` allows;
+        // `SendDatagram` handles it by waiting.
+        proto::SendDatagramError::Blocked(_) => SendDatagramError::TooLarge,
     }
 }

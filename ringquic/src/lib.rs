@@ -85,11 +85,10 @@ pub use crate::{
         EndpointBuilder, DEFAULT_MAX_INCOMING, DEFAULT_RECV_BUFFERS, DEFAULT_RECV_BUFFER_SIZE,
         DEFAULT_RECV_MEMORY_BUDGET, DEFAULT_TX_BUFFERS, DEFAULT_TX_BUFFER_SIZE, DEFAULT_ZERO_COPY_THRESHOLD,
     },
-    connection::{Connecting, Connection},
+    connection::{AcceptBi, AcceptUni, Connecting, Connection, OpenBi, OpenUni, ReadDatagram, SendDatagram},
     endpoint::{Accept, Endpoint},
     errors::{
-        ReadError, ReadExactError, ReadToEndError, ResetWaitError, SendDatagramError, StoppedError,
-        WriteError,
+        ReadError, ReadExactError, ReadToEndError, ResetError, SendDatagramError, StoppedError, WriteError,
     },
     incoming::{Incoming, IncomingFuture, RetryError},
     local::{try_spawn, JoinError, JoinHandle},
@@ -98,12 +97,18 @@ pub use crate::{
     streams::{RecvStream, SendStream},
 };
 
+// What quinn 0.11 re-exports from quinn-proto, and a few more of its configuration types.
 pub use quinn_proto::{
-    crypto, AckFrequencyConfig, ApplicationClose, Chunk, ClientConfig, ClosedStream, ConfigError,
-    ConnectError, ConnectionClose, ConnectionError, ConnectionId, ConnectionStats, Dir, EndpointConfig,
-    FrameStats, IdleTimeout, MtuDiscoveryConfig, PathStats, ServerConfig, Side, StreamId, TransportConfig,
-    TransportError, TransportErrorCode, UdpStats, VarInt, VarIntBoundsExceeded, Written,
+    congestion, crypto, AckFrequencyConfig, ApplicationClose, BloomTokenLog, Chunk, ClientConfig,
+    ClosedStream, ConfigError, ConnectError, ConnectionClose, ConnectionError, ConnectionId,
+    ConnectionIdGenerator, ConnectionStats, Dir, EcnCodepoint, EndpointConfig, FrameStats, FrameType,
+    IdleTimeout, MtuDiscoveryConfig, NoneTokenLog, NoneTokenStore, PathStats, ServerConfig, Side,
+    StdSystemTime, StreamId, TimeSource, TokenLog, TokenMemoryCache, TokenReuseError, TokenStore, Transmit,
+    TransportConfig, TransportError, TransportErrorCode, UdpStats, ValidationTokenConfig, VarInt,
+    VarIntBoundsExceeded, Written,
 };
+/// quinn-udp, as quinn re-exports it (ringquic's poll backend runs on it).
+pub use quinn_udp as udp;
 pub use rustls;
 
 /// Entry points for fuzz targets into parsers that read what the kernel or a peer hands us.

@@ -551,6 +551,12 @@ impl ConnState {
         self.error == Some(ConnectionError::LocallyClosed)
     }
 
+    /// Whether a stream opened in 0-RTT data may still be used: while the handshake runs, once
+    /// the server has accepted the 0-RTT data, or on the server (as quinn's `check_0rtt`).
+    pub(crate) fn zero_rtt_ok(&self) -> bool {
+        self.inner.is_handshaking() || self.inner.accepted_0rtt() || self.inner.side().is_server()
+    }
+
     /// Where application tasks register to be woken.
     pub(crate) fn waiters(&mut self) -> &mut Waiters {
         &mut self.waiters
@@ -573,7 +579,8 @@ impl ConnState {
     pub(crate) fn on_event(&mut self, ev: proto::Event, woken: &mut Vec<Waker>) {
         use proto::Event::*;
         match ev {
-            HandshakeDataReady | DatagramsUnblocked => {}
+            HandshakeDataReady => {}
+            DatagramsUnblocked => self.waiters.datagrams_unblocked(woken),
             Connected => {
                 self.connected = true;
                 self.waiters.handshake_done(woken);

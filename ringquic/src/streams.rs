@@ -5,16 +5,17 @@
 //! copying. Reads take chunks out of quinn-proto's receive buffer: `read_chunk` returns `Bytes`
 //! that point into the very buffer the datagram was decrypted in.
 
-#[cfg(any(feature = "tokio", feature = "futures-io"))]
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
 
 use bytes::Bytes;
-use quinn_proto::{self as proto, Chunk, ClosedStream, FinishError, StreamId, VarInt};
+use quinn_proto::{self as proto, Chunk, ClosedStream, FinishError, StreamId, VarInt, Written};
 
 use crate::{
-    shared::ConnectionRef, ReadError, ReadExactError, ReadToEndError, ResetWaitError, StoppedError,
-    WriteError,
+    shared::ConnectionRef, ReadError, ReadExactError, ReadToEndError, ResetError, StoppedError, WriteError,
 };
 
 /// The sending half of a stream.
@@ -25,11 +26,13 @@ use crate::{
 pub struct SendStream {
     conn: ConnectionRef,
     id: StreamId,
+    /// Opened in 0-RTT data: fails with `ZeroRttRejected` if the server rejects it.
+    is_0rtt: bool,
 }
 
 impl SendStream {
-    pub(crate) fn new(conn: ConnectionRef, id: StreamId) -> Self {
-        Self { conn, id }
+    pub(crate) fn new(conn: ConnectionRef, id: StreamId, is_0rtt: bool) -> Self {
+        Self { conn, id, is_0rtt }
     }
 
     /// The stream's identifier.
@@ -50,6 +53,21 @@ impl SendStream {
             buf = &buf[n..];
         }
         Ok(())
+    }
+
+    /// Write as many of `bufs` as flow control takes now (at least something, unless all are
+    /// empty), without copying; taken bytes are split off the front of each `Bytes`.
+    pub async fn write_chunks(&mut self, bufs: &mut [Bytes]) -> Result<Written, WriteError> {
+        std::future::poll_fn(|cx| self.poll_write_with(cx, |s| s.write_chunks(bufs))).await
+    }
+
+    /// Poll form of [`SendStream::write`], for `AsyncWrite`-style callers.
+    pub fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<Result<usize, WriteError>> {
+        self.get_mut().poll_write_with(cx, |s| s.write(buf))
     }
 
     /// Write a chunk without copying it; waits until all of it is taken.
@@ -82,6 +100,9 @@ impl SendStream {
         f: impl FnOnce(&mut proto::SendStream<'_>) -> Result<T, proto::WriteError>,
     ) -> Poll<Result<T, WriteError>> {
         let mut st = self.conn.lock();
+        if self.is_0rtt && !st.zero_rtt_ok() {
+            return Poll::Ready(Err(WriteError::ZeroRttRejected));
+        }
         if let Some(e) = st.error() {
             return Poll::Ready(Err(WriteError::ConnectionLost(e)));
         }
@@ -131,12 +152,24 @@ impl SendStream {
         self.conn.lock().inner.send_stream(self.id).set_priority(priority)
     }
 
+    /// The stream's priority.
+    pub fn priority(&self) -> Result<i32, ClosedStream> {
+        self.conn.lock().inner.send_stream(self.id).priority()
+    }
+
     /// Wait until the peer stops the stream (`Some(code)`) or has received everything after
-    /// [`SendStream::finish`] (`None`).
-    pub async fn stopped(&mut self) -> Result<Option<VarInt>, StoppedError> {
-        std::future::poll_fn(|cx| {
-            let mut st = self.conn.lock();
-            match st.inner.send_stream(self.id).stopped() {
+    /// [`SendStream::finish`] (`None`). The future is independent of this stream handle: it may
+    /// outlive it, and several may wait at once (it keeps the connection open while it waits).
+    pub fn stopped(
+        &self,
+    ) -> impl Future<Output = Result<Option<VarInt>, StoppedError>> + Send + Sync + 'static {
+        let (conn, id, is_0rtt) = (self.conn.clone(), self.id, self.is_0rtt);
+        std::future::poll_fn(move |cx| {
+            let mut st = conn.lock();
+            if is_0rtt && !st.zero_rtt_ok() {
+                return Poll::Ready(Err(StoppedError::ZeroRttRejected));
+            }
+            match st.inner.send_stream(id).stopped() {
                 Ok(Some(code)) => return Poll::Ready(Ok(Some(code))),
                 Ok(None) => {}
                 // The stream is gone: it was finished and fully acknowledged (or reset).
@@ -145,10 +178,9 @@ impl SendStream {
             if let Some(e) = st.error() {
                 return Poll::Ready(Err(StoppedError::ConnectionLost(e)));
             }
-            st.waiters().stopped(self.id, cx.waker());
+            st.waiters().stopped(id, cx.waker());
             Poll::Pending
         })
-        .await
     }
 }
 
@@ -196,17 +228,26 @@ pub struct RecvStream {
     /// An unordered read happened: ordered reads are refused from then on. Checked here
     /// because quinn-proto 0.11 drops the stream's receive state when it refuses one.
     unordered: bool,
+    /// Opened in 0-RTT data: fails with `ZeroRttRejected` if the server rejects it.
+    is_0rtt: bool,
 }
 
 impl RecvStream {
-    pub(crate) fn new(conn: ConnectionRef, id: StreamId) -> Self {
+    pub(crate) fn new(conn: ConnectionRef, id: StreamId, is_0rtt: bool) -> Self {
         Self {
             conn,
             id,
             all_data_read: false,
             reset: None,
             unordered: false,
+            is_0rtt,
         }
+    }
+
+    /// Whether the stream was opened in 0-RTT data (by this client, or, on a server, by the
+    /// client before the handshake completed).
+    pub fn is_0rtt(&self) -> bool {
+        self.is_0rtt
     }
 
     /// The stream's identifier.
@@ -216,10 +257,37 @@ impl RecvStream {
 
     /// Read into `buf`; `Ok(None)` at the end of the stream.
     pub async fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
-        std::future::poll_fn(|cx| self.poll_read(cx, buf)).await
+        std::future::poll_fn(|cx| self.poll_read_some(cx, buf)).await
     }
 
-    pub(crate) fn poll_read(
+    /// Poll form of [`RecvStream::read`]: how many bytes were read into `buf`, 0 at the end of
+    /// the stream (as quinn's).
+    pub fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<Result<usize, ReadError>> {
+        self.poll_read_some(cx, buf).map_ok(|n| n.unwrap_or(0))
+    }
+
+    /// Poll form of a read into a tokio `ReadBuf`: fills what it can; nothing filled means the
+    /// end of the stream.
+    #[cfg(feature = "tokio")]
+    pub fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<Result<(), ReadError>> {
+        let dst = buf.initialize_unfilled();
+        match self.poll_read_some(cx, dst) {
+            Poll::Ready(Ok(Some(n))) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Ok(None)) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// A read into `buf`: `Some(n)` bytes, `None` at the end of the stream.
+    fn poll_read_some(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut [u8],
@@ -294,14 +362,26 @@ impl RecvStream {
         .await
     }
 
-    /// Read the whole stream, failing if it is longer than `size_limit` bytes.
+    /// Read the whole stream, failing if it is longer than `size_limit` bytes. Reads chunks
+    /// in any order and puts them in place (as quinn does), so it works after unordered reads.
     pub async fn read_to_end(&mut self, size_limit: usize) -> Result<Vec<u8>, ReadToEndError> {
-        let mut out = Vec::new();
-        while let Some(chunk) = self.read_chunk(usize::MAX, true).await? {
-            if out.len() + chunk.bytes.len() > size_limit {
+        let mut chunks = Vec::new();
+        let (mut start, mut end) = (u64::MAX, 0u64);
+        while let Some(chunk) = self.read_chunk(usize::MAX, false).await? {
+            start = start.min(chunk.offset);
+            end = end.max(chunk.offset + chunk.bytes.len() as u64);
+            if end - start > size_limit as u64 {
                 return Err(ReadToEndError::TooLong);
             }
-            out.extend_from_slice(&chunk.bytes);
+            chunks.push(chunk);
+        }
+        if end == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = vec![0; (end - start) as usize];
+        for c in chunks {
+            let at = (c.offset - start) as usize;
+            out[at..at + c.bytes.len()].copy_from_slice(&c.bytes);
         }
         Ok(out)
     }
@@ -318,25 +398,32 @@ impl RecvStream {
 
     /// Wait until the peer resets the stream (`Some(code)`) or the whole stream has been read
     /// (`None`).
-    pub async fn received_reset(&mut self) -> Result<Option<VarInt>, ResetWaitError> {
+    pub async fn received_reset(&mut self) -> Result<Option<VarInt>, ResetError> {
         std::future::poll_fn(|cx| {
             let mut st = self.conn.lock();
+            if self.is_0rtt && !st.zero_rtt_ok() {
+                return Poll::Ready(Err(ResetError::ZeroRttRejected));
+            }
+            if let Some(code) = self.reset {
+                return Poll::Ready(Ok(Some(code)));
+            }
             match st.inner.recv_stream(self.id).received_reset() {
                 Ok(Some(code)) => {
                     // quinn-proto has just freed the stream: the connection may owe the peer
                     // stream credit (MAX_STREAMS), which only a drive sends.
                     drop(st);
                     self.conn.wake();
-                    return Poll::Ready(Ok(Some(code)));
+                    Poll::Ready(Ok(Some(code)))
                 }
-                Ok(None) => {}
-                Err(ClosedStream { .. }) => return Poll::Ready(Ok(self.reset)),
+                Err(ClosedStream { .. }) => Poll::Ready(Ok(None)),
+                Ok(None) => {
+                    if let Some(e) = st.error() {
+                        return Poll::Ready(Err(ResetError::ConnectionLost(e)));
+                    }
+                    st.waiters().readable(self.id, cx.waker());
+                    Poll::Pending
+                }
             }
-            if let Some(e) = st.error() {
-                return Poll::Ready(Err(ResetWaitError::ConnectionLost(e)));
-            }
-            st.waiters().readable(self.id, cx.waker());
-            Poll::Pending
         })
         .await
     }
@@ -355,6 +442,9 @@ impl RecvStream {
         }
         self.unordered |= !ordered;
         let mut st = self.conn.lock();
+        if self.is_0rtt && !st.zero_rtt_ok() {
+            return Poll::Ready(Err(ReadError::ZeroRttRejected));
+        }
         let status = match self.reset {
             Some(code) => ReadStatus::Failed(None, proto::ReadError::Reset(code)),
             None => {
@@ -447,16 +537,7 @@ mod tokio_impls {
             cx: &mut Context<'_>,
             buf: &mut tokio::io::ReadBuf<'_>,
         ) -> Poll<io::Result<()>> {
-            let dst = buf.initialize_unfilled();
-            match RecvStream::poll_read(&mut self, cx, dst) {
-                Poll::Ready(Ok(Some(n))) => {
-                    buf.advance(n);
-                    Poll::Ready(Ok(()))
-                }
-                Poll::Ready(Ok(None)) => Poll::Ready(Ok(())),
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
-                Poll::Pending => Poll::Pending,
-            }
+            RecvStream::poll_read_buf(&mut self, cx, buf).map_err(Into::into)
         }
     }
 }
@@ -486,7 +567,7 @@ mod futures_io_impls {
             cx: &mut Context<'_>,
             buf: &mut [u8],
         ) -> Poll<io::Result<usize>> {
-            RecvStream::poll_read(&mut self, cx, buf).map(|r| r.map(|n| n.unwrap_or(0)).map_err(Into::into))
+            RecvStream::poll_read(&mut self, cx, buf).map_err(Into::into)
         }
     }
 }

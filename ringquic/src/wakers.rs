@@ -41,10 +41,13 @@ pub(crate) struct Waiters {
     on_connected: Vec<Waker>,
     blocked_writers: FxHashMap<StreamId, Waker>,
     blocked_readers: FxHashMap<StreamId, Waker>,
-    stopped: FxHashMap<StreamId, Waker>,
+    /// `SendStream::stopped` futures, several per stream (they may outlive the stream handle).
+    stopped: FxHashMap<StreamId, Vec<Waker>>,
     open: [Vec<Waker>; 2],
     accept: [Vec<Waker>; 2],
     datagram_readers: Vec<Waker>,
+    /// `send_datagram_wait` callers waiting for room in the datagram send buffer.
+    datagram_senders: Vec<Waker>,
     closed: Vec<Waker>,
 }
 
@@ -67,7 +70,7 @@ impl Waiters {
     }
 
     pub(crate) fn stopped(&mut self, id: StreamId, w: &Waker) {
-        self.stopped.insert(id, w.clone());
+        register(self.stopped.entry(id).or_default(), w);
     }
 
     pub(crate) fn open(&mut self, dir: Dir, w: &Waker) {
@@ -82,14 +85,18 @@ impl Waiters {
         register(&mut self.datagram_readers, w);
     }
 
+    pub(crate) fn datagram_space(&mut self, w: &Waker) {
+        register(&mut self.datagram_senders, w);
+    }
+
     pub(crate) fn closed(&mut self, w: &Waker) {
         register(&mut self.closed, w);
     }
 
-    /// A send half is gone: its wakers with it.
+    /// A send half is gone: its writer's waker with it (`stopped` futures may outlive it; they
+    /// are woken when the stream ends).
     pub(crate) fn forget_send(&mut self, id: StreamId) {
         self.blocked_writers.remove(&id);
-        self.stopped.remove(&id);
     }
 
     /// A receive half is gone: its waker with it.
@@ -103,9 +110,9 @@ impl Waiters {
         match event {
             StreamEvent::Readable { id } => woken.extend(self.blocked_readers.remove(&id)),
             StreamEvent::Writable { id } => woken.extend(self.blocked_writers.remove(&id)),
-            StreamEvent::Finished { id } => woken.extend(self.stopped.remove(&id)),
+            StreamEvent::Finished { id } => woken.extend(self.stopped.remove(&id).into_iter().flatten()),
             StreamEvent::Stopped { id, .. } => {
-                woken.extend(self.stopped.remove(&id));
+                woken.extend(self.stopped.remove(&id).into_iter().flatten());
                 woken.extend(self.blocked_writers.remove(&id));
             }
             StreamEvent::Opened { dir } => woken.append(&mut self.accept[dir_index(dir)]),
@@ -115,6 +122,10 @@ impl Waiters {
 
     pub(crate) fn datagram_received(&mut self, woken: &mut Vec<Waker>) {
         woken.append(&mut self.datagram_readers);
+    }
+
+    pub(crate) fn datagrams_unblocked(&mut self, woken: &mut Vec<Waker>) {
+        woken.append(&mut self.datagram_senders);
     }
 
     pub(crate) fn handshake_done(&mut self, woken: &mut Vec<Waker>) {
@@ -130,7 +141,7 @@ impl Waiters {
     ) {
         self.stopped.retain(|id, w| {
             if freed(*id) {
-                woken.push(w.clone());
+                woken.append(w);
                 false
             } else {
                 true
@@ -147,11 +158,12 @@ impl Waiters {
         woken.append(&mut self.on_connected);
         woken.extend(self.blocked_writers.drain().map(|(_, w)| w));
         woken.extend(self.blocked_readers.drain().map(|(_, w)| w));
-        woken.extend(self.stopped.drain().map(|(_, w)| w));
+        woken.extend(self.stopped.drain().flat_map(|(_, w)| w));
         for l in self.open.iter_mut().chain(&mut self.accept) {
             woken.append(l);
         }
         woken.append(&mut self.datagram_readers);
+        woken.append(&mut self.datagram_senders);
         woken.append(&mut self.closed);
     }
 }
