@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use quinn_proto::Transmit;
 
 use super::{bufpool::TxPool, BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup};
-use crate::mailbox::lock;
+use crate::sync::Lock;
 
 /// What the fake network does to traffic. Counters are per network, deterministic.
 #[derive(Debug, Clone, Copy, Default)]
@@ -63,12 +63,12 @@ impl FakeNet {
 
     /// Change the faults from now on.
     pub(crate) fn set_faults(&self, faults: Faults) {
-        *lock(&self.faults) = faults;
+        *self.faults.lock_ignoring_poison() = faults;
     }
 
     /// Datagrams dropped on purpose so far.
     pub(crate) fn dropped(&self) -> u64 {
-        lock(&self.state).dropped
+        self.state.lock_ignoring_poison().dropped
     }
 }
 
@@ -79,7 +79,7 @@ struct FakeWaker {
 
 impl Wakeup for FakeWaker {
     fn wake(&self) {
-        lock(&self.net.state).woken.insert(self.addr);
+        self.net.state.lock_ignoring_poison().woken.insert(self.addr);
         self.net.cv.notify_all();
     }
 }
@@ -97,7 +97,7 @@ pub(crate) struct FakeBackend {
 
 impl FakeBackend {
     pub(crate) fn new(net: Arc<FakeNet>, addr: SocketAddr, cfg: &IoConfig) -> Self {
-        lock(&net.state).queues.entry(addr).or_default();
+        net.state.lock_ignoring_poison().queues.entry(addr).or_default();
         Self {
             waker: Arc::new(FakeWaker {
                 net: net.clone(),
@@ -156,11 +156,11 @@ impl IoBackend for FakeBackend {
     }
 
     fn send(&mut self, buf: TxBuf, t: &Transmit) {
-        let faults = *lock(&self.net.faults);
+        let faults = *self.net.faults.lock_ignoring_poison();
         let slot = buf.slot;
         let data = self.tx.park(buf)[..t.size].to_vec();
         self.in_flight.push_back((slot, faults.tx_completion_turns));
-        let mut net = lock(&self.net.state);
+        let mut net = self.net.state.lock_ignoring_poison();
         net.sends += 1;
         if faults.fail_send_every.is_some_and(|n| net.sends % n == 0) {
             self.stats.send_errors += 1;
@@ -201,11 +201,11 @@ impl IoBackend for FakeBackend {
             reverse_batches: reverse,
             fail_turns,
             ..
-        } = *lock(&self.net.faults);
+        } = *self.net.faults.lock_ignoring_poison();
         if fail_turns {
             return Err(io::Error::other("injected backend failure"));
         }
-        let mut net = lock(&self.net.state);
+        let mut net = self.net.state.lock_ignoring_poison();
         // Bounded wait: at most 10 s per turn even without a deadline.
         let limit = Instant::now() + Duration::from_secs(10);
         loop {
@@ -263,6 +263,6 @@ impl IoBackend for FakeBackend {
         while let Some((slot, _)) = self.in_flight.pop_front() {
             self.tx.complete(slot);
         }
-        lock(&self.net.state).queues.remove(&self.addr);
+        self.net.state.lock_ignoring_poison().queues.remove(&self.addr);
     }
 }
