@@ -19,8 +19,9 @@
 use std::{alloc::Layout, ptr::NonNull};
 
 use bytes::BytesMut;
+use tracing::debug;
 
-use super::{recv::Lender, TxBuf};
+use super::{recv::Lender, IoStats, TxBuf};
 
 /// One aligned allocation split into fixed-size receive buffers (the RIO backend's registered
 /// region; tested on every platform).
@@ -235,8 +236,23 @@ impl TxPool {
         Some(b)
     }
 
-    /// Give back a buffer that was not sent.
+    /// [`TxPool::take`] as `IoBackend::take_tx` does it: finding every buffer taken or in flight
+    /// is counted (`IoStats::tx_exhausted`).
+    pub(crate) fn take_counted(&mut self, stats: &mut IoStats) -> Option<TxBuf> {
+        let b = self.take();
+        if b.is_none() {
+            stats.tx_exhausted += 1;
+        }
+        b
+    }
+
+    /// Give back a buffer that was not sent. One the pool cannot be missing (every slot is free
+    /// or in flight already: returned twice, or another pool's) is dropped.
     pub(crate) fn put(&mut self, mut b: TxBuf) {
+        if self.free.len() + self.busy >= self.in_flight.len() {
+            debug!(slot = b.slot, "TX buffer returned twice or foreign; dropped");
+            return;
+        }
         debug_assert!(self.in_flight[b.slot as usize].is_none());
         if b.buf.capacity() < self.buf_size {
             // quinn-proto never shrinks a Vec, but keep the promise of `buf_size` regardless.
@@ -245,8 +261,8 @@ impl TxPool {
         self.free.push(b);
     }
 
-    /// Park a buffer while the kernel sends from it; returns a pointer to its bytes, which stay
-    /// put until [`TxPool::complete`] is called for the slot.
+    /// Park a buffer while the kernel sends from it; returns its bytes, which stay put until
+    /// [`TxPool::complete`] is called for the slot.
     pub(crate) fn park(&mut self, b: TxBuf) -> &[u8] {
         let slot = b.slot as usize;
         debug_assert!(self.in_flight[slot].is_none());
@@ -289,6 +305,11 @@ impl TxPool {
         !self.free.is_empty()
     }
 
+    /// Number of free buffers.
+    pub(crate) fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
     /// Number of buffers the kernel holds.
     pub(crate) fn in_flight(&self) -> usize {
         self.busy
@@ -317,6 +338,20 @@ mod tests {
         assert_eq!(p.in_flight(), 0);
         let c = p.take().unwrap();
         assert!(c.buf.is_empty());
+        let slot = c.slot;
+        p.put(c);
+        assert_eq!(p.free_count(), 2);
+        // A buffer the pool is not missing is dropped, never handed out twice.
+        p.put(TxBuf {
+            slot,
+            buf: Vec::new(),
+        });
+        assert_eq!(p.free_count(), 2);
+        let mut stats = IoStats::default();
+        let taken = [p.take_counted(&mut stats), p.take_counted(&mut stats)];
+        assert!(taken.iter().all(Option::is_some));
+        assert!(p.take_counted(&mut stats).is_none());
+        assert_eq!(stats.tx_exhausted, 1);
     }
 
     #[test]

@@ -15,7 +15,9 @@ use std::{
 use bytes::BytesMut;
 use quinn_proto::Transmit;
 
-use super::{bufpool::TxPool, BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup};
+use super::{
+    bufpool::TxPool, recv, send::Batch, BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
+};
 use crate::sync::Lock;
 
 /// What the fake network does to traffic. Counters are per network, deterministic.
@@ -140,11 +142,7 @@ impl IoBackend for FakeBackend {
     }
 
     fn take_tx(&mut self) -> Option<TxBuf> {
-        let b = self.tx.take();
-        if b.is_none() {
-            self.stats.tx_exhausted += 1;
-        }
-        b
+        self.tx.take_counted(&mut self.stats)
     }
 
     fn has_free_tx(&self) -> bool {
@@ -158,7 +156,8 @@ impl IoBackend for FakeBackend {
     fn send(&mut self, buf: TxBuf, t: &Transmit) {
         let faults = *self.net.faults.lock_ignoring_poison();
         let slot = buf.slot;
-        let data = self.tx.park(buf)[..t.size].to_vec();
+        let batch = Batch::new(&buf, t);
+        let data = self.tx.park(buf)[..batch.len].to_vec();
         self.in_flight.push_back((slot, faults.tx_completion_turns));
         let mut net = self.net.state.lock_ignoring_poison();
         net.sends += 1;
@@ -166,11 +165,10 @@ impl IoBackend for FakeBackend {
             self.stats.send_errors += 1;
             return;
         }
-        let seg = t.segment_size.unwrap_or(t.size).max(1);
-        for chunk in data.chunks(seg) {
+        self.stats.count_sent(data.len(), batch.segment_size);
+        for range in recv::segments(data.len(), batch.segment_size) {
+            let chunk = &data[range];
             net.datagrams += 1;
-            self.stats.datagrams_sent += 1;
-            self.stats.bytes_sent += chunk.len() as u64;
             if faults.drop_every.is_some_and(|n| net.datagrams % n == 0) {
                 net.dropped += 1;
                 continue;

@@ -43,6 +43,7 @@ pub(crate) mod rio;
 // Platform-independent RIO bookkeeping: used by `rio` on Windows, unit-tested everywhere.
 #[cfg_attr(not(windows), allow(dead_code))]
 pub(crate) mod rio_book;
+mod send;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
 

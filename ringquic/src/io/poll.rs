@@ -37,7 +37,10 @@ use tracing::{debug, trace};
 
 use super::{
     addr::{addr_for_socket, canonical, canonical_ip, ip_for_socket},
-    recv, BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
+    bufpool::TxPool,
+    recv,
+    send::Batch,
+    BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
 };
 
 /// Token of the UDP socket in the `mio` registry.
@@ -80,7 +83,8 @@ struct PendingTx {
     src_ip: Option<IpAddr>,
     /// Bytes of `buf.buf` to send.
     len: usize,
-    /// Size of each datagram in the batch; `None` (one datagram) or at least 1.
+    /// Size of each datagram in the batch, smaller than `len` (`send::Batch`); `None`: one
+    /// datagram.
     segment_size: Option<usize>,
     /// Bytes already handed to the kernel (a GSO batch may go out in several system calls after
     /// GSO was disabled).
@@ -120,12 +124,10 @@ pub(crate) struct PollBackend {
     /// Pooled buffers GRO batches are copied into and lent from (`recv.rs`).
     lender: recv::Lender,
     recv_meta: [quinn_udp::RecvMeta; BATCH_SIZE],
-    /// Free TX buffers.
-    tx_free: Vec<TxBuf>,
-    /// TX buffers in the pool.
-    tx_count: usize,
-    tx_buffer_size: usize,
-    /// Sends that hit `WouldBlock`, oldest first. Never longer than `tx_count`.
+    /// The TX buffers. None is ever parked: a send's buffer is in `pending` until the kernel
+    /// has taken all of it.
+    tx: TxPool,
+    /// Sends that hit `WouldBlock`, oldest first. Never longer than `tx_buffers`.
     pending: VecDeque<PendingTx>,
     stats: IoStats,
     last_error_log: Option<Instant>,
@@ -141,8 +143,7 @@ impl fmt::Debug for PollBackend {
             .field("closed", &self.closed)
             .field("recv_slots", &self.recv_slots)
             .field("recv_slot_size", &self.recv_slot_size)
-            .field("tx_free", &self.tx_free.len())
-            .field("tx_count", &self.tx_count)
+            .field("tx_free", &self.tx.free_count())
             .field("pending", &self.pending.len())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
@@ -211,15 +212,6 @@ impl PollBackend {
             .min(MAX_RECV_BUFFER);
         let recv_slots = cfg.recv_buffers.clamp(1, BATCH_SIZE);
 
-        let tx_free = (0..cfg.tx_buffers)
-            .rev()
-            .map(|slot| TxBuf {
-                // In range: checked above.
-                slot: slot as u32,
-                buf: Vec::with_capacity(cfg.tx_buffer_size),
-            })
-            .collect();
-
         Ok(Self {
             socket,
             state,
@@ -237,9 +229,8 @@ impl PollBackend {
             recv_slots,
             lender: recv::Lender::new(recv_slot_size, 0, cfg.recv_memory_budget / recv_slot_size.max(1)),
             recv_meta: [quinn_udp::RecvMeta::default(); BATCH_SIZE],
-            tx_free,
-            tx_count: cfg.tx_buffers,
-            tx_buffer_size: cfg.tx_buffer_size,
+            // Slot numbers in range: checked above.
+            tx: TxPool::new(cfg.tx_buffers, cfg.tx_buffer_size),
             pending: VecDeque::with_capacity(cfg.tx_buffers),
             stats: IoStats::default(),
             last_error_log: None,
@@ -258,25 +249,12 @@ impl PollBackend {
         self.recv_buf.len()
     }
 
-    /// Return a TX buffer to the free list (emptied, capacity kept).
-    fn recycle(&mut self, mut buf: TxBuf) {
-        if self.tx_free.len() >= self.tx_count {
-            debug!(slot = buf.slot, "TX buffer returned twice or foreign; dropped");
-            return;
-        }
-        buf.buf.clear();
-        if buf.buf.capacity() < self.tx_buffer_size {
-            buf.buf.reserve(self.tx_buffer_size);
-        }
-        self.tx_free.push(buf);
-    }
-
     /// Send pending datagrams in order until the FIFO is empty or the socket would block; adjust
     /// write interest accordingly.
     fn flush_pending(&mut self) {
         while let Some(mut p) = self.pending.pop_front() {
             if self.transmit(&mut p) {
-                self.recycle(p.buf);
+                self.tx.put(p.buf);
             } else {
                 self.writable = false;
                 self.pending.push_front(p);
@@ -347,8 +325,7 @@ impl PollBackend {
             match sent {
                 Ok(()) => {
                     p.sent += chunk;
-                    self.stats.datagrams_sent += segment_size.map_or(1, |seg| chunk.div_ceil(seg)) as u64;
-                    self.stats.bytes_sent += chunk as u64;
+                    self.stats.count_sent(chunk, segment_size);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if segment_size.is_some() && self.max_gso() < max_segments => {
@@ -484,16 +461,7 @@ impl IoBackend for PollBackend {
     }
 
     fn take_tx(&mut self) -> Option<TxBuf> {
-        match self.tx_free.pop() {
-            Some(mut buf) => {
-                buf.buf.clear();
-                Some(buf)
-            }
-            None => {
-                self.stats.tx_exhausted += 1;
-                None
-            }
-        }
+        self.tx.take_counted(&mut self.stats)
     }
 
     fn sends_waiting(&self) -> bool {
@@ -501,22 +469,22 @@ impl IoBackend for PollBackend {
     }
 
     fn has_free_tx(&self) -> bool {
-        !self.tx_free.is_empty()
+        self.tx.has_free()
     }
 
     fn put_tx(&mut self, buf: TxBuf) {
-        self.recycle(buf);
+        self.tx.put(buf);
     }
 
     /// Sends right away if the socket is writable and nothing is queued before; otherwise (or on
     /// `WouldBlock`) the buffer waits in the FIFO for the next writable edge.
     fn send(&mut self, buf: TxBuf, transmit: &quinn_proto::Transmit) {
         if self.closed {
-            self.recycle(buf);
+            self.tx.put(buf);
             return;
         }
-        let len = transmit.size.min(buf.buf.len());
-        if len < transmit.size {
+        let batch = Batch::new(&buf, transmit);
+        if batch.len < transmit.size {
             debug!(
                 size = transmit.size,
                 len = buf.buf.len(),
@@ -532,8 +500,8 @@ impl IoBackend for PollBackend {
                 .and_then(|ecn| quinn_udp::EcnCodepoint::from_bits(ecn as u8)),
             // A source the socket's family cannot name is left to the kernel.
             src_ip: transmit.src_ip.and_then(|ip| ip_for_socket(ip, self.ipv6)),
-            len,
-            segment_size: transmit.segment_size.filter(|&seg| seg > 0),
+            len: batch.len,
+            segment_size: batch.segment_size,
             sent: 0,
             buf,
         };
@@ -604,7 +572,7 @@ impl IoBackend for PollBackend {
             return;
         }
         while let Some(p) = self.pending.pop_front() {
-            self.recycle(p.buf);
+            self.tx.put(p.buf);
         }
         if let Err(e) = self.poll.registry().deregister(&mut self.socket) {
             debug!(error = %e, "failed to deregister the socket");
@@ -732,7 +700,7 @@ mod tests {
         assert_eq!(sb.bytes_received, total);
         assert_eq!(sb.recv_dropped, 0);
         // Every buffer came back.
-        assert_eq!(a.tx_free.len(), config().tx_buffers);
+        assert_eq!(a.tx.free_count(), config().tx_buffers);
     }
 
     #[test]
@@ -847,7 +815,7 @@ mod tests {
         for buf in taken.into_iter().chain(Some(again)) {
             backend.put_tx(buf);
         }
-        assert_eq!(backend.tx_free.len(), n);
+        assert_eq!(backend.tx.free_count(), n);
     }
 
     #[test]
@@ -927,7 +895,7 @@ mod tests {
         let stats = a.stats();
         assert_eq!(stats.send_errors, 2);
         assert_eq!(stats.datagrams_sent, 0);
-        assert_eq!(a.tx_free.len(), config().tx_buffers);
+        assert_eq!(a.tx.free_count(), config().tx_buffers);
         assert!(a.pending.is_empty());
     }
 
@@ -962,7 +930,7 @@ mod tests {
             transmit(&mut a, b_addr, &payload(i, 100 * usize::from(i)), None, None);
         }
         assert_eq!(a.pending.len(), 3);
-        assert_eq!(a.tx_free.len(), config().tx_buffers - 3);
+        assert_eq!(a.tx.free_count(), config().tx_buffers - 3);
         assert!(a.write_interest);
         assert_eq!(a.stats().datagrams_sent, 0);
 
@@ -972,7 +940,7 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(1), "no writable edge");
         assert!(a.pending.is_empty());
         assert!(!a.write_interest);
-        assert_eq!(a.tx_free.len(), config().tx_buffers);
+        assert_eq!(a.tx.free_count(), config().tx_buffers);
         assert_eq!(a.stats().datagrams_sent, 3);
 
         let lens: Vec<usize> = receive(&mut b, 3).iter().map(|(_, d)| d.len()).collect();
@@ -1038,7 +1006,7 @@ mod tests {
         transmit(&mut a, b_addr, b"after shutdown", None, None);
         assert_eq!(a.stats().datagrams_sent, 0);
         a.put_tx(held);
-        assert_eq!(a.tx_free.len(), config().tx_buffers);
+        assert_eq!(a.tx.free_count(), config().tx_buffers);
         // A turn after shutdown still honours its deadline.
         let deadline = Instant::now() + Duration::from_millis(10);
         a.turn(Some(deadline), &mut |_, _| {}).unwrap();

@@ -82,6 +82,7 @@ use super::{
         RioNotify, RioOptions, SendBook, SendControl, Span, Status, MAX_URO_BYTES, MAX_USO_BYTES,
         MAX_USO_SEGMENTS, SOCKADDR_INET_LEN,
     },
+    send::Batch,
     BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
 };
 
@@ -1182,14 +1183,7 @@ impl RioBackend {
         };
         let meta = self.tx_meta.get(done.slot as usize).copied().unwrap_or_default();
         match classify(r.Status) {
-            Status::Ok => {
-                let bytes = r.BytesTransferred as usize;
-                self.stats.bytes_sent += bytes as u64;
-                self.stats.datagrams_sent += match done.segment {
-                    Some(s) => bytes.div_ceil(s).max(1) as u64,
-                    None => 1,
-                };
-            }
+            Status::Ok => self.stats.count_sent(r.BytesTransferred as usize, done.segment),
             Status::Refused if self.uso_segments > 1 && done.segment.is_some() => {
                 warn!(
                     "a USO send was refused ({}); sending one datagram per request from now on",
@@ -1285,11 +1279,7 @@ impl IoBackend for RioBackend {
     }
 
     fn take_tx(&mut self) -> Option<TxBuf> {
-        let b = self.tx.take();
-        if b.is_none() {
-            self.stats.tx_exhausted += 1;
-        }
-        b
+        self.tx.take_counted(&mut self.stats)
     }
 
     fn has_free_tx(&self) -> bool {
@@ -1306,7 +1296,10 @@ impl IoBackend for RioBackend {
             return;
         }
         let s = buf.slot as usize;
-        let len = t.size.min(buf.buf.len());
+        let Batch {
+            len,
+            segment_size: segment,
+        } = Batch::new(&buf, t);
         let spans = (
             self.layout.tx_payload(s),
             self.layout.tx_addr(s),
@@ -1329,7 +1322,6 @@ impl IoBackend for RioBackend {
             self.tx.put(buf);
             return;
         };
-        let segment = t.segment_size.filter(|&seg| seg > 0 && seg < len);
         let per_part = segment.map_or(1, |seg| segments_per_part(seg, self.uso_segments, MAX_USO_BYTES));
         let ecn = t.ecn.filter(|_| self.ecn_send);
         let control = SendControl {

@@ -48,7 +48,9 @@ use tracing::{debug, warn};
 use super::{
     bufpool::{RxSlots, TxPool},
     cmsg::{self, SendCmsgs},
-    recv, BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
+    recv,
+    send::Batch,
+    BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
 };
 
 const RECV: u64 = 1 << 56;
@@ -551,11 +553,7 @@ impl UringBackend {
             return;
         }
         if res >= 0 {
-            self.stats.bytes_sent += len as u64;
-            self.stats.datagrams_sent += match self.slots[slot as usize].segment {
-                Some(s) => len.div_ceil(s) as u64,
-                None => 1,
-            };
+            self.stats.count_sent(len, self.slots[slot as usize].segment);
             return;
         }
         let fixed_send = self.slots[slot as usize].fixed_send;
@@ -715,11 +713,7 @@ impl IoBackend for UringBackend {
     }
 
     fn take_tx(&mut self) -> Option<TxBuf> {
-        let b = self.tx.take();
-        if b.is_none() {
-            self.stats.tx_exhausted += 1;
-        }
-        b
+        self.tx.take_counted(&mut self.stats)
     }
 
     fn has_free_tx(&self) -> bool {
@@ -732,9 +726,10 @@ impl IoBackend for UringBackend {
 
     fn send(&mut self, mut buf: TxBuf, t: &Transmit) {
         let slot_id = buf.slot;
-        buf.buf.truncate(t.size);
+        let batch = Batch::new(&buf, t);
+        buf.buf.truncate(batch.len);
         let dst = cmsg::wire_addr(t.destination, self.socket_is_v6);
-        let seg = t.segment_size.filter(|&s| s < t.size && self.gso_segments > 1);
+        let seg = batch.segment_size.filter(|_| self.gso_segments > 1);
         let cm = SendCmsgs {
             segment_size: seg.and_then(|s| u16::try_from(s).ok()),
             ecn: t.ecn,
