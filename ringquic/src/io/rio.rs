@@ -124,6 +124,8 @@ const WAKE_KEY: usize = 2;
 
 /// The function pointer inside an `LPFN_*` (`Option<fn>`) type.
 type RioFn<T> = <T as IntoIterator>::Item;
+/// `RIOReceiveEx` and `RIOSendEx`, whose signatures are the same.
+type RioPostFn = RioFn<ws::LPFN_RIOSENDEX>;
 /// `RIO_INVALID_BUFFERID` (`(RIO_BUFFERID)(ULONG_PTR)0xFFFFFFFF`; not in windows-sys).
 const RIO_INVALID_BUFFERID: ws::RIO_BUFFERID = 0xFFFF_FFFF;
 
@@ -803,24 +805,18 @@ impl RioBackend {
         };
         // From here on requests may be posted: a failure must close the socket and drain, so the
         // socket cannot be handed back for the fallback.
-        match this.post_receives() {
-            Ok(n) if n > 0 => {}
-            Ok(_) => {
-                this.shutdown();
-                return Err(RioSetupError {
-                    what: "RIOReceiveEx",
-                    source: io::Error::other("no receive could be posted"),
-                    socket: None,
-                });
-            }
-            Err(e) => {
-                this.shutdown();
-                return Err(RioSetupError {
-                    what: "RIOReceiveEx",
-                    source: e,
-                    socket: None,
-                });
-            }
+        let failure = match this.post_receives() {
+            Ok(n) if n > 0 => None,
+            Ok(_) => Some(io::Error::other("no receive could be posted")),
+            Err(e) => Some(e),
+        };
+        if let Some(source) = failure {
+            this.shutdown();
+            return Err(RioSetupError {
+                what: "RIOReceiveEx",
+                source,
+                socket: None,
+            });
         }
         this.commit();
         debug!(
@@ -1017,47 +1013,37 @@ impl RioBackend {
     /// Start the requests posted with `RIO_MSG_DEFER` (one kernel transition per direction).
     fn commit(&mut self) {
         if self.recv_commit {
-            // SAFETY: a commit-only call names no buffers; the queue is ours.
-            let ok = unsafe {
-                (self.fns.receive_ex)(
-                    self.rq,
-                    ptr::null(),
-                    0,
-                    ptr::null(),
-                    ptr::null(),
-                    ptr::null(),
-                    ptr::null(),
-                    ws::RIO_MSG_COMMIT_ONLY,
-                    ptr::null(),
-                )
-            };
-            if ok == 0 {
-                debug!("committing receives failed: {}", last_wsa_error());
-            } else {
-                self.recv_commit = false;
-            }
+            self.recv_commit = !self.commit_only(self.fns.receive_ex, "receives");
         }
         if self.send_commit {
-            // SAFETY: as above.
-            let ok = unsafe {
-                (self.fns.send_ex)(
-                    self.rq,
-                    ptr::null(),
-                    0,
-                    ptr::null(),
-                    ptr::null(),
-                    ptr::null(),
-                    ptr::null(),
-                    ws::RIO_MSG_COMMIT_ONLY,
-                    ptr::null(),
-                )
-            };
-            if ok == 0 {
-                debug!("committing sends failed: {}", last_wsa_error());
-            } else {
-                self.send_commit = false;
-            }
+            self.send_commit = !self.commit_only(self.fns.send_ex, "sends");
         }
+    }
+
+    /// Start what one direction has posted with `RIO_MSG_DEFER`: a commit-only call of its post
+    /// function, `RIOReceiveEx` or `RIOSendEx` (the two take the same arguments). Returns
+    /// whether it succeeded; a failure is logged, and the commit is tried again next time.
+    fn commit_only(&self, post: RioPostFn, what: &str) -> bool {
+        // SAFETY: `post` is `RIOReceiveEx` or `RIOSendEx` from the table loaded for this socket;
+        // a commit-only call names no buffers and no context; the request queue is valid and
+        // used from this thread only.
+        let ok = unsafe {
+            post(
+                self.rq,
+                ptr::null(),
+                0,
+                ptr::null(),
+                ptr::null(),
+                ptr::null(),
+                ptr::null(),
+                ws::RIO_MSG_COMMIT_ONLY,
+                ptr::null(),
+            )
+        };
+        if ok == 0 {
+            debug!("committing {what} failed: {}", last_wsa_error());
+        }
+        ok != 0
     }
 
     /// Post what can be posted and start it.
@@ -1263,6 +1249,24 @@ impl RioBackend {
     fn quiescent(&self) -> bool {
         self.recv.posted() == 0 && self.sends.outstanding() == 0
     }
+
+    /// Shutdown's wait: reap completions (delivering nothing), napping 1 ms whenever the queue
+    /// is empty, until `done` holds or `until` has passed. Returns false if the completion queue
+    /// turned out corrupt (logged), after which nothing more can be learnt from it.
+    fn drain_until(&mut self, until: Instant, done: impl Fn(&Self) -> bool) -> bool {
+        let mut sink = |_: RecvMeta, _: BytesMut| {};
+        while !done(self) && Instant::now() < until {
+            match self.reap(&mut sink) {
+                Ok(0) => std::thread::sleep(Duration::from_millis(1)),
+                Ok(_) => {}
+                Err(e) => {
+                    warn!("{e} during shutdown");
+                    return false;
+                }
+            }
+        }
+        true
+    }
 }
 
 impl IoBackend for RioBackend {
@@ -1399,39 +1403,18 @@ impl IoBackend for RioBackend {
         }
         self.shut_down = true;
         let start = Instant::now();
-        let mut sink = |_: RecvMeta, _: BytesMut| {};
-        let mut corrupt = false;
         // 1. Sends already posted (the CONNECTION_CLOSE frames) may finish; unposted parts are
         //    dropped.
         for slot in self.sends.abandon_all() {
             self.tx.complete(slot);
         }
         self.commit();
-        while self.sends.outstanding() > 0 && start.elapsed() < SHUTDOWN_SEND_WAIT {
-            match self.reap(&mut sink) {
-                Ok(0) => std::thread::sleep(Duration::from_millis(1)),
-                Ok(_) => {}
-                Err(e) => {
-                    warn!("{e} during shutdown");
-                    corrupt = true;
-                    break;
-                }
-            }
-        }
+        let mut intact = self.drain_until(start + SHUTDOWN_SEND_WAIT, |b| b.sends.outstanding() == 0);
         // 2. Closing the socket completes every request still outstanding, with an error.
         drop(self.socket.take());
         // 3. Drain, bounded.
-        while !corrupt && !self.quiescent() && start.elapsed() < SHUTDOWN_WAIT {
-            match self.reap(&mut sink) {
-                Ok(0) => std::thread::sleep(Duration::from_millis(1)),
-                Ok(_) => {}
-                Err(e) => {
-                    warn!("{e} during shutdown");
-                    corrupt = true;
-                }
-            }
-        }
-        if self.quiescent() && !corrupt {
+        intact = intact && self.drain_until(start + SHUTDOWN_WAIT, Self::quiescent);
+        if self.quiescent() && intact {
             // Nothing references the region: close the queue, deregister, free, in this order.
             drop(self.cq.take());
             drop(self.registration.take());
