@@ -44,6 +44,7 @@ pub(crate) mod rio;
 #[cfg_attr(not(windows), allow(dead_code))]
 pub(crate) mod rio_book;
 mod send;
+mod testutil;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
 

@@ -604,11 +604,11 @@ mod tests {
         thread,
     };
 
-    use quinn_proto::{EcnCodepoint, Transmit};
+    use quinn_proto::EcnCodepoint;
 
     use super::*;
+    use crate::io::testutil::{collect, send};
 
-    const MAX_ITERATIONS: usize = 1000;
     const MAX_WAIT: Duration = Duration::from_secs(2);
 
     fn config() -> IoConfig {
@@ -619,40 +619,9 @@ mod tests {
         PollBackend::new(std::net::UdpSocket::bind(addr)?, &config())
     }
 
-    fn transmit(
-        backend: &mut PollBackend,
-        destination: SocketAddr,
-        payload: &[u8],
-        segment_size: Option<usize>,
-        ecn: Option<EcnCodepoint>,
-    ) {
-        let mut buf = backend.take_tx().expect("a free TX buffer");
-        assert!(buf.buf.is_empty());
-        assert!(buf.buf.capacity() >= config().tx_buffer_size);
-        buf.buf.extend_from_slice(payload);
-        let transmit = Transmit {
-            destination,
-            ecn,
-            size: payload.len(),
-            segment_size,
-            src_ip: None,
-        };
-        backend.send(buf, &transmit);
-    }
-
-    /// Turns `backend` until `n` datagrams arrived (bounded in time and iterations).
+    /// Turns `backend` until `n` datagrams arrived, and insists on all `n`.
     fn receive(backend: &mut PollBackend, n: usize) -> Vec<(RecvMeta, BytesMut)> {
-        let mut received = Vec::new();
-        let end = Instant::now() + MAX_WAIT;
-        for _ in 0..MAX_ITERATIONS {
-            if received.len() >= n || Instant::now() >= end {
-                break;
-            }
-            let deadline = (Instant::now() + Duration::from_millis(50)).min(end);
-            backend
-                .turn(Some(deadline), &mut |meta, data| received.push((meta, data)))
-                .expect("turn");
-        }
+        let received = collect(backend, n, MAX_WAIT);
         assert_eq!(received.len(), n, "datagrams received");
         received
     }
@@ -673,7 +642,7 @@ mod tests {
 
         for (i, &len) in sizes.iter().enumerate() {
             let data = payload(i as u8, len);
-            transmit(&mut a, b_addr, &data, None, Some(EcnCodepoint::Ect0));
+            send(&mut a, b_addr, &data, None);
         }
         let received = receive(&mut b, sizes.len());
 
@@ -713,8 +682,8 @@ mod tests {
             PollBackend::with_mode(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), &cfg, false).unwrap();
         assert_eq!(a.max_gso_segments(), 1);
         let batch: Vec<u8> = (0..3u8).flat_map(|i| payload(i * 40, 1000)).collect();
-        transmit(&mut a, b.local_addr().unwrap(), &batch, Some(1000), None);
-        transmit(&mut a, b.local_addr().unwrap(), b"single", None, None);
+        send(&mut a, b.local_addr().unwrap(), &batch, Some(1000));
+        send(&mut a, b.local_addr().unwrap(), b"single", None);
         let received = receive(&mut b, 4);
         let mut lens: Vec<usize> = received.iter().map(|(_, d)| d.len()).collect();
         lens.sort_unstable();
@@ -732,7 +701,7 @@ mod tests {
         let mut b = bind("127.0.0.1:0").unwrap();
         let b_addr = b.local_addr().unwrap();
         let batch: Vec<u8> = (0..5u8).flat_map(|i| payload(i * 40, 1200)).collect();
-        transmit(&mut a, b_addr, &batch, Some(1200), None);
+        send(&mut a, b_addr, &batch, Some(1200));
 
         let received = receive(&mut b, 5);
         let mut seen = [false; 5];
@@ -758,7 +727,7 @@ mod tests {
         let b_addr = b.local_addr().unwrap();
         // 64 × 1024 = 65536 bytes: more than one UDP send may carry.
         let batch: Vec<u8> = (0..64u8).flat_map(|i| payload(i, 1024)).collect();
-        transmit(&mut a, b_addr, &batch, Some(1024), None);
+        send(&mut a, b_addr, &batch, Some(1024));
         assert_eq!(a.stats().send_errors, 0);
         assert_eq!(a.stats().datagrams_sent, 64);
         assert_eq!(a.stats().bytes_sent, 65536);
@@ -797,6 +766,7 @@ mod tests {
         let mut backend = bind("127.0.0.1:0").unwrap();
         let n = config().tx_buffers;
         let mut taken: Vec<TxBuf> = (0..n).map(|_| backend.take_tx().unwrap()).collect();
+        assert!(taken.iter().all(|b| b.buf.capacity() >= config().tx_buffer_size));
         let mut slots: Vec<u32> = taken.iter().map(|b| b.slot).collect();
         slots.sort_unstable();
         assert_eq!(slots, (0..n as u32).collect::<Vec<_>>());
@@ -829,7 +799,7 @@ mod tests {
         };
         let a_addr = a.local_addr().unwrap();
         let b_addr = b.local_addr().unwrap();
-        transmit(&mut a, b_addr, b"ping over v6", None, None);
+        send(&mut a, b_addr, b"ping over v6", None);
         let (meta, data) = receive(&mut b, 1).pop().unwrap();
         assert_eq!(&data[..], b"ping over v6");
         assert_eq!(meta.remote, a_addr);
@@ -837,7 +807,7 @@ mod tests {
             assert_eq!(ip, IpAddr::V6(Ipv6Addr::LOCALHOST));
         }
 
-        transmit(&mut b, meta.remote, b"pong", None, None);
+        send(&mut b, meta.remote, b"pong", None);
         let (meta, data) = receive(&mut a, 1).pop().unwrap();
         assert_eq!(&data[..], b"pong");
         assert_eq!(meta.remote, b_addr);
@@ -864,13 +834,7 @@ mod tests {
         let mut client = bind("127.0.0.1:0").unwrap();
         let client_addr = client.local_addr().unwrap();
 
-        transmit(
-            &mut client,
-            (Ipv4Addr::LOCALHOST, port).into(),
-            b"hello",
-            None,
-            None,
-        );
+        send(&mut client, (Ipv4Addr::LOCALHOST, port).into(), b"hello", None);
         let (meta, data) = receive(&mut server, 1).pop().unwrap();
         assert_eq!(&data[..], b"hello");
         assert_eq!(meta.remote, client_addr, "reported as IPv4");
@@ -878,7 +842,7 @@ mod tests {
             assert_eq!(ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
         }
 
-        transmit(&mut server, meta.remote, b"hi", None, None);
+        send(&mut server, meta.remote, b"hi", None);
         let (meta, data) = receive(&mut client, 1).pop().unwrap();
         assert_eq!(&data[..], b"hi");
         assert_eq!(meta.remote, (Ipv4Addr::LOCALHOST, port).into());
@@ -890,8 +854,8 @@ mod tests {
         let mut a = bind("127.0.0.1:0").unwrap();
         // An IPv6 destination on an IPv4 socket cannot be sent to.
         let v6: SocketAddr = (Ipv6Addr::LOCALHOST, 9).into();
-        transmit(&mut a, v6, b"nowhere", None, None);
-        transmit(&mut a, v6, b"nowhere again", None, None);
+        send(&mut a, v6, b"nowhere", None);
+        send(&mut a, v6, b"nowhere again", None);
         let stats = a.stats();
         assert_eq!(stats.send_errors, 2);
         assert_eq!(stats.datagrams_sent, 0);
@@ -905,7 +869,7 @@ mod tests {
         let b = bind("127.0.0.1:0").unwrap();
         let b_addr = b.local_addr().unwrap();
         for i in 0..5 {
-            transmit(&mut a, b_addr, &payload(i, 100), None, None);
+            send(&mut a, b_addr, &payload(i, 100), None);
         }
         let start = Instant::now();
         let mut calls = 0;
@@ -927,7 +891,7 @@ mod tests {
         // Pretend the last send hit WouldBlock (loopback never pushes back).
         a.writable = false;
         for i in 1..=3u8 {
-            transmit(&mut a, b_addr, &payload(i, 100 * usize::from(i)), None, None);
+            send(&mut a, b_addr, &payload(i, 100 * usize::from(i)), None);
         }
         assert_eq!(a.pending.len(), 3);
         assert_eq!(a.tx.free_count(), config().tx_buffers - 3);
@@ -957,7 +921,7 @@ mod tests {
         let b_addr = b.local_addr().unwrap();
         // Different sizes, so that GRO cannot coalesce them.
         for i in 1..=5u8 {
-            transmit(&mut a, b_addr, &payload(i, usize::from(i) * 100), None, None);
+            send(&mut a, b_addr, &payload(i, usize::from(i) * 100), None);
         }
         let mut received = Vec::new();
         for _ in 0..20 {
@@ -1003,7 +967,7 @@ mod tests {
         let b_addr = bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let held = a.take_tx().unwrap();
         a.shutdown();
-        transmit(&mut a, b_addr, b"after shutdown", None, None);
+        send(&mut a, b_addr, b"after shutdown", None);
         assert_eq!(a.stats().datagrams_sent, 0);
         a.put_tx(held);
         assert_eq!(a.tx.free_count(), config().tx_buffers);

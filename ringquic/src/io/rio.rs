@@ -1444,7 +1444,7 @@ impl Drop for RioBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quinn_proto::EcnCodepoint;
+    use crate::io::testutil::{assert_wakeup_ends_an_unbounded_turn, collect, send, turn_until};
 
     fn cfg() -> IoConfig {
         IoConfig::for_tests(16, 2048, 4, 65536)
@@ -1481,27 +1481,7 @@ mod tests {
         }
     }
 
-    fn transmit(to: SocketAddr, size: usize, segment_size: Option<usize>) -> Transmit {
-        Transmit {
-            destination: to,
-            ecn: Some(EcnCodepoint::Ect0),
-            size,
-            segment_size,
-            src_ip: None,
-        }
-    }
-
-    fn collect(b: &mut RioBackend, want: usize, ms: u64) -> Vec<(RecvMeta, BytesMut)> {
-        let mut got = Vec::new();
-        let end = Instant::now() + Duration::from_millis(ms);
-        while got.len() < want && Instant::now() < end {
-            b.turn(Some(Instant::now() + Duration::from_millis(20)), &mut |m, d| {
-                got.push((m, d))
-            })
-            .unwrap();
-        }
-        got
-    }
+    const THREE_SECONDS: Duration = Duration::from_secs(3);
 
     #[test]
     fn registered_socket_takes_the_quic_options() {
@@ -1650,13 +1630,10 @@ mod tests {
         assert_eq!(a.kind(), BackendKind::Rio);
         let to = b.local_addr().unwrap();
         for i in 0..10u8 {
-            let mut tx = a.take_tx().unwrap();
-            tx.buf.extend(std::iter::repeat_n(i, 100 + usize::from(i)));
-            let n = tx.buf.len();
-            a.send(tx, &transmit(to, n, None));
+            send(&mut a, to, &vec![i; 100 + usize::from(i)], None);
             a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
         }
-        let got = collect(&mut b, 10, 3000);
+        let got = collect(&mut b, 10, THREE_SECONDS);
         assert_eq!(got.len(), 10, "{:?}", b.stats());
         for (meta, d) in &got {
             let i = d[0];
@@ -1664,11 +1641,7 @@ mod tests {
             assert_eq!(meta.remote, a.local_addr().unwrap());
             assert_eq!(meta.local_ip, Some("127.0.0.1".parse().unwrap()));
         }
-        let end = Instant::now() + Duration::from_secs(2);
-        while a.tx.in_flight() > 0 && Instant::now() < end {
-            a.turn(Some(Instant::now() + Duration::from_millis(10)), &mut |_, _| {})
-                .unwrap();
-        }
+        turn_until(&mut a, Duration::from_secs(2), |a| a.tx.in_flight() == 0);
         assert_eq!(a.tx.in_flight(), 0);
         assert_eq!(a.stats().datagrams_sent, 10);
         a.shutdown();
@@ -1699,11 +1672,10 @@ mod tests {
             return;
         };
         let to = b.local_addr().unwrap();
-        let mut tx = a.take_tx().unwrap();
-        tx.buf.extend((0..5 * 1200).map(|i| (i / 1200) as u8));
-        a.send(tx, &transmit(to, 6000, Some(1200)));
+        let batch: Vec<u8> = (0..5 * 1200).map(|i| (i / 1200) as u8).collect();
+        send(&mut a, to, &batch, Some(1200));
         a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
-        let got = collect(&mut b, 5, 3000);
+        let got = collect(&mut b, 5, THREE_SECONDS);
         assert_eq!(got.len(), 5, "uso {} stats {:?}", a.max_gso_segments(), a.stats());
         let mut seen = [false; 5];
         for (_, d) in &got {
@@ -1719,21 +1691,11 @@ mod tests {
         let Some(mut b) = backend(&c, RioOptions::default()) else {
             return;
         };
-        let w = b.waker();
-        let t = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            w.wake();
-        });
-        let start = Instant::now();
-        b.turn(None, &mut |_, _| {}).unwrap();
-        assert!(start.elapsed() < Duration::from_secs(5));
-        t.join().unwrap();
+        assert_wakeup_ends_an_unbounded_turn(&mut b);
         // Sends in flight at shutdown: they complete or are aborted before memory is freed.
         let to = "127.0.0.1:9".parse().unwrap();
         for _ in 0..4 {
-            let mut tx = b.take_tx().unwrap();
-            tx.buf.extend_from_slice(&[0u8; 1200]);
-            b.send(tx, &transmit(to, 1200, None));
+            send(&mut b, to, &[0u8; 1200], None);
         }
         b.shutdown();
         assert!(b.quiescent());

@@ -889,6 +889,7 @@ impl Drop for UringBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::testutil::{assert_wakeup_ends_an_unbounded_turn, collect, send, turn_until};
     use std::net::UdpSocket;
 
     fn cfg(recv_buffers: usize, recv_buffer_size: usize) -> IoConfig {
@@ -913,28 +914,7 @@ mod tests {
         Some(UringBackend::new(ring, sock, c).unwrap())
     }
 
-    fn transmit(to: SocketAddr, size: usize, segment_size: Option<usize>) -> Transmit {
-        Transmit {
-            destination: to,
-            ecn: Some(quinn_proto::EcnCodepoint::Ect0),
-            size,
-            segment_size,
-            src_ip: None,
-        }
-    }
-
-    /// Turn `b` until `want` datagrams arrived or `ms` milliseconds passed.
-    fn collect(b: &mut UringBackend, want: usize, ms: u64) -> Vec<(RecvMeta, BytesMut)> {
-        let mut got = Vec::new();
-        let end = Instant::now() + Duration::from_millis(ms);
-        while got.len() < want && Instant::now() < end {
-            b.turn(Some(Instant::now() + Duration::from_millis(50)), &mut |m, d| {
-                got.push((m, d))
-            })
-            .unwrap();
-        }
-        got
-    }
+    const TWO_SECONDS: Duration = Duration::from_secs(2);
 
     #[test]
     fn gso_send_arrives_split_with_metadata() {
@@ -943,12 +923,11 @@ mod tests {
             return;
         };
         let to = b.local_addr().unwrap();
-        let mut tx = a.take_tx().unwrap();
-        tx.buf.extend((0..5 * 1200).map(|i| (i / 1200) as u8));
-        a.send(tx, &transmit(to, 6000, Some(1200)));
+        let batch: Vec<u8> = (0..5 * 1200).map(|i| (i / 1200) as u8).collect();
+        send(&mut a, to, &batch, Some(1200));
         // Sends are submitted by the next turn.
         a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
-        let got = collect(&mut b, 5, 2000);
+        let got = collect(&mut b, 5, TWO_SECONDS);
         assert_eq!(got.len(), 5);
         for (i, (meta, d)) in got.iter().enumerate() {
             assert_eq!(d.len(), 1200);
@@ -958,11 +937,7 @@ mod tests {
             assert_eq!(meta.ecn, Some(quinn_proto::EcnCodepoint::Ect0));
         }
         // The send completion returned the buffer.
-        let end = Instant::now() + Duration::from_secs(2);
-        while a.tx.in_flight() > 0 && Instant::now() < end {
-            a.turn(Some(Instant::now() + Duration::from_millis(10)), &mut |_, _| {})
-                .unwrap();
-        }
+        turn_until(&mut a, TWO_SECONDS, |a| a.tx.in_flight() == 0);
         assert_eq!(a.tx.in_flight(), 0);
         assert_eq!(a.stats().datagrams_sent, 5);
         assert_eq!(b.stats().datagrams_received, 5);
@@ -985,14 +960,14 @@ mod tests {
         for _ in 0..n {
             sender.send_to(&[1u8; 1000], to).unwrap();
         }
-        let got = collect(&mut b, n, 300);
+        let got = collect(&mut b, n, Duration::from_millis(300));
         assert!(!got.is_empty());
         assert!(got
             .iter()
             .all(|(_, d)| d.len() == 1000 && d.iter().all(|x| *x == 1)));
         // Recovery: new datagrams arrive.
         sender.send_to(b"after", to).unwrap();
-        let after = collect(&mut b, 1, 2000);
+        let after = collect(&mut b, 1, TWO_SECONDS);
         assert_eq!(after.len(), 1, "stats: {:?}", b.stats());
         assert_eq!(&after[0].1[..], b"after");
         let s = b.stats();
@@ -1007,21 +982,11 @@ mod tests {
     fn wakeup_ends_a_sleep_and_shutdown_reaps_everything() {
         let c = cfg(8, 65536 + 256);
         let Some(mut b) = backend(&c) else { return };
-        let w = b.waker();
-        let t = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            w.wake();
-        });
-        let start = Instant::now();
-        b.turn(None, &mut |_, _| {}).unwrap();
-        assert!(start.elapsed() < Duration::from_secs(5));
-        t.join().unwrap();
+        assert_wakeup_ends_an_unbounded_turn(&mut b);
         // Leave sends in flight and shut down: everything completes before memory is freed.
         let to = "127.0.0.1:9".parse().unwrap();
         for _ in 0..4 {
-            let mut tx = b.take_tx().unwrap();
-            tx.buf.extend_from_slice(&[0u8; 1200]);
-            b.send(tx, &transmit(to, 1200, None));
+            send(&mut b, to, &[0u8; 1200], None);
         }
         b.shutdown();
         assert!(b.quiescent());
@@ -1032,6 +997,37 @@ mod tests {
     const F_MORE: u32 = 1 << 1;
     /// `IORING_CQE_F_NOTIF`.
     const F_NOTIF: u32 = 1 << 3;
+
+    /// A backend on a socket with GSO (for the tests of how GSO failures are taken).
+    fn gso_backend() -> Option<UringBackend> {
+        let b = backend(&cfg(8, 65536 + 256))?;
+        assert!(b.max_gso_segments() > 1, "GSO probe failed on this kernel");
+        Some(b)
+    }
+
+    /// Park a TX buffer of `len` bytes as if sent (no SQE: the kernel never sees it), as a batch
+    /// of `segment`-byte datagrams (`None`: one datagram), zero-copy from its registered buffer
+    /// if `fixed_send`. Returns its slot, for [`complete_send`].
+    fn park_as_sent(b: &mut UringBackend, len: usize, segment: Option<usize>, fixed_send: bool) -> u32 {
+        let mut tx = b.take_tx().unwrap();
+        tx.buf.resize(len, 0);
+        let slot = tx.slot;
+        let s = &mut b.slots[slot as usize];
+        s.segment = segment;
+        s.fixed_send = fixed_send;
+        if fixed_send {
+            s.fixed = Some((0, 0));
+        }
+        b.tx.park(tx);
+        slot
+    }
+
+    /// Inject the completion of a send from `slot` with this result and these flags, and
+    /// dispatch it.
+    fn complete_send(b: &mut UringBackend, slot: u32, res: i32, flags: u32) {
+        b.cqes.push((SEND | slot as u64, res, flags));
+        b.dispatch(&mut |_, _| {});
+    }
 
     /// A receive whose control area the kernel cut (`MSG_CTRUNC`) may have lost its `UDP_GRO`
     /// message, so its payload could be a whole batch taken for one datagram: it is refused.
@@ -1091,7 +1087,7 @@ mod tests {
         // And it still receives.
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         sender.send_to(b"still alive", b.local_addr().unwrap()).unwrap();
-        let got = collect(&mut b, 1, 2000);
+        let got = collect(&mut b, 1, TWO_SECONDS);
         assert_eq!(got.len(), 1);
         assert_eq!(&got[0].1[..], b"still alive");
         b.shutdown();
@@ -1116,19 +1112,13 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            let mut tx = a.take_tx().unwrap();
-            tx.buf.extend(std::iter::repeat_n(i as u8, size));
-            a.send(tx, &transmit(to, size, seg));
+            send(&mut a, to, &vec![i as u8; size], seg);
         }
         a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
-        let got = collect(&mut b, 16, 2000);
+        let got = collect(&mut b, 16, TWO_SECONDS);
         assert_eq!(got.len(), 16);
         assert_eq!(got.iter().map(|(_, d)| d.len()).sum::<usize>(), 19_200);
-        let end = Instant::now() + Duration::from_secs(2);
-        while a.tx.in_flight() > 0 && Instant::now() < end {
-            a.turn(Some(Instant::now() + Duration::from_millis(10)), &mut |_, _| {})
-                .unwrap();
-        }
+        turn_until(&mut a, TWO_SECONDS, |a| a.tx.in_flight() == 0);
         assert_eq!(a.tx.in_flight(), 0, "every notification arrived");
         let s = a.stats();
         assert_eq!(
@@ -1148,21 +1138,14 @@ mod tests {
     fn zero_copy_send_completions_free_the_buffer_once() {
         let c = cfg(8, 65536 + 256);
         let Some(mut b) = backend(&c) else { return };
-        let mut none = |_: RecvMeta, _: BytesMut| {};
-        let mut tx = b.take_tx().unwrap();
-        tx.buf.extend_from_slice(&[1u8; 1200]);
-        let slot = tx.slot;
-        b.tx.park(tx);
-        b.cqes.push((SEND | slot as u64, 1200, F_MORE));
-        b.dispatch(&mut none);
+        let slot = park_as_sent(&mut b, 1200, None, false);
+        complete_send(&mut b, slot, 1200, F_MORE);
         assert_eq!(b.tx.in_flight(), 1, "held until the notification");
         assert_eq!(b.stats().datagrams_sent, 1);
-        b.cqes.push((SEND | slot as u64, NOTIF_USAGE_ZC_COPIED, F_NOTIF));
-        b.dispatch(&mut none);
+        complete_send(&mut b, slot, NOTIF_USAGE_ZC_COPIED, F_NOTIF);
         assert_eq!(b.tx.in_flight(), 0);
         assert_eq!(b.stats().send_zero_copy_copied, 1);
-        b.cqes.push((SEND | slot as u64, 0, F_NOTIF));
-        b.dispatch(&mut none);
+        complete_send(&mut b, slot, 0, F_NOTIF);
         assert_eq!(b.tx.in_flight(), 0, "a duplicate notification changes nothing");
         assert!(b.has_free_tx());
     }
@@ -1184,7 +1167,7 @@ mod tests {
         for i in 0..3u8 {
             sender.send_to(&[i; 700], b.local_addr().unwrap()).unwrap();
         }
-        let got = collect(&mut b, 3, 2000);
+        let got = collect(&mut b, 3, TWO_SECONDS);
         assert_eq!(got.len(), 3);
         for (_, d) in &got {
             let p = d.as_ptr() as usize;
@@ -1210,19 +1193,10 @@ mod tests {
     /// as send errors; buffers always come back.
     #[test]
     fn failed_sends_degrade_gso_and_return_buffers() {
-        let c = cfg(8, 65536 + 256);
-        let Some(mut b) = backend(&c) else { return };
-        assert!(b.max_gso_segments() > 1, "GSO probe failed on this kernel");
-        let mut none = |_: RecvMeta, _: BytesMut| {};
-        // Park buffers as if sent (no SQE: the kernel never sees them), then complete them.
+        let Some(mut b) = gso_backend() else { return };
         for (segment, res) in [(Some(1200), -libc::EIO), (None, 500), (None, -libc::EAGAIN)] {
-            let mut tx = b.take_tx().unwrap();
-            tx.buf.extend_from_slice(&[0u8; 2400]);
-            let slot = tx.slot;
-            b.slots[slot as usize].segment = segment;
-            b.tx.park(tx);
-            b.cqes.push((SEND | slot as u64, res, 0));
-            b.dispatch(&mut none);
+            let slot = park_as_sent(&mut b, 2400, segment, false);
+            complete_send(&mut b, slot, res, 0);
         }
         let s = b.stats();
         assert_eq!(b.max_gso_segments(), 1, "GSO off after EIO");
@@ -1238,20 +1212,10 @@ mod tests {
     /// GSO off.)
     #[test]
     fn a_refused_zero_copy_send_is_not_taken_for_a_gso_refusal() {
-        let c = cfg(8, 65536 + 256);
-        let Some(mut b) = backend(&c) else { return };
-        assert!(b.max_gso_segments() > 1, "GSO probe failed on this kernel");
-        let mut none = |_: RecvMeta, _: BytesMut| {};
-        let mut fail = |b: &mut UringBackend, fixed_send: bool| {
-            let mut tx = b.take_tx().unwrap();
-            tx.buf.extend_from_slice(&[0u8; 2400]);
-            let slot = tx.slot as usize;
-            b.slots[slot].segment = Some(1200);
-            b.slots[slot].fixed_send = fixed_send;
-            b.slots[slot].fixed = Some((0, 0));
-            b.tx.park(tx);
-            b.cqes.push((SEND | slot as u64, -libc::EINVAL, 0));
-            b.dispatch(&mut none);
+        let Some(mut b) = gso_backend() else { return };
+        let fail = |b: &mut UringBackend, fixed_send: bool| {
+            let slot = park_as_sent(b, 2400, Some(1200), fixed_send);
+            complete_send(b, slot, -libc::EINVAL, 0);
         };
         fail(&mut b, true);
         assert!(b.max_gso_segments() > 1, "GSO still on");
@@ -1283,12 +1247,10 @@ mod tests {
         };
         let to = b.local_addr().unwrap();
         for i in 0..32u8 {
-            let mut tx = a.take_tx().unwrap();
-            tx.buf.extend_from_slice(&[i; 100]);
-            a.send(tx, &transmit(to, 100, None));
+            send(&mut a, to, &[i; 100], None);
         }
         a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
-        let got = collect(&mut b, 32, 2000);
+        let got = collect(&mut b, 32, TWO_SECONDS);
         assert_eq!(got.len(), 32);
         let mut seen: Vec<u8> = got.iter().map(|(_, d)| d[0]).collect();
         seen.sort_unstable();
