@@ -1,15 +1,18 @@
 //! Buffers made with the socket and reused for the endpoint's life (seed point 2).
 //!
-//! Two pools, both platform-independent bookkeeping that every backend (io_uring, the poll
-//! fallback, RIO on Windows) builds on:
+//! Three pools, all platform-independent bookkeeping:
 //!
-//! * [`RxArena`]: one allocation carved into `count` equal receive buffers. The kernel writes
-//!   into them (through the provided-buffer ring, or a RIO registration); buffer `i` starts at
-//!   `i * size`. The arena is freed only by its owner's `Drop`, which runs after the backend has
-//!   made sure the kernel no longer holds any of its buffers.
-//! * [`TxPool`]: `count` send buffers handed out as [`TxBuf`]s and taken back when their send
-//!   completes. A slot is either free (its `Vec` is in the free list) or in flight (its `Vec`
-//!   is parked in `in_flight[slot]`), never both; [`TxPool::in_flight`] counts the latter.
+//! * [`RxArena`]: one allocation carved into `count` equal receive buffers, which the kernel
+//!   writes into; buffer `i` starts at `i * size`. The RIO backend's registered region (one
+//!   buffer holding every area). The arena is freed only by its owner's `Drop`, which runs after
+//!   the backend has made sure the kernel no longer holds any of its buffers.
+//! * [`RxSlots`]: the io_uring backend's provided buffers, each its own allocation, which can be
+//!   lent out whole (zero-copy receive).
+//! * [`TxPool`]: every backend's TX buffers, `count` of them, handed out as [`TxBuf`]s and
+//!   taken back when their send completes. A slot is either free (its `Vec` is in the free
+//!   list), taken (the driver or a backend's queue holds the `TxBuf`) or in flight (its `Vec` is
+//!   parked in `in_flight[slot]` while the kernel may read it); [`TxPool::in_flight`] counts
+//!   the last.
 //!
 //! ```text
 //!   TxPool:  free: [TxBuf 3, TxBuf 0]      in_flight: [None, Some(vec), Some(vec), None]

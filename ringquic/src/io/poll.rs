@@ -10,8 +10,9 @@
 //!   zero timeout instead of sleeping.
 //! * **Receive** uses one preallocated block of memory, split into up to
 //!   [`quinn_udp::BATCH_SIZE`] buffers, each large enough for a whole GRO batch (≤ 64 KiB).
-//!   Every received datagram is copied out of the `recvmmsg` buffers into its own allocation
-//!   (see `recv.rs`).
+//!   Received datagrams are copied out of those buffers through `recv.rs`: each into its own
+//!   allocation, or a large GRO batch into a pooled buffer lent out within the receive memory
+//!   budget.
 //! * **Send** tries the system call right away. A send that would block is parked in a FIFO,
 //!   which is bounded by construction (it only holds TX buffers, and there are `tx_buffers` of
 //!   them), and flushed, in order, when the socket reports writability. Interest in writability
@@ -86,17 +87,18 @@ struct PendingTx {
     /// Size of each datagram in the batch, smaller than `len` (`send::Batch`); `None`: one
     /// datagram.
     segment_size: Option<usize>,
-    /// Bytes already handed to the kernel (a GSO batch may go out in several system calls after
-    /// GSO was disabled).
+    /// Bytes already handed to the kernel (a GSO batch goes out in several system calls when it
+    /// is larger than one send may carry, or was written before GSO was disabled).
     sent: usize,
 }
 
 /// The portable, readiness-based [`IoBackend`]: a non-blocking UDP socket driven by `mio`, with
 /// `quinn-udp` doing the system calls (GSO/GRO, ECN, packet info, don't-fragment).
 ///
-/// All memory is allocated in [`PollBackend::new`]: the receive block, the TX buffers and the
-/// FIFO of pending sends. Nothing on the hot path allocates except the one [`BytesMut`] per
-/// received batch that carries the datagrams to the driver.
+/// The receive block, the TX buffers and the FIFO of pending sends are allocated in
+/// [`PollBackend::new`]. On the hot path only receiving allocates: an exact copy of each
+/// datagram, or a pooled buffer for a large GRO batch, reused once no piece of it is held
+/// (`recv.rs`).
 pub(crate) struct PollBackend {
     socket: UdpSocket,
     /// quinn-udp's socket state; `None` in plain mode (quinn-udp could not configure the
@@ -431,8 +433,8 @@ impl PollBackend {
                         .ecn
                         .and_then(|ecn| quinn_proto::EcnCodepoint::from_bits(ecn as u8)),
                 };
-                // Each datagram in its own allocation (`recv.rs`): a piece quinn-proto keeps
-                // holds its own datagram alive, never the batch.
+                // Copied out (`recv.rs`): per datagram, or a large batch into a pooled buffer
+                // within the budget, so what a piece quinn-proto keeps holds alive is bounded.
                 recv::deliver(
                     &mut self.lender,
                     &buf[..kept],

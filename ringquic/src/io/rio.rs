@@ -19,8 +19,9 @@
 //! * **Receive.** Every receive slot (`recv_buffers` of them) is posted with `RIOReceiveEx`,
 //!   asking for the sender's address and the control messages (`IP_PKTINFO`/`IPV6_PKTINFO`,
 //!   `IP_ECN`/`IPV6_ECN`, `UDP_COALESCED_INFO` when URO is on). A completion is parsed by
-//!   [`rio_book`](super::rio_book), its payload copied once into a `BytesMut` (split per URO
-//!   segment), and the slot posted again at the end of the turn.
+//!   [`rio_book`](super::rio_book), its payload copied out through `recv.rs` (per datagram, or
+//!   a URO batch into a pooled buffer that is lent out), and the slot posted again at the end
+//!   of the turn.
 //! * **Send.** quinn-proto writes into a [`TxBuf`] (a `Vec`); `send` copies it into the TX slot
 //!   of the same number in the registered region, with the destination and the control
 //!   messages, and posts it with `RIOSendEx` — one request per USO batch (`UDP_SEND_MSG_SIZE`,
@@ -1119,8 +1120,8 @@ impl RioBackend {
         self.recv.release(slot);
     }
 
-    /// Parse held receive `slot` and hand its datagrams on: one copy into one `BytesMut`, then
-    /// split per URO segment without copying.
+    /// Parse held receive `slot` and hand its datagrams on, copied out of the slot
+    /// (`recv::deliver`: per datagram, or a URO batch into one pooled buffer).
     fn deliver(&mut self, slot: u32, len: usize, on_recv: &mut dyn FnMut(RecvMeta, BytesMut)) {
         let s = slot as usize;
         let (Some(payload), Some(addr), Some(ctrl)) = (

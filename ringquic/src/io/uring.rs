@@ -14,17 +14,19 @@
 //!
 //! * One multishot `recvmsg` stays armed on the socket; every completion names the provided
 //!   buffer the kernel filled. We parse it (`RecvMsgOut`) and hand the payload on through
-//!   `io/recv.rs`: a GRO batch of at least `zero_copy_threshold` goes on in that very buffer
-//!   (lent, within the receive memory budget; a spare or fresh buffer takes its ring slot);
-//!   anything else is copied (one datagram: an exact copy; a batch: a pooled buffer or a copy
-//!   per datagram) and the buffer goes straight back into the ring. When the kernel ends the
-//!   multishot (ENOBUFS while every buffer was in use, or any other reason) we re-arm it on
-//!   the next turn and count it.
-//! * Sends go out as `sendmsg` with `UDP_SEGMENT` (GSO), ECN and the source address. A slot's
-//!   `msghdr`, name, control and data stay put until its completion arrives. Small sends wait
-//!   for the turn's one `io_uring_enter`; once 32 KiB are queued they are submitted at once, so
-//!   the kernel works on one batch while quinn-proto builds the next. If the kernel
-//!   refuses GSO at run time (EIO), later sends carry one datagram each.
+//!   `io/recv.rs`: a receive of at least `zero_copy_threshold` bytes (in practice a GRO batch)
+//!   goes on in that very buffer (lent, within the receive memory budget; a spare or fresh
+//!   buffer takes its ring slot); anything else is copied (one datagram: an exact copy; a
+//!   batch: a pooled buffer or a copy per datagram) and the buffer goes straight back into the
+//!   ring. When the kernel ends the multishot (ENOBUFS while every buffer was in use, or any
+//!   other reason) we re-arm it on the next turn and count it.
+//! * Sends go out as `sendmsg` (`SENDMSG_ZC` from `send_zero_copy_threshold` bytes on, where
+//!   the kernel has it) with `UDP_SEGMENT` (GSO), ECN and the source address. A slot's
+//!   `msghdr`, name, control and data stay put until its completion (for `SENDMSG_ZC`, its
+//!   notification) arrives. Small sends wait for the turn's one `io_uring_enter`; once 32 KiB
+//!   are queued they are submitted at once, so the kernel works on one batch while quinn-proto
+//!   builds the next. If the kernel refuses GSO at run time (EIO, or EINVAL on an ordinary
+//!   send), later sends carry one datagram each.
 //! * The eventfd is the application's wakeup: [`EventFdWaker::wake`] writes it, the ring's
 //!   multishot poll completes, `io_uring_enter` returns.
 //! * Shutdown cancels the receive and the poll, waits (bounded) until every operation has
@@ -231,8 +233,9 @@ pub(crate) struct UringBackend {
     /// Receives with at least this many payload bytes are handed over in the buffer the
     /// kernel filled (zero-copy); smaller ones are copied out and the buffer reused at once.
     zero_copy_min: usize,
-    /// Pooled buffers that receives below `zero_copy_min` holding several datagrams are
-    /// copied into and lent from (payload-sized: no header area).
+    /// Pooled buffers that a receive of several datagrams (at least `recv::POOLED_MIN` bytes) is
+    /// copied into and lent from when its own buffer is not lent: below `zero_copy_min`, or over
+    /// the lending budget (payload-sized: no header area).
     copies: recv::Lender,
     tx: TxPool,
     slots: Box<[SendSlot]>,
