@@ -1445,7 +1445,10 @@ impl Drop for RioBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::testutil::{assert_wakeup_ends_an_unbounded_turn, collect, send, turn_until};
+    use crate::io::testutil::{
+        assert_wakeup_ends_an_unbounded_turn, collect, send, send_gso_batch, shut_down_with_sends_in_flight,
+        turn_until,
+    };
 
     fn cfg() -> IoConfig {
         IoConfig::for_tests(16, 2048, 4, 65536)
@@ -1672,11 +1675,7 @@ mod tests {
         ) else {
             return;
         };
-        let to = b.local_addr().unwrap();
-        let batch: Vec<u8> = (0..5 * 1200).map(|i| (i / 1200) as u8).collect();
-        send(&mut a, to, &batch, Some(1200));
-        a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
-        let got = collect(&mut b, 5, THREE_SECONDS);
+        let got = send_gso_batch(&mut a, &mut b, THREE_SECONDS);
         assert_eq!(got.len(), 5, "uso {} stats {:?}", a.max_gso_segments(), a.stats());
         let mut seen = [false; 5];
         for (_, d) in &got {
@@ -1693,12 +1692,8 @@ mod tests {
             return;
         };
         assert_wakeup_ends_an_unbounded_turn(&mut b);
-        // Sends in flight at shutdown: they complete or are aborted before memory is freed.
-        let to = "127.0.0.1:9".parse().unwrap();
-        for _ in 0..4 {
-            send(&mut b, to, &[0u8; 1200], None);
-        }
-        b.shutdown();
+        // Sends in flight at shutdown complete or are aborted before memory is freed.
+        shut_down_with_sends_in_flight(&mut b);
         assert!(b.quiescent());
         assert!(b.arena.is_none() && b.registration.is_none(), "freed, not leaked");
         assert!(b.local_addr().is_ok());

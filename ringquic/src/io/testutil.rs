@@ -1,6 +1,6 @@
 //! What the backends' unit tests do alike, through [`IoBackend`] alone: build a transmit, send
-//! bytes, turn a backend until datagrams arrive or its sends have completed, and check that a
-//! wakeup ends a sleep.
+//! bytes or a GSO batch, turn a backend until datagrams arrive or its sends have completed,
+//! check that a wakeup ends a sleep, and shut down with sends in flight.
 #![cfg(test)]
 
 use std::{
@@ -37,6 +37,19 @@ pub(crate) fn send(b: &mut impl IoBackend, to: SocketAddr, payload: &[u8], segme
     b.send(tx, &transmit(to, payload.len(), segment_size));
 }
 
+/// Send a GSO batch of five 1200-byte datagrams, the `i`-th filled with byte `i`, from `a` to
+/// `b`, submitted by a turn of `a`; returns what `b` receives of it within `within`.
+pub(crate) fn send_gso_batch(
+    a: &mut impl IoBackend,
+    b: &mut impl IoBackend,
+    within: Duration,
+) -> Vec<(RecvMeta, BytesMut)> {
+    let batch: Vec<u8> = (0..5 * 1200).map(|i| (i / 1200) as u8).collect();
+    send(a, b.local_addr().unwrap(), &batch, Some(1200));
+    a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
+    collect(b, 5, within)
+}
+
 /// Turn `b` until `want` datagrams have arrived or `within` has passed; returns what arrived.
 pub(crate) fn collect(b: &mut impl IoBackend, want: usize, within: Duration) -> Vec<(RecvMeta, BytesMut)> {
     let mut got = Vec::new();
@@ -55,6 +68,16 @@ pub(crate) fn turn_until<B: IoBackend>(b: &mut B, within: Duration, done: impl F
     while !done(b) && Instant::now() < end {
         b.turn(Some(Instant::now() + TURN), &mut |_, _| {}).unwrap();
     }
+}
+
+/// Leave four sends in flight (to the discard port) and shut `b` down; the caller checks that
+/// nothing is outstanding any more and that the memory was freed, not leaked.
+pub(crate) fn shut_down_with_sends_in_flight(b: &mut impl IoBackend) {
+    let to = "127.0.0.1:9".parse().unwrap();
+    for _ in 0..4 {
+        send(b, to, &[0u8; 1200], None);
+    }
+    b.shutdown();
 }
 
 /// A wakeup from another thread ends a turn that has no deadline, well within 5 s.

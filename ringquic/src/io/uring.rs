@@ -892,7 +892,10 @@ impl Drop for UringBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::testutil::{assert_wakeup_ends_an_unbounded_turn, collect, send, turn_until};
+    use crate::io::testutil::{
+        assert_wakeup_ends_an_unbounded_turn, collect, send, send_gso_batch, shut_down_with_sends_in_flight,
+        turn_until,
+    };
     use std::net::UdpSocket;
 
     fn cfg(recv_buffers: usize, recv_buffer_size: usize) -> IoConfig {
@@ -925,12 +928,7 @@ mod tests {
         let (Some(mut a), Some(mut b)) = (backend(&c), backend(&c)) else {
             return;
         };
-        let to = b.local_addr().unwrap();
-        let batch: Vec<u8> = (0..5 * 1200).map(|i| (i / 1200) as u8).collect();
-        send(&mut a, to, &batch, Some(1200));
-        // Sends are submitted by the next turn.
-        a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
-        let got = collect(&mut b, 5, TWO_SECONDS);
+        let got = send_gso_batch(&mut a, &mut b, TWO_SECONDS);
         assert_eq!(got.len(), 5);
         for (i, (meta, d)) in got.iter().enumerate() {
             assert_eq!(d.len(), 1200);
@@ -986,12 +984,8 @@ mod tests {
         let c = cfg(8, 65536 + 256);
         let Some(mut b) = backend(&c) else { return };
         assert_wakeup_ends_an_unbounded_turn(&mut b);
-        // Leave sends in flight and shut down: everything completes before memory is freed.
-        let to = "127.0.0.1:9".parse().unwrap();
-        for _ in 0..4 {
-            send(&mut b, to, &[0u8; 1200], None);
-        }
-        b.shutdown();
+        // Everything in flight completes before memory is freed.
+        shut_down_with_sends_in_flight(&mut b);
         assert!(b.quiescent());
         assert!(b.rx.is_some(), "memory was reclaimed, not leaked");
     }
