@@ -1,15 +1,18 @@
 //! Buffers made with the socket and reused for the endpoint's life (seed point 2).
 //!
-//! Two pools, both platform-independent bookkeeping that every backend (io_uring, the poll
-//! fallback, RIO on Windows) builds on:
+//! Three pools, all platform-independent bookkeeping:
 //!
-//! * [`RxArena`]: one allocation carved into `count` equal receive buffers. The kernel writes
-//!   into them (through the provided-buffer ring, or a RIO registration); buffer `i` starts at
-//!   `i * size`. The arena is freed only by its owner's `Drop`, which runs after the backend has
-//!   made sure the kernel no longer holds any of its buffers.
-//! * [`TxPool`]: `count` send buffers handed out as [`TxBuf`]s and taken back when their send
-//!   completes. A slot is either free (its `Vec` is in the free list) or in flight (its `Vec`
-//!   is parked in `in_flight[slot]`), never both; [`TxPool::in_flight`] counts the latter.
+//! * [`RxArena`]: one allocation carved into `count` equal receive buffers, which the kernel
+//!   writes into; buffer `i` starts at `i * size`. The RIO backend's registered region (one
+//!   buffer holding every area). The arena is freed only by its owner's `Drop`, which runs after
+//!   the backend has made sure the kernel no longer holds any of its buffers.
+//! * [`RxSlots`]: the io_uring backend's provided buffers, each its own allocation, which can be
+//!   lent out whole (zero-copy receive).
+//! * [`TxPool`]: every backend's TX buffers, `count` of them, handed out as [`TxBuf`]s and
+//!   taken back when their send completes. A slot is either free (its `Vec` is in the free
+//!   list), taken (the driver or a backend's queue holds the `TxBuf`) or in flight (its `Vec` is
+//!   parked in `in_flight[slot]` while the kernel may read it); [`TxPool::in_flight`] counts
+//!   the last.
 //!
 //! ```text
 //!   TxPool:  free: [TxBuf 3, TxBuf 0]      in_flight: [None, Some(vec), Some(vec), None]
@@ -19,8 +22,9 @@
 use std::{alloc::Layout, ptr::NonNull};
 
 use bytes::BytesMut;
+use tracing::debug;
 
-use super::{recv::Lender, TxBuf};
+use super::{recv::Lender, IoStats, TxBuf};
 
 /// One aligned allocation split into fixed-size receive buffers (the RIO backend's registered
 /// region; tested on every platform).
@@ -235,8 +239,23 @@ impl TxPool {
         Some(b)
     }
 
-    /// Give back a buffer that was not sent.
+    /// [`TxPool::take`] as `IoBackend::take_tx` does it: finding every buffer taken or in flight
+    /// is counted (`IoStats::tx_exhausted`).
+    pub(crate) fn take_counted(&mut self, stats: &mut IoStats) -> Option<TxBuf> {
+        let b = self.take();
+        if b.is_none() {
+            stats.tx_exhausted += 1;
+        }
+        b
+    }
+
+    /// Give back a buffer that was not sent. One the pool cannot be missing (every slot is free
+    /// or in flight already: returned twice, or another pool's) is dropped.
     pub(crate) fn put(&mut self, mut b: TxBuf) {
+        if self.free.len() + self.busy >= self.in_flight.len() {
+            debug!(slot = b.slot, "TX buffer returned twice or foreign; dropped");
+            return;
+        }
         debug_assert!(self.in_flight[b.slot as usize].is_none());
         if b.buf.capacity() < self.buf_size {
             // quinn-proto never shrinks a Vec, but keep the promise of `buf_size` regardless.
@@ -245,8 +264,8 @@ impl TxPool {
         self.free.push(b);
     }
 
-    /// Park a buffer while the kernel sends from it; returns a pointer to its bytes, which stay
-    /// put until [`TxPool::complete`] is called for the slot.
+    /// Park a buffer while the kernel sends from it; returns its bytes, which stay put until
+    /// [`TxPool::complete`] is called for the slot.
     pub(crate) fn park(&mut self, b: TxBuf) -> &[u8] {
         let slot = b.slot as usize;
         debug_assert!(self.in_flight[slot].is_none());
@@ -289,6 +308,11 @@ impl TxPool {
         !self.free.is_empty()
     }
 
+    /// Number of free buffers.
+    pub(crate) fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
     /// Number of buffers the kernel holds.
     pub(crate) fn in_flight(&self) -> usize {
         self.busy
@@ -317,6 +341,20 @@ mod tests {
         assert_eq!(p.in_flight(), 0);
         let c = p.take().unwrap();
         assert!(c.buf.is_empty());
+        let slot = c.slot;
+        p.put(c);
+        assert_eq!(p.free_count(), 2);
+        // A buffer the pool is not missing is dropped, never handed out twice.
+        p.put(TxBuf {
+            slot,
+            buf: Vec::new(),
+        });
+        assert_eq!(p.free_count(), 2);
+        let mut stats = IoStats::default();
+        let taken = [p.take_counted(&mut stats), p.take_counted(&mut stats)];
+        assert!(taken.iter().all(Option::is_some));
+        assert!(p.take_counted(&mut stats).is_none());
+        assert_eq!(stats.tx_exhausted, 1);
     }
 
     #[test]

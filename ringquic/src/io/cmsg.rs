@@ -202,9 +202,29 @@ pub(crate) struct LinuxFeatures {
     pub gso_segments: usize,
 }
 
-/// Set the options the io_uring backend relies on: ECN and packet-info control messages, no
-/// fragmentation (path MTU discovery), and GRO when `want_gro`. Options QUIC cannot work without
-/// make the call fail with the option's name; GRO and GSO are probed and degrade.
+/// A socket option set to an integer: level, name, value, and the name an error reports.
+type IntOption = (libc::c_int, libc::c_int, libc::c_int, &'static str);
+
+/// What QUIC needs of an IPv4 socket: ECN and packet-info control messages, no fragmentation
+/// (path MTU discovery).
+#[rustfmt::skip]
+const IPV4_OPTIONS: [IntOption; 3] = [
+    (libc::IPPROTO_IP, libc::IP_RECVTOS, 1, "IP_RECVTOS"),
+    (libc::IPPROTO_IP, libc::IP_PKTINFO, 1, "IP_PKTINFO"),
+    (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_PROBE, "IP_MTU_DISCOVER"),
+];
+
+/// The same for IPv6.
+#[rustfmt::skip]
+const IPV6_OPTIONS: [IntOption; 3] = [
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 1, "IPV6_RECVTCLASS"),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1, "IPV6_RECVPKTINFO"),
+    (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_PROBE, "IPV6_MTU_DISCOVER"),
+];
+
+/// Set the options the io_uring backend relies on: [`IPV4_OPTIONS`] or [`IPV6_OPTIONS`] by the
+/// socket's family, and GRO when `want_gro`. Options QUIC cannot work without make the call
+/// fail with the option's name; GRO and GSO are probed and degrade.
 pub(crate) fn configure_socket(
     socket: &std::net::UdpSocket,
     want_gro: bool,
@@ -215,39 +235,26 @@ pub(crate) fn configure_socket(
         option: "getsockname",
         source,
     })?;
-    let on: libc::c_int = 1;
-    let set = |level, name, value: libc::c_int, option: &'static str| {
-        setsockopt_int(fd, level, name, value).map_err(|source| EndpointError::Socket { option, source })
+    let set = |&(level, name, value, option): &IntOption| {
+        setsockopt_int(fd, level, name, value).map_err(|source| (option, source))
     };
-    if local.is_ipv4() {
-        set(libc::IPPROTO_IP, libc::IP_RECVTOS, on, "IP_RECVTOS")?;
-        set(libc::IPPROTO_IP, libc::IP_PKTINFO, on, "IP_PKTINFO")?;
-        set(
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            libc::IP_PMTUDISC_PROBE,
-            "IP_MTU_DISCOVER",
-        )?;
+    let family = if local.is_ipv4() {
+        &IPV4_OPTIONS
     } else {
-        set(libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, on, "IPV6_RECVTCLASS")?;
-        set(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, on, "IPV6_RECVPKTINFO")?;
-        set(
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MTU_DISCOVER,
-            libc::IP_PMTUDISC_PROBE,
-            "IPV6_MTU_DISCOVER",
-        )?;
+        &IPV6_OPTIONS
+    };
+    family
+        .iter()
+        .try_for_each(set)
+        .map_err(|(option, source)| EndpointError::Socket { option, source })?;
+    if local.is_ipv6() {
         // A dual-stack socket also carries IPv4: ask for its control messages too. These fail on
         // an IPv6-only socket, which never sees IPv4, so failure is fine.
-        let _ = setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, on);
-        let _ = setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, on);
-        let _ = setsockopt_int(
-            fd,
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            libc::IP_PMTUDISC_PROBE,
-        );
+        for o in &IPV4_OPTIONS {
+            let _ = set(o);
+        }
     }
+    let on: libc::c_int = 1;
     let gro = want_gro && setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, on).is_ok();
     // Probe GSO the way quinn-udp does: setting UDP_SEGMENT succeeds where it is supported.
     let gso_segments = if setsockopt_int(fd, libc::SOL_UDP, libc::UDP_SEGMENT, 1500).is_ok() {

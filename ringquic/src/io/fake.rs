@@ -15,7 +15,9 @@ use std::{
 use bytes::BytesMut;
 use quinn_proto::Transmit;
 
-use super::{bufpool::TxPool, BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup};
+use super::{
+    bufpool::TxPool, recv, send::Batch, BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
+};
 use crate::sync::lock;
 
 /// Builds a fake backend on the I/O thread from the endpoint's (unused) socket
@@ -144,11 +146,7 @@ impl IoBackend for FakeBackend {
     }
 
     fn take_tx(&mut self) -> Option<TxBuf> {
-        let b = self.tx.take();
-        if b.is_none() {
-            self.stats.tx_exhausted += 1;
-        }
-        b
+        self.tx.take_counted(&mut self.stats)
     }
 
     fn has_free_tx(&self) -> bool {
@@ -162,7 +160,8 @@ impl IoBackend for FakeBackend {
     fn send(&mut self, buf: TxBuf, t: &Transmit) {
         let faults = *lock(&self.net.faults);
         let slot = buf.slot;
-        let data = self.tx.park(buf)[..t.size].to_vec();
+        let batch = Batch::new(&buf, t);
+        let data = self.tx.park(buf)[..batch.len].to_vec();
         self.in_flight.push_back((slot, faults.tx_completion_turns));
         let mut net = lock(&self.net.state);
         net.sends += 1;
@@ -170,11 +169,10 @@ impl IoBackend for FakeBackend {
             self.stats.send_errors += 1;
             return;
         }
-        let seg = t.segment_size.unwrap_or(t.size).max(1);
-        for chunk in data.chunks(seg) {
+        self.stats.count_sent(data.len(), batch.segment_size);
+        for range in recv::segments(data.len(), batch.segment_size) {
+            let chunk = &data[range];
             net.datagrams += 1;
-            self.stats.datagrams_sent += 1;
-            self.stats.bytes_sent += chunk.len() as u64;
             if faults.drop_every.is_some_and(|n| net.datagrams % n == 0) {
                 net.dropped += 1;
                 continue;
@@ -243,14 +241,13 @@ impl IoBackend for FakeBackend {
             batch.reverse();
         }
         for (from, data) in batch {
-            self.stats.datagrams_received += 1;
-            self.stats.bytes_received += data.len() as u64;
             let meta = RecvMeta {
                 remote: from,
                 local_ip: None,
                 ecn: None,
             };
-            on_recv(meta, BytesMut::from(&data[..]));
+            // One datagram each, handed on as every backend hands one on.
+            recv::deliver_copied(&data, None, meta, &mut self.stats, on_recv);
         }
         Ok(())
     }

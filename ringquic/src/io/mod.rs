@@ -6,8 +6,9 @@
 //! - `uring.rs` (Linux io_uring), `rio.rs` with `rio_book.rs` (Windows Registered I/O),
 //!   `poll.rs` (the portable fallback), `fake.rs` (tests: a scripted network);
 //! - shared by the backends: `bufpool.rs` (buffers made with the socket), `recv.rs` (handing
-//!   received bytes over, within the memory budget), `cmsg.rs` (Linux control messages),
-//!   `addr.rs` (socket address forms).
+//!   received bytes over, within the memory budget), `send.rs` (what a transmit asks to send,
+//!   and its count), `cmsg.rs` (Linux control messages), `addr.rs` (socket address forms), and
+//!   for their unit tests `testutil.rs`.
 //!
 //! Arrows point down only: this file uses the backends, the backends use `seam.rs` and the
 //! shared helpers, and nothing here uses a module above `io/` but `backend.rs` (the backend
@@ -20,8 +21,8 @@ pub(crate) use crate::backend::BackendKind;
 use crate::backend::EndpointError;
 
 pub(crate) mod addr;
-// Used by the io_uring backend (`RxSlots`, `TxPool`) and the Windows RIO backend (`RxArena`,
-// `TxPool`); not every part on every platform.
+// `TxPool` serves every backend, `RxSlots` io_uring and `RxArena` RIO: not every part is used
+// on every platform.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) mod bufpool;
 #[cfg(target_os = "linux")]
@@ -35,6 +36,8 @@ pub(crate) mod rio;
 // Platform-independent RIO bookkeeping: used by `rio` on Windows, unit-tested everywhere.
 #[cfg_attr(not(windows), allow(dead_code))]
 pub(crate) mod rio_book;
+mod send;
+mod testutil;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
 

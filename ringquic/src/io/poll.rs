@@ -10,8 +10,9 @@
 //!   zero timeout instead of sleeping.
 //! * **Receive** uses one preallocated block of memory, split into up to
 //!   [`quinn_udp::BATCH_SIZE`] buffers, each large enough for a whole GRO batch (≤ 64 KiB).
-//!   Every received datagram is copied out of the `recvmmsg` buffers into its own allocation
-//!   (see `recv.rs`).
+//!   Received datagrams are copied out of those buffers through `recv.rs`: each into its own
+//!   allocation, or a large GRO batch into a pooled buffer lent out within the receive memory
+//!   budget.
 //! * **Send** tries the system call right away. A send that would block is parked in a FIFO,
 //!   which is bounded by construction (it only holds TX buffers, and there are `tx_buffers` of
 //!   them), and flushed, in order, when the socket reports writability. Interest in writability
@@ -37,7 +38,10 @@ use tracing::{debug, trace};
 
 use super::{
     addr::{addr_for_socket, canonical, canonical_ip, ip_for_socket},
-    recv, BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
+    bufpool::TxPool,
+    recv,
+    send::Batch,
+    BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
 };
 
 /// Token of the UDP socket in the `mio` registry.
@@ -80,19 +84,21 @@ struct PendingTx {
     src_ip: Option<IpAddr>,
     /// Bytes of `buf.buf` to send.
     len: usize,
-    /// Size of each datagram in the batch; `None` (one datagram) or at least 1.
+    /// Size of each datagram in the batch, smaller than `len` (`send::Batch`); `None`: one
+    /// datagram.
     segment_size: Option<usize>,
-    /// Bytes already handed to the kernel (a GSO batch may go out in several system calls after
-    /// GSO was disabled).
+    /// Bytes already handed to the kernel (a GSO batch goes out in several system calls when it
+    /// is larger than one send may carry, or was written before GSO was disabled).
     sent: usize,
 }
 
 /// The portable, readiness-based [`IoBackend`]: a non-blocking UDP socket driven by `mio`, with
 /// `quinn-udp` doing the system calls (GSO/GRO, ECN, packet info, don't-fragment).
 ///
-/// All memory is allocated in [`PollBackend::new`]: the receive block, the TX buffers and the
-/// FIFO of pending sends. Nothing on the hot path allocates except the one [`BytesMut`] per
-/// received batch that carries the datagrams to the driver.
+/// The receive block, the TX buffers and the FIFO of pending sends are allocated in
+/// [`PollBackend::new`]. On the hot path only receiving allocates: an exact copy of each
+/// datagram, or a pooled buffer for a large GRO batch, reused once no piece of it is held
+/// (`recv.rs`).
 pub(crate) struct PollBackend {
     socket: UdpSocket,
     /// quinn-udp's socket state; `None` in plain mode (quinn-udp could not configure the
@@ -120,12 +126,10 @@ pub(crate) struct PollBackend {
     /// Pooled buffers GRO batches are copied into and lent from (`recv.rs`).
     lender: recv::Lender,
     recv_meta: [quinn_udp::RecvMeta; BATCH_SIZE],
-    /// Free TX buffers.
-    tx_free: Vec<TxBuf>,
-    /// TX buffers in the pool.
-    tx_count: usize,
-    tx_buffer_size: usize,
-    /// Sends that hit `WouldBlock`, oldest first. Never longer than `tx_count`.
+    /// The TX buffers. None is ever parked: a send's buffer is in `pending` until the kernel
+    /// has taken all of it.
+    tx: TxPool,
+    /// Sends that hit `WouldBlock`, oldest first. Never longer than `tx_buffers`.
     pending: VecDeque<PendingTx>,
     stats: IoStats,
     last_error_log: Option<Instant>,
@@ -141,8 +145,7 @@ impl fmt::Debug for PollBackend {
             .field("closed", &self.closed)
             .field("recv_slots", &self.recv_slots)
             .field("recv_slot_size", &self.recv_slot_size)
-            .field("tx_free", &self.tx_free.len())
-            .field("tx_count", &self.tx_count)
+            .field("tx_free", &self.tx.free_count())
             .field("pending", &self.pending.len())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
@@ -211,15 +214,6 @@ impl PollBackend {
             .min(MAX_RECV_BUFFER);
         let recv_slots = cfg.recv_buffers.clamp(1, BATCH_SIZE);
 
-        let tx_free = (0..cfg.tx_buffers)
-            .rev()
-            .map(|slot| TxBuf {
-                // In range: checked above.
-                slot: slot as u32,
-                buf: Vec::with_capacity(cfg.tx_buffer_size),
-            })
-            .collect();
-
         Ok(Self {
             socket,
             state,
@@ -237,9 +231,8 @@ impl PollBackend {
             recv_slots,
             lender: recv::Lender::new(recv_slot_size, 0, cfg.recv_memory_budget / recv_slot_size.max(1)),
             recv_meta: [quinn_udp::RecvMeta::default(); BATCH_SIZE],
-            tx_free,
-            tx_count: cfg.tx_buffers,
-            tx_buffer_size: cfg.tx_buffer_size,
+            // Slot numbers in range: checked above.
+            tx: TxPool::new(cfg.tx_buffers, cfg.tx_buffer_size),
             pending: VecDeque::with_capacity(cfg.tx_buffers),
             stats: IoStats::default(),
             last_error_log: None,
@@ -258,25 +251,12 @@ impl PollBackend {
         self.recv_buf.len()
     }
 
-    /// Return a TX buffer to the free list (emptied, capacity kept).
-    fn recycle(&mut self, mut buf: TxBuf) {
-        if self.tx_free.len() >= self.tx_count {
-            debug!(slot = buf.slot, "TX buffer returned twice or foreign; dropped");
-            return;
-        }
-        buf.buf.clear();
-        if buf.buf.capacity() < self.tx_buffer_size {
-            buf.buf.reserve(self.tx_buffer_size);
-        }
-        self.tx_free.push(buf);
-    }
-
     /// Send pending datagrams in order until the FIFO is empty or the socket would block; adjust
     /// write interest accordingly.
     fn flush_pending(&mut self) {
         while let Some(mut p) = self.pending.pop_front() {
             if self.transmit(&mut p) {
-                self.recycle(p.buf);
+                self.tx.put(p.buf);
             } else {
                 self.writable = false;
                 self.pending.push_front(p);
@@ -347,8 +327,7 @@ impl PollBackend {
             match sent {
                 Ok(()) => {
                     p.sent += chunk;
-                    self.stats.datagrams_sent += segment_size.map_or(1, |seg| chunk.div_ceil(seg)) as u64;
-                    self.stats.bytes_sent += chunk as u64;
+                    self.stats.count_sent(chunk, segment_size);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if segment_size.is_some() && self.max_gso() < max_segments => {
@@ -454,8 +433,8 @@ impl PollBackend {
                         .ecn
                         .and_then(|ecn| quinn_proto::EcnCodepoint::from_bits(ecn as u8)),
                 };
-                // Each datagram in its own allocation (`recv.rs`): a piece quinn-proto keeps
-                // holds its own datagram alive, never the batch.
+                // Copied out (`recv.rs`): per datagram, or a large batch into a pooled buffer
+                // within the budget, so what a piece quinn-proto keeps holds alive is bounded.
                 recv::deliver(
                     &mut self.lender,
                     &buf[..kept],
@@ -484,16 +463,7 @@ impl IoBackend for PollBackend {
     }
 
     fn take_tx(&mut self) -> Option<TxBuf> {
-        match self.tx_free.pop() {
-            Some(mut buf) => {
-                buf.buf.clear();
-                Some(buf)
-            }
-            None => {
-                self.stats.tx_exhausted += 1;
-                None
-            }
-        }
+        self.tx.take_counted(&mut self.stats)
     }
 
     fn sends_waiting(&self) -> bool {
@@ -501,22 +471,22 @@ impl IoBackend for PollBackend {
     }
 
     fn has_free_tx(&self) -> bool {
-        !self.tx_free.is_empty()
+        self.tx.has_free()
     }
 
     fn put_tx(&mut self, buf: TxBuf) {
-        self.recycle(buf);
+        self.tx.put(buf);
     }
 
     /// Sends right away if the socket is writable and nothing is queued before; otherwise (or on
     /// `WouldBlock`) the buffer waits in the FIFO for the next writable edge.
     fn send(&mut self, buf: TxBuf, transmit: &quinn_proto::Transmit) {
         if self.closed {
-            self.recycle(buf);
+            self.tx.put(buf);
             return;
         }
-        let len = transmit.size.min(buf.buf.len());
-        if len < transmit.size {
+        let batch = Batch::new(&buf, transmit);
+        if batch.len < transmit.size {
             debug!(
                 size = transmit.size,
                 len = buf.buf.len(),
@@ -532,8 +502,8 @@ impl IoBackend for PollBackend {
                 .and_then(|ecn| quinn_udp::EcnCodepoint::from_bits(ecn as u8)),
             // A source the socket's family cannot name is left to the kernel.
             src_ip: transmit.src_ip.and_then(|ip| ip_for_socket(ip, self.ipv6)),
-            len,
-            segment_size: transmit.segment_size.filter(|&seg| seg > 0),
+            len: batch.len,
+            segment_size: batch.segment_size,
             sent: 0,
             buf,
         };
@@ -604,7 +574,7 @@ impl IoBackend for PollBackend {
             return;
         }
         while let Some(p) = self.pending.pop_front() {
-            self.recycle(p.buf);
+            self.tx.put(p.buf);
         }
         if let Err(e) = self.poll.registry().deregister(&mut self.socket) {
             debug!(error = %e, "failed to deregister the socket");
@@ -636,11 +606,11 @@ mod tests {
         thread,
     };
 
-    use quinn_proto::{EcnCodepoint, Transmit};
+    use quinn_proto::EcnCodepoint;
 
     use super::*;
+    use crate::io::testutil::{collect, send};
 
-    const MAX_ITERATIONS: usize = 1000;
     const MAX_WAIT: Duration = Duration::from_secs(2);
 
     fn config() -> IoConfig {
@@ -651,40 +621,9 @@ mod tests {
         PollBackend::new(std::net::UdpSocket::bind(addr)?, &config())
     }
 
-    fn transmit(
-        backend: &mut PollBackend,
-        destination: SocketAddr,
-        payload: &[u8],
-        segment_size: Option<usize>,
-        ecn: Option<EcnCodepoint>,
-    ) {
-        let mut buf = backend.take_tx().expect("a free TX buffer");
-        assert!(buf.buf.is_empty());
-        assert!(buf.buf.capacity() >= config().tx_buffer_size);
-        buf.buf.extend_from_slice(payload);
-        let transmit = Transmit {
-            destination,
-            ecn,
-            size: payload.len(),
-            segment_size,
-            src_ip: None,
-        };
-        backend.send(buf, &transmit);
-    }
-
-    /// Turns `backend` until `n` datagrams arrived (bounded in time and iterations).
+    /// Turns `backend` until `n` datagrams arrived, and insists on all `n`.
     fn receive(backend: &mut PollBackend, n: usize) -> Vec<(RecvMeta, BytesMut)> {
-        let mut received = Vec::new();
-        let end = Instant::now() + MAX_WAIT;
-        for _ in 0..MAX_ITERATIONS {
-            if received.len() >= n || Instant::now() >= end {
-                break;
-            }
-            let deadline = (Instant::now() + Duration::from_millis(50)).min(end);
-            backend
-                .turn(Some(deadline), &mut |meta, data| received.push((meta, data)))
-                .expect("turn");
-        }
+        let received = collect(backend, n, MAX_WAIT);
         assert_eq!(received.len(), n, "datagrams received");
         received
     }
@@ -705,7 +644,7 @@ mod tests {
 
         for (i, &len) in sizes.iter().enumerate() {
             let data = payload(i as u8, len);
-            transmit(&mut a, b_addr, &data, None, Some(EcnCodepoint::Ect0));
+            send(&mut a, b_addr, &data, None);
         }
         let received = receive(&mut b, sizes.len());
 
@@ -732,7 +671,7 @@ mod tests {
         assert_eq!(sb.bytes_received, total);
         assert_eq!(sb.recv_dropped, 0);
         // Every buffer came back.
-        assert_eq!(a.tx_free.len(), config().tx_buffers);
+        assert_eq!(a.tx.free_count(), config().tx_buffers);
     }
 
     #[test]
@@ -745,8 +684,8 @@ mod tests {
             PollBackend::with_mode(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), &cfg, false).unwrap();
         assert_eq!(a.max_gso_segments(), 1);
         let batch: Vec<u8> = (0..3u8).flat_map(|i| payload(i * 40, 1000)).collect();
-        transmit(&mut a, b.local_addr().unwrap(), &batch, Some(1000), None);
-        transmit(&mut a, b.local_addr().unwrap(), b"single", None, None);
+        send(&mut a, b.local_addr().unwrap(), &batch, Some(1000));
+        send(&mut a, b.local_addr().unwrap(), b"single", None);
         let received = receive(&mut b, 4);
         let mut lens: Vec<usize> = received.iter().map(|(_, d)| d.len()).collect();
         lens.sort_unstable();
@@ -764,7 +703,7 @@ mod tests {
         let mut b = bind("127.0.0.1:0").unwrap();
         let b_addr = b.local_addr().unwrap();
         let batch: Vec<u8> = (0..5u8).flat_map(|i| payload(i * 40, 1200)).collect();
-        transmit(&mut a, b_addr, &batch, Some(1200), None);
+        send(&mut a, b_addr, &batch, Some(1200));
 
         let received = receive(&mut b, 5);
         let mut seen = [false; 5];
@@ -790,7 +729,7 @@ mod tests {
         let b_addr = b.local_addr().unwrap();
         // 64 × 1024 = 65536 bytes: more than one UDP send may carry.
         let batch: Vec<u8> = (0..64u8).flat_map(|i| payload(i, 1024)).collect();
-        transmit(&mut a, b_addr, &batch, Some(1024), None);
+        send(&mut a, b_addr, &batch, Some(1024));
         assert_eq!(a.stats().send_errors, 0);
         assert_eq!(a.stats().datagrams_sent, 64);
         assert_eq!(a.stats().bytes_sent, 65536);
@@ -829,6 +768,7 @@ mod tests {
         let mut backend = bind("127.0.0.1:0").unwrap();
         let n = config().tx_buffers;
         let mut taken: Vec<TxBuf> = (0..n).map(|_| backend.take_tx().unwrap()).collect();
+        assert!(taken.iter().all(|b| b.buf.capacity() >= config().tx_buffer_size));
         let mut slots: Vec<u32> = taken.iter().map(|b| b.slot).collect();
         slots.sort_unstable();
         assert_eq!(slots, (0..n as u32).collect::<Vec<_>>());
@@ -847,7 +787,7 @@ mod tests {
         for buf in taken.into_iter().chain(Some(again)) {
             backend.put_tx(buf);
         }
-        assert_eq!(backend.tx_free.len(), n);
+        assert_eq!(backend.tx.free_count(), n);
     }
 
     #[test]
@@ -861,7 +801,7 @@ mod tests {
         };
         let a_addr = a.local_addr().unwrap();
         let b_addr = b.local_addr().unwrap();
-        transmit(&mut a, b_addr, b"ping over v6", None, None);
+        send(&mut a, b_addr, b"ping over v6", None);
         let (meta, data) = receive(&mut b, 1).pop().unwrap();
         assert_eq!(&data[..], b"ping over v6");
         assert_eq!(meta.remote, a_addr);
@@ -869,7 +809,7 @@ mod tests {
             assert_eq!(ip, IpAddr::V6(Ipv6Addr::LOCALHOST));
         }
 
-        transmit(&mut b, meta.remote, b"pong", None, None);
+        send(&mut b, meta.remote, b"pong", None);
         let (meta, data) = receive(&mut a, 1).pop().unwrap();
         assert_eq!(&data[..], b"pong");
         assert_eq!(meta.remote, b_addr);
@@ -896,13 +836,7 @@ mod tests {
         let mut client = bind("127.0.0.1:0").unwrap();
         let client_addr = client.local_addr().unwrap();
 
-        transmit(
-            &mut client,
-            (Ipv4Addr::LOCALHOST, port).into(),
-            b"hello",
-            None,
-            None,
-        );
+        send(&mut client, (Ipv4Addr::LOCALHOST, port).into(), b"hello", None);
         let (meta, data) = receive(&mut server, 1).pop().unwrap();
         assert_eq!(&data[..], b"hello");
         assert_eq!(meta.remote, client_addr, "reported as IPv4");
@@ -910,7 +844,7 @@ mod tests {
             assert_eq!(ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
         }
 
-        transmit(&mut server, meta.remote, b"hi", None, None);
+        send(&mut server, meta.remote, b"hi", None);
         let (meta, data) = receive(&mut client, 1).pop().unwrap();
         assert_eq!(&data[..], b"hi");
         assert_eq!(meta.remote, (Ipv4Addr::LOCALHOST, port).into());
@@ -922,12 +856,12 @@ mod tests {
         let mut a = bind("127.0.0.1:0").unwrap();
         // An IPv6 destination on an IPv4 socket cannot be sent to.
         let v6: SocketAddr = (Ipv6Addr::LOCALHOST, 9).into();
-        transmit(&mut a, v6, b"nowhere", None, None);
-        transmit(&mut a, v6, b"nowhere again", None, None);
+        send(&mut a, v6, b"nowhere", None);
+        send(&mut a, v6, b"nowhere again", None);
         let stats = a.stats();
         assert_eq!(stats.send_errors, 2);
         assert_eq!(stats.datagrams_sent, 0);
-        assert_eq!(a.tx_free.len(), config().tx_buffers);
+        assert_eq!(a.tx.free_count(), config().tx_buffers);
         assert!(a.pending.is_empty());
     }
 
@@ -937,7 +871,7 @@ mod tests {
         let b = bind("127.0.0.1:0").unwrap();
         let b_addr = b.local_addr().unwrap();
         for i in 0..5 {
-            transmit(&mut a, b_addr, &payload(i, 100), None, None);
+            send(&mut a, b_addr, &payload(i, 100), None);
         }
         let start = Instant::now();
         let mut calls = 0;
@@ -959,10 +893,10 @@ mod tests {
         // Pretend the last send hit WouldBlock (loopback never pushes back).
         a.writable = false;
         for i in 1..=3u8 {
-            transmit(&mut a, b_addr, &payload(i, 100 * usize::from(i)), None, None);
+            send(&mut a, b_addr, &payload(i, 100 * usize::from(i)), None);
         }
         assert_eq!(a.pending.len(), 3);
-        assert_eq!(a.tx_free.len(), config().tx_buffers - 3);
+        assert_eq!(a.tx.free_count(), config().tx_buffers - 3);
         assert!(a.write_interest);
         assert_eq!(a.stats().datagrams_sent, 0);
 
@@ -972,7 +906,7 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(1), "no writable edge");
         assert!(a.pending.is_empty());
         assert!(!a.write_interest);
-        assert_eq!(a.tx_free.len(), config().tx_buffers);
+        assert_eq!(a.tx.free_count(), config().tx_buffers);
         assert_eq!(a.stats().datagrams_sent, 3);
 
         let lens: Vec<usize> = receive(&mut b, 3).iter().map(|(_, d)| d.len()).collect();
@@ -989,7 +923,7 @@ mod tests {
         let b_addr = b.local_addr().unwrap();
         // Different sizes, so that GRO cannot coalesce them.
         for i in 1..=5u8 {
-            transmit(&mut a, b_addr, &payload(i, usize::from(i) * 100), None, None);
+            send(&mut a, b_addr, &payload(i, usize::from(i) * 100), None);
         }
         let mut received = Vec::new();
         for _ in 0..20 {
@@ -1035,10 +969,10 @@ mod tests {
         let b_addr = bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let held = a.take_tx().unwrap();
         a.shutdown();
-        transmit(&mut a, b_addr, b"after shutdown", None, None);
+        send(&mut a, b_addr, b"after shutdown", None);
         assert_eq!(a.stats().datagrams_sent, 0);
         a.put_tx(held);
-        assert_eq!(a.tx_free.len(), config().tx_buffers);
+        assert_eq!(a.tx.free_count(), config().tx_buffers);
         // A turn after shutdown still honours its deadline.
         let deadline = Instant::now() + Duration::from_millis(10);
         a.turn(Some(deadline), &mut |_, _| {}).unwrap();

@@ -14,7 +14,8 @@
 //!
 //! * [`deliver_copied`]: each datagram is copied into its own exact-size allocation (the rule
 //!   quinn-proto's accounting assumes). The receive buffer stays with the backend. Used for a
-//!   receive of one datagram, and whenever the budget below is used up.
+//!   receive of one datagram, a batch smaller than [`POOLED_MIN`], and whenever the budget
+//!   below is used up.
 //! * [`Lender::copy_in`] then [`deliver_lent`]: a receive of several datagrams (a GRO batch) is
 //!   copied into one pooled buffer, which is split per datagram and lent out.
 //! * [`deliver_lent`] of the kernel's own buffer (io_uring zero-copy receive, `RxSlots`).

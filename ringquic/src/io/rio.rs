@@ -19,8 +19,9 @@
 //! * **Receive.** Every receive slot (`recv_buffers` of them) is posted with `RIOReceiveEx`,
 //!   asking for the sender's address and the control messages (`IP_PKTINFO`/`IPV6_PKTINFO`,
 //!   `IP_ECN`/`IPV6_ECN`, `UDP_COALESCED_INFO` when URO is on). A completion is parsed by
-//!   [`rio_book`](super::rio_book), its payload copied once into a `BytesMut` (split per URO
-//!   segment), and the slot posted again at the end of the turn.
+//!   [`rio_book`](super::rio_book), its payload copied out through `recv.rs` (per datagram, or
+//!   a URO batch into a pooled buffer that is lent out), and the slot posted again at the end
+//!   of the turn.
 //! * **Send.** quinn-proto writes into a [`TxBuf`] (a `Vec`); `send` copies it into the TX slot
 //!   of the same number in the registered region, with the destination and the control
 //!   messages, and posts it with `RIOSendEx` — one request per USO batch (`UDP_SEND_MSG_SIZE`,
@@ -82,6 +83,7 @@ use super::{
         RioNotify, RioOptions, SendBook, SendControl, Span, Status, MAX_URO_BYTES, MAX_USO_BYTES,
         MAX_USO_SEGMENTS, SOCKADDR_INET_LEN,
     },
+    send::Batch,
     BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
 };
 
@@ -123,6 +125,8 @@ const WAKE_KEY: usize = 2;
 
 /// The function pointer inside an `LPFN_*` (`Option<fn>`) type.
 type RioFn<T> = <T as IntoIterator>::Item;
+/// `RIOReceiveEx` and `RIOSendEx`, whose signatures are the same.
+type RioPostFn = RioFn<ws::LPFN_RIOSENDEX>;
 /// `RIO_INVALID_BUFFERID` (`(RIO_BUFFERID)(ULONG_PTR)0xFFFFFFFF`; not in windows-sys).
 const RIO_INVALID_BUFFERID: ws::RIO_BUFFERID = 0xFFFF_FFFF;
 
@@ -802,24 +806,18 @@ impl RioBackend {
         };
         // From here on requests may be posted: a failure must close the socket and drain, so the
         // socket cannot be handed back for the fallback.
-        match this.post_receives() {
-            Ok(n) if n > 0 => {}
-            Ok(_) => {
-                this.shutdown();
-                return Err(RioSetupError {
-                    what: "RIOReceiveEx",
-                    source: io::Error::other("no receive could be posted"),
-                    socket: None,
-                });
-            }
-            Err(e) => {
-                this.shutdown();
-                return Err(RioSetupError {
-                    what: "RIOReceiveEx",
-                    source: e,
-                    socket: None,
-                });
-            }
+        let failure = match this.post_receives() {
+            Ok(n) if n > 0 => None,
+            Ok(_) => Some(io::Error::other("no receive could be posted")),
+            Err(e) => Some(e),
+        };
+        if let Some(source) = failure {
+            this.shutdown();
+            return Err(RioSetupError {
+                what: "RIOReceiveEx",
+                source,
+                socket: None,
+            });
         }
         this.commit();
         debug!(
@@ -1016,47 +1014,37 @@ impl RioBackend {
     /// Start the requests posted with `RIO_MSG_DEFER` (one kernel transition per direction).
     fn commit(&mut self) {
         if self.recv_commit {
-            // SAFETY: a commit-only call names no buffers; the queue is ours.
-            let ok = unsafe {
-                (self.fns.receive_ex)(
-                    self.rq,
-                    ptr::null(),
-                    0,
-                    ptr::null(),
-                    ptr::null(),
-                    ptr::null(),
-                    ptr::null(),
-                    ws::RIO_MSG_COMMIT_ONLY,
-                    ptr::null(),
-                )
-            };
-            if ok == 0 {
-                debug!("committing receives failed: {}", last_wsa_error());
-            } else {
-                self.recv_commit = false;
-            }
+            self.recv_commit = !self.commit_only(self.fns.receive_ex, "receives");
         }
         if self.send_commit {
-            // SAFETY: as above.
-            let ok = unsafe {
-                (self.fns.send_ex)(
-                    self.rq,
-                    ptr::null(),
-                    0,
-                    ptr::null(),
-                    ptr::null(),
-                    ptr::null(),
-                    ptr::null(),
-                    ws::RIO_MSG_COMMIT_ONLY,
-                    ptr::null(),
-                )
-            };
-            if ok == 0 {
-                debug!("committing sends failed: {}", last_wsa_error());
-            } else {
-                self.send_commit = false;
-            }
+            self.send_commit = !self.commit_only(self.fns.send_ex, "sends");
         }
+    }
+
+    /// Start what one direction has posted with `RIO_MSG_DEFER`: a commit-only call of its post
+    /// function, `RIOReceiveEx` or `RIOSendEx` (the two take the same arguments). Returns
+    /// whether it succeeded; a failure is logged, and the commit is tried again next time.
+    fn commit_only(&self, post: RioPostFn, what: &str) -> bool {
+        // SAFETY: `post` is `RIOReceiveEx` or `RIOSendEx` from the table loaded for this socket;
+        // a commit-only call names no buffers and no context; the request queue is valid and
+        // used from this thread only.
+        let ok = unsafe {
+            post(
+                self.rq,
+                ptr::null(),
+                0,
+                ptr::null(),
+                ptr::null(),
+                ptr::null(),
+                ptr::null(),
+                ws::RIO_MSG_COMMIT_ONLY,
+                ptr::null(),
+            )
+        };
+        if ok == 0 {
+            debug!("committing {what} failed: {}", last_wsa_error());
+        }
+        ok != 0
     }
 
     /// Post what can be posted and start it.
@@ -1132,8 +1120,8 @@ impl RioBackend {
         self.recv.release(slot);
     }
 
-    /// Parse held receive `slot` and hand its datagrams on: one copy into one `BytesMut`, then
-    /// split per URO segment without copying.
+    /// Parse held receive `slot` and hand its datagrams on, copied out of the slot
+    /// (`recv::deliver`: per datagram, or a URO batch into one pooled buffer).
     fn deliver(&mut self, slot: u32, len: usize, on_recv: &mut dyn FnMut(RecvMeta, BytesMut)) {
         let s = slot as usize;
         let (Some(payload), Some(addr), Some(ctrl)) = (
@@ -1182,14 +1170,7 @@ impl RioBackend {
         };
         let meta = self.tx_meta.get(done.slot as usize).copied().unwrap_or_default();
         match classify(r.Status) {
-            Status::Ok => {
-                let bytes = r.BytesTransferred as usize;
-                self.stats.bytes_sent += bytes as u64;
-                self.stats.datagrams_sent += match done.segment {
-                    Some(s) => bytes.div_ceil(s).max(1) as u64,
-                    None => 1,
-                };
-            }
+            Status::Ok => self.stats.count_sent(r.BytesTransferred as usize, done.segment),
             Status::Refused if self.uso_segments > 1 && done.segment.is_some() => {
                 warn!(
                     "a USO send was refused ({}); sending one datagram per request from now on",
@@ -1269,6 +1250,24 @@ impl RioBackend {
     fn quiescent(&self) -> bool {
         self.recv.posted() == 0 && self.sends.outstanding() == 0
     }
+
+    /// Shutdown's wait: reap completions (delivering nothing), napping 1 ms whenever the queue
+    /// is empty, until `done` holds or `until` has passed. Returns false if the completion queue
+    /// turned out corrupt (logged), after which nothing more can be learnt from it.
+    fn drain_until(&mut self, until: Instant, done: impl Fn(&Self) -> bool) -> bool {
+        let mut sink = |_: RecvMeta, _: BytesMut| {};
+        while !done(self) && Instant::now() < until {
+            match self.reap(&mut sink) {
+                Ok(0) => std::thread::sleep(Duration::from_millis(1)),
+                Ok(_) => {}
+                Err(e) => {
+                    warn!("{e} during shutdown");
+                    return false;
+                }
+            }
+        }
+        true
+    }
 }
 
 impl IoBackend for RioBackend {
@@ -1285,11 +1284,7 @@ impl IoBackend for RioBackend {
     }
 
     fn take_tx(&mut self) -> Option<TxBuf> {
-        let b = self.tx.take();
-        if b.is_none() {
-            self.stats.tx_exhausted += 1;
-        }
-        b
+        self.tx.take_counted(&mut self.stats)
     }
 
     fn has_free_tx(&self) -> bool {
@@ -1306,7 +1301,10 @@ impl IoBackend for RioBackend {
             return;
         }
         let s = buf.slot as usize;
-        let len = t.size.min(buf.buf.len());
+        let Batch {
+            len,
+            segment_size: segment,
+        } = Batch::new(&buf, t);
         let spans = (
             self.layout.tx_payload(s),
             self.layout.tx_addr(s),
@@ -1329,7 +1327,6 @@ impl IoBackend for RioBackend {
             self.tx.put(buf);
             return;
         };
-        let segment = t.segment_size.filter(|&seg| seg > 0 && seg < len);
         let per_part = segment.map_or(1, |seg| segments_per_part(seg, self.uso_segments, MAX_USO_BYTES));
         let ecn = t.ecn.filter(|_| self.ecn_send);
         let control = SendControl {
@@ -1407,39 +1404,18 @@ impl IoBackend for RioBackend {
         }
         self.shut_down = true;
         let start = Instant::now();
-        let mut sink = |_: RecvMeta, _: BytesMut| {};
-        let mut corrupt = false;
         // 1. Sends already posted (the CONNECTION_CLOSE frames) may finish; unposted parts are
         //    dropped.
         for slot in self.sends.abandon_all() {
             self.tx.complete(slot);
         }
         self.commit();
-        while self.sends.outstanding() > 0 && start.elapsed() < SHUTDOWN_SEND_WAIT {
-            match self.reap(&mut sink) {
-                Ok(0) => std::thread::sleep(Duration::from_millis(1)),
-                Ok(_) => {}
-                Err(e) => {
-                    warn!("{e} during shutdown");
-                    corrupt = true;
-                    break;
-                }
-            }
-        }
+        let mut intact = self.drain_until(start + SHUTDOWN_SEND_WAIT, |b| b.sends.outstanding() == 0);
         // 2. Closing the socket completes every request still outstanding, with an error.
         drop(self.socket.take());
         // 3. Drain, bounded.
-        while !corrupt && !self.quiescent() && start.elapsed() < SHUTDOWN_WAIT {
-            match self.reap(&mut sink) {
-                Ok(0) => std::thread::sleep(Duration::from_millis(1)),
-                Ok(_) => {}
-                Err(e) => {
-                    warn!("{e} during shutdown");
-                    corrupt = true;
-                }
-            }
-        }
-        if self.quiescent() && !corrupt {
+        intact = intact && self.drain_until(start + SHUTDOWN_WAIT, Self::quiescent);
+        if self.quiescent() && intact {
             // Nothing references the region: close the queue, deregister, free, in this order.
             drop(self.cq.take());
             drop(self.registration.take());
@@ -1469,7 +1445,10 @@ impl Drop for RioBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quinn_proto::EcnCodepoint;
+    use crate::io::testutil::{
+        assert_wakeup_ends_an_unbounded_turn, collect, send, send_gso_batch, shut_down_with_sends_in_flight,
+        turn_until,
+    };
 
     fn cfg() -> IoConfig {
         IoConfig::for_tests(16, 2048, 4, 65536)
@@ -1506,27 +1485,7 @@ mod tests {
         }
     }
 
-    fn transmit(to: SocketAddr, size: usize, segment_size: Option<usize>) -> Transmit {
-        Transmit {
-            destination: to,
-            ecn: Some(EcnCodepoint::Ect0),
-            size,
-            segment_size,
-            src_ip: None,
-        }
-    }
-
-    fn collect(b: &mut RioBackend, want: usize, ms: u64) -> Vec<(RecvMeta, BytesMut)> {
-        let mut got = Vec::new();
-        let end = Instant::now() + Duration::from_millis(ms);
-        while got.len() < want && Instant::now() < end {
-            b.turn(Some(Instant::now() + Duration::from_millis(20)), &mut |m, d| {
-                got.push((m, d))
-            })
-            .unwrap();
-        }
-        got
-    }
+    const THREE_SECONDS: Duration = Duration::from_secs(3);
 
     #[test]
     fn registered_socket_takes_the_quic_options() {
@@ -1675,13 +1634,10 @@ mod tests {
         assert_eq!(a.kind(), BackendKind::Rio);
         let to = b.local_addr().unwrap();
         for i in 0..10u8 {
-            let mut tx = a.take_tx().unwrap();
-            tx.buf.extend(std::iter::repeat_n(i, 100 + usize::from(i)));
-            let n = tx.buf.len();
-            a.send(tx, &transmit(to, n, None));
+            send(&mut a, to, &vec![i; 100 + usize::from(i)], None);
             a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
         }
-        let got = collect(&mut b, 10, 3000);
+        let got = collect(&mut b, 10, THREE_SECONDS);
         assert_eq!(got.len(), 10, "{:?}", b.stats());
         for (meta, d) in &got {
             let i = d[0];
@@ -1689,11 +1645,7 @@ mod tests {
             assert_eq!(meta.remote, a.local_addr().unwrap());
             assert_eq!(meta.local_ip, Some("127.0.0.1".parse().unwrap()));
         }
-        let end = Instant::now() + Duration::from_secs(2);
-        while a.tx.in_flight() > 0 && Instant::now() < end {
-            a.turn(Some(Instant::now() + Duration::from_millis(10)), &mut |_, _| {})
-                .unwrap();
-        }
+        turn_until(&mut a, Duration::from_secs(2), |a| a.tx.in_flight() == 0);
         assert_eq!(a.tx.in_flight(), 0);
         assert_eq!(a.stats().datagrams_sent, 10);
         a.shutdown();
@@ -1723,12 +1675,7 @@ mod tests {
         ) else {
             return;
         };
-        let to = b.local_addr().unwrap();
-        let mut tx = a.take_tx().unwrap();
-        tx.buf.extend((0..5 * 1200).map(|i| (i / 1200) as u8));
-        a.send(tx, &transmit(to, 6000, Some(1200)));
-        a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
-        let got = collect(&mut b, 5, 3000);
+        let got = send_gso_batch(&mut a, &mut b, THREE_SECONDS);
         assert_eq!(got.len(), 5, "uso {} stats {:?}", a.max_gso_segments(), a.stats());
         let mut seen = [false; 5];
         for (_, d) in &got {
@@ -1744,23 +1691,9 @@ mod tests {
         let Some(mut b) = backend(&c, RioOptions::default()) else {
             return;
         };
-        let w = b.waker();
-        let t = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            w.wake();
-        });
-        let start = Instant::now();
-        b.turn(None, &mut |_, _| {}).unwrap();
-        assert!(start.elapsed() < Duration::from_secs(5));
-        t.join().unwrap();
-        // Sends in flight at shutdown: they complete or are aborted before memory is freed.
-        let to = "127.0.0.1:9".parse().unwrap();
-        for _ in 0..4 {
-            let mut tx = b.take_tx().unwrap();
-            tx.buf.extend_from_slice(&[0u8; 1200]);
-            b.send(tx, &transmit(to, 1200, None));
-        }
-        b.shutdown();
+        assert_wakeup_ends_an_unbounded_turn(&mut b);
+        // Sends in flight at shutdown complete or are aborted before memory is freed.
+        shut_down_with_sends_in_flight(&mut b);
         assert!(b.quiescent());
         assert!(b.arena.is_none() && b.registration.is_none(), "freed, not leaked");
         assert!(b.local_addr().is_ok());

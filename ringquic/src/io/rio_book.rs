@@ -1,7 +1,7 @@
 //! The bookkeeping of the Windows RIO backend that does not need Windows, so that the Linux
 //! test suite exercises it (`cargo test -p ringquic --lib rio_book`).
 //!
-//! [`super::rio`] is a thin layer of system calls over the pieces here:
+//! `rio.rs` (built on Windows only) is a thin layer of system calls over the pieces here:
 //!
 //! ```text
 //!   RegionLayout   where each slot's payload, SOCKADDR_INET and control area sit in the ONE

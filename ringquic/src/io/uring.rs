@@ -14,17 +14,19 @@
 //!
 //! * One multishot `recvmsg` stays armed on the socket; every completion names the provided
 //!   buffer the kernel filled. We parse it (`RecvMsgOut`) and hand the payload on through
-//!   `io/recv.rs`: a GRO batch of at least `zero_copy_threshold` goes on in that very buffer
-//!   (lent, within the receive memory budget; a spare or fresh buffer takes its ring slot);
-//!   anything else is copied (one datagram: an exact copy; a batch: a pooled buffer or a copy
-//!   per datagram) and the buffer goes straight back into the ring. When the kernel ends the
-//!   multishot (ENOBUFS while every buffer was in use, or any other reason) we re-arm it on
-//!   the next turn and count it.
-//! * Sends go out as `sendmsg` with `UDP_SEGMENT` (GSO), ECN and the source address. A slot's
-//!   `msghdr`, name, control and data stay put until its completion arrives. Small sends wait
-//!   for the turn's one `io_uring_enter`; once 32 KiB are queued they are submitted at once, so
-//!   the kernel works on one batch while quinn-proto builds the next. If the kernel
-//!   refuses GSO at run time (EIO), later sends carry one datagram each.
+//!   `io/recv.rs`: a receive of at least `zero_copy_threshold` bytes (in practice a GRO batch)
+//!   goes on in that very buffer (lent, within the receive memory budget; a spare or fresh
+//!   buffer takes its ring slot); anything else is copied (one datagram: an exact copy; a
+//!   batch: a pooled buffer or a copy per datagram) and the buffer goes straight back into the
+//!   ring. When the kernel ends the multishot (ENOBUFS while every buffer was in use, or any
+//!   other reason) we re-arm it on the next turn and count it.
+//! * Sends go out as `sendmsg` (`SENDMSG_ZC` from `send_zero_copy_threshold` bytes on, where
+//!   the kernel has it) with `UDP_SEGMENT` (GSO), ECN and the source address. A slot's
+//!   `msghdr`, name, control and data stay put until its completion (for `SENDMSG_ZC`, its
+//!   notification) arrives. Small sends wait for the turn's one `io_uring_enter`; once 32 KiB
+//!   are queued they are submitted at once, so the kernel works on one batch while quinn-proto
+//!   builds the next. If the kernel refuses GSO at run time (EIO, or EINVAL on an ordinary
+//!   send), later sends carry one datagram each.
 //! * The eventfd is the application's wakeup: [`EventFdWaker::wake`] writes it, the ring's
 //!   multishot poll completes, `io_uring_enter` returns.
 //! * Shutdown cancels the receive and the poll, waits (bounded) until every operation has
@@ -48,7 +50,9 @@ use tracing::{debug, warn};
 use super::{
     bufpool::{RxSlots, TxPool},
     cmsg::{self, SendCmsgs},
-    recv, BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
+    recv,
+    send::Batch,
+    BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
 };
 
 const RECV: u64 = 1 << 56;
@@ -229,8 +233,9 @@ pub(crate) struct UringBackend {
     /// Receives with at least this many payload bytes are handed over in the buffer the
     /// kernel filled (zero-copy); smaller ones are copied out and the buffer reused at once.
     zero_copy_min: usize,
-    /// Pooled buffers that receives below `zero_copy_min` holding several datagrams are
-    /// copied into and lent from (payload-sized: no header area).
+    /// Pooled buffers that a receive of several datagrams (at least `recv::POOLED_MIN` bytes) is
+    /// copied into and lent from when its own buffer is not lent: below `zero_copy_min`, or over
+    /// the lending budget (payload-sized: no header area).
     copies: recv::Lender,
     tx: TxPool,
     slots: Box<[SendSlot]>,
@@ -551,11 +556,7 @@ impl UringBackend {
             return;
         }
         if res >= 0 {
-            self.stats.bytes_sent += len as u64;
-            self.stats.datagrams_sent += match self.slots[slot as usize].segment {
-                Some(s) => len.div_ceil(s) as u64,
-                None => 1,
-            };
+            self.stats.count_sent(len, self.slots[slot as usize].segment);
             return;
         }
         let fixed_send = self.slots[slot as usize].fixed_send;
@@ -715,11 +716,7 @@ impl IoBackend for UringBackend {
     }
 
     fn take_tx(&mut self) -> Option<TxBuf> {
-        let b = self.tx.take();
-        if b.is_none() {
-            self.stats.tx_exhausted += 1;
-        }
-        b
+        self.tx.take_counted(&mut self.stats)
     }
 
     fn has_free_tx(&self) -> bool {
@@ -732,9 +729,10 @@ impl IoBackend for UringBackend {
 
     fn send(&mut self, mut buf: TxBuf, t: &Transmit) {
         let slot_id = buf.slot;
-        buf.buf.truncate(t.size);
+        let batch = Batch::new(&buf, t);
+        buf.buf.truncate(batch.len);
         let dst = cmsg::wire_addr(t.destination, self.socket_is_v6);
-        let seg = t.segment_size.filter(|&s| s < t.size && self.gso_segments > 1);
+        let seg = batch.segment_size.filter(|_| self.gso_segments > 1);
         let cm = SendCmsgs {
             segment_size: seg.and_then(|s| u16::try_from(s).ok()),
             ecn: t.ecn,
@@ -894,6 +892,10 @@ impl Drop for UringBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::testutil::{
+        assert_wakeup_ends_an_unbounded_turn, collect, send, send_gso_batch, shut_down_with_sends_in_flight,
+        turn_until,
+    };
     use std::net::UdpSocket;
 
     fn cfg(recv_buffers: usize, recv_buffer_size: usize) -> IoConfig {
@@ -918,28 +920,7 @@ mod tests {
         Some(UringBackend::new(ring, sock, c).unwrap())
     }
 
-    fn transmit(to: SocketAddr, size: usize, segment_size: Option<usize>) -> Transmit {
-        Transmit {
-            destination: to,
-            ecn: Some(quinn_proto::EcnCodepoint::Ect0),
-            size,
-            segment_size,
-            src_ip: None,
-        }
-    }
-
-    /// Turn `b` until `want` datagrams arrived or `ms` milliseconds passed.
-    fn collect(b: &mut UringBackend, want: usize, ms: u64) -> Vec<(RecvMeta, BytesMut)> {
-        let mut got = Vec::new();
-        let end = Instant::now() + Duration::from_millis(ms);
-        while got.len() < want && Instant::now() < end {
-            b.turn(Some(Instant::now() + Duration::from_millis(50)), &mut |m, d| {
-                got.push((m, d))
-            })
-            .unwrap();
-        }
-        got
-    }
+    const TWO_SECONDS: Duration = Duration::from_secs(2);
 
     #[test]
     fn gso_send_arrives_split_with_metadata() {
@@ -947,13 +928,7 @@ mod tests {
         let (Some(mut a), Some(mut b)) = (backend(&c), backend(&c)) else {
             return;
         };
-        let to = b.local_addr().unwrap();
-        let mut tx = a.take_tx().unwrap();
-        tx.buf.extend((0..5 * 1200).map(|i| (i / 1200) as u8));
-        a.send(tx, &transmit(to, 6000, Some(1200)));
-        // Sends are submitted by the next turn.
-        a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
-        let got = collect(&mut b, 5, 2000);
+        let got = send_gso_batch(&mut a, &mut b, TWO_SECONDS);
         assert_eq!(got.len(), 5);
         for (i, (meta, d)) in got.iter().enumerate() {
             assert_eq!(d.len(), 1200);
@@ -963,11 +938,7 @@ mod tests {
             assert_eq!(meta.ecn, Some(quinn_proto::EcnCodepoint::Ect0));
         }
         // The send completion returned the buffer.
-        let end = Instant::now() + Duration::from_secs(2);
-        while a.tx.in_flight() > 0 && Instant::now() < end {
-            a.turn(Some(Instant::now() + Duration::from_millis(10)), &mut |_, _| {})
-                .unwrap();
-        }
+        turn_until(&mut a, TWO_SECONDS, |a| a.tx.in_flight() == 0);
         assert_eq!(a.tx.in_flight(), 0);
         assert_eq!(a.stats().datagrams_sent, 5);
         assert_eq!(b.stats().datagrams_received, 5);
@@ -990,14 +961,14 @@ mod tests {
         for _ in 0..n {
             sender.send_to(&[1u8; 1000], to).unwrap();
         }
-        let got = collect(&mut b, n, 300);
+        let got = collect(&mut b, n, Duration::from_millis(300));
         assert!(!got.is_empty());
         assert!(got
             .iter()
             .all(|(_, d)| d.len() == 1000 && d.iter().all(|x| *x == 1)));
         // Recovery: new datagrams arrive.
         sender.send_to(b"after", to).unwrap();
-        let after = collect(&mut b, 1, 2000);
+        let after = collect(&mut b, 1, TWO_SECONDS);
         assert_eq!(after.len(), 1, "stats: {:?}", b.stats());
         assert_eq!(&after[0].1[..], b"after");
         let s = b.stats();
@@ -1012,23 +983,9 @@ mod tests {
     fn wakeup_ends_a_sleep_and_shutdown_reaps_everything() {
         let c = cfg(8, 65536 + 256);
         let Some(mut b) = backend(&c) else { return };
-        let w = b.waker();
-        let t = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            w.wake();
-        });
-        let start = Instant::now();
-        b.turn(None, &mut |_, _| {}).unwrap();
-        assert!(start.elapsed() < Duration::from_secs(5));
-        t.join().unwrap();
-        // Leave sends in flight and shut down: everything completes before memory is freed.
-        let to = "127.0.0.1:9".parse().unwrap();
-        for _ in 0..4 {
-            let mut tx = b.take_tx().unwrap();
-            tx.buf.extend_from_slice(&[0u8; 1200]);
-            b.send(tx, &transmit(to, 1200, None));
-        }
-        b.shutdown();
+        assert_wakeup_ends_an_unbounded_turn(&mut b);
+        // Everything in flight completes before memory is freed.
+        shut_down_with_sends_in_flight(&mut b);
         assert!(b.quiescent());
         assert!(b.rx.is_some(), "memory was reclaimed, not leaked");
     }
@@ -1037,6 +994,37 @@ mod tests {
     const F_MORE: u32 = 1 << 1;
     /// `IORING_CQE_F_NOTIF`.
     const F_NOTIF: u32 = 1 << 3;
+
+    /// A backend on a socket with GSO (for the tests of how GSO failures are taken).
+    fn gso_backend() -> Option<UringBackend> {
+        let b = backend(&cfg(8, 65536 + 256))?;
+        assert!(b.max_gso_segments() > 1, "GSO probe failed on this kernel");
+        Some(b)
+    }
+
+    /// Park a TX buffer of `len` bytes as if sent (no SQE: the kernel never sees it), as a batch
+    /// of `segment`-byte datagrams (`None`: one datagram), zero-copy from its registered buffer
+    /// if `fixed_send`. Returns its slot, for [`complete_send`].
+    fn park_as_sent(b: &mut UringBackend, len: usize, segment: Option<usize>, fixed_send: bool) -> u32 {
+        let mut tx = b.take_tx().unwrap();
+        tx.buf.resize(len, 0);
+        let slot = tx.slot;
+        let s = &mut b.slots[slot as usize];
+        s.segment = segment;
+        s.fixed_send = fixed_send;
+        if fixed_send {
+            s.fixed = Some((0, 0));
+        }
+        b.tx.park(tx);
+        slot
+    }
+
+    /// Inject the completion of a send from `slot` with this result and these flags, and
+    /// dispatch it.
+    fn complete_send(b: &mut UringBackend, slot: u32, res: i32, flags: u32) {
+        b.cqes.push((SEND | slot as u64, res, flags));
+        b.dispatch(&mut |_, _| {});
+    }
 
     /// A receive whose control area the kernel cut (`MSG_CTRUNC`) may have lost its `UDP_GRO`
     /// message, so its payload could be a whole batch taken for one datagram: it is refused.
@@ -1096,7 +1084,7 @@ mod tests {
         // And it still receives.
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         sender.send_to(b"still alive", b.local_addr().unwrap()).unwrap();
-        let got = collect(&mut b, 1, 2000);
+        let got = collect(&mut b, 1, TWO_SECONDS);
         assert_eq!(got.len(), 1);
         assert_eq!(&got[0].1[..], b"still alive");
         b.shutdown();
@@ -1121,19 +1109,13 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            let mut tx = a.take_tx().unwrap();
-            tx.buf.extend(std::iter::repeat_n(i as u8, size));
-            a.send(tx, &transmit(to, size, seg));
+            send(&mut a, to, &vec![i as u8; size], seg);
         }
         a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
-        let got = collect(&mut b, 16, 2000);
+        let got = collect(&mut b, 16, TWO_SECONDS);
         assert_eq!(got.len(), 16);
         assert_eq!(got.iter().map(|(_, d)| d.len()).sum::<usize>(), 19_200);
-        let end = Instant::now() + Duration::from_secs(2);
-        while a.tx.in_flight() > 0 && Instant::now() < end {
-            a.turn(Some(Instant::now() + Duration::from_millis(10)), &mut |_, _| {})
-                .unwrap();
-        }
+        turn_until(&mut a, TWO_SECONDS, |a| a.tx.in_flight() == 0);
         assert_eq!(a.tx.in_flight(), 0, "every notification arrived");
         let s = a.stats();
         assert_eq!(
@@ -1153,21 +1135,14 @@ mod tests {
     fn zero_copy_send_completions_free_the_buffer_once() {
         let c = cfg(8, 65536 + 256);
         let Some(mut b) = backend(&c) else { return };
-        let mut none = |_: RecvMeta, _: BytesMut| {};
-        let mut tx = b.take_tx().unwrap();
-        tx.buf.extend_from_slice(&[1u8; 1200]);
-        let slot = tx.slot;
-        b.tx.park(tx);
-        b.cqes.push((SEND | slot as u64, 1200, F_MORE));
-        b.dispatch(&mut none);
+        let slot = park_as_sent(&mut b, 1200, None, false);
+        complete_send(&mut b, slot, 1200, F_MORE);
         assert_eq!(b.tx.in_flight(), 1, "held until the notification");
         assert_eq!(b.stats().datagrams_sent, 1);
-        b.cqes.push((SEND | slot as u64, NOTIF_USAGE_ZC_COPIED, F_NOTIF));
-        b.dispatch(&mut none);
+        complete_send(&mut b, slot, NOTIF_USAGE_ZC_COPIED, F_NOTIF);
         assert_eq!(b.tx.in_flight(), 0);
         assert_eq!(b.stats().send_zero_copy_copied, 1);
-        b.cqes.push((SEND | slot as u64, 0, F_NOTIF));
-        b.dispatch(&mut none);
+        complete_send(&mut b, slot, 0, F_NOTIF);
         assert_eq!(b.tx.in_flight(), 0, "a duplicate notification changes nothing");
         assert!(b.has_free_tx());
     }
@@ -1189,7 +1164,7 @@ mod tests {
         for i in 0..3u8 {
             sender.send_to(&[i; 700], b.local_addr().unwrap()).unwrap();
         }
-        let got = collect(&mut b, 3, 2000);
+        let got = collect(&mut b, 3, TWO_SECONDS);
         assert_eq!(got.len(), 3);
         for (_, d) in &got {
             let p = d.as_ptr() as usize;
@@ -1215,19 +1190,10 @@ mod tests {
     /// as send errors; buffers always come back.
     #[test]
     fn failed_sends_degrade_gso_and_return_buffers() {
-        let c = cfg(8, 65536 + 256);
-        let Some(mut b) = backend(&c) else { return };
-        assert!(b.max_gso_segments() > 1, "GSO probe failed on this kernel");
-        let mut none = |_: RecvMeta, _: BytesMut| {};
-        // Park buffers as if sent (no SQE: the kernel never sees them), then complete them.
+        let Some(mut b) = gso_backend() else { return };
         for (segment, res) in [(Some(1200), -libc::EIO), (None, 500), (None, -libc::EAGAIN)] {
-            let mut tx = b.take_tx().unwrap();
-            tx.buf.extend_from_slice(&[0u8; 2400]);
-            let slot = tx.slot;
-            b.slots[slot as usize].segment = segment;
-            b.tx.park(tx);
-            b.cqes.push((SEND | slot as u64, res, 0));
-            b.dispatch(&mut none);
+            let slot = park_as_sent(&mut b, 2400, segment, false);
+            complete_send(&mut b, slot, res, 0);
         }
         let s = b.stats();
         assert_eq!(b.max_gso_segments(), 1, "GSO off after EIO");
@@ -1243,20 +1209,10 @@ mod tests {
     /// GSO off.)
     #[test]
     fn a_refused_zero_copy_send_is_not_taken_for_a_gso_refusal() {
-        let c = cfg(8, 65536 + 256);
-        let Some(mut b) = backend(&c) else { return };
-        assert!(b.max_gso_segments() > 1, "GSO probe failed on this kernel");
-        let mut none = |_: RecvMeta, _: BytesMut| {};
-        let mut fail = |b: &mut UringBackend, fixed_send: bool| {
-            let mut tx = b.take_tx().unwrap();
-            tx.buf.extend_from_slice(&[0u8; 2400]);
-            let slot = tx.slot as usize;
-            b.slots[slot].segment = Some(1200);
-            b.slots[slot].fixed_send = fixed_send;
-            b.slots[slot].fixed = Some((0, 0));
-            b.tx.park(tx);
-            b.cqes.push((SEND | slot as u64, -libc::EINVAL, 0));
-            b.dispatch(&mut none);
+        let Some(mut b) = gso_backend() else { return };
+        let fail = |b: &mut UringBackend, fixed_send: bool| {
+            let slot = park_as_sent(b, 2400, Some(1200), fixed_send);
+            complete_send(b, slot, -libc::EINVAL, 0);
         };
         fail(&mut b, true);
         assert!(b.max_gso_segments() > 1, "GSO still on");
@@ -1288,12 +1244,10 @@ mod tests {
         };
         let to = b.local_addr().unwrap();
         for i in 0..32u8 {
-            let mut tx = a.take_tx().unwrap();
-            tx.buf.extend_from_slice(&[i; 100]);
-            a.send(tx, &transmit(to, 100, None));
+            send(&mut a, to, &[i; 100], None);
         }
         a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
-        let got = collect(&mut b, 32, 2000);
+        let got = collect(&mut b, 32, TWO_SECONDS);
         assert_eq!(got.len(), 32);
         let mut seen: Vec<u8> = got.iter().map(|(_, d)| d[0]).collect();
         seen.sort_unstable();
