@@ -9,18 +9,7 @@ use ringquic::{ConnectionError, Endpoint, TransportErrorCode};
 #[tokio::test(flavor = "current_thread")]
 async fn validate_addresses_retries_every_new_client() {
     for b in backends() {
-        let c = cert();
-        let server = Endpoint::builder()
-            .backend(b)
-            .server_config(server_config(&c))
-            .validate_addresses(true)
-            .bind(localhost())
-            .unwrap();
-        let client = Endpoint::builder()
-            .backend(b)
-            .default_client_config(client_config(&c))
-            .bind(localhost())
-            .unwrap();
+        let (server, client) = pair_with(b, |s| s.validate_addresses(true), |c| c);
         let connecting = client.connect(server.local_addr().unwrap(), "localhost").unwrap();
         let incoming = within(10, server.accept()).await.unwrap();
         assert!(
@@ -36,25 +25,16 @@ async fn validate_addresses_retries_every_new_client() {
 #[tokio::test(flavor = "current_thread")]
 async fn max_incoming_refuses_the_excess() {
     for b in backends() {
-        let c = cert();
-        let server = Endpoint::builder()
-            .backend(b)
-            .server_config(server_config(&c))
-            .max_incoming(2)
-            .bind(localhost())
-            .unwrap();
-        let client = Endpoint::builder()
-            .backend(b)
-            .default_client_config(client_config(&c))
-            .bind(localhost())
-            .unwrap();
+        let (server, client) = pair_with(b, |s| s.max_incoming(2), |c| c);
         let addr = server.local_addr().unwrap();
         // Nobody accepts: two wait in the queue, the third is refused.
         let first = client.connect(addr, "localhost").unwrap();
         let second = client.connect(addr, "localhost").unwrap();
-        while server.stats().datagrams_received < 2 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let s = stats_when(&server, |s| s.datagrams_received >= 2).await;
+        assert!(
+            s.datagrams_received >= 2,
+            "{b}: the first two Initials never arrived: {s:?}"
+        );
         let third = client.connect(addr, "localhost").unwrap();
         match within(10, third).await {
             Err(ConnectionError::ConnectionClosed(close)) => {

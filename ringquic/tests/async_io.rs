@@ -8,8 +8,7 @@ use common::*;
 async fn tokio_async_read_write() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     for b in backends() {
-        let (server, client) = pair(b);
-        let (sconn, conn) = connected(&server, &client).await;
+        let (_server, _client, sconn, conn) = connected_pair(b).await;
         within(20, async {
             let (mut send, _r) = conn.open_bi().await.unwrap();
             let data: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();

@@ -37,9 +37,11 @@ mod differential {
 mod quinn_impl {
     /// quinn's side of the few calls whose shape differs.
     pub mod imp {
-        use std::{net::SocketAddr, sync::Arc};
+        use std::sync::Arc;
 
-        use quinn::{ClientConfig, Connection, Dir, Endpoint, EndpointConfig, ServerConfig, VarInt};
+        use quinn::{Connection, Dir, Endpoint, EndpointConfig, ServerConfig, VarInt};
+
+        use crate::differential::support::Bind;
 
         pub const NAME: &str = "quinn";
         /// quinn can lose the CONNECTION_CLOSE of a connection whose handles are all dropped
@@ -51,30 +53,13 @@ mod quinn_impl {
         /// unordered one, so the next read is `ClosedStream`.
         pub const ILLEGAL_ORDERED_READ_KEEPS_STREAM: bool = false;
 
-        /// An endpoint on a socket bound to `addr` (quinn's `Endpoint::new`).
-        pub fn endpoint(
-            config: EndpointConfig,
-            server: Option<ServerConfig>,
-            client: Option<ClientConfig>,
-            addr: SocketAddr,
-        ) -> Endpoint {
-            let socket = std::net::UdpSocket::bind(addr).expect("bind");
-            endpoint_on(config, server, client, socket)
-        }
-
-        /// An endpoint on an existing socket.
-        pub fn endpoint_on(
-            config: EndpointConfig,
-            server: Option<ServerConfig>,
-            client: Option<ClientConfig>,
-            socket: std::net::UdpSocket,
-        ) -> Endpoint {
-            let mut e =
-                Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime)).expect("quinn endpoint");
-            if let Some(c) = client {
-                e.set_default_client_config(c);
-            }
-            e
+        /// An endpoint on the socket `at` names (quinn's `Endpoint::new`).
+        pub fn endpoint(config: EndpointConfig, server: Option<ServerConfig>, at: Bind) -> Endpoint {
+            let socket = match at {
+                Bind::Addr(addr) => std::net::UdpSocket::bind(addr).expect("bind"),
+                Bind::Socket(socket) => socket,
+            };
+            Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime)).expect("quinn endpoint")
         }
 
         /// A server endpoint that is as short of send buffers as the implementation allows
@@ -83,8 +68,7 @@ mod quinn_impl {
             endpoint(
                 EndpointConfig::default(),
                 Some(server),
-                None,
-                crate::common::localhost(),
+                crate::common::localhost().into(),
             )
         }
 
@@ -108,11 +92,9 @@ mod quinn_impl {
 mod ringquic_impl {
     /// ringquic's side of the few calls whose shape differs.
     pub mod imp {
-        use std::net::SocketAddr;
+        use ringquic::{Connection, Dir, Endpoint, EndpointConfig, ServerConfig, VarInt};
 
-        use ringquic::{
-            ClientConfig, Connection, Dir, Endpoint, EndpointBuilder, EndpointConfig, ServerConfig, VarInt,
-        };
+        use crate::differential::support::Bind;
 
         pub const NAME: &str = "ringquic";
         /// ringquic's I/O thread sends every pending close before it exits.
@@ -125,43 +107,17 @@ mod ringquic_impl {
         /// ringquic refuses the ordered read before quinn-proto sees it: the stream survives.
         pub const ILLEGAL_ORDERED_READ_KEEPS_STREAM: bool = true;
 
-        fn builder(
-            config: EndpointConfig,
-            server: Option<ServerConfig>,
-            client: Option<ClientConfig>,
-        ) -> EndpointBuilder {
+        /// An endpoint on the socket `at` names (ringquic's builder).
+        pub fn endpoint(config: EndpointConfig, server: Option<ServerConfig>, at: Bind) -> Endpoint {
             let mut b = Endpoint::builder().endpoint_config(config);
             if let Some(s) = server {
                 b = b.server_config(s);
             }
-            if let Some(c) = client {
-                b = b.default_client_config(c);
+            match at {
+                Bind::Addr(addr) => b.bind(addr),
+                Bind::Socket(socket) => b.socket(socket),
             }
-            b
-        }
-
-        /// An endpoint on a socket bound to `addr` (ringquic's builder).
-        pub fn endpoint(
-            config: EndpointConfig,
-            server: Option<ServerConfig>,
-            client: Option<ClientConfig>,
-            addr: SocketAddr,
-        ) -> Endpoint {
-            builder(config, server, client)
-                .bind(addr)
-                .expect("ringquic endpoint")
-        }
-
-        /// An endpoint on an existing socket.
-        pub fn endpoint_on(
-            config: EndpointConfig,
-            server: Option<ServerConfig>,
-            client: Option<ClientConfig>,
-            socket: std::net::UdpSocket,
-        ) -> Endpoint {
-            builder(config, server, client)
-                .socket(socket)
-                .expect("ringquic endpoint")
+            .expect("ringquic endpoint")
         }
 
         /// A server endpoint with a single TX buffer.

@@ -1,16 +1,18 @@
 //! Closing, idle timeouts, shutdown without leftovers, adopted sockets, construction errors.
 mod common;
+use common::process::{in_child, io_threads, run_child};
 use common::*;
 
 use std::{sync::Arc, time::Duration};
 
-use ringquic::{BackendKind, ConnectionError, Endpoint, EndpointConfig, EndpointError, TransportConfig};
+use ringquic::{
+    BackendKind, ConnectionError, Endpoint, EndpointBuilder, EndpointConfig, EndpointError, TransportConfig,
+};
 
 #[tokio::test(flavor = "current_thread")]
 async fn close_reaches_the_peer_as_application_closed() {
     for b in backends() {
-        let (server, client) = pair(b);
-        let (sconn, conn) = connected(&server, &client).await;
+        let (server, _client, sconn, conn) = connected_pair(b).await;
         sconn.close(42u32.into(), b"go away");
         match within(10, conn.closed()).await {
             ConnectionError::ApplicationClosed(c) => {
@@ -36,18 +38,8 @@ async fn idle_timeout_reaches_the_other_side() {
         let c = cert();
         let mut short = TransportConfig::default();
         short.max_idle_timeout(Some(Duration::from_millis(300).try_into().unwrap()));
-        let mut sc = server_config(&c);
-        sc.transport_config(Arc::new(short));
-        let server = Endpoint::builder()
-            .backend(b)
-            .server_config(sc)
-            .bind(localhost())
-            .unwrap();
-        let client = Endpoint::builder()
-            .backend(b)
-            .default_client_config(client_config(&c))
-            .bind(localhost())
-            .unwrap();
+        let server = server_endpoint(b, server_config_with(&c, Arc::new(short)), |s| s);
+        let client = client_endpoint(b, client_config(&c), |e| e);
         let relay = Relay::new(server.local_addr().unwrap());
         let (sconn, conn) = connected_via(&server, &client, relay.addr).await;
         // The path goes silent both ways; neither side hears a close: both time out.
@@ -60,19 +52,10 @@ async fn idle_timeout_reaches_the_other_side() {
 /// Runs in a child process so that no other test's threads are counted.
 #[test]
 fn dropping_the_endpoint_joins_its_thread() {
-    if std::env::var("RINGQUIC_TEST_CHILD_THREADS").is_err() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "dropping_the_endpoint_joins_its_thread",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("RINGQUIC_TEST_CHILD_THREADS", "1")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+    if !in_child(
+        "RINGQUIC_TEST_CHILD_THREADS",
+        "dropping_the_endpoint_joins_its_thread",
+    ) {
         return;
     }
     if !cfg!(target_os = "linux") {
@@ -84,11 +67,7 @@ fn dropping_the_endpoint_joins_its_thread() {
         {
             let (server, client) = pair(b);
             assert_eq!(io_threads(), 2);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
+            current_thread_runtime().block_on(async {
                 let (s, c) = connected(&server, &client).await;
                 let (mut tx, _rx) = c.open_bi().await.unwrap();
                 tx.write_all(b"in flight when everything is dropped")
@@ -114,20 +93,8 @@ fn adopting_a_socket() {
             .socket(sock)
             .unwrap();
         assert_eq!(server.local_addr().unwrap(), addr);
-        let client = Endpoint::builder()
-            .backend(b)
-            .default_client_config(client_config(&c))
-            .bind(localhost())
-            .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let connecting = client.connect(addr, "localhost").unwrap();
-            let _s = within(10, async { server.accept().await.unwrap().await.unwrap() }).await;
-            within(10, connecting).await.unwrap();
-        });
+        let client = client_endpoint(b, client_config(&c), |e| e);
+        current_thread_runtime().block_on(connected(&server, &client));
     }
 }
 
@@ -144,38 +111,37 @@ fn adopting_an_unbound_socket_says_what_is_missing() {
 
 #[test]
 fn construction_errors_are_typed() {
-    let e = Endpoint::builder().recv_buffers(0).bind(localhost()).unwrap_err();
-    assert!(matches!(e, EndpointError::Config(_)), "{e}");
-    let e = Endpoint::builder().tx_buffers(0).bind(localhost()).unwrap_err();
-    assert!(matches!(e, EndpointError::Config(_)), "{e}");
-    let e = Endpoint::builder()
-        .recv_buffer_size(1000)
-        .bind(localhost())
-        .unwrap_err();
-    assert!(
-        matches!(e, EndpointError::RecvBufferTooSmall { size: 1000, .. }),
-        "{e}"
-    );
-    let e = Endpoint::builder()
-        .tx_buffer_size(1000)
-        .bind(localhost())
-        .unwrap_err();
-    assert!(
-        matches!(e, EndpointError::TxBufferTooSmall { size: 1000, .. }),
-        "{e}"
-    );
     // A bigger max UDP payload raises the minimum buffer sizes.
     let mut ec = EndpointConfig::default();
     ec.max_udp_payload_size(9000).unwrap();
-    let e = Endpoint::builder()
-        .endpoint_config(ec)
-        .tx_buffer_size(8000)
-        .bind(localhost())
-        .unwrap_err();
-    assert!(
-        matches!(e, EndpointError::TxBufferTooSmall { min: 9000, .. }),
-        "{e}"
-    );
+    type Expected = fn(&EndpointError) -> bool;
+    let cases: [(&str, EndpointBuilder, Expected); 5] = [
+        ("recv_buffers(0)", Endpoint::builder().recv_buffers(0), |e| {
+            matches!(e, EndpointError::Config(_))
+        }),
+        ("tx_buffers(0)", Endpoint::builder().tx_buffers(0), |e| {
+            matches!(e, EndpointError::Config(_))
+        }),
+        (
+            "recv_buffer_size(1000)",
+            Endpoint::builder().recv_buffer_size(1000),
+            |e| matches!(e, EndpointError::RecvBufferTooSmall { size: 1000, .. }),
+        ),
+        (
+            "tx_buffer_size(1000)",
+            Endpoint::builder().tx_buffer_size(1000),
+            |e| matches!(e, EndpointError::TxBufferTooSmall { size: 1000, .. }),
+        ),
+        (
+            "tx_buffer_size(8000) with a 9000-byte max UDP payload",
+            Endpoint::builder().endpoint_config(ec).tx_buffer_size(8000),
+            |e| matches!(e, EndpointError::TxBufferTooSmall { min: 9000, .. }),
+        ),
+    ];
+    for (what, builder, expected) in cases {
+        let e = builder.bind(localhost()).unwrap_err();
+        assert!(expected(&e), "{what}: {e}");
+    }
     // Bind failure: the port is taken.
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let e = Endpoint::client(taken.local_addr().unwrap()).unwrap_err();
@@ -209,24 +175,15 @@ fn construction_errors_are_typed() {
 /// child process so the variable does not leak into other tests.
 #[test]
 fn unknown_backend_in_the_environment_is_an_error() {
-    if std::env::var("RINGQUIC_TEST_CHILD").is_ok() {
+    if std::env::var_os("RINGQUIC_TEST_CHILD").is_some() {
         let e = Endpoint::client(localhost()).unwrap_err();
         assert!(matches!(e, EndpointError::UnknownBackend(_)), "{e}");
         return;
     }
-    let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "unknown_backend_in_the_environment_is_an_error",
-            "--nocapture",
-        ])
-        .env("RINGQUIC_TEST_CHILD", "1")
-        .env("RINGQUIC_BACKEND", "bogus")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+    run_child(
+        "unknown_backend_in_the_environment_is_an_error",
+        &[("RINGQUIC_TEST_CHILD", "1"), ("RINGQUIC_BACKEND", "bogus")],
+    );
 }
 
 #[test]
@@ -236,23 +193,14 @@ fn environment_selects_the_backend() {
         assert_eq!(e.backend().name(), want);
         return;
     }
-    let exe = std::env::current_exe().unwrap();
     for name in ["poll"]
         .into_iter()
         .chain(cfg!(target_os = "linux").then_some("uring"))
     {
-        let out = std::process::Command::new(&exe)
-            .args(["--exact", "environment_selects_the_backend", "--nocapture"])
-            .env("RINGQUIC_TEST_CHILD_BACKEND", name)
-            .env("RINGQUIC_BACKEND", name)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_child(
+            "environment_selects_the_backend",
+            &[("RINGQUIC_TEST_CHILD_BACKEND", name), ("RINGQUIC_BACKEND", name)],
         );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
     }
 }
 
@@ -262,14 +210,7 @@ fn environment_selects_the_backend() {
 async fn endpoint_close_then_wait_idle() {
     for b in backends() {
         let (server, client) = pair(b);
-        let addr = server.local_addr().unwrap();
-        let mut server_conns = Vec::new();
-        let mut conns = Vec::new();
-        for _ in 0..3 {
-            let connecting = client.connect(addr, "localhost").unwrap();
-            server_conns.push(within(10, async { server.accept().await.unwrap().await.unwrap() }).await);
-            conns.push(within(10, connecting).await.unwrap());
-        }
+        let (server_conns, _conns) = connections(&server, &client, 3).await;
         client.close(5u32.into(), b"maintenance");
         within(10, client.wait_idle()).await;
         assert_eq!(client.open_connections(), 0);
@@ -291,8 +232,7 @@ async fn endpoint_close_then_wait_idle() {
 #[tokio::test(flavor = "current_thread")]
 async fn dropping_every_handle_sends_close_frames() {
     for b in backends() {
-        let (server, client) = pair(b);
-        let (sconn, conn) = connected(&server, &client).await;
+        let (_server, client, sconn, conn) = connected_pair(b).await;
         drop(conn);
         drop(client);
         match within(10, sconn.closed()).await {
@@ -307,8 +247,7 @@ async fn dropping_every_handle_sends_close_frames() {
 #[tokio::test(flavor = "current_thread")]
 async fn idle_endpoint_sleeps() {
     for b in backends() {
-        let (server, client) = pair(b);
-        let (_s, _c) = connected(&server, &client).await;
+        let (_server, client, _s, _c) = connected_pair(b).await;
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let before = client.stats().loop_turns;
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -326,13 +265,7 @@ async fn shutdown_closes_every_connection() {
     const CONNS: usize = 40;
     for b in backends() {
         let (server, client) = pair_with(b, |s| s, |c| c.tx_buffers(1));
-        let mut server_conns = Vec::new();
-        let mut conns = Vec::new();
-        for _ in 0..CONNS {
-            let (s, c) = connected(&server, &client).await;
-            server_conns.push(s);
-            conns.push(c);
-        }
+        let (server_conns, conns) = connections(&server, &client, CONNS).await;
         // Keep the client's I/O thread busy while every handle goes, so the connections'
         // closes and the shutdown reach it together, and late: longer than three PTOs (~80 ms
         // here), after which quinn-proto's close timer would end a closing period in which

@@ -25,30 +25,15 @@ fn request_response_entirely_on_io_threads() {
         let requests = client.spawn(async move {
             let conn = cl.connect(addr, "localhost").unwrap().await.unwrap();
             for i in 0..200u32 {
-                let (mut send, mut recv) = conn.open_bi().await.unwrap();
-                send.write_all(&i.to_be_bytes()).await.unwrap();
-                send.finish().unwrap();
-                assert_eq!(recv.read_to_end(1024).await.unwrap(), i.to_be_bytes());
+                assert_eq!(request(&conn, &i.to_be_bytes(), 1024).await, i.to_be_bytes());
             }
             conn.close(0u32.into(), b"done");
             200u32
         });
-        let done = futures::executor::block_on(async {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let watchdog = std::thread::spawn(move || {
-                if rx.recv_timeout(std::time::Duration::from_secs(30)).is_err() {
-                    eprintln!("local-task request/response hung");
-                    std::process::abort();
-                }
-            });
-            let n = requests.await;
-            tx.send(()).unwrap();
-            watchdog.join().unwrap();
-            n
-        });
+        let done = block_on_within(30, "local-task request/response", requests);
         assert_eq!(done.expect("the request task"), 200, "{b}");
         // The server's accept_bi ends with the connection's close.
-        futures::executor::block_on(serving).expect("the serving task");
+        block_on_within(10, "the serving task", serving).expect("the serving task");
         let (cw, sw) = (client.stats().app_wakeups, server.stats().app_wakeups);
         assert!(
             cw < 10 && sw < 10,

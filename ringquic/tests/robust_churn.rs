@@ -8,6 +8,7 @@
 //! `RINGQUIC_CHURN_LEAK_CANARY=1` leaks 4 KiB on purpose, so that `.ci/reliability.sh` can check
 //! its leak checker really reports a leak.
 mod common;
+use common::process::{env_usize, in_child, io_threads, rss_kib};
 use common::*;
 
 use std::time::Instant;
@@ -19,23 +20,6 @@ const PARALLEL: usize = 4;
 /// Largest RSS growth allowed between the end of the first (warm-up) endpoint pair and the end
 /// of the last one.
 const RSS_GROWTH_LIMIT_MIB: u64 = 30;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Resident memory of this process, in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 /// One endpoint pair's life: serve `conns` connections (PARALLEL at a time), each one
 /// bidirectional stream with a 100-byte request echoed back, then close and drop everything.
@@ -50,10 +34,7 @@ async fn one_endpoint_pair(b: BackendKind, round: usize, conns: usize) {
             handled += 1;
             tasks.spawn(async move {
                 let conn = incoming.await.unwrap();
-                let (mut s, mut r) = conn.accept_bi().await.unwrap();
-                let req = r.read_to_end(1024).await.unwrap();
-                s.write_all(&req).await.unwrap();
-                s.finish().unwrap();
+                let _send = echo_one(&conn, 1024).await;
                 // Wait for the client's close, so the server side ends cleanly too.
                 conn.closed().await;
             });
@@ -72,12 +53,8 @@ async fn one_endpoint_pair(b: BackendKind, round: usize, conns: usize) {
             let id = (round * conns + next + k) as u32;
             set.spawn(async move {
                 let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
-                let (mut s, mut r) = conn.open_bi().await.unwrap();
                 let req: Vec<u8> = (0..100u32).map(|i| (i ^ id) as u8).collect();
-                s.write_all(&req).await.unwrap();
-                s.finish().unwrap();
-                let resp = r.read_to_end(1024).await.unwrap();
-                assert_eq!(resp, req, "connection {id}");
+                assert_eq!(request(&conn, &req, 1024).await, req, "connection {id}");
                 conn.close(0u32.into(), b"bye");
             });
         }
@@ -99,27 +76,17 @@ async fn one_endpoint_pair(b: BackendKind, round: usize, conns: usize) {
 /// that thread counts and RSS are this test's own: other tests of the binary run in parallel.
 #[test]
 fn churn_connections_and_endpoints_without_leaks() {
-    const NAME: &str = "churn_connections_and_endpoints_without_leaks";
-    if std::env::var("RINGQUIC_TEST_CHILD_CHURN").is_err() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
-            .env("RINGQUIC_TEST_CHILD_CHURN", "1")
-            .output()
-            .unwrap();
-        eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "child failed");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+    if !in_child(
+        "RINGQUIC_TEST_CHILD_CHURN",
+        "churn_connections_and_endpoints_without_leaks",
+    ) {
         return;
     }
     let conns = env_usize("RINGQUIC_CHURN_CONNS", 1000);
     let endpoints = env_usize("RINGQUIC_CHURN_ENDPOINTS", 10).max(1);
     let check_rss = std::env::var("RINGQUIC_CHURN_SKIP_RSS").is_err() && endpoints >= 3;
     let per_endpoint = conns.div_ceil(endpoints);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = multi_thread_runtime();
     for b in backends() {
         assert_eq!(io_threads(), 0, "{b}: I/O threads before the churn");
         let started = Instant::now();

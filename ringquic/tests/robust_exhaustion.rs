@@ -3,66 +3,20 @@
 //! had to drop or wait for in `Endpoint::stats()`, holds memory bounded (flow control), and
 //! recovers when the pressure ends. Every test runs on every backend.
 mod common;
+use common::hashed::{random_bytes, send_hashed, send_hashed_while, sha256, spawn_hashed_receiver};
 use common::impair::Rng;
 use common::*;
 
 use std::{
     net::UdpSocket,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use ring::digest::{Context, SHA256};
-use ringquic::{BackendKind, Connection, Endpoint, VarInt};
+use ringquic::{BackendKind, VarInt};
 
 const MIB: usize = 1 << 20;
 const KIB: usize = 1 << 10;
-
-/// Pseudo-random chunk `i` of a stream (seeded by its index, so both ends can regenerate it).
-fn chunk(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    Rng::new(seed).fill(&mut v);
-    v
-}
-
-/// Read a unidirectional stream to its end: (bytes, SHA-256).
-async fn recv_all(r: &mut ringquic::RecvStream) -> (usize, Vec<u8>) {
-    let mut h = Context::new(&SHA256);
-    let mut n = 0;
-    while let Some(c) = r.read_chunk(usize::MAX, true).await.unwrap() {
-        h.update(&c.bytes);
-        n += c.bytes.len();
-    }
-    (n, h.finish().as_ref().to_vec())
-}
-
-/// Send `total` pseudo-random bytes in 1 MiB chunks on a new unidirectional stream; returns the
-/// SHA-256.
-async fn send_all(conn: &Connection, total: usize) -> Vec<u8> {
-    send_while(conn, total, || false).await.1
-}
-
-/// Send at least `min` pseudo-random bytes in chunks of up to 1 MiB on a new unidirectional
-/// stream, and more while `more()` says so (at most 1 GiB); returns the byte count and SHA-256.
-async fn send_while(conn: &Connection, min: usize, more: impl Fn() -> bool) -> (usize, Vec<u8>) {
-    const MAX: usize = 1 << 30;
-    let mut s = conn.open_uni().await.unwrap();
-    let mut h = Context::new(&SHA256);
-    let mut sent = 0;
-    let mut i = 0;
-    while sent < MAX && (sent < min || more()) {
-        let len = if sent < min { MIB.min(min - sent) } else { MIB };
-        let c = chunk(i, len);
-        i += 1;
-        h.update(&c);
-        sent += c.len();
-        s.write_chunk(Bytes::from(c)).await.unwrap();
-    }
-    s.finish().unwrap();
-    let _ = s.stopped().await;
-    (sent, h.finish().as_ref().to_vec())
-}
 
 /// The receiving application reads 1 MiB and then stops reading. The sender's writes stop
 /// completing (a 500 ms timeout elapses: a correctness bound, not a speed one) once it has used
@@ -74,26 +28,11 @@ async fn a_receiver_that_stops_reading_blocks_the_sender_and_memory_stays_bounde
     const READ_FIRST: usize = MIB;
     const STREAM_WINDOW: usize = 256 * KIB;
     for b in backends() {
-        let c = cert();
         let mut t = transport();
         t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW as u32));
         t.receive_window(VarInt::from_u32(4 * MIB as u32));
         t.send_window(4 * MIB as u64);
-        let t = Arc::new(t);
-        let mut sc = server_config(&c);
-        sc.transport_config(t.clone());
-        let mut cc = client_config(&c);
-        cc.transport_config(t);
-        let server = Endpoint::builder()
-            .backend(b)
-            .server_config(sc)
-            .bind(localhost())
-            .unwrap();
-        let client = Endpoint::builder()
-            .backend(b)
-            .default_client_config(cc)
-            .bind(localhost())
-            .unwrap();
+        let (server, client) = pair_with_transport(b, t, |s| s, |c| c);
         let addr = server.local_addr().unwrap();
         let (resume_tx, resume_rx) = tokio::sync::oneshot::channel::<()>();
         let srv = server.clone();
@@ -115,11 +54,9 @@ async fn a_receiver_that_stops_reading_blocks_the_sender_and_memory_stays_bounde
             }
             (n, h.finish().as_ref().to_vec(), conn)
         });
-        let conn = within(10, client.connect(addr, "localhost").unwrap())
-            .await
-            .unwrap();
+        let conn = connect_to(&client, addr).await;
         let mut s = conn.open_uni().await.unwrap();
-        let data = chunk(42, TOTAL);
+        let data = random_bytes(TOTAL, 42);
         let mut written = 0;
         let limit = READ_FIRST + STREAM_WINDOW;
         // Write until a write does not complete within 500 ms (once the reader has stopped: a
@@ -187,9 +124,7 @@ async fn a_receiver_that_stops_reading_blocks_the_sender_and_memory_stays_bounde
         .await;
         let (n, got, _sconn) = within(60, reader).await.unwrap();
         assert_eq!(n, TOTAL, "{b}");
-        let mut h = Context::new(&SHA256);
-        h.update(&data);
-        assert_eq!(got, h.finish().as_ref(), "{b}: SHA-256 differs");
+        assert_eq!(got, sha256(&data), "{b}: SHA-256 differs");
         eprintln!(
             "{b}: receiver stopped after {} MiB: sender blocked at {written} bytes (limit {limit}), \
              server received {rx1} bytes, +{} while blocked; resumed: {} MiB intact",
@@ -215,29 +150,11 @@ async fn a_receive_flood_larger_than_the_buffer_pool() {
     const MIN_TOTAL: usize = 4 * MIB;
     for b in backends() {
         let c = cert();
-        let server = Endpoint::builder()
-            .backend(b)
-            .server_config(server_config(&c))
-            .recv_buffers(4)
-            .recv_buffer_size(2048)
-            .bind(localhost())
-            .unwrap();
+        let server = server_endpoint(b, server_config(&c), |s| s.recv_buffers(4).recv_buffer_size(2048));
         let addr = server.local_addr().unwrap();
-        let client = Endpoint::builder()
-            .backend(b)
-            .default_client_config(client_config(&c))
-            .bind(localhost())
-            .unwrap();
-        let srv = server.clone();
-        let reader = tokio::spawn(async move {
-            let conn = srv.accept().await.unwrap().await.unwrap();
-            let mut r = conn.accept_uni().await.unwrap();
-            let res = recv_all(&mut r).await;
-            (res, conn)
-        });
-        let conn = within(10, client.connect(addr, "localhost").unwrap())
-            .await
-            .unwrap();
+        let client = client_endpoint(b, client_config(&c), |e| e);
+        let reader = spawn_hashed_receiver(&server);
+        let conn = connect_to(&client, addr).await;
         let blaster = std::thread::spawn(move || {
             let socks: Vec<UdpSocket> = (0..16).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
             let mut rng = Rng::new(99);
@@ -252,7 +169,11 @@ async fn a_receive_flood_larger_than_the_buffer_pool() {
             }
         });
         // The transfer goes on for as long as the flood does.
-        let (total, sent) = within(60, send_while(&conn, MIN_TOTAL, || !blaster.is_finished())).await;
+        let (total, sent) = within(
+            60,
+            send_hashed_while(&conn, 0, MIN_TOTAL, || !blaster.is_finished()),
+        )
+        .await;
         blaster.join().unwrap();
         let ((n, got), _sconn) = within(60, reader).await.unwrap();
         assert_eq!(n, total, "{b}");
@@ -274,21 +195,10 @@ async fn a_receive_flood_larger_than_the_buffer_pool() {
             assert!(s.recv_starved > 0 && s.recv_rearms > 0, "{b}: {s:?}");
         }
         // Recovery: a new client connects and transfers.
-        let client2 = Endpoint::builder()
-            .backend(b)
-            .default_client_config(client_config(&c))
-            .bind(localhost())
-            .unwrap();
-        let srv = server.clone();
-        let reader = tokio::spawn(async move {
-            let conn = srv.accept().await.unwrap().await.unwrap();
-            let mut r = conn.accept_uni().await.unwrap();
-            (recv_all(&mut r).await, conn)
-        });
-        let conn2 = within(10, client2.connect(addr, "localhost").unwrap())
-            .await
-            .unwrap();
-        let sent = within(30, send_all(&conn2, MIB)).await;
+        let client2 = client_endpoint(b, client_config(&c), |e| e);
+        let reader = spawn_hashed_receiver(&server);
+        let conn2 = connect_to(&client2, addr).await;
+        let sent = within(30, send_hashed(&conn2, MIB, 1)).await;
         let ((n, got), _sconn) = within(30, reader).await.unwrap();
         assert_eq!((n, got), (MIB, sent), "{b}: after the flood");
         conn.close(0u32.into(), b"done");
@@ -302,30 +212,11 @@ async fn a_receive_flood_larger_than_the_buffer_pool() {
 async fn a_single_tx_buffer_all_in_flight() {
     const TOTAL: usize = 16 * MIB;
     for b in backends() {
-        let c = cert();
-        let server = Endpoint::builder()
-            .backend(b)
-            .server_config(server_config(&c))
-            .bind(localhost())
-            .unwrap();
-        let addr = server.local_addr().unwrap();
-        let client = Endpoint::builder()
-            .backend(b)
-            .default_client_config(client_config(&c))
-            .tx_buffers(1)
-            .bind(localhost())
-            .unwrap();
-        let srv = server.clone();
-        let reader = tokio::spawn(async move {
-            let conn = srv.accept().await.unwrap().await.unwrap();
-            let mut r = conn.accept_uni().await.unwrap();
-            (recv_all(&mut r).await, conn)
-        });
-        let conn = within(10, client.connect(addr, "localhost").unwrap())
-            .await
-            .unwrap();
+        let (server, client) = pair_with(b, |s| s, |c| c.tx_buffers(1));
+        let reader = spawn_hashed_receiver(&server);
+        let conn = connect_to(&client, server.local_addr().unwrap()).await;
         let started = Instant::now();
-        let sent = within(60, send_all(&conn, TOTAL)).await;
+        let sent = within(60, send_hashed(&conn, TOTAL, 0)).await;
         let ((n, got), _sconn) = within(60, reader).await.unwrap();
         let elapsed = started.elapsed();
         assert_eq!(n, TOTAL, "{b}");

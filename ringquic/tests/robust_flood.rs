@@ -5,7 +5,9 @@
 //! a spoofing attacker would) against the two admission controls: the `max_incoming` cap and
 //! address validation (Retry). Every test runs on every backend.
 mod common;
+use common::hashed::{recv_hashed, send_hashed_while, MAX_HASHED};
 use common::impair::Rng;
+use common::process::{in_child, rss_kib};
 use common::*;
 
 use std::{
@@ -17,38 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use ring::digest::{Context, SHA256};
-use ringquic::{BackendKind, Connection, ConnectionError, Endpoint, TransportErrorCode};
+use ringquic::{BackendKind, ConnectionError, Endpoint, TransportErrorCode};
 
 const MIB: usize = 1 << 20;
-
-/// Resident memory of this process, in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Run the test `name` alone in a child process (so that its memory figures are its own), or, in
-/// that child, return true so the caller runs the body.
-fn in_child(name: &str) -> bool {
-    if std::env::var("RINGQUIC_TEST_CHILD_FLOOD").is_ok_and(|v| v == name) {
-        return true;
-    }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env("RINGQUIC_TEST_CHILD_FLOOD", name)
-        .output()
-        .unwrap();
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "child test {name} failed");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
-    false
-}
 
 /// What the flooder sends.
 #[derive(Clone)]
@@ -149,6 +123,14 @@ impl Flooder {
         }
     }
 
+    /// Replay `datagrams` to `target`, each once from a port of its own, in order, for 10 s at
+    /// most, sleeping `pace` after each (see [`Flooder::start`]).
+    fn replay(target: SocketAddr, datagrams: Vec<Vec<u8>>, pace: Option<Duration>) -> Self {
+        let n = datagrams.len();
+        let payloads = vec![Payload::Replay(Arc::new(datagrams))];
+        Self::start(target, payloads, n, n as u64, Duration::from_secs(10), pace)
+    }
+
     fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }
@@ -215,11 +197,7 @@ fn capture_initials(b: BackendKind, count: usize) -> Vec<Vec<u8>> {
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
     let _ = socket2::SockRef::from(&sink).set_recv_buffer_size(4 << 20);
     sink.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let client = Endpoint::builder()
-        .backend(b)
-        .default_client_config(client_config(&c))
-        .bind(localhost())
-        .unwrap();
+    let client = client_endpoint(b, client_config(&c), |e| e);
     let attempts: Vec<_> = (0..count)
         .map(|_| client.connect(sink.local_addr().unwrap(), "localhost").unwrap())
         .collect();
@@ -248,16 +226,9 @@ fn capture_initials(b: BackendKind, count: usize) -> Vec<Vec<u8>> {
 
 /// A fresh client endpoint connects to `addr` and echoes a small message.
 async fn fresh_client_echo(b: BackendKind, addr: SocketAddr, c: &Cert) -> Result<(), ConnectionError> {
-    let client = Endpoint::builder()
-        .backend(b)
-        .default_client_config(client_config(c))
-        .bind(localhost())
-        .unwrap();
+    let client = client_endpoint(b, client_config(c), |e| e);
     let conn = within(20, client.connect(addr, "localhost").unwrap()).await?;
-    let (mut s, mut r) = conn.open_bi().await?;
-    s.write_all(b"still there?").await.unwrap();
-    s.finish().unwrap();
-    let back = within(20, r.read_to_end(1024)).await.unwrap();
+    let back = within(20, request(&conn, b"still there?", 1024)).await;
     assert_eq!(back, b"still there?");
     conn.close(0u32.into(), b"bye");
     Ok(())
@@ -311,61 +282,30 @@ fn serve(
     })
 }
 
-/// Send pseudo-random bytes on a new unidirectional stream: at least `min`, then on until the
-/// flood is over (so the whole flood meets a running transfer), at most `max`. Returns the byte
-/// count and the SHA-256.
-async fn send_during(conn: &Connection, flood: &Flooder, min: usize, max: usize) -> (usize, Vec<u8>) {
-    let mut send = conn.open_uni().await.unwrap();
-    let mut rng = Rng::new(11);
-    let mut h = Context::new(&SHA256);
-    let mut sent = 0;
-    while sent < max && (sent < min || !flood.is_finished()) {
-        let mut buf = vec![0u8; MIB.min(max - sent)];
-        rng.fill(&mut buf);
-        h.update(&buf);
-        sent += buf.len();
-        send.write_chunk(Bytes::from(buf)).await.unwrap();
-    }
-    send.finish().unwrap();
-    (sent, h.finish().as_ref().to_vec())
-}
-
 /// A transfer under a flood of garbage and fake Initials from 64 source ports: it completes
 /// byte-exact, the server counted the flood, a new client connects afterwards, and memory stays
 /// bounded. Runs in a child process so the memory figures are this test's own.
 #[test]
 fn transfer_survives_a_garbage_and_fake_initial_flood() {
-    if !in_child("transfer_survives_a_garbage_and_fake_initial_flood") {
+    if !in_child(
+        "RINGQUIC_TEST_CHILD_FLOOD",
+        "transfer_survives_a_garbage_and_fake_initial_flood",
+    ) {
         return;
     }
     // The transfer sends at least MIN_TOTAL and goes on until the whole flood has been sent.
     const MIN_TOTAL: usize = 16 * MIB;
-    const MAX_TOTAL: usize = 1 << 30;
     const FLOOD: u64 = 100_000;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = multi_thread_runtime();
     for b in backends() {
         rt.block_on(async {
             let c = cert();
-            let server = Endpoint::builder()
-                .backend(b)
-                .server_config(server_config(&c))
-                .bind(localhost())
-                .unwrap();
+            let server = server_endpoint(b, server_config(&c), |s| s);
             let addr = server.local_addr().unwrap();
-            let client = Endpoint::builder()
-                .backend(b)
-                .default_client_config(client_config(&c))
-                .bind(localhost())
-                .unwrap();
+            let client = client_endpoint(b, client_config(&c), |e| e);
             let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
             let served = serve(server.clone(), done_tx);
-            let conn = within(10, client.connect(addr, "localhost").unwrap())
-                .await
-                .unwrap();
+            let conn = connect_to(&client, addr).await;
             let rss_before = rss_kib();
             let flood = Flooder::start(
                 addr,
@@ -376,7 +316,11 @@ fn transfer_survives_a_garbage_and_fake_initial_flood() {
                 None,
             );
             let started = Instant::now();
-            let (total, sent) = within(60, send_during(&conn, &flood, MIN_TOTAL, MAX_TOTAL)).await;
+            let (total, sent) = within(
+                60,
+                send_hashed_while(&conn, 11, MIN_TOTAL, || !flood.is_finished()),
+            )
+            .await;
             let (n, got) = within(60, done.recv()).await.unwrap();
             let flood_done_first = flood.is_finished();
             let (flood_sent, peak_rss) = flood.finish();
@@ -384,7 +328,7 @@ fn transfer_survives_a_garbage_and_fake_initial_flood() {
             assert_eq!(n, total, "{b}: byte count");
             assert_eq!(got, sent, "{b}: SHA-256 differs");
             assert!(
-                total < MAX_TOTAL && flood_done_first,
+                total < MAX_HASHED && flood_done_first,
                 "{b}: the flood was not over when the transfer reached its 1 GiB cap"
             );
             assert!(
@@ -453,27 +397,14 @@ async fn max_incoming_caps_a_handshake_flood() {
     const WAVE: usize = 100;
     for b in backends() {
         let c = cert();
-        let server = Endpoint::builder()
-            .backend(b)
-            .server_config(server_config(&c))
-            .max_incoming(CAP)
-            .bind(localhost())
-            .unwrap();
+        let server = server_endpoint(b, server_config(&c), |s| s.max_incoming(CAP));
         let addr = server.local_addr().unwrap();
         let initials = capture_initials(b, 2 * WAVE);
 
         // Wave 1: nobody accepts.
-        let wave1 = Arc::new(initials[..WAVE].to_vec());
-        let flood = Flooder::start(
-            addr,
-            vec![Payload::Replay(wave1)],
-            WAVE,
-            WAVE as u64,
-            Duration::from_secs(10),
-            None,
-        );
+        let flood = Flooder::replay(addr, initials[..WAVE].to_vec(), None);
         assert_eq!(flood.wait().0, WAVE as u64);
-        let s1 = wait_for(&server, |s| s.datagrams_received >= WAVE as u64).await;
+        let s1 = stats_when(&server, |s| s.datagrams_received >= WAVE as u64).await;
         assert!(s1.datagrams_received >= WAVE as u64 * 9 / 10, "{b}: {s1:?}");
         assert_eq!(
             s1.incoming_refused,
@@ -486,42 +417,20 @@ async fn max_incoming_caps_a_handshake_flood() {
         for _ in 0..CAP {
             within(5, server.accept()).await.unwrap().ignore();
         }
-        let client = Endpoint::builder()
-            .backend(b)
-            .default_client_config(client_config(&c))
-            .bind(localhost())
-            .unwrap();
-        let connecting = client.connect(addr, "localhost").unwrap();
-        let sconn = within(10, async { server.accept().await.unwrap().await.unwrap() }).await;
-        let conn = within(10, connecting).await.unwrap();
-        let reader = tokio::spawn(async move {
-            let mut r = sconn.accept_uni().await.unwrap();
-            let mut h = Context::new(&SHA256);
-            let mut n = 0;
-            while let Some(chunk) = r.read_chunk(usize::MAX, true).await.unwrap() {
-                h.update(&chunk.bytes);
-                n += chunk.bytes.len();
-            }
-            (n, h.finish().as_ref().to_vec(), sconn)
-        });
+        let client = client_endpoint(b, client_config(&c), |e| e);
+        let (sconn, conn) = connected(&server, &client).await;
+        let reader = tokio::spawn(async move { (recv_hashed(&sconn).await, sconn) });
 
         // Wave 2 while the real connection transfers; nobody accepts.
         let before = server.stats();
-        let wave2 = Arc::new(initials[WAVE..].to_vec());
-        let flood = Flooder::start(
-            addr,
-            vec![Payload::Replay(wave2)],
-            WAVE,
-            WAVE as u64,
-            Duration::from_secs(10),
-            Some(Duration::from_millis(2)),
-        );
-        let (total, sent_hash) = within(60, send_during(&conn, &flood, 4 * MIB, 1 << 30)).await;
-        let (n, got, _sconn) = within(60, reader).await.unwrap();
+        let flood = Flooder::replay(addr, initials[WAVE..].to_vec(), Some(Duration::from_millis(2)));
+        let (total, sent_hash) =
+            within(60, send_hashed_while(&conn, 11, 4 * MIB, || !flood.is_finished())).await;
+        let ((n, got), _sconn) = within(60, reader).await.unwrap();
         assert_eq!(flood.wait().0, WAVE as u64);
         assert_eq!(n, total, "{b}");
         assert_eq!(got, sent_hash, "{b}: SHA-256 differs");
-        let s2 = wait_for(&server, |s| {
+        let s2 = stats_when(&server, |s| {
             s.incoming_refused - before.incoming_refused >= (WAVE - CAP) as u64
         })
         .await;
@@ -547,38 +456,15 @@ async fn max_incoming_caps_a_handshake_flood() {
     }
 }
 
-/// Poll the server's statistics until `done` holds (at most 10 s); returns the last snapshot.
-async fn wait_for(
-    server: &Endpoint,
-    done: impl Fn(&ringquic::EndpointStats) -> bool,
-) -> ringquic::EndpointStats {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = server.stats();
-        if done(&s) || Instant::now() > end {
-            // Let stragglers in, so an excess would show.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            return server.stats();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// `max_incoming(n)` bounds incoming attempts waiting for `accept` *plus accepted ones still
 /// handshaking* (its documentation). With an application that accepts everything, 10 spoofed
 /// handshakes that never complete must leave 2 handshaking and 8 refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_incoming_counts_accepted_handshakes() {
     for b in backends() {
-        let c = cert();
-        let server = Endpoint::builder()
-            .backend(b)
-            .server_config(server_config(&c))
-            .max_incoming(2)
-            .bind(localhost())
-            .unwrap();
+        let server = server_endpoint(b, server_config(&cert()), |s| s.max_incoming(2));
         let addr = server.local_addr().unwrap();
-        let initials = Arc::new(capture_initials(b, 10));
+        let initials = capture_initials(b, 10);
         let srv = server.clone();
         let accept_loop = tokio::spawn(async move {
             let mut handshaking = Vec::new();
@@ -587,16 +473,9 @@ async fn max_incoming_counts_accepted_handshakes() {
             }
             handshaking.len()
         });
-        let flood = Flooder::start(
-            addr,
-            vec![Payload::Replay(initials)],
-            10,
-            10,
-            Duration::from_secs(10),
-            Some(Duration::from_millis(20)),
-        );
+        let flood = Flooder::replay(addr, initials, Some(Duration::from_millis(20)));
         assert_eq!(flood.wait().0, 10);
-        let s = wait_for(&server, |s| s.datagrams_received >= 10).await;
+        let s = stats_when(&server, |s| s.datagrams_received >= 10).await;
         server.close(0u32.into(), b"done");
         let accepted = within(10, accept_loop).await.unwrap();
         assert_eq!(s.datagrams_received, 10, "{b}: {s:?}");
@@ -613,13 +492,9 @@ async fn validate_addresses_keeps_a_spoofed_handshake_flood_out() {
     const SPOOFED: usize = 300;
     for b in backends() {
         let c = cert();
-        let server = Endpoint::builder()
-            .backend(b)
-            .server_config(server_config(&c))
-            .validate_addresses(true)
-            .max_incoming(4)
-            .bind(localhost())
-            .unwrap();
+        let server = server_endpoint(b, server_config(&c), |s| {
+            s.validate_addresses(true).max_incoming(4)
+        });
         let addr = server.local_addr().unwrap();
         let initials = Arc::new(capture_initials(b, SPOOFED));
         let (done_tx, _done) = tokio::sync::mpsc::unbounded_channel();
@@ -642,7 +517,7 @@ async fn validate_addresses_keeps_a_spoofed_handshake_flood_out() {
         let during = flood.sent();
         let flood_went_on = !flood.is_finished();
         let (sent, _) = flood.wait();
-        let s = wait_for(&server, |s| s.incoming_retried > SPOOFED as u64).await;
+        let s = stats_when(&server, |s| s.incoming_retried > SPOOFED as u64).await;
         eprintln!(
             "{b}: validate_addresses: {sent} flood datagrams ({SPOOFED} valid Initials), real client \
              connected after {during}: retried {}, refused {}, responses dropped {}",

@@ -3,13 +3,13 @@
 //! the AEAD and never surface as wrong bytes; a blackholed path ends in the idle-timeout error.
 //! Every test runs on every backend.
 mod common;
+use common::hashed::{read_hashed, recv_hashed, send_hashed, write_hashed};
 use common::impair::{Dir, Impair, ImpairedRelay, Rng};
 use common::*;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
-use ring::digest::{Context, Digest, SHA256};
 use ringquic::{BackendKind, Connection, ConnectionError, Endpoint, TransportConfig, WriteError};
 
 const MIB: usize = 1 << 20;
@@ -21,64 +21,14 @@ fn impaired_pair(
     transport: TransportConfig,
     make_relay: impl FnOnce(std::net::SocketAddr) -> ImpairedRelay,
 ) -> (Endpoint, Endpoint, ImpairedRelay) {
-    let c = cert();
-    let transport = Arc::new(transport);
-    let mut sc = server_config(&c);
-    sc.transport_config(transport.clone());
-    let mut cc = client_config(&c);
-    cc.transport_config(transport);
-    let server = Endpoint::builder()
-        .backend(b)
-        .server_config(sc)
-        .bind(localhost())
-        .unwrap();
-    let client = Endpoint::builder()
-        .backend(b)
-        .default_client_config(cc)
-        .bind(localhost())
-        .unwrap();
+    let (server, client) = pair_with_transport(b, transport, |s| s, |c| c);
     let relay = make_relay(server.local_addr().unwrap());
     (server, client, relay)
 }
 
+/// Connect through `relay` and accept: (server side, client side), 30 s at most each.
 async fn connect(server: &Endpoint, client: &Endpoint, relay: &ImpairedRelay) -> (Connection, Connection) {
-    let connecting = client.connect(relay.addr, "localhost").unwrap();
-    let s = within(30, async { server.accept().await.unwrap().await.unwrap() }).await;
-    let c = within(30, connecting).await.unwrap();
-    (s, c)
-}
-
-/// Send `total` deterministic pseudo-random bytes on a new unidirectional stream, in 1 MiB
-/// chunks; returns their SHA-256.
-async fn send_hashed(conn: &Connection, total: usize, seed: u64) -> Digest {
-    let mut send = conn.open_uni().await.unwrap();
-    let mut rng = Rng::new(seed);
-    let mut h = Context::new(&SHA256);
-    let mut sent = 0;
-    while sent < total {
-        let mut buf = vec![0u8; MIB.min(total - sent)];
-        rng.fill(&mut buf);
-        h.update(&buf);
-        sent += buf.len();
-        send.write_chunk(Bytes::from(buf)).await.unwrap();
-    }
-    send.finish().unwrap();
-    // Wait until the peer has everything (the stream is acknowledged), so closing afterwards
-    // cannot cut the tail off.
-    let _ = send.stopped().await;
-    h.finish()
-}
-
-/// Read the next unidirectional stream to its end; returns (bytes, SHA-256).
-async fn recv_hashed(conn: &Connection) -> (usize, Digest) {
-    let mut recv = conn.accept_uni().await.unwrap();
-    let mut h = Context::new(&SHA256);
-    let mut n = 0;
-    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await.unwrap() {
-        h.update(&chunk.bytes);
-        n += chunk.bytes.len();
-    }
-    (n, h.finish())
+    connected_within(30, server, client, relay.addr).await
 }
 
 /// The relay itself does what it is told (so the tests below are not vacuous): with everything
@@ -218,7 +168,7 @@ async fn bulk_transfer_through_loss_reordering_and_duplication() {
         })
         .await;
         assert_eq!(n, total, "{b}: byte count");
-        assert_eq!(got.as_ref(), sent.as_ref(), "{b}: SHA-256 differs");
+        assert_eq!(got, sent, "{b}: SHA-256 differs");
         let rs = relay.stats();
         eprintln!(
             "{b}: {} MiB at 5% loss, 2% reorder, 1% dup: {:.1} s, hash ok; relay {:?}; \
@@ -283,33 +233,19 @@ async fn echo_hashed(b: BackendKind, sconn: Connection, conn: Connection, total:
     });
     let (mut s, mut r) = conn.open_bi().await.unwrap();
     let writer = tokio::spawn(async move {
-        let mut rng = Rng::new(3);
-        let mut h = Context::new(&SHA256);
-        let mut sent = 0;
-        while sent < total {
-            let mut buf = vec![0u8; (256 << 10).min(total - sent)];
-            rng.fill(&mut buf);
-            h.update(&buf);
-            sent += buf.len();
-            s.write_chunk(Bytes::from(buf)).await.unwrap();
-        }
+        let (_, hash) = write_hashed(&mut s, &mut Rng::new(3), 256 << 10, total, || false).await;
         s.finish().unwrap();
-        h.finish()
+        hash
     });
-    let (sent, n, got) = within(120, async {
-        let mut h = Context::new(&SHA256);
-        let mut n = 0;
-        while let Some(chunk) = r.read_chunk(usize::MAX, true).await.unwrap() {
-            h.update(&chunk.bytes);
-            n += chunk.bytes.len();
-        }
-        (writer.await.unwrap(), n, h.finish())
+    let (sent, (n, got)) = within(120, async {
+        let got = read_hashed(&mut r).await;
+        (writer.await.unwrap(), got)
     })
     .await;
     let (echoed, sconn) = within(30, echo).await.unwrap();
     assert_eq!(echoed, total, "{b}: server byte count");
     assert_eq!(n, total, "{b}: client byte count");
-    assert_eq!(got.as_ref(), sent.as_ref(), "{b}: SHA-256 of the echo differs");
+    assert_eq!(got, sent, "{b}: SHA-256 of the echo differs");
     sconn
 }
 

@@ -516,34 +516,18 @@ async fn run(target: &str, scenario: Scenario, make: impl FnOnce(&Cert) -> Serve
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    // Two workers: the quinn client's driver and the test itself (the machine has two cores;
-    // the ringquic server runs on its own I/O thread).
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 fn ringquic_server(backend: BackendKind) -> Result<impl Fn(&Cert) -> Server, EndpointError> {
     // Probe once whether the backend can run here.
     ringquic::Endpoint::builder().backend(backend).bind(localhost())?;
-    Ok(move |c: &Cert| {
-        Server::Ringquic(
-            ringquic::Endpoint::builder()
-                .backend(backend)
-                .server_config(server_config(c))
-                .bind(localhost())
-                .expect("server endpoint"),
-        )
-    })
+    Ok(move |c: &Cert| Server::Ringquic(server_endpoint(backend, server_config(c), |s| s)))
 }
 
 #[test]
 fn held_receive_memory_stays_within_budget() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let rt = runtime();
+    // Two workers: the quinn client's driver and the test itself (the ringquic server runs on
+    // its own I/O thread).
+    let rt = multi_thread_runtime();
     let mut failures = Vec::new();
     for backend in backends() {
         let make = match ringquic_server(backend) {
@@ -594,7 +578,9 @@ fn held_receive_memory_stays_within_budget() {
 #[ignore = "for comparison only: stock quinn holds the memory too; run with --ignored --nocapture"]
 fn stock_quinn_under_the_same_attack() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let rt = runtime();
+    // Two workers: the quinn client's driver and the test itself (the ringquic server runs on
+    // its own I/O thread).
+    let rt = multi_thread_runtime();
     for scenario in [Scenario::Datagrams, Scenario::Streams] {
         let f = rt.block_on(async {
             run("stock quinn", scenario, |c| {

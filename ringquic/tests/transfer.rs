@@ -1,57 +1,27 @@
 //! Data integrity at volume: a 256 MiB stream hashed at both ends, 100 concurrent streams,
 //! unreliable datagrams. Each runs on every backend.
 mod common;
+use common::hashed::{spawn_hashed_receiver, write_hashed};
+use common::impair::Rng;
 use common::*;
 
 use bytes::Bytes;
-use ring::digest::{Context, SHA256};
-
-/// Deterministic pseudo-random bytes (xorshift), so both ends can agree without sharing a file.
-fn fill(buf: &mut [u8], seed: &mut u64) {
-    for chunk in buf.chunks_mut(8) {
-        *seed ^= *seed << 13;
-        *seed ^= *seed >> 7;
-        *seed ^= *seed << 17;
-        let b = seed.to_le_bytes();
-        chunk.copy_from_slice(&b[..chunk.len()]);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_256_mib_hashed_at_both_ends() {
     const TOTAL: usize = 256 << 20;
     for b in backends() {
         let (server, client) = pair(b);
-        let addr = server.local_addr().unwrap();
-        let srv = server.clone();
-        let receiver = tokio::spawn(async move {
-            let conn = srv.accept().await.unwrap().await.unwrap();
-            let mut recv = conn.accept_uni().await.unwrap();
-            let mut h = Context::new(&SHA256);
-            let mut n = 0usize;
-            while let Some(chunk) = recv.read_chunk(usize::MAX, true).await.unwrap() {
-                h.update(&chunk.bytes);
-                n += chunk.bytes.len();
-            }
-            (n, h.finish())
-        });
-        let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+        let receiver = spawn_hashed_receiver(&server);
+        let conn = connect_to(&client, server.local_addr().unwrap()).await;
         let mut send = conn.open_uni().await.unwrap();
-        let mut h = Context::new(&SHA256);
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut sent = 0;
         within(120, async {
-            while sent < TOTAL {
-                let mut buf = vec![0u8; 1 << 20];
-                fill(&mut buf, &mut seed);
-                h.update(&buf);
-                sent += buf.len();
-                send.write_chunk(Bytes::from(buf)).await.unwrap();
-            }
+            let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
+            let (sent, hash) = write_hashed(&mut send, &mut rng, 1 << 20, TOTAL, || false).await;
             send.finish().unwrap();
-            let (n, digest) = receiver.await.unwrap();
-            assert_eq!(n, TOTAL, "{b}: byte count");
-            assert_eq!(digest.as_ref(), h.finish().as_ref(), "{b}: SHA-256 differs");
+            let ((n, digest), _sconn) = receiver.await.unwrap();
+            assert_eq!((sent, n), (TOTAL, TOTAL), "{b}: byte count");
+            assert_eq!(digest, hash, "{b}: SHA-256 differs");
         })
         .await;
         let stats = client.stats();
@@ -84,20 +54,16 @@ async fn hundred_concurrent_streams() {
             }
             conn
         });
-        let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+        let conn = connect_to(&client, addr).await;
         within(60, async {
             let mut tasks = Vec::new();
             for i in 0..100u32 {
                 let conn = conn.clone();
                 tasks.push(tokio::spawn(async move {
-                    let (mut s, mut r) = conn.open_bi().await.unwrap();
                     let payload: Vec<u8> = (0..(10_000 + i as usize * 100))
                         .map(|x| (x as u32 ^ i) as u8)
                         .collect();
-                    s.write_all(&payload).await.unwrap();
-                    s.finish().unwrap();
-                    let back = r.read_to_end(1 << 20).await.unwrap();
-                    assert_eq!(back, payload, "stream {i}");
+                    assert_eq!(request(&conn, &payload, 1 << 20).await, payload, "stream {i}");
                 }));
             }
             for t in tasks {
@@ -112,12 +78,7 @@ async fn hundred_concurrent_streams() {
 #[tokio::test(flavor = "current_thread")]
 async fn unreliable_datagrams() {
     for b in backends() {
-        let (server, client) = pair(b);
-        let addr = server.local_addr().unwrap();
-        let srv = server.clone();
-        let conn = client.connect(addr, "localhost").unwrap();
-        let sconn = within(10, async { srv.accept().await.unwrap().await.unwrap() }).await;
-        let conn = within(10, conn).await.unwrap();
+        let (_server, _client, sconn, conn) = connected_pair(b).await;
         let max = conn.max_datagram_size().expect("datagrams enabled by default");
         assert!(max >= 1000, "{max}");
         // Loopback does not lose datagrams unless buffers overflow; send a modest number and

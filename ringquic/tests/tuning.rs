@@ -19,17 +19,11 @@ fn tuned_pair(
 async fn echo(server: &Endpoint, client: &Endpoint) {
     let (s, c) = connected(server, client).await;
     let srv = tokio::spawn(async move {
-        let (mut send, mut recv) = s.accept_bi().await.expect("accept_bi");
-        let msg = recv.read_to_end(1 << 20).await.expect("read");
-        send.write_all(&msg).await.expect("write");
-        send.finish().expect("finish");
+        echo_one(&s, 1 << 20).await;
         s
     });
     let msg: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-    let (mut send, mut recv) = c.open_bi().await.expect("open_bi");
-    within(10, send.write_all(&msg)).await.expect("write");
-    send.finish().expect("finish");
-    assert_eq!(within(10, recv.read_to_end(1 << 20)).await.expect("read"), msg);
+    assert_eq!(within(20, request(&c, &msg, 1 << 20)).await, msg);
     let s = within(10, srv).await.expect("server task");
     c.close(0u32.into(), b"done");
     s.close(0u32.into(), b"done");
@@ -85,20 +79,16 @@ fn pinning_to_a_cpu_that_is_not_there_is_an_error() {
 
 #[test]
 fn out_of_range_tuning_is_a_config_error() {
-    let e = Endpoint::builder()
-        .busy_poll(Duration::from_secs(2))
-        .bind(localhost());
-    assert!(
-        matches!(e, Err(EndpointError::Config(m)) if m.contains("busy_poll")),
-        "{e:?}"
-    );
-    let e = Endpoint::builder()
-        .sqpoll(Duration::from_secs(61))
-        .bind(localhost());
-    assert!(
-        matches!(e, Err(EndpointError::Config(m)) if m.contains("sqpoll")),
-        "{e:?}"
-    );
+    for (option, builder) in [
+        ("busy_poll", Endpoint::builder().busy_poll(Duration::from_secs(2))),
+        ("sqpoll", Endpoint::builder().sqpoll(Duration::from_secs(61))),
+    ] {
+        let e = builder.bind(localhost());
+        assert!(
+            matches!(e, Err(EndpointError::Config(m)) if m.contains(option)),
+            "{option}: {e:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,12 +104,9 @@ async fn sqpoll_endpoints_exchange_data_or_refuse_with_a_reason() {
         .bind(localhost());
     match server {
         Ok(server) => {
-            let client = Endpoint::builder()
-                .backend(BackendKind::IoUring)
-                .default_client_config(client_config(&c))
-                .sqpoll(Duration::from_millis(10))
-                .bind(localhost())
-                .expect("client endpoint with SQPOLL");
+            let client = client_endpoint(BackendKind::IoUring, client_config(&c), |e| {
+                e.sqpoll(Duration::from_millis(10))
+            });
             echo(&server, &client).await;
         }
         // A kernel that refuses SQPOLL (old, or restricted) must say so, not fall back quietly.

@@ -1,10 +1,17 @@
-//! Helpers shared by the integration tests: certificates, configs, both backends, timeouts.
+//! Helpers shared by the integration tests: certificates, configs, both backends, endpoints,
+//! connections, timeouts. Submodules: `impair` (an impairing relay), `hashed` (hashed
+//! transfers), `process` (child processes, memory, threads).
 #![allow(dead_code)]
+pub mod hashed;
 pub mod impair;
+pub mod process;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use ringquic::{BackendKind, ClientConfig, Endpoint, EndpointBuilder, ServerConfig, TransportConfig};
+use ringquic::{
+    BackendKind, ClientConfig, Connection, Endpoint, EndpointBuilder, EndpointStats, ServerConfig,
+    TransportConfig,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A self-signed certificate for "localhost".
@@ -27,18 +34,30 @@ pub fn transport() -> TransportConfig {
     t
 }
 
+/// A server configuration for `c` with [`transport`].
 pub fn server_config(c: &Cert) -> ServerConfig {
+    server_config_with(c, Arc::new(transport()))
+}
+
+/// A server configuration for `c` with transport `t`.
+pub fn server_config_with(c: &Cert, t: Arc<TransportConfig>) -> ServerConfig {
     let mut s = ServerConfig::with_single_cert(vec![c.der.clone()], PrivateKeyDer::Pkcs8(c.key.clone_key()))
         .expect("server config");
-    s.transport_config(Arc::new(transport()));
+    s.transport_config(t);
     s
 }
 
+/// A client configuration trusting `c`, with [`transport`].
 pub fn client_config(c: &Cert) -> ClientConfig {
+    client_config_with(c, Arc::new(transport()))
+}
+
+/// A client configuration trusting `c`, with transport `t`.
+pub fn client_config_with(c: &Cert, t: Arc<TransportConfig>) -> ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(c.der.clone()).expect("root");
     let mut cc = ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config");
-    cc.transport_config(Arc::new(transport()));
+    cc.transport_config(t);
     cc
 }
 
@@ -57,6 +76,31 @@ pub fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
+/// A server endpoint on `backend` serving `config` on 127.0.0.1, with extra builder settings.
+pub fn server_endpoint(
+    backend: BackendKind,
+    config: ServerConfig,
+    tweak: impl FnOnce(EndpointBuilder) -> EndpointBuilder,
+) -> Endpoint {
+    let server = tweak(Endpoint::builder().backend(backend).server_config(config))
+        .bind(localhost())
+        .expect("server endpoint");
+    assert_eq!(server.backend(), backend);
+    server
+}
+
+/// A client endpoint on `backend` connecting with `config` by default, on 127.0.0.1, with
+/// extra builder settings.
+pub fn client_endpoint(
+    backend: BackendKind,
+    config: ClientConfig,
+    tweak: impl FnOnce(EndpointBuilder) -> EndpointBuilder,
+) -> Endpoint {
+    tweak(Endpoint::builder().backend(backend).default_client_config(config))
+        .bind(localhost())
+        .expect("client endpoint")
+}
+
 /// A server and a client endpoint on `backend`, sharing one certificate.
 pub fn pair(backend: BackendKind) -> (Endpoint, Endpoint) {
     pair_with(backend, |b| b, |b| b)
@@ -68,44 +112,130 @@ pub fn pair_with(
     server: impl FnOnce(EndpointBuilder) -> EndpointBuilder,
     client: impl FnOnce(EndpointBuilder) -> EndpointBuilder,
 ) -> (Endpoint, Endpoint) {
+    pair_with_transport(backend, transport(), server, client)
+}
+
+/// [`pair_with`] with `t` as both sides' transport.
+pub fn pair_with_transport(
+    backend: BackendKind,
+    t: TransportConfig,
+    server: impl FnOnce(EndpointBuilder) -> EndpointBuilder,
+    client: impl FnOnce(EndpointBuilder) -> EndpointBuilder,
+) -> (Endpoint, Endpoint) {
     let c = cert();
-    let server = server(
-        Endpoint::builder()
-            .backend(backend)
-            .server_config(server_config(&c)),
+    let t = Arc::new(t);
+    (
+        server_endpoint(backend, server_config_with(&c, t.clone()), server),
+        client_endpoint(backend, client_config_with(&c, t), client),
     )
-    .bind(localhost())
-    .expect("server endpoint");
-    let client = client(
-        Endpoint::builder()
-            .backend(backend)
-            .default_client_config(client_config(&c)),
-    )
-    .bind(localhost())
-    .expect("client endpoint");
-    assert_eq!(server.backend(), backend);
-    (server, client)
 }
 
 /// Connect `client` to `server` (by address `to`) and accept on the server: (server side,
-/// client side), both established, within 10 s each.
-pub async fn connected_via(
+/// client side), both established, within `secs` seconds each.
+pub async fn connected_within(
+    secs: u64,
     server: &Endpoint,
     client: &Endpoint,
     to: SocketAddr,
-) -> (ringquic::Connection, ringquic::Connection) {
+) -> (Connection, Connection) {
     let connecting = client.connect(to, "localhost").expect("connect");
-    let server_side = within(10, async {
+    let server_side = within(secs, async {
         server.accept().await.expect("incoming").await.expect("accept")
     })
     .await;
-    let client_side = within(10, connecting).await.expect("handshake");
+    let client_side = within(secs, connecting).await.expect("handshake");
     (server_side, client_side)
 }
 
+/// [`connected_within`] 10 s.
+pub async fn connected_via(server: &Endpoint, client: &Endpoint, to: SocketAddr) -> (Connection, Connection) {
+    connected_within(10, server, client, to).await
+}
+
 /// [`connected_via`] straight to the server's address.
-pub async fn connected(server: &Endpoint, client: &Endpoint) -> (ringquic::Connection, ringquic::Connection) {
+pub async fn connected(server: &Endpoint, client: &Endpoint) -> (Connection, Connection) {
     connected_via(server, client, server.local_addr().expect("server address")).await
+}
+
+/// A [`pair`] on `backend` with one connection between them: (server endpoint, client
+/// endpoint, server side, client side).
+pub async fn connected_pair(backend: BackendKind) -> (Endpoint, Endpoint, Connection, Connection) {
+    let (server, client) = pair(backend);
+    let (server_side, client_side) = connected(&server, &client).await;
+    (server, client, server_side, client_side)
+}
+
+/// `n` connections from `client` to `server`, one after another: (server sides, client sides).
+pub async fn connections(
+    server: &Endpoint,
+    client: &Endpoint,
+    n: usize,
+) -> (Vec<Connection>, Vec<Connection>) {
+    let mut sides = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let (s, c) = connected(server, client).await;
+        sides.0.push(s);
+        sides.1.push(c);
+    }
+    sides
+}
+
+/// Connect `client` to `addr` and wait (10 s at most) for the handshake, with nobody accepting
+/// here: the server side is someone else's business.
+pub async fn connect_to(client: &Endpoint, addr: SocketAddr) -> Connection {
+    within(10, client.connect(addr, "localhost").expect("connect"))
+        .await
+        .expect("handshake")
+}
+
+/// Poll `server`'s statistics until `done` holds (at most 10 s); returns the last snapshot,
+/// taken 50 ms later so that stragglers (an excess) show.
+pub async fn stats_when(server: &Endpoint, done: impl Fn(&EndpointStats) -> bool) -> EndpointStats {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = server.stats();
+        if done(&s) || std::time::Instant::now() > end {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return server.stats();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Serve one bidirectional stream of `conn`: read it to its end (at most `limit` bytes), write
+/// it back and finish. Returns the send half, for the caller to wait on or drop.
+pub async fn echo_one(conn: &Connection, limit: usize) -> ringquic::SendStream {
+    let (mut send, mut recv) = conn.accept_bi().await.expect("accept_bi");
+    let msg = recv.read_to_end(limit).await.expect("read");
+    send.write_all(&msg).await.expect("write");
+    send.finish().expect("finish");
+    send
+}
+
+/// Send `msg` on a new bidirectional stream of `conn`, finished, and return what comes back (at
+/// most `limit` bytes).
+pub async fn request(conn: &Connection, msg: &[u8], limit: usize) -> Vec<u8> {
+    let (mut send, mut recv) = conn.open_bi().await.expect("open_bi");
+    send.write_all(msg).await.expect("write");
+    send.finish().expect("finish");
+    recv.read_to_end(limit).await.expect("read")
+}
+
+/// A tokio runtime on the calling thread, timers and I/O on.
+pub fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A tokio runtime with two workers (the machines have two cores), timers and I/O on.
+pub fn multi_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// Fail the test instead of hanging.
@@ -115,17 +245,21 @@ pub async fn within<F: std::future::Future>(secs: u64, f: F) -> F::Output {
         .expect("test timed out")
 }
 
-/// Names of this process's threads, to check that none is left behind.
-pub fn io_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| {
-                    std::fs::read_to_string(e.path().join("comm")).is_ok_and(|n| n.trim() == "ringquic-io")
-                })
-                .count()
-        })
-        .unwrap_or(0)
+/// Run `f` on `futures::executor::block_on` (no tokio), aborting the process if it takes more
+/// than `secs` seconds: without tokio's timers a hang would otherwise stall the whole run.
+pub fn block_on_within<F: std::future::Future>(secs: u64, what: &str, f: F) -> F::Output {
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let what = what.to_string();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(secs)).is_err() {
+            eprintln!("{what}: still running after {secs} s (hang)");
+            std::process::abort();
+        }
+    });
+    let out = futures::executor::block_on(f);
+    done_tx.send(()).expect("watchdog");
+    watchdog.join().expect("watchdog");
+    out
 }
 
 /// A UDP relay between one client and a server on loopback that can be told to drop

@@ -9,23 +9,41 @@ macro_rules! adapter_common {
             use std::{net::SocketAddr, sync::Arc};
 
             use crate::differential::support::*;
-            use $q::{ClientConfig, Connection, Endpoint, EndpointConfig, ServerConfig, TransportConfig};
+            use $q::{
+                ClientConfig, Connection, Dir, Endpoint, EndpointConfig, RecvStream, SendStream,
+                ServerConfig, TransportConfig, VarInt,
+            };
 
             pub use super::imp;
 
+            /// An endpoint on the socket `at` names, serving with `server` if given, connecting
+            /// with `client` by default if given.
+            pub fn endpoint(
+                config: EndpointConfig,
+                server: Option<ServerConfig>,
+                client: Option<ClientConfig>,
+                at: impl Into<Bind>,
+            ) -> Endpoint {
+                let mut e = imp::endpoint(config, server, at.into());
+                if let Some(c) = client {
+                    e.set_default_client_config(c);
+                }
+                e
+            }
+
             /// A server endpoint on 127.0.0.1.
             pub fn server(cfg: ServerConfig) -> Endpoint {
-                imp::endpoint(EndpointConfig::default(), Some(cfg), None, localhost())
+                endpoint(EndpointConfig::default(), Some(cfg), None, localhost())
             }
 
             /// A client endpoint on 127.0.0.1 with `cfg` as its default client configuration.
             pub fn client(cfg: ClientConfig) -> Endpoint {
-                imp::endpoint(EndpointConfig::default(), None, Some(cfg), localhost())
+                client_at(cfg, localhost())
             }
 
             /// A client endpoint bound to `addr`.
             pub fn client_at(cfg: ClientConfig, addr: SocketAddr) -> Endpoint {
-                imp::endpoint(EndpointConfig::default(), None, Some(cfg), addr)
+                endpoint(EndpointConfig::default(), None, Some(cfg), addr)
             }
 
             /// Connect `client` to `to` and accept on `server`: (client side, server side).
@@ -83,12 +101,49 @@ macro_rules! adapter_common {
                 }
             }
 
+            /// A connected [`Pair`] whose server lets the client open only `n` concurrent
+            /// streams of direction `dir`.
+            pub async fn pair_with_stream_limit(dir: Dir, n: u32) -> Pair {
+                let limit = move |t: &mut TransportConfig| {
+                    match dir {
+                        Dir::Bi => t.max_concurrent_bidi_streams(VarInt::from_u32(n)),
+                        Dir::Uni => t.max_concurrent_uni_streams(VarInt::from_u32(n)),
+                    };
+                };
+                pair_with(limit, |_| {}).await
+            }
+
             /// A server endpoint and a client endpoint that trust it, not connected.
             pub fn endpoints() -> (Endpoint, Endpoint, Cert) {
+                endpoints_with(|_| {})
+            }
+
+            /// [`endpoints`], `tweak` adjusting both sides' transport.
+            pub fn endpoints_with(tweak: impl Fn(&mut TransportConfig)) -> (Endpoint, Endpoint, Cert) {
                 let cert = cert();
-                let s = server(server_cfg(&cert, transport(|_| {})));
-                let c = client(client_cfg(&cert, transport(|_| {})));
+                let s = server(server_cfg(&cert, transport(&tweak)));
+                let c = client(client_cfg(&cert, transport(&tweak)));
                 (s, c, cert)
+            }
+
+            /// Open a unidirectional stream on `p`'s client and write `data` on it (and finish
+            /// it if `finish`).
+            pub async fn sent_uni(p: &Pair, data: &[u8], finish: bool) -> SendStream {
+                let mut s = p.client.open_uni().await.unwrap();
+                s.write_all(data).await.unwrap();
+                if finish {
+                    s.finish().unwrap();
+                }
+                s
+            }
+
+            /// [`sent_uni`], and the stream accepted on `p`'s server (5 s at most).
+            pub async fn uni_stream(p: &Pair, data: &[u8], finish: bool) -> (SendStream, RecvStream) {
+                let s = sent_uni(p, data, finish).await;
+                let r = within(5, "accept_uni", p.server.accept_uni())
+                    .await
+                    .unwrap();
+                (s, r)
             }
 
             /// A client configuration for `cert` with an adjusted transport.

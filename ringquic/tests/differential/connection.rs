@@ -114,7 +114,7 @@ macro_rules! connection_scenarios {
             async fn local_addr_of_adopted_socket() {
                 let socket = std::net::UdpSocket::bind("[::1]:0").unwrap();
                 let addr = socket.local_addr().unwrap();
-                let ep = imp::endpoint_on(EndpointConfig::default(), None, None, socket);
+                let ep = h::endpoint(EndpointConfig::default(), None, None, socket);
                 assert_eq!(ep.local_addr().unwrap(), addr, "{}", imp::NAME);
             }
 
@@ -188,9 +188,7 @@ macro_rules! connection_scenarios {
                 let cert = cert();
                 let server = h::server(server_cfg(&cert, transport(|_| {})));
                 let addr = server.local_addr().unwrap();
-                let client = h::client(h::client_cfg_with(&cert, |t| {
-                    t.max_idle_timeout(Some(Duration::from_millis(400).try_into().unwrap()));
-                }));
+                let client = h::client(h::client_cfg_with(&cert, idle_timeout(Duration::from_millis(400))));
                 let ignored = client.connect(addr, "localhost").unwrap();
                 let inc = within(5, "accept", server.accept()).await.unwrap();
                 inc.ignore();
@@ -446,9 +444,9 @@ macro_rules! connection_scenarios {
                     c
                 }
                 let cert = cert();
-                let server = imp::endpoint(cfg(), Some(server_cfg(&cert, transport(|_| {}))), None, localhost());
+                let server = h::endpoint(cfg(), Some(server_cfg(&cert, transport(|_| {}))), None, localhost());
                 let clients: Vec<Endpoint> = (0..2)
-                    .map(|_| imp::endpoint(cfg(), None, Some(client_cfg(&cert, transport(|_| {}))), localhost()))
+                    .map(|_| h::endpoint(cfg(), None, Some(client_cfg(&cert, transport(|_| {}))), localhost()))
                     .collect();
                 let mut conns = Vec::new();
                 for c in &clients {
@@ -467,21 +465,16 @@ macro_rules! connection_scenarios {
             /// (quinn-proto: keep_alive).
             #[tokio::test]
             async fn keep_alive_outlives_idle_timeout() {
-                let idle = |t: &mut $q::TransportConfig| {
-                    t.max_idle_timeout(Some(Duration::from_millis(400).try_into().unwrap()));
-                };
-                let p = h::pair_with(idle, |t| {
-                    t.max_idle_timeout(Some(Duration::from_millis(400).try_into().unwrap()));
+                let idle = idle_timeout(Duration::from_millis(400));
+                let p = h::pair_with(&idle, |t| {
+                    idle(t);
                     t.keep_alive_interval(Some(Duration::from_millis(100)));
                 })
                 .await;
                 tokio::time::sleep(Duration::from_millis(1200)).await;
                 assert_eq!(p.client.close_reason(), None, "{}", imp::NAME);
                 assert_eq!(p.server.close_reason(), None, "{}", imp::NAME);
-                let mut s = p.client.open_uni().await.unwrap();
-                s.write_all(b"still here").await.unwrap();
-                s.finish().unwrap();
-                let mut r = within(5, "accept_uni", p.server.accept_uni()).await.unwrap();
+                let (_s, mut r) = h::uni_stream(&p, b"still here", true).await;
                 assert_eq!(within(5, "read", r.read_to_end(100)).await.unwrap(), b"still here");
             }
 
@@ -572,7 +565,7 @@ macro_rules! connection_scenarios {
                     t.max_concurrent_bidi_streams(VarInt::from_u32(1));
                     t.max_concurrent_uni_streams(VarInt::from_u32(1));
                 };
-                let server = imp::endpoint(EndpointConfig::default(), Some(server_cfg(&cert, transport(tweak))), None, server_addr);
+                let server = h::endpoint(EndpointConfig::default(), Some(server_cfg(&cert, transport(tweak))), None, server_addr);
                 let client = h::client_at(client_cfg(&cert, transport(tweak)), client_addr);
                 let srv = server.clone();
                 let serve = tokio::spawn(async move {

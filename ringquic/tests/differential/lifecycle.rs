@@ -52,14 +52,7 @@ macro_rules! lifecycle_scenarios {
             /// thread sends it before it exits (`imp::DROP_MAY_LOSE_CLOSE`, PORTING.md).
             async fn drop_case(order: [Handle; 4], server_drops: bool) -> Result<(), String> {
                 // A 2 s idle timeout: a lost close shows up as `TimedOut` within the bounds.
-                let cert = cert();
-                let idle = || {
-                    transport(|t| {
-                        t.max_idle_timeout(Some(Duration::from_secs(2).try_into().unwrap()));
-                    })
-                };
-                let server_ep = h::server(server_cfg(&cert, idle()));
-                let client_ep = h::client(client_cfg(&cert, idle()));
+                let (server_ep, client_ep, _cert) = h::endpoints_with(idle_timeout(Duration::from_secs(2)));
                 let (client, server) = h::connect(&server_ep, &client_ep).await;
                 let (ep, conn, peer_ep, peer) = if server_drops {
                     (server_ep, server, client_ep, client)

@@ -92,14 +92,7 @@ macro_rules! path_scenarios {
             /// timeout (quinn-proto: idle_timeout).
             #[tokio::test]
             async fn idle_timeout_is_timed_out() {
-                let cert = cert();
-                let idle = || {
-                    transport(|t| {
-                        t.max_idle_timeout(Some(Duration::from_millis(500).try_into().unwrap()));
-                    })
-                };
-                let server = h::server(server_cfg(&cert, idle()));
-                let client = h::client(client_cfg(&cert, idle()));
+                let (server, client, _cert) = h::endpoints_with(idle_timeout(Duration::from_millis(500)));
                 let relay = Relay::new(server.local_addr().unwrap()).await;
                 let (c, s) = h::connect_via(&server, &client, relay.addr).await;
                 relay.blackhole();
@@ -127,7 +120,7 @@ macro_rules! path_scenarios {
                     c
                 }
                 let cert = cert();
-                let first = imp::endpoint(
+                let first = h::endpoint(
                     cfg(),
                     Some(server_cfg(&cert, transport(|_| {}))),
                     None,
@@ -147,7 +140,7 @@ macro_rules! path_scenarios {
                 within(5, "read", r.read_to_end(10)).await.unwrap();
                 within(5, "stopped", s.stopped()).await.unwrap();
                 // The "restarted" server: same key, no memory of the connection.
-                let second = imp::endpoint(
+                let second = h::endpoint(
                     cfg(),
                     Some(server_cfg(&cert, transport(|_| {}))),
                     None,

@@ -16,7 +16,27 @@ use ringquic::{ClientConfig, ServerConfig, TransportConfig};
 use rustls::pki_types::PrivateKeyDer;
 use tokio::net::UdpSocket;
 
-pub use crate::common::{cert, localhost, Cert};
+pub use crate::common::{
+    cert, client_config_with as client_cfg, localhost, server_config_with as server_cfg, Cert,
+};
+
+/// Where an endpoint's socket comes from: a new one bound to an address, or an existing one.
+pub enum Bind {
+    Addr(SocketAddr),
+    Socket(std::net::UdpSocket),
+}
+
+impl From<SocketAddr> for Bind {
+    fn from(addr: SocketAddr) -> Self {
+        Self::Addr(addr)
+    }
+}
+
+impl From<std::net::UdpSocket> for Bind {
+    fn from(socket: std::net::UdpSocket) -> Self {
+        Self::Socket(socket)
+    }
+}
 
 /// Await `f`, failing the test with `what` if it takes more than `secs` seconds.
 pub async fn within<F: Future>(secs: u64, what: &str, f: F) -> F::Output {
@@ -48,19 +68,11 @@ pub fn transport(tweak: impl FnOnce(&mut TransportConfig)) -> Arc<TransportConfi
     Arc::new(t)
 }
 
-pub fn server_cfg(c: &Cert, t: Arc<TransportConfig>) -> ServerConfig {
-    let mut s = ServerConfig::with_single_cert(vec![c.der.clone()], PrivateKeyDer::Pkcs8(c.key.clone_key()))
-        .expect("server config");
-    s.transport_config(t);
-    s
-}
-
-pub fn client_cfg(c: &Cert, t: Arc<TransportConfig>) -> ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(c.der.clone()).expect("root");
-    let mut cc = ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config");
-    cc.transport_config(t);
-    cc
+/// `tweak` for a transport: the idle timeout `d`.
+pub fn idle_timeout(d: Duration) -> impl Fn(&mut TransportConfig) {
+    move |t| {
+        t.max_idle_timeout(Some(d.try_into().unwrap()));
+    }
 }
 
 /// A server configuration announcing `alpn`.

@@ -1,0 +1,61 @@
+//! This test process: running one test alone in a child process, environment knobs, resident
+//! memory, and the I/O threads alive.
+
+/// Run the test `name` of this binary alone in a child process with `env` set, show its
+/// stderr, and check that it ran and passed.
+pub fn run_child(name: &str, env: &[(&str, &str)]) {
+    let out = std::process::Command::new(std::env::current_exe().expect("test executable"))
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .envs(env.iter().copied())
+        .output()
+        .expect("child test process");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "child test {name} ({env:?}) failed");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "child test {name} ({env:?}) did not run"
+    );
+}
+
+/// Whether this process is the child that runs the test body (`var` is set, by [`in_child`] or
+/// by a caller such as a valgrind run); otherwise run the test `name` in such a child (see
+/// [`run_child`]) and return false.
+pub fn in_child(var: &str, name: &str) -> bool {
+    if std::env::var_os(var).is_some() {
+        return true;
+    }
+    run_child(name, &[(var, name)]);
+    false
+}
+
+/// The environment variable `name` as a number, or `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Resident memory of this process, in KiB (0 where `/proc` is missing).
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// How many of this process's threads are ringquic I/O threads (by name), to check that none is
+/// left behind (0 where `/proc` is missing).
+pub fn io_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("comm")).is_ok_and(|n| n.trim() == "ringquic-io")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
