@@ -114,3 +114,24 @@ pub enum EndpointError {
     #[error("failed to start the I/O thread: {0}")]
     Thread(std::io::Error),
 }
+
+impl From<EndpointError> for std::io::Error {
+    /// The `io::Error` quinn's constructors would return: the OS error's kind where there is
+    /// one, `InvalidInput` for a configuration ringquic refuses; the [`EndpointError`] itself is
+    /// the inner error.
+    fn from(e: EndpointError) -> Self {
+        use std::io::ErrorKind;
+        let kind = match &e {
+            EndpointError::Bind { source, .. }
+            | EndpointError::Socket { source, .. }
+            | EndpointError::BackendUnavailable { source, .. }
+            | EndpointError::Backend { source, .. }
+            | EndpointError::Thread(source) => source.kind(),
+            EndpointError::UnknownBackend(_)
+            | EndpointError::Config(_)
+            | EndpointError::RecvBufferTooSmall { .. }
+            | EndpointError::TxBufferTooSmall { .. } => ErrorKind::InvalidInput,
+        };
+        std::io::Error::new(kind, e)
+    }
+}

@@ -30,15 +30,34 @@ impl Endpoint {
         EndpointBuilder::default()
     }
 
-    /// A server (that can also connect out) bound to `addr`.
-    pub fn server(config: ServerConfig, addr: SocketAddr) -> Result<Self, EndpointError> {
-        Self::builder().server_config(config).bind(addr)
+    /// A server (that can also connect out) bound to `addr`. As in quinn, errors are
+    /// `io::Error`s; the [`EndpointError`] that says what failed is inside
+    /// (`e.get_ref()` and `downcast_ref`); [`EndpointBuilder::bind`] returns it directly.
+    pub fn server(config: ServerConfig, addr: SocketAddr) -> io::Result<Self> {
+        Ok(Self::builder().server_config(config).bind(addr)?)
     }
 
     /// A client bound to `addr` (use port 0 for any). Set a client configuration with
-    /// [`Endpoint::set_default_client_config`] or use [`Endpoint::connect_with`].
-    pub fn client(addr: SocketAddr) -> Result<Self, EndpointError> {
-        Self::builder().bind(addr)
+    /// [`Endpoint::set_default_client_config`] or use [`Endpoint::connect_with`]. Errors as for
+    /// [`Endpoint::server`].
+    pub fn client(addr: SocketAddr) -> io::Result<Self> {
+        Ok(Self::builder().bind(addr)?)
+    }
+
+    /// An endpoint on an existing socket, as quinn's `Endpoint::new` minus its fourth argument
+    /// (the async runtime: ringquic's I/O runs on its own thread, whatever runtime the
+    /// application uses). ringquic sets the socket options it needs (see
+    /// [`EndpointBuilder::socket`]). Errors as for [`Endpoint::server`].
+    pub fn new(
+        config: EndpointConfig,
+        server_config: Option<ServerConfig>,
+        socket: std::net::UdpSocket,
+    ) -> io::Result<Self> {
+        let mut b = Self::builder().endpoint_config(config);
+        if let Some(sc) = server_config {
+            b = b.server_config(sc);
+        }
+        Ok(b.socket(socket)?)
     }
 }
 

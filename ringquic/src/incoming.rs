@@ -10,7 +10,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use quinn_proto::{self as proto, ServerConfig};
+use quinn_proto::{self as proto, ConnectionId, ServerConfig};
 
 use crate::{
     connection::{Connecting, Connection},
@@ -118,6 +118,13 @@ impl Incoming {
     /// Whether the peer's address was validated (by a Retry token).
     pub fn remote_address_validated(&self) -> bool {
         self.inner.as_ref().is_some_and(|i| i.remote_address_validated())
+    }
+
+    /// The destination connection ID the client put in its first Initial packet.
+    pub fn orig_dst_cid(&self) -> ConnectionId {
+        self.inner
+            .as_ref()
+            .map_or(ConnectionId::new(&[]), |i| *i.orig_dst_cid())
     }
 
     /// Whether [`Incoming::retry`] is allowed.
