@@ -15,7 +15,7 @@ use crate::{
     config::{self, Cipher, Identity, NetOptions, Trust},
     perf::{self, ClientOptions, Request},
     proto,
-    system::{Backend, System, SystemKind},
+    system::{Backend, Role, System, SystemKind},
     with_system,
 };
 
@@ -371,7 +371,7 @@ fn run_server(args: &ServerArgs) -> Result<()> {
     let rt = current_thread_runtime()?;
     let _guard = rt.enter();
     with_system!(args.system.kind()?, sys => {
-        let endpoint = sys.server(endpoint_config, server_config, args.listen)?;
+        let endpoint = sys.bind(endpoint_config, Role::Server(server_config), args.listen)?;
         let addr = endpoint.local_addr()?;
         println!("listening on {addr}");
         std::io::stdout().flush()?;
@@ -433,7 +433,7 @@ fn run_client(args: &ClientArgs) -> Result<()> {
     let rt = current_thread_runtime()?;
     let _guard = rt.enter();
     let report = with_system!(args.system.kind()?, sys => {
-        let endpoint = sys.client(endpoint_config, client_config, bind)?;
+        let endpoint = sys.bind(endpoint_config, Role::Client(client_config), bind)?;
         rt.block_on(perf::run_client(&endpoint, server, &opts))
     })?;
     println!("{}", report.summary());

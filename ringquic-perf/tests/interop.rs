@@ -8,7 +8,7 @@ use anyhow::Result;
 use ringquic_perf::{
     config::{self, Cipher, Identity, NetOptions, Trust},
     perf::{self, ClientOptions, ClientReport, Request},
-    system::{Quinn, System},
+    system::{Quinn, Role, System},
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -41,15 +41,18 @@ fn standard() -> ClientOptions {
 
 /// Starts a perf server of system `S` in the current runtime; returns its endpoint.
 fn start_server<S: System>(sys: &S, identity: &Identity, net: &NetOptions) -> S::Endpoint {
+    let role = Role::Server(config::server_config(identity, net).unwrap());
     let endpoint = sys
-        .server(
-            config::endpoint_config(net).unwrap(),
-            config::server_config(identity, net).unwrap(),
-            loopback(),
-        )
+        .bind(config::endpoint_config(net).unwrap(), role, loopback())
         .unwrap();
     tokio::spawn(perf::serve(endpoint.clone()));
     endpoint
+}
+
+/// Binds a client endpoint of system `C` on loopback that trusts the server per `trust`.
+fn client_endpoint<C: System>(sys: &C, trust: &Trust, net: &NetOptions) -> Result<C::Endpoint> {
+    let role = Role::Client(config::client_config(trust, net)?);
+    sys.bind(config::endpoint_config(net)?, role, loopback())
 }
 
 /// Runs `opts` from a client of system `C` against a server of system `S`.
@@ -65,11 +68,7 @@ async fn exchange<S: System, C: System>(
     let server_ep = start_server(&server, &identity, &net);
     let addr = server_ep.local_addr()?;
     let trust = trust.unwrap_or_else(|| Trust::Roots(identity.certs.clone()));
-    let client_ep = client.client(
-        config::endpoint_config(&net)?,
-        config::client_config(&trust, &net)?,
-        loopback(),
-    )?;
+    let client_ep = client_endpoint(&client, &trust, &net)?;
     let report = tokio::time::timeout(LIMIT, perf::run_client(&client_ep, addr, &opts))
         .await
         .map_err(|_| anyhow::anyhow!("timed out"))??;
@@ -130,13 +129,7 @@ async fn short_header_does_not_break_the_server() {
     let net = NetOptions::default();
     let identity = Identity::self_signed(&["localhost"]).unwrap();
     let server = start_server(&Quinn, &identity, &net);
-    let client = Quinn
-        .client(
-            config::endpoint_config(&net).unwrap(),
-            config::client_config(&Trust::Roots(identity.certs.clone()), &net).unwrap(),
-            loopback(),
-        )
-        .unwrap();
+    let client = client_endpoint(&Quinn, &Trust::Roots(identity.certs.clone()), &net).unwrap();
     let run = async {
         let conn = EndpointOps::connect(&client, server.local_addr()?, "localhost").await?;
         let (mut send, mut recv) = ConnOps::open_bi(&conn).await?;
@@ -357,11 +350,7 @@ async fn against_independent_server<C: System>(client: C, uni: bool) -> Result<C
     let identity = Identity::self_signed(&["localhost"])?;
     let server = independent::server(identity.certs[0].clone(), identity.key.clone_key())?;
     let net = NetOptions::default();
-    let client_ep = client.client(
-        config::endpoint_config(&net)?,
-        config::client_config(&Trust::Roots(identity.certs.clone()), &net)?,
-        loopback(),
-    )?;
+    let client_ep = client_endpoint(&client, &Trust::Roots(identity.certs.clone()), &net)?;
     let mut opts = standard();
     opts.request.uni = uni;
     let run = perf::run_client(&client_ep, server.local_addr()?, &opts);

@@ -37,7 +37,7 @@ use crate::{
     config::{self, Identity, NetOptions, Trust},
     perf,
     report::{Measurement, Report},
-    system::{EndpointOps, System, SystemKind},
+    system::{EndpointOps, Role, System, SystemKind},
     usage::{self, Snapshot},
     with_system,
 };
@@ -623,11 +623,8 @@ fn run_phase<S: System, W: Workload>(
         sys.clone(),
         ready_tx.clone(),
         move |s| {
-            s.server(
-                config::endpoint_config(&net)?,
-                config::server_config(&identity, &net)?,
-                loopback(),
-            )
+            let role = Role::Server(config::server_config(&identity, &net)?);
+            s.bind(config::endpoint_config(&net)?, role, loopback())
         },
         {
             let (workload, meter, host) = (workload.clone(), meter.clone(), sys.clone());
@@ -656,11 +653,8 @@ fn run_phase<S: System, W: Workload>(
         sys,
         ready_tx,
         move |s| {
-            s.client(
-                config::endpoint_config(&net)?,
-                config::client_config(&Trust::Roots(cert), &net)?,
-                loopback(),
-            )
+            let role = Role::Client(config::client_config(&Trust::Roots(cert), &net)?);
+            s.bind(config::endpoint_config(&net)?, role, loopback())
         },
         {
             let (workload, meter) = (workload.clone(), meter.clone());
