@@ -11,8 +11,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    bench::{self, BenchOptions, WorkloadKind},
+    bench,
     config::{self, Cipher, Identity, NetOptions, Trust},
+    measure::{BenchOptions, WorkloadKind},
     perf::{self, ClientOptions, Request},
     proto,
     system::{Backend, Role, System, SystemKind},

@@ -19,8 +19,9 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
 
-use super::{Outcome, Unit, Workload, WorkloadKind, SERVER_NAME};
+use super::workload::{Workload, SERVER_NAME};
 use crate::{
+    measure::{Outcome, Unit, WorkloadKind},
     perf,
     proto::{encode_header, parse_header, HEADER_LEN},
     system::{ConnOps, EndpointOps, RecvOps, SendOps},

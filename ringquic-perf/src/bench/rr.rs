@@ -9,8 +9,9 @@ use std::{
 
 use anyhow::Result;
 
-use super::{timed_loops, Outcome, Unit, Workload, WorkloadKind, SERVER_NAME};
+use super::workload::{timed_loops, Workload, SERVER_NAME};
 use crate::{
+    measure::{Outcome, Unit, WorkloadKind},
     perf::{self, Request},
     system::{ConnOps, EndpointOps},
 };

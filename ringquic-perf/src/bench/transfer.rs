@@ -8,8 +8,9 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::{Outcome, Unit, Workload, WorkloadKind, SERVER_NAME};
+use super::workload::{Workload, SERVER_NAME};
 use crate::{
+    measure::{Outcome, Unit, WorkloadKind},
     perf::{self, Request},
     system::{ConnOps, EndpointOps},
 };
