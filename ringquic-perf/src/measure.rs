@@ -61,6 +61,16 @@ impl WorkloadKind {
         }
     }
 
+    /// What it counts (`all` counts bytes, like its first workload).
+    pub fn unit(self) -> Unit {
+        match self {
+            WorkloadKind::Bulk | WorkloadKind::Streams | WorkloadKind::All => Unit::Bytes,
+            WorkloadKind::Rr => Unit::Requests,
+            WorkloadKind::Handshakes => Unit::Connections,
+            WorkloadKind::Datagrams => Unit::Datagrams,
+        }
+    }
+
     /// Expands `all` and removes duplicates, keeping the table order.
     pub fn expand(kinds: &[WorkloadKind]) -> Vec<WorkloadKind> {
         let set: BTreeSet<WorkloadKind> = kinds

@@ -4,14 +4,14 @@
 //! child process each, and it collects their measurements into a [`Report`]. How one phase runs
 //! and is measured is `phase`; the contract a workload implements is [`workload`]; the workloads
 //! themselves, written once and generic over [`System`](crate::system::System), are the other
-//! submodules. Arrows point down only: `bench` uses its submodules, they never use `bench`, and the workloads see only
+//! submodules (`transfer` holds both download workloads, `bulk` and `streams`). Arrows point
+//! down only: `bench` uses its submodules, they never use `bench`, and the workloads see only
 //! [`workload`] (not `phase`, nor each other).
 
 pub mod datagrams;
 pub mod handshakes;
 mod phase;
 pub mod rr;
-pub mod streams;
 pub mod transfer;
 pub mod workload;
 
@@ -182,7 +182,7 @@ fn run_one(
         WorkloadKind::Bulk => dispatch(system, transfer::Bulk { size: opts.size }, &env),
         WorkloadKind::Streams => dispatch(
             system,
-            streams::Streams {
+            transfer::Streams {
                 count: opts.streams,
                 size: opts.stream_size,
                 concurrency: opts.concurrency,

@@ -19,7 +19,7 @@ use std::{
 use anyhow::{anyhow, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::workload::Workload;
+use super::workload::{Client, Workload};
 use crate::{
     config::{self, Identity, NetOptions, Trust},
     measure::{BenchOptions, Measurement, Outcome},
@@ -176,7 +176,12 @@ pub(super) fn run_phase<S: System, W: Workload>(
                     return;
                 }
                 let outcome = rt.block_on(async {
-                    let run = host.host(&endpoint, workload.run(endpoint.clone(), server_addr, meter));
+                    let client = Client {
+                        endpoint: endpoint.clone(),
+                        server: server_addr,
+                        meter,
+                    };
+                    let run = host.host(&endpoint, workload.run(client));
                     match tokio::time::timeout(timeout, run).await {
                         Ok(r) => r.and_then(|r| r),
                         Err(_) => Err(anyhow!("phase timed out after {timeout:?}")),
@@ -239,12 +244,12 @@ pub(super) fn run_phase<S: System, W: Workload>(
     server_result.map_err(|_| anyhow!("server thread panicked"))?;
 
     Ok(Measurement {
-        workload: workload.kind(),
+        workload: W::KIND,
         system: client_ready.label,
         server_label: server_ready.label,
         kind,
         run: 0,
-        unit: workload.unit(),
+        unit: W::KIND.unit(),
         figure: outcome.amount as f64 / outcome.elapsed_secs.max(1e-9),
         cpu_client: end.client - start.client,
         cpu_server: end.server - start.server,
