@@ -84,10 +84,8 @@ pub struct PhaseSpec {
     pub run: usize,
     /// All bench options.
     pub options: BenchOptions,
-    /// The server certificate (DER), the same for every phase.
-    pub cert_der: Vec<u8>,
-    /// Its private key (DER).
-    pub key_der: Vec<u8>,
+    /// The server's certificate and key, the same for every phase.
+    pub identity: Identity,
 }
 
 /// The hidden `phase` subcommand: reads a [`PhaseSpec`] from stdin, runs it in this process and
@@ -98,11 +96,7 @@ pub fn phase_main() -> Result<()> {
         .read_to_string(&mut input)
         .context("reading the phase spec")?;
     let spec: PhaseSpec = serde_json::from_str(&input).context("parsing the phase spec")?;
-    let identity = Arc::new(Identity {
-        certs: vec![spec.cert_der.into()],
-        key: rustls::pki_types::PrivateKeyDer::try_from(spec.key_der)
-            .map_err(|e| anyhow!("bad private key: {e}"))?,
-    });
+    let identity = Arc::new(spec.identity);
     let m = run_one(spec.workload, spec.system, spec.run, &spec.options, &identity);
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, &m)?;
@@ -124,8 +118,7 @@ fn run_isolated(
             system,
             run,
             options: opts.clone(),
-            cert_der: identity.certs.first().map(|c| c.to_vec()).unwrap_or_default(),
-            key_der: identity.key.secret_der().to_vec(),
+            identity: identity.clone(),
         };
         let exe = std::env::current_exe().context("locating the ringquic-perf binary")?;
         let mut child = Command::new(exe)
