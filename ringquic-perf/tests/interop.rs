@@ -2,7 +2,7 @@
 //! against a stock-quinn server, a stock-quinn client against the ringquic server, and ringquic
 //! against itself on both backends. Every test checks byte counts and is bounded in time.
 
-use std::{net::SocketAddr, sync::atomic::AtomicU64, time::Duration};
+use std::{fmt::Debug, net::SocketAddr, sync::atomic::AtomicU64, time::Duration};
 
 use anyhow::Result;
 use ringquic_perf::{
@@ -28,15 +28,7 @@ fn options(request: Request, requests: u64, concurrency: u64) -> ClientOptions {
 
 /// The shape the brief asks for: 1 MiB down, 64 KiB up, 8 requests, 4 at a time.
 fn standard() -> ClientOptions {
-    options(
-        Request {
-            upload: 64 << 10,
-            download: 1 << 20,
-            uni: false,
-        },
-        8,
-        4,
-    )
+    options(Request::bi(64 << 10, 1 << 20), 8, 4)
 }
 
 /// Starts a perf server of system `S` in the current runtime; returns its endpoint.
@@ -85,12 +77,25 @@ fn assert_complete(report: &ClientReport) {
     assert_eq!(report.bytes_sent, o.requests * o.request.upload);
 }
 
+/// Runs [`exchange`] and checks that every request got every byte; a failure names both
+/// systems and the network settings.
+async fn exchange_ok<S: System + Debug, C: System + Debug>(
+    server: S,
+    client: C,
+    net: NetOptions,
+    trust: Option<Trust>,
+    opts: ClientOptions,
+) {
+    let what = format!("{client:?} client, {server:?} server, {net:?}");
+    let r = exchange(server, client, net, trust, opts)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    assert_complete(&r);
+}
+
 #[tokio::test]
 async fn quinn_client_quinn_server() {
-    let r = exchange(Quinn, Quinn, NetOptions::default(), None, standard())
-        .await
-        .unwrap();
-    assert_complete(&r);
+    exchange_ok(Quinn, Quinn, NetOptions::default(), None, standard()).await;
 }
 
 #[tokio::test]
@@ -101,10 +106,7 @@ async fn quinn_uni_requests_and_insecure_chacha() {
     };
     let mut opts = standard();
     opts.request.uni = true;
-    let r = exchange(Quinn, Quinn, net, Some(Trust::Insecure), opts)
-        .await
-        .unwrap();
-    assert_complete(&r);
+    exchange_ok(Quinn, Quinn, net, Some(Trust::Insecure), opts).await;
 }
 
 #[tokio::test]
@@ -142,12 +144,7 @@ async fn short_header_does_not_break_the_server() {
         }
         assert_eq!(total, 0);
         // The connection still serves well-formed requests.
-        let req = Request {
-            upload: 10,
-            download: 1000,
-            uni: false,
-        };
-        perf::request(&conn, req, &AtomicU64::new(0)).await?;
+        perf::request(&conn, Request::bi(10, 1000), &AtomicU64::new(0)).await?;
         anyhow::Ok(())
     };
     tokio::time::timeout(LIMIT, run).await.unwrap().unwrap();
@@ -169,34 +166,22 @@ mod with_ringquic {
     #[tokio::test]
     async fn ringquic_client_quinn_server() {
         for rq in backends() {
-            let r = exchange(Quinn, rq, NetOptions::default(), None, standard())
-                .await
-                .unwrap_or_else(|e| panic!("{rq:?}: {e:#}"));
-            assert_complete(&r);
+            exchange_ok(Quinn, rq, NetOptions::default(), None, standard()).await;
         }
     }
 
     #[tokio::test]
     async fn quinn_client_ringquic_server() {
         for rq in backends() {
-            let r = exchange(rq, Quinn, NetOptions::default(), None, standard())
-                .await
-                .unwrap_or_else(|e| panic!("{rq:?}: {e:#}"));
-            assert_complete(&r);
+            exchange_ok(rq, Quinn, NetOptions::default(), None, standard()).await;
         }
     }
 
     #[tokio::test]
     async fn ringquic_client_ringquic_server() {
-        for (s, c) in [
-            (backends()[0], backends()[0]),
-            (backends()[1], backends()[1]),
-            (backends()[0], backends()[1]),
-        ] {
-            let r = exchange(s, c, NetOptions::default(), None, standard())
-                .await
-                .unwrap_or_else(|e| panic!("{s:?} <- {c:?}: {e:#}"));
-            assert_complete(&r);
+        let [uring, poll] = backends();
+        for (s, c) in [(uring, uring), (poll, poll), (uring, poll)] {
+            exchange_ok(s, c, NetOptions::default(), None, standard()).await;
         }
     }
 
@@ -204,14 +189,8 @@ mod with_ringquic {
     async fn uni_requests_across_implementations() {
         let mut opts = standard();
         opts.request.uni = true;
-        let r = exchange(Quinn, Ringquic(None), NetOptions::default(), None, opts.clone())
-            .await
-            .unwrap();
-        assert_complete(&r);
-        let r = exchange(Ringquic(None), Quinn, NetOptions::default(), None, opts)
-            .await
-            .unwrap();
-        assert_complete(&r);
+        exchange_ok(Quinn, Ringquic(None), NetOptions::default(), None, opts.clone()).await;
+        exchange_ok(Ringquic(None), Quinn, NetOptions::default(), None, opts).await;
     }
 
     #[tokio::test]
@@ -221,23 +200,9 @@ mod with_ringquic {
                 cipher,
                 ..NetOptions::default()
             };
-            let opts = options(
-                Request {
-                    upload: 1000,
-                    download: 100 << 10,
-                    uni: false,
-                },
-                4,
-                2,
-            );
-            let r = exchange(Ringquic(None), Quinn, net, Some(Trust::Insecure), opts.clone())
-                .await
-                .unwrap_or_else(|e| panic!("{cipher}: {e:#}"));
-            assert_complete(&r);
-            let r = exchange(Quinn, Ringquic(None), net, None, opts)
-                .await
-                .unwrap_or_else(|e| panic!("{cipher}: {e:#}"));
-            assert_complete(&r);
+            let opts = options(Request::bi(1000, 100 << 10), 4, 2);
+            exchange_ok(Ringquic(None), Quinn, net, Some(Trust::Insecure), opts.clone()).await;
+            exchange_ok(Quinn, Ringquic(None), net, None, opts).await;
         }
     }
 }
