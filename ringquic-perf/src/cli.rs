@@ -11,11 +11,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    bench::{self, BenchOptions, WorkloadKind},
+    bench,
     config::{self, Cipher, Identity, NetOptions, Trust},
+    measure::{BenchOptions, WorkloadKind},
     perf::{self, ClientOptions, Request},
     proto,
-    system::{Backend, System, SystemKind},
+    system::{Backend, Role, System, SystemKind},
     with_system,
 };
 
@@ -371,7 +372,7 @@ fn run_server(args: &ServerArgs) -> Result<()> {
     let rt = current_thread_runtime()?;
     let _guard = rt.enter();
     with_system!(args.system.kind()?, sys => {
-        let endpoint = sys.server(endpoint_config, server_config, args.listen)?;
+        let endpoint = sys.bind(endpoint_config, Role::Server(server_config), args.listen)?;
         let addr = endpoint.local_addr()?;
         println!("listening on {addr}");
         std::io::stdout().flush()?;
@@ -433,7 +434,7 @@ fn run_client(args: &ClientArgs) -> Result<()> {
     let rt = current_thread_runtime()?;
     let _guard = rt.enter();
     let report = with_system!(args.system.kind()?, sys => {
-        let endpoint = sys.client(endpoint_config, client_config, bind)?;
+        let endpoint = sys.bind(endpoint_config, Role::Client(client_config), bind)?;
         rt.block_on(perf::run_client(&endpoint, server, &opts))
     })?;
     println!("{}", report.summary());

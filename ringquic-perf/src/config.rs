@@ -117,6 +117,34 @@ impl Identity {
     }
 }
 
+/// An identity's DER, as it travels in JSON (to a bench phase's child process).
+#[derive(Serialize, Deserialize)]
+struct IdentityDer {
+    certs: Vec<Vec<u8>>,
+    key: Vec<u8>,
+}
+
+impl Serialize for Identity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let certs = self.certs.iter().map(|c| c.to_vec()).collect();
+        IdentityDer {
+            certs,
+            key: self.key.secret_der().to_vec(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Identity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let der = IdentityDer::deserialize(d)?;
+        Ok(Self {
+            certs: der.certs.into_iter().map(CertificateDer::from).collect(),
+            key: PrivateKeyDer::try_from(der.key).map_err(serde::de::Error::custom)?,
+        })
+    }
+}
+
 /// Loads every certificate in a PEM file (at least one is required).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
@@ -302,6 +330,14 @@ mod tests {
             client_config(&Trust::Insecure, &net).unwrap();
             endpoint_config(&net).unwrap();
         }
+    }
+
+    #[test]
+    fn identity_round_trips_through_json() {
+        let id = Identity::self_signed(&["localhost"]).unwrap();
+        let back: Identity = serde_json::from_str(&serde_json::to_string(&id).unwrap()).unwrap();
+        assert_eq!(back.certs, id.certs);
+        assert_eq!(back.key.secret_der(), id.key.secret_der());
     }
 
     #[test]

@@ -119,6 +119,17 @@ pub struct Request {
     pub uni: bool,
 }
 
+impl Request {
+    /// A bidirectional request that uploads `upload` bytes and asks for `download` bytes.
+    pub const fn bi(upload: u64, download: u64) -> Self {
+        Request {
+            upload,
+            download,
+            uni: false,
+        }
+    }
+}
+
 /// Runs one request on `conn`, counting received bytes into `counter`, and checks that exactly
 /// `req.download` bytes came back.
 pub async fn request<C: ConnOps>(conn: &C, req: Request, counter: &AtomicU64) -> Result<()> {

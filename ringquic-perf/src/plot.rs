@@ -1,12 +1,25 @@
-//! The SVG of throughput over time: one panel per workload, one line per system (its first
-//! successful run), drawn with plotters' SVG backend.
+//! The SVG of throughput over time: one panel per workload, one line per system, drawn with
+//! plotters' SVG backend.
+//!
+//! It draws the [`Panel`]s it is given and knows nothing of reports: `report` picks what goes
+//! into each panel and calls [`draw`]. Only the units (`measure`) are shared with the rest.
 
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-use crate::{bench::Unit, report::Report};
+use crate::measure::Unit;
+
+/// One panel: a title and its lines, each in `unit`s per second over time.
+pub struct Panel<'a> {
+    /// The panel's caption (the workload's name).
+    pub title: &'a str,
+    /// What every line counts.
+    pub unit: Unit,
+    /// `(legend, [seconds since start, units per second])` for each line.
+    pub lines: Vec<(&'a str, &'a [[f64; 2]])>,
+}
 
 /// How a unit is scaled and labelled on the y axis.
 fn axis(unit: Unit) -> (f64, &'static str) {
@@ -18,33 +31,23 @@ fn axis(unit: Unit) -> (f64, &'static str) {
     }
 }
 
-/// Draws `report`'s timelines into an SVG file at `path`.
-pub fn draw(report: &Report, path: &Path) -> Result<()> {
-    let mut workloads: Vec<_> = report.groups.iter().map(|g| g.workload).collect();
-    workloads.dedup();
-    let panels = workloads.len().max(1);
-    let root = SVGBackend::new(path, (1000, 320 * panels as u32)).into_drawing_area();
+/// Draws `panels`, one above the other, into an SVG file at `path` (a panel without lines stays
+/// blank).
+pub fn draw(panels: &[Panel<'_>], path: &Path) -> Result<()> {
+    let count = panels.len().max(1);
+    let root = SVGBackend::new(path, (1000, 320 * count as u32)).into_drawing_area();
     let err = |e: DrawingAreaErrorKind<_>| anyhow!("drawing {}: {e:?}", path.display());
     root.fill(&WHITE).map_err(err)?;
-    for (area, workload) in root.split_evenly((panels, 1)).iter().zip(&workloads) {
-        let lines: Vec<(String, Unit, &Vec<[f64; 2]>)> = report
-            .groups
-            .iter()
-            .filter(|g| g.workload == *workload)
-            .filter_map(|g| {
-                let m = g.runs.iter().find(|m| m.error.is_none())?;
-                Some((g.system.clone(), m.unit, &m.timeline))
-            })
-            .collect();
-        let Some(&(_, unit, _)) = lines.first() else {
+    for (area, panel) in root.split_evenly((count, 1)).iter().zip(panels) {
+        if panel.lines.is_empty() {
             continue;
-        };
-        let (scale, label) = axis(unit);
-        let points = lines.iter().flat_map(|(_, _, t)| t.iter());
+        }
+        let (scale, label) = axis(panel.unit);
+        let points = panel.lines.iter().flat_map(|(_, t)| t.iter());
         let x_max = points.clone().map(|p| p[0]).fold(0.1, f64::max);
         let y_max = points.map(|p| p[1] / scale).fold(1.0, f64::max) * 1.1;
         let mut chart = ChartBuilder::on(area)
-            .caption(workload.name(), ("sans-serif", 20))
+            .caption(panel.title, ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(72)
@@ -57,7 +60,7 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
             .y_label_formatter(&|v| format!("{v:.0}"))
             .draw()
             .map_err(err)?;
-        for (i, (name, _, timeline)) in lines.iter().enumerate() {
+        for (i, (name, timeline)) in panel.lines.iter().enumerate() {
             let color = Palette99::pick(i).stroke_width(2);
             chart
                 .draw_series(LineSeries::new(
@@ -65,7 +68,7 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
                     color,
                 ))
                 .map_err(err)?
-                .label(name.as_str())
+                .label(*name)
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], Palette99::pick(i).stroke_width(2))
                 });

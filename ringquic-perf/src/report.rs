@@ -1,116 +1,41 @@
 //! What `bench` prints and writes: the table (medians, spread, ratios to quinn), the JSON file
 //! with every figure, and the SVG of throughput over time.
+//!
+//! A [`Report`] collects [`Measurement`]s (from `measure`) as `bench` hands them over and
+//! renders them; it knows nothing of how they were taken. The SVG is drawn by `plot`, which gets
+//! the panels and lines from here and knows nothing of reports.
 
 use std::{fmt::Write as _, fs, path::Path};
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::{
-    bench::{BenchOptions, Latency, Outcome, Unit, WorkloadKind},
+    measure::{BenchOptions, Latency, Measurement, Unit, WorkloadKind},
+    plot::{self, Panel},
     proto::format_bytes,
     system::SystemKind,
-    usage::{CpuTimes, PeakSource},
+    usage::PeakSource,
 };
 
-/// One phase: one workload on one system, one run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Measurement {
-    /// The workload.
-    pub workload: WorkloadKind,
-    /// The client endpoint's system label, e.g. `quinn` or `ringquic/uring`.
-    pub system: String,
-    /// The server endpoint's system label.
-    pub server_label: String,
-    /// The system as requested.
-    pub kind: SystemKind,
-    /// Which repetition (0-based).
-    pub run: usize,
-    /// What the figure counts.
-    pub unit: Unit,
-    /// Units per second.
-    pub figure: f64,
-    /// CPU time of the client's threads during the timed part.
-    pub cpu_client: CpuTimes,
-    /// CPU time of the server's threads during the timed part.
-    pub cpu_server: CpuTimes,
-    /// CPU time of the whole process during the timed part.
-    pub cpu_process: CpuTimes,
-    /// Wall time of the timed part, in seconds (includes connection setup).
-    pub wall_secs: f64,
-    /// Peak resident memory of the process in bytes.
-    pub peak_rss: u64,
-    /// How `peak_rss` was measured.
-    pub peak_source: PeakSource,
-    /// How many threads each side ran on (client, server).
-    pub threads: (usize, usize),
-    /// `[seconds since start, units per second over the last interval]`.
-    pub timeline: Vec<[f64; 2]>,
-    /// What the workload reported.
-    pub outcome: Outcome,
-    /// Why the phase failed, if it did.
-    pub error: Option<String>,
-}
-
-impl Measurement {
-    /// A phase that could not complete.
-    pub fn failed(workload: WorkloadKind, kind: SystemKind, run: usize, error: String) -> Self {
-        Measurement {
-            workload,
-            system: kind.name(),
-            server_label: kind.name(),
-            kind,
-            run,
-            unit: Unit::Bytes,
-            figure: 0.0,
-            cpu_client: CpuTimes::default(),
-            cpu_server: CpuTimes::default(),
-            cpu_process: CpuTimes::default(),
-            wall_secs: 0.0,
-            peak_rss: 0,
-            peak_source: PeakSource::MaxRssLifetime,
-            threads: (0, 0),
-            timeline: Vec::new(),
-            outcome: Outcome::default(),
-            error: Some(error),
-        }
-    }
-
-    /// The same measurement, tagged with its repetition number.
-    pub fn with_run(mut self, run: usize) -> Self {
-        self.run = run;
-        self
-    }
-
-    /// CPU seconds per normalised unit (per GiB or per 1000), for a CPU reading of this phase.
-    pub fn cpu_per_unit(&self, cpu: CpuTimes) -> f64 {
-        let amount = self.outcome.amount as f64;
-        if amount > 0.0 {
-            cpu.total() / amount * self.unit.cpu_scale()
-        } else {
-            f64::NAN
-        }
-    }
-
-    /// A progress line for stderr.
-    pub fn one_line(&self) -> String {
-        match &self.error {
-            Some(e) => format!(
-                "{} {} run {}: FAILED: {e}",
-                self.workload.name(),
-                self.system,
-                self.run + 1
-            ),
-            None => format!(
-                "{} {} run {}: {} ({:.2} s CPU in process over {:.2} s)",
-                self.workload.name(),
-                self.system,
-                self.run + 1,
-                format_figure(self.unit, self.figure),
-                self.cpu_process.total(),
-                self.wall_secs
-            ),
-        }
+/// A progress line for stderr about one phase.
+pub fn one_line(m: &Measurement) -> String {
+    match &m.error {
+        Some(e) => format!(
+            "{} {} run {}: FAILED: {e}",
+            m.workload.name(),
+            m.system,
+            m.run + 1
+        ),
+        None => format!(
+            "{} {} run {}: {} ({:.2} s CPU in process over {:.2} s)",
+            m.workload.name(),
+            m.system,
+            m.run + 1,
+            format_figure(m.unit, m.figure),
+            m.cpu_process.total(),
+            m.wall_secs
+        ),
     }
 }
 
@@ -458,9 +383,31 @@ impl Report {
             .with_context(|| format!("writing {}", path.display()))
     }
 
-    /// Draws throughput over time, one panel per workload and one line per system.
+    /// Draws throughput over time, one panel per workload and one line per system (its first
+    /// successful run).
     pub fn write_svg(&self, path: &Path) -> Result<()> {
-        crate::plot::draw(self, path)
+        let mut workloads: Vec<_> = self.groups.iter().map(|g| g.workload).collect();
+        workloads.dedup();
+        let panels: Vec<Panel<'_>> = workloads
+            .into_iter()
+            .map(|workload| {
+                let lines: Vec<(&str, Unit, &[[f64; 2]])> = self
+                    .groups
+                    .iter()
+                    .filter(|g| g.workload == workload)
+                    .filter_map(|g| {
+                        let m = g.runs.iter().find(|m| m.error.is_none())?;
+                        Some((g.system.as_str(), m.unit, m.timeline.as_slice()))
+                    })
+                    .collect();
+                Panel {
+                    title: workload.name(),
+                    unit: lines.first().map_or(Unit::Bytes, |l| l.1),
+                    lines: lines.into_iter().map(|(name, _, t)| (name, t)).collect(),
+                }
+            })
+            .collect();
+        plot::draw(&panels, path)
     }
 }
 
@@ -542,6 +489,7 @@ pub fn format_figure(unit: Unit, per_sec: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{measure::Outcome, usage::CpuTimes};
 
     fn ok(workload: WorkloadKind, kind: SystemKind, figure: f64, cpu: f64) -> Measurement {
         let mut m = Measurement::failed(workload, kind, 0, String::new());

@@ -166,39 +166,34 @@ impl_quic_ops!(quinn);
 #[cfg(feature = "ringquic")]
 impl_quic_ops!(ringquic);
 
+/// What an endpoint is bound for.
+pub enum Role {
+    /// Accepting connections, with this server configuration.
+    Server(ServerConfig),
+    /// Making connections, with this default client configuration.
+    Client(ClientConfig),
+}
+
+/// The future [`System::host`] returns: the hosted future's output, or why it could not run.
+pub type Hosted<T> = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
+
 /// A QUIC implementation that can make server and client endpoints.
 ///
 /// Endpoints are made on the thread (and inside the tokio runtime) that will use them.
 pub trait System: Clone + Send + 'static {
     /// Its endpoint type.
     type Endpoint: EndpointOps;
-    /// Binds a server endpoint.
-    fn server(
-        &self,
-        endpoint: EndpointConfig,
-        server: ServerConfig,
-        addr: SocketAddr,
-    ) -> Result<Self::Endpoint>;
-    /// Binds a client endpoint whose default client config is `client`.
-    fn client(
-        &self,
-        endpoint: EndpointConfig,
-        client: ClientConfig,
-        addr: SocketAddr,
-    ) -> Result<Self::Endpoint>;
+    /// Binds an endpoint at `addr` for `role`.
+    fn bind(&self, endpoint: EndpointConfig, role: Role, addr: SocketAddr) -> Result<Self::Endpoint>;
     /// The name to report for endpoints of this system, e.g. `quinn` or `ringquic/uring`.
     fn label(&self, endpoint: &Self::Endpoint) -> String;
     /// Runs `fut` where this system runs application code: on the calling thread's runtime,
     /// or, for ringquic's local mode, on the endpoint's own I/O thread.
-    fn host<F>(
+    fn host<F: Future<Output: Send + 'static> + Send + 'static>(
         &self,
         endpoint: &Self::Endpoint,
         fut: F,
-    ) -> Pin<Box<dyn Future<Output = Result<F::Output>> + Send>>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
+    ) -> Hosted<F::Output> {
         let _ = endpoint;
         Box::pin(async move { Ok(fut.await) })
     }
@@ -219,38 +214,20 @@ pub fn spawn_detached<F: Future<Output = ()> + Send + 'static>(fut: F) {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Quinn;
 
-impl Quinn {
-    fn bind(
-        endpoint: EndpointConfig,
-        server: Option<ServerConfig>,
-        addr: SocketAddr,
-    ) -> Result<quinn::Endpoint> {
-        let socket = std::net::UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))?;
-        let runtime = quinn::default_runtime().context("quinn needs a tokio runtime")?;
-        Ok(quinn::Endpoint::new(endpoint, server, socket, runtime)?)
-    }
-}
-
 impl System for Quinn {
     type Endpoint = quinn::Endpoint;
 
-    fn server(
-        &self,
-        endpoint: EndpointConfig,
-        server: ServerConfig,
-        addr: SocketAddr,
-    ) -> Result<quinn::Endpoint> {
-        Self::bind(endpoint, Some(server), addr)
-    }
-
-    fn client(
-        &self,
-        endpoint: EndpointConfig,
-        client: ClientConfig,
-        addr: SocketAddr,
-    ) -> Result<quinn::Endpoint> {
-        let mut ep = Self::bind(endpoint, None, addr)?;
-        ep.set_default_client_config(client);
+    fn bind(&self, endpoint: EndpointConfig, role: Role, addr: SocketAddr) -> Result<quinn::Endpoint> {
+        let socket = std::net::UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))?;
+        let runtime = quinn::default_runtime().context("quinn needs a tokio runtime")?;
+        let (server, client) = match role {
+            Role::Server(server) => (Some(server), None),
+            Role::Client(client) => (None, Some(client)),
+        };
+        let mut ep = quinn::Endpoint::new(endpoint, server, socket, runtime)?;
+        if let Some(client) = client {
+            ep.set_default_client_config(client);
+        }
         Ok(ep)
     }
 
@@ -363,25 +340,13 @@ impl Ringquic {
 impl System for Ringquic {
     type Endpoint = ringquic::Endpoint;
 
-    fn server(
-        &self,
-        endpoint: EndpointConfig,
-        server: ServerConfig,
-        addr: SocketAddr,
-    ) -> Result<ringquic::Endpoint> {
-        Ok(self.builder(endpoint, 1).server_config(server).bind(addr)?)
-    }
-
-    fn client(
-        &self,
-        endpoint: EndpointConfig,
-        client: ClientConfig,
-        addr: SocketAddr,
-    ) -> Result<ringquic::Endpoint> {
-        Ok(self
-            .builder(endpoint, 0)
-            .default_client_config(client)
-            .bind(addr)?)
+    fn bind(&self, endpoint: EndpointConfig, role: Role, addr: SocketAddr) -> Result<ringquic::Endpoint> {
+        // With --pin-io-threads the server's I/O thread goes to CPU 1 and the client's to CPU 0.
+        let builder = match role {
+            Role::Server(server) => self.builder(endpoint, 1).server_config(server),
+            Role::Client(client) => self.builder(endpoint, 0).default_client_config(client),
+        };
+        Ok(builder.bind(addr)?)
     }
 
     fn label(&self, endpoint: &ringquic::Endpoint) -> String {
@@ -399,37 +364,19 @@ pub struct RingquicLocal(pub Option<ringquic::BackendKind>);
 impl System for RingquicLocal {
     type Endpoint = ringquic::Endpoint;
 
-    fn server(
-        &self,
-        endpoint: EndpointConfig,
-        server: ServerConfig,
-        addr: SocketAddr,
-    ) -> Result<ringquic::Endpoint> {
-        Ringquic(self.0).server(endpoint, server, addr)
-    }
-
-    fn client(
-        &self,
-        endpoint: EndpointConfig,
-        client: ClientConfig,
-        addr: SocketAddr,
-    ) -> Result<ringquic::Endpoint> {
-        Ringquic(self.0).client(endpoint, client, addr)
+    fn bind(&self, endpoint: EndpointConfig, role: Role, addr: SocketAddr) -> Result<ringquic::Endpoint> {
+        Ringquic(self.0).bind(endpoint, role, addr)
     }
 
     fn label(&self, endpoint: &ringquic::Endpoint) -> String {
         format!("ringquic/{}+local", endpoint.backend())
     }
 
-    fn host<F>(
+    fn host<F: Future<Output: Send + 'static> + Send + 'static>(
         &self,
         endpoint: &ringquic::Endpoint,
         fut: F,
-    ) -> Pin<Box<dyn Future<Output = Result<F::Output>> + Send>>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
+    ) -> Hosted<F::Output> {
         let task = endpoint.spawn(fut);
         Box::pin(async move { Ok(task.await?) })
     }

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use ringquic_perf::{
-    bench::{self, BenchOptions, WorkloadKind},
+    bench,
+    measure::{BenchOptions, WorkloadKind},
     system::SystemKind,
 };
 

@@ -2,13 +2,13 @@
 //! against a stock-quinn server, a stock-quinn client against the ringquic server, and ringquic
 //! against itself on both backends. Every test checks byte counts and is bounded in time.
 
-use std::{net::SocketAddr, sync::atomic::AtomicU64, time::Duration};
+use std::{fmt::Debug, net::SocketAddr, sync::atomic::AtomicU64, time::Duration};
 
 use anyhow::Result;
 use ringquic_perf::{
     config::{self, Cipher, Identity, NetOptions, Trust},
     perf::{self, ClientOptions, ClientReport, Request},
-    system::{Quinn, System},
+    system::{Quinn, Role, System},
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -28,28 +28,23 @@ fn options(request: Request, requests: u64, concurrency: u64) -> ClientOptions {
 
 /// The shape the brief asks for: 1 MiB down, 64 KiB up, 8 requests, 4 at a time.
 fn standard() -> ClientOptions {
-    options(
-        Request {
-            upload: 64 << 10,
-            download: 1 << 20,
-            uni: false,
-        },
-        8,
-        4,
-    )
+    options(Request::bi(64 << 10, 1 << 20), 8, 4)
 }
 
 /// Starts a perf server of system `S` in the current runtime; returns its endpoint.
 fn start_server<S: System>(sys: &S, identity: &Identity, net: &NetOptions) -> S::Endpoint {
+    let role = Role::Server(config::server_config(identity, net).unwrap());
     let endpoint = sys
-        .server(
-            config::endpoint_config(net).unwrap(),
-            config::server_config(identity, net).unwrap(),
-            loopback(),
-        )
+        .bind(config::endpoint_config(net).unwrap(), role, loopback())
         .unwrap();
     tokio::spawn(perf::serve(endpoint.clone()));
     endpoint
+}
+
+/// Binds a client endpoint of system `C` on loopback that trusts the server per `trust`.
+fn client_endpoint<C: System>(sys: &C, trust: &Trust, net: &NetOptions) -> Result<C::Endpoint> {
+    let role = Role::Client(config::client_config(trust, net)?);
+    sys.bind(config::endpoint_config(net)?, role, loopback())
 }
 
 /// Runs `opts` from a client of system `C` against a server of system `S`.
@@ -65,11 +60,7 @@ async fn exchange<S: System, C: System>(
     let server_ep = start_server(&server, &identity, &net);
     let addr = server_ep.local_addr()?;
     let trust = trust.unwrap_or_else(|| Trust::Roots(identity.certs.clone()));
-    let client_ep = client.client(
-        config::endpoint_config(&net)?,
-        config::client_config(&trust, &net)?,
-        loopback(),
-    )?;
+    let client_ep = client_endpoint(&client, &trust, &net)?;
     let report = tokio::time::timeout(LIMIT, perf::run_client(&client_ep, addr, &opts))
         .await
         .map_err(|_| anyhow::anyhow!("timed out"))??;
@@ -86,12 +77,25 @@ fn assert_complete(report: &ClientReport) {
     assert_eq!(report.bytes_sent, o.requests * o.request.upload);
 }
 
+/// Runs [`exchange`] and checks that every request got every byte; a failure names both
+/// systems and the network settings.
+async fn exchange_ok<S: System + Debug, C: System + Debug>(
+    server: S,
+    client: C,
+    net: NetOptions,
+    trust: Option<Trust>,
+    opts: ClientOptions,
+) {
+    let what = format!("{client:?} client, {server:?} server, {net:?}");
+    let r = exchange(server, client, net, trust, opts)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    assert_complete(&r);
+}
+
 #[tokio::test]
 async fn quinn_client_quinn_server() {
-    let r = exchange(Quinn, Quinn, NetOptions::default(), None, standard())
-        .await
-        .unwrap();
-    assert_complete(&r);
+    exchange_ok(Quinn, Quinn, NetOptions::default(), None, standard()).await;
 }
 
 #[tokio::test]
@@ -102,10 +106,7 @@ async fn quinn_uni_requests_and_insecure_chacha() {
     };
     let mut opts = standard();
     opts.request.uni = true;
-    let r = exchange(Quinn, Quinn, net, Some(Trust::Insecure), opts)
-        .await
-        .unwrap();
-    assert_complete(&r);
+    exchange_ok(Quinn, Quinn, net, Some(Trust::Insecure), opts).await;
 }
 
 #[tokio::test]
@@ -130,13 +131,7 @@ async fn short_header_does_not_break_the_server() {
     let net = NetOptions::default();
     let identity = Identity::self_signed(&["localhost"]).unwrap();
     let server = start_server(&Quinn, &identity, &net);
-    let client = Quinn
-        .client(
-            config::endpoint_config(&net).unwrap(),
-            config::client_config(&Trust::Roots(identity.certs.clone()), &net).unwrap(),
-            loopback(),
-        )
-        .unwrap();
+    let client = client_endpoint(&Quinn, &Trust::Roots(identity.certs.clone()), &net).unwrap();
     let run = async {
         let conn = EndpointOps::connect(&client, server.local_addr()?, "localhost").await?;
         let (mut send, mut recv) = ConnOps::open_bi(&conn).await?;
@@ -149,12 +144,7 @@ async fn short_header_does_not_break_the_server() {
         }
         assert_eq!(total, 0);
         // The connection still serves well-formed requests.
-        let req = Request {
-            upload: 10,
-            download: 1000,
-            uni: false,
-        };
-        perf::request(&conn, req, &AtomicU64::new(0)).await?;
+        perf::request(&conn, Request::bi(10, 1000), &AtomicU64::new(0)).await?;
         anyhow::Ok(())
     };
     tokio::time::timeout(LIMIT, run).await.unwrap().unwrap();
@@ -176,34 +166,22 @@ mod with_ringquic {
     #[tokio::test]
     async fn ringquic_client_quinn_server() {
         for rq in backends() {
-            let r = exchange(Quinn, rq, NetOptions::default(), None, standard())
-                .await
-                .unwrap_or_else(|e| panic!("{rq:?}: {e:#}"));
-            assert_complete(&r);
+            exchange_ok(Quinn, rq, NetOptions::default(), None, standard()).await;
         }
     }
 
     #[tokio::test]
     async fn quinn_client_ringquic_server() {
         for rq in backends() {
-            let r = exchange(rq, Quinn, NetOptions::default(), None, standard())
-                .await
-                .unwrap_or_else(|e| panic!("{rq:?}: {e:#}"));
-            assert_complete(&r);
+            exchange_ok(rq, Quinn, NetOptions::default(), None, standard()).await;
         }
     }
 
     #[tokio::test]
     async fn ringquic_client_ringquic_server() {
-        for (s, c) in [
-            (backends()[0], backends()[0]),
-            (backends()[1], backends()[1]),
-            (backends()[0], backends()[1]),
-        ] {
-            let r = exchange(s, c, NetOptions::default(), None, standard())
-                .await
-                .unwrap_or_else(|e| panic!("{s:?} <- {c:?}: {e:#}"));
-            assert_complete(&r);
+        let [uring, poll] = backends();
+        for (s, c) in [(uring, uring), (poll, poll), (uring, poll)] {
+            exchange_ok(s, c, NetOptions::default(), None, standard()).await;
         }
     }
 
@@ -211,14 +189,8 @@ mod with_ringquic {
     async fn uni_requests_across_implementations() {
         let mut opts = standard();
         opts.request.uni = true;
-        let r = exchange(Quinn, Ringquic(None), NetOptions::default(), None, opts.clone())
-            .await
-            .unwrap();
-        assert_complete(&r);
-        let r = exchange(Ringquic(None), Quinn, NetOptions::default(), None, opts)
-            .await
-            .unwrap();
-        assert_complete(&r);
+        exchange_ok(Quinn, Ringquic(None), NetOptions::default(), None, opts.clone()).await;
+        exchange_ok(Ringquic(None), Quinn, NetOptions::default(), None, opts).await;
     }
 
     #[tokio::test]
@@ -228,23 +200,9 @@ mod with_ringquic {
                 cipher,
                 ..NetOptions::default()
             };
-            let opts = options(
-                Request {
-                    upload: 1000,
-                    download: 100 << 10,
-                    uni: false,
-                },
-                4,
-                2,
-            );
-            let r = exchange(Ringquic(None), Quinn, net, Some(Trust::Insecure), opts.clone())
-                .await
-                .unwrap_or_else(|e| panic!("{cipher}: {e:#}"));
-            assert_complete(&r);
-            let r = exchange(Quinn, Ringquic(None), net, None, opts)
-                .await
-                .unwrap_or_else(|e| panic!("{cipher}: {e:#}"));
-            assert_complete(&r);
+            let opts = options(Request::bi(1000, 100 << 10), 4, 2);
+            exchange_ok(Ringquic(None), Quinn, net, Some(Trust::Insecure), opts.clone()).await;
+            exchange_ok(Quinn, Ringquic(None), net, None, opts).await;
         }
     }
 }
@@ -357,11 +315,7 @@ async fn against_independent_server<C: System>(client: C, uni: bool) -> Result<C
     let identity = Identity::self_signed(&["localhost"])?;
     let server = independent::server(identity.certs[0].clone(), identity.key.clone_key())?;
     let net = NetOptions::default();
-    let client_ep = client.client(
-        config::endpoint_config(&net)?,
-        config::client_config(&Trust::Roots(identity.certs.clone()), &net)?,
-        loopback(),
-    )?;
+    let client_ep = client_endpoint(&client, &Trust::Roots(identity.certs.clone()), &net)?;
     let mut opts = standard();
     opts.request.uni = uni;
     let run = perf::run_client(&client_ep, server.local_addr()?, &opts);

@@ -8,7 +8,6 @@
 //! 8 bytes, big-endian; lost = sent − delivered.
 
 use std::{
-    net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -19,8 +18,9 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
 
-use super::{Outcome, Unit, Workload, WorkloadKind, SERVER_NAME};
+use super::workload::{Client, Workload};
 use crate::{
+    measure::{Outcome, WorkloadKind},
     perf,
     proto::{encode_header, parse_header, HEADER_LEN},
     system::{ConnOps, EndpointOps, RecvOps, SendOps},
@@ -69,17 +69,7 @@ async fn count_datagrams<C: ConnOps>(conn: C, meter: Arc<AtomicU64>) {
 }
 
 impl Workload for Datagrams {
-    fn kind(&self) -> WorkloadKind {
-        WorkloadKind::Datagrams
-    }
-
-    fn unit(&self) -> Unit {
-        Unit::Datagrams
-    }
-
-    fn total(&self) -> Option<u64> {
-        None
-    }
+    const KIND: WorkloadKind = WorkloadKind::Datagrams;
 
     async fn serve<E: EndpointOps>(self, endpoint: E, meter: Arc<AtomicU64>) {
         while let Some(handshake) = endpoint.accept().await {
@@ -92,13 +82,8 @@ impl Workload for Datagrams {
         }
     }
 
-    async fn run<E: EndpointOps>(
-        self,
-        endpoint: E,
-        server: SocketAddr,
-        _meter: Arc<AtomicU64>,
-    ) -> Result<Outcome> {
-        let conn = endpoint.connect(server, SERVER_NAME).await?;
+    async fn run<E: EndpointOps>(self, client: Client<E>) -> Result<Outcome> {
+        let conn = client.connect().await?;
         let max = conn
             .max_datagram_size()
             .context("the server does not accept datagrams")?;

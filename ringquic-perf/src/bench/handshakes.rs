@@ -1,25 +1,18 @@
 //! `handshakes`: new connections per second, each with one small request.
 
-use std::{
-    net::SocketAddr,
-    sync::{atomic::AtomicU64, Arc},
-    time::Duration,
-};
+use std::{sync::atomic::AtomicU64, time::Duration};
 
 use anyhow::Result;
 
-use super::{timed_loops, Outcome, Unit, Workload, WorkloadKind, SERVER_NAME};
+use super::workload::{Client, Workload};
 use crate::{
+    measure::{Outcome, WorkloadKind},
     perf::{self, Request},
     system::{ConnOps, EndpointOps},
 };
 
 /// The request made on every new connection.
-const REQUEST: Request = Request {
-    upload: 64,
-    download: 64,
-    uni: false,
-};
+const REQUEST: Request = Request::bi(64, 64);
 
 /// `concurrency` loops that each connect, make one request and close, for `duration`.
 #[derive(Debug, Clone)]
@@ -31,36 +24,18 @@ pub struct Handshakes {
 }
 
 impl Workload for Handshakes {
-    fn kind(&self) -> WorkloadKind {
-        WorkloadKind::Handshakes
-    }
+    const KIND: WorkloadKind = WorkloadKind::Handshakes;
 
-    fn unit(&self) -> Unit {
-        Unit::Connections
-    }
-
-    fn total(&self) -> Option<u64> {
-        None
-    }
-
-    async fn run<E: EndpointOps>(
-        self,
-        endpoint: E,
-        server: SocketAddr,
-        meter: Arc<AtomicU64>,
-    ) -> Result<Outcome> {
+    async fn run<E: EndpointOps>(self, client: Client<E>) -> Result<Outcome> {
         let ignored = AtomicU64::new(0);
-        timed_loops(
-            self.concurrency.max(1) as usize,
-            self.duration,
-            &meter,
-            |_| async {
-                let conn = endpoint.connect(server, SERVER_NAME).await?;
+        let workers = self.concurrency.max(1) as usize;
+        client
+            .timed_loops(workers, self.duration, |_| async {
+                let conn = client.connect().await?;
                 let result = perf::request(&conn, REQUEST, &ignored).await;
                 conn.close(perf::CLOSE_DONE, b"done");
                 result
-            },
-        )
-        .await
+            })
+            .await
     }
 }

@@ -1,16 +1,13 @@
 //! `rr`: small requests and responses over many connections, for requests per second and
 //! latency percentiles.
 
-use std::{
-    net::SocketAddr,
-    sync::{atomic::AtomicU64, Arc},
-    time::Duration,
-};
+use std::{sync::atomic::AtomicU64, time::Duration};
 
 use anyhow::Result;
 
-use super::{timed_loops, Outcome, Unit, Workload, WorkloadKind, SERVER_NAME};
+use super::workload::{Client, Workload};
 use crate::{
+    measure::{Outcome, WorkloadKind},
     perf::{self, Request},
     system::{ConnOps, EndpointOps},
 };
@@ -29,37 +26,19 @@ pub struct RequestResponse {
 }
 
 impl Workload for RequestResponse {
-    fn kind(&self) -> WorkloadKind {
-        WorkloadKind::Rr
-    }
+    const KIND: WorkloadKind = WorkloadKind::Rr;
 
-    fn unit(&self) -> Unit {
-        Unit::Requests
-    }
-
-    fn total(&self) -> Option<u64> {
-        None
-    }
-
-    async fn run<E: EndpointOps>(
-        self,
-        endpoint: E,
-        server: SocketAddr,
-        meter: Arc<AtomicU64>,
-    ) -> Result<Outcome> {
-        let connecting = (0..self.connections.max(1)).map(|_| endpoint.connect(server, SERVER_NAME));
+    async fn run<E: EndpointOps>(self, client: Client<E>) -> Result<Outcome> {
+        let connecting = (0..self.connections.max(1)).map(|_| client.connect());
         let conns = futures::future::try_join_all(connecting).await?;
-        let req = Request {
-            upload: self.size,
-            download: self.size,
-            uni: false,
-        };
+        let req = Request::bi(self.size, self.size);
         let workers = conns.len() * self.streams.max(1) as usize;
         let ignored = AtomicU64::new(0);
-        let result = timed_loops(workers, self.duration, &meter, |i| {
-            perf::request(&conns[i % conns.len()], req, &ignored)
-        })
-        .await;
+        let result = client
+            .timed_loops(workers, self.duration, |i| {
+                perf::request(&conns[i % conns.len()], req, &ignored)
+            })
+            .await;
         for c in &conns {
             c.close(perf::CLOSE_DONE, b"done");
         }
