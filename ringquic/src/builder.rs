@@ -215,7 +215,7 @@ impl EndpointBuilder {
 
     /// At most `n` incoming connections waiting for [`Endpoint::accept`] plus accepted ones still
     /// handshaking; more are refused (CONNECTION_REFUSED) and counted in
-    /// [`EndpointStats::incoming_refused`]. Bounds the memory a handshake flood can take.
+    /// [`EndpointIoStats::incoming_refused`]. Bounds the memory a handshake flood can take.
     /// Default [`DEFAULT_MAX_INCOMING`].
     pub fn max_incoming(mut self, n: usize) -> Self {
         self.max_incoming = n;
@@ -232,7 +232,7 @@ impl EndpointBuilder {
     /// dropped (a stream chunk or datagram the application has not read holds the whole
     /// buffer), so lending is bounded by [`EndpointBuilder::recv_memory_budget`]. `0` lends every
     /// receive (within the budget); `usize::MAX` copies every receive. The poll and RIO backends
-    /// always copy. Default [`DEFAULT_ZERO_COPY_THRESHOLD`]; [`EndpointStats::recv_zero_copy`]
+    /// always copy. Default [`DEFAULT_ZERO_COPY_THRESHOLD`]; [`EndpointIoStats::recv_zero_copy`]
     /// counts the receives lent.
     pub fn zero_copy_threshold(mut self, bytes: usize) -> Self {
         self.zero_copy_min = bytes;
@@ -250,7 +250,7 @@ impl EndpointBuilder {
     /// This is what bounds the memory a peer can make the endpoint hold by having it keep
     /// tiny pieces of big receives (docs/RELIABILITY.md, "Receive memory budget"); rounded down
     /// to whole buffers. Default [`DEFAULT_RECV_MEMORY_BUDGET`]; `0` lends nothing (no
-    /// zero-copy receive, every datagram copied on its own). [`EndpointStats::recv_buffers_lent`]
+    /// zero-copy receive, every datagram copied on its own). [`EndpointIoStats::recv_buffers_lent`]
     /// says how many are out.
     pub fn recv_memory_budget(mut self, bytes: usize) -> Self {
         self.recv_memory_budget = bytes;
@@ -264,7 +264,7 @@ impl EndpointBuilder {
     /// "done with the buffer" notification), and the TX buffer stays busy until it arrives.
     ///
     /// It pays only for large sends on a real NIC: the kernel copies anyway when the receiver is
-    /// on the same host (loopback), which [`EndpointStats::send_zero_copy_copied`] reports, and
+    /// on the same host (loopback), which [`EndpointIoStats::send_zero_copy_copied`] reports, and
     /// below ~10 KB the notification costs more than the copy saves. A kernel without
     /// `SENDMSG_ZC` keeps ordinary sends (logged). Default `usize::MAX`: off.
     pub fn send_zero_copy_threshold(mut self, bytes: usize) -> Self {

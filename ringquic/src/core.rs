@@ -24,7 +24,7 @@ use crate::{
     io::{IoBackend, RecvMeta},
     shared::{Command, ConnectionInner, EndpointShared, Offer},
     wakers::wake_all,
-    ConnectionError, EndpointStats, TransportError, TransportErrorCode,
+    ConnectionError, EndpointIoStats, TransportError, TransportErrorCode,
 };
 
 /// Endpoint-level responses (version negotiation, stateless resets, refusals, …) kept for
@@ -125,7 +125,7 @@ pub(crate) struct Core {
     /// Set once the last handle is gone: the loop goes on until every close is out, or until
     /// this time (see [`Core::begin_shutdown`]).
     flush_until: Option<Instant>,
-    stats: EndpointStats,
+    stats: EndpointIoStats,
 }
 
 impl Core {
@@ -159,7 +159,7 @@ impl Core {
             closes_sent: HandleSet::default(),
             awaiting_close: HandleSet::default(),
             flush_until: None,
-            stats: EndpointStats::default(),
+            stats: EndpointIoStats::default(),
         }
     }
 
@@ -332,7 +332,7 @@ impl Core {
     pub(crate) fn publish_stats(&self, io: &dyn IoBackend) {
         let io = io.stats();
         let c = &self.stats;
-        self.shared.publish_stats(EndpointStats {
+        self.shared.publish_stats(EndpointIoStats {
             datagrams_received: io.datagrams_received,
             bytes_received: io.bytes_received,
             datagrams_sent: io.datagrams_sent,
@@ -353,6 +353,7 @@ impl Core {
             app_wakeups: 0,
             loop_turns: c.loop_turns,
             open_connections: self.conns.len() as u64,
+            handshakes: c.handshakes,
         });
     }
 
@@ -485,6 +486,7 @@ impl Core {
                     Ok((ch, conn)) => {
                         let inner = ConnectionInner::new(ch, conn, self.shared.clone());
                         self.add_connection(&inner, false);
+                        self.stats.handshakes.outgoing_handshakes += 1;
                         reply.complete(Ok(inner));
                     }
                     Err(e) => reply.complete(Err(connect_failed(e))),
@@ -518,12 +520,14 @@ impl Core {
                     Ok((ch, conn)) => {
                         let inner = ConnectionInner::new(ch, conn, self.shared.clone());
                         self.add_connection(&inner, true);
+                        self.stats.handshakes.accepted_handshakes += 1;
                         reply.complete(Ok(inner));
                     }
                     Err(e) => reply.complete(Err(e)),
                 }
             }
             Command::Refuse(incoming) => {
+                self.stats.handshakes.refused_handshakes += 1;
                 let ep = &mut self.ep;
                 let t = ep.inner.refuse(incoming, &mut ep.buf);
                 ep.queue_response(t);
@@ -535,7 +539,10 @@ impl Core {
                     Err(e) => ep.inner.ignore(e.into_incoming()),
                 }
             }
-            Command::Ignore(incoming) => self.ep.inner.ignore(incoming),
+            Command::Ignore(incoming) => {
+                self.stats.handshakes.ignored_handshakes += 1;
+                self.ep.inner.ignore(incoming);
+            }
             Command::SetServerConfig(c) => self.ep.inner.set_server_config(c),
             Command::Close { code, reason } => {
                 self.close_all(code, reason);

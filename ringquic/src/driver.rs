@@ -390,8 +390,8 @@ mod tests {
             .unwrap_or_else(|_| {
                 panic!(
                     "transfer over the fake network hung: client {:?} server {:?}",
-                    client.stats(),
-                    server.stats()
+                    client.io_stats(),
+                    server.io_stats()
                 )
             });
         });
@@ -460,7 +460,7 @@ mod tests {
             ..Default::default()
         };
         let (_server, client) = fake_transfer(faults, 1, 2 << 20);
-        let s = client.stats();
+        let s = client.io_stats();
         assert!(s.tx_exhausted > 0, "{s:?}");
     }
 
@@ -472,6 +472,6 @@ mod tests {
             ..Default::default()
         };
         let (_server, client) = fake_transfer(faults, 8, 1 << 20);
-        assert!(client.stats().send_errors > 0);
+        assert!(client.io_stats().send_errors > 0);
     }
 }

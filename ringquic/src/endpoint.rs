@@ -26,7 +26,7 @@ use crate::{
     io::BackendKind,
     local::{self, JoinHandle},
     shared::{AcceptReply, Command, EndpointRef, EndpointShared},
-    EndpointStats,
+    EndpointIoStats, EndpointStats,
 };
 
 /// A QUIC endpoint: one UDP socket, one I/O thread, any number of connections.
@@ -85,8 +85,13 @@ impl Endpoint {
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "endpoint not running"))
     }
 
-    /// Counters of the endpoint's I/O.
+    /// Handshake counts, as quinn's.
     pub fn stats(&self) -> EndpointStats {
+        self.shared().stats().handshakes
+    }
+
+    /// Counters of the endpoint's I/O: datagrams, bytes, drops, buffer use (ringquic's own).
+    pub fn io_stats(&self) -> EndpointIoStats {
         self.shared().stats()
     }
 

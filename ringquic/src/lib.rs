@@ -93,7 +93,7 @@ pub use crate::{
     incoming::{Incoming, IncomingFuture, RetryError},
     local::{try_spawn, JoinError, JoinHandle},
     shared::SHUTDOWN_JOIN_TIMEOUT,
-    stats::EndpointStats,
+    stats::{EndpointIoStats, EndpointStats},
     streams::{RecvStream, SendStream},
 };
 

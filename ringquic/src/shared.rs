@@ -43,7 +43,7 @@ use rustc_hash::FxHashMap;
 use crate::{
     io::BackendKind,
     mailbox::Mailbox,
-    stats::EndpointStats,
+    stats::EndpointIoStats,
     sync::lock,
     wakers::{register, wake_all, Waiters},
     ConnectionError,
@@ -101,7 +101,7 @@ struct EpState {
     closed: bool,
     driver_exited: bool,
     default_client_config: Option<ClientConfig>,
-    stats: EndpointStats,
+    stats: EndpointIoStats,
 }
 
 impl EpState {
@@ -184,7 +184,7 @@ impl EndpointShared {
                 closed: false,
                 driver_exited: false,
                 default_client_config,
-                stats: EndpointStats::default(),
+                stats: EndpointIoStats::default(),
             }),
             handles: AtomicUsize::new(0),
             endpoint_handles: AtomicUsize::new(1),
@@ -257,7 +257,7 @@ impl EndpointShared {
     }
 
     /// The counters of this turn.
-    pub(crate) fn publish_stats(&self, stats: EndpointStats) {
+    pub(crate) fn publish_stats(&self, stats: EndpointIoStats) {
         lock(&self.state).stats = stats;
     }
 
@@ -322,7 +322,7 @@ impl EndpointShared {
     }
 
     /// The latest counters, with the application's wakeups.
-    pub(crate) fn stats(&self) -> EndpointStats {
+    pub(crate) fn stats(&self) -> EndpointIoStats {
         let mut s = lock(&self.state).stats;
         s.app_wakeups = self.mailbox.wakeups();
         s

@@ -1,10 +1,29 @@
-//! [`EndpointStats`]: the counters an endpoint reports. The I/O thread fills them in each turn
-//! (from its backend's counters and its own), the application reads them.
+//! The counters an endpoint reports: [`EndpointStats`], quinn's handshake counts, and
+//! [`EndpointIoStats`], ringquic's I/O counters. The I/O thread fills both in each turn (from
+//! its backend's counters and its own), the application reads them.
 
-/// Counters of an endpoint's I/O, for monitoring and tests.
+/// Handshake counts, as quinn's `EndpointStats` (`Endpoint::stats`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EndpointStats {
+    /// Incoming connections accepted (`Incoming::accept`, or awaiting an `Incoming`).
+    pub accepted_handshakes: u64,
+    /// Outgoing connections started (`Endpoint::connect`), counted once the I/O thread has
+    /// created them.
+    pub outgoing_handshakes: u64,
+    /// Incoming connections the application refused (`Incoming::refuse`, or dropping one).
+    /// Refusals of ringquic's own admission cap are counted apart, in
+    /// [`EndpointIoStats::incoming_refused`].
+    pub refused_handshakes: u64,
+    /// Incoming connections the application ignored (`Incoming::ignore`).
+    pub ignored_handshakes: u64,
+}
+
+/// Counters of an endpoint's I/O, for monitoring and tests (`Endpoint::io_stats`; quinn has no
+/// equivalent).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointIoStats {
     /// UDP datagrams received (after splitting GRO batches).
     pub datagrams_received: u64,
     /// UDP payload bytes received.
@@ -55,4 +74,6 @@ pub struct EndpointStats {
     pub loop_turns: u64,
     /// Connections the I/O thread drives now.
     pub open_connections: u64,
+    /// The handshake counts `Endpoint::stats` reports.
+    pub handshakes: EndpointStats,
 }

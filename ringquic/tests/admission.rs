@@ -18,7 +18,7 @@ async fn validate_addresses_retries_every_new_client() {
         );
         let _s = within(10, incoming.into_future()).await.unwrap();
         within(10, connecting).await.unwrap();
-        assert_eq!(server.stats().incoming_retried, 1, "{b}");
+        assert_eq!(server.io_stats().incoming_retried, 1, "{b}");
     }
 }
 
@@ -42,7 +42,7 @@ async fn max_incoming_refuses_the_excess() {
             }
             other => panic!("{b}: expected a refusal, got {other:?}"),
         }
-        assert_eq!(server.stats().incoming_refused, 1, "{b}");
+        assert_eq!(server.io_stats().incoming_refused, 1, "{b}");
         // The queued ones are still served once the application accepts them.
         for connecting in [first, second] {
             let s = within(10, async { server.accept().await.unwrap().await.unwrap() }).await;

@@ -129,7 +129,8 @@ mod ringquic_impl {
                 .expect("ringquic endpoint")
         }
 
-        /// ringquic: one setter taking the direction.
+        /// ringquic has quinn's per-direction setters (and one taking the direction, used here
+        /// so both are exercised).
         pub fn set_max_concurrent_streams(conn: &Connection, dir: Dir, n: u32) {
             conn.set_max_concurrent_streams(dir, VarInt::from_u32(n));
         }

@@ -254,9 +254,9 @@ async fn idle_endpoint_sleeps() {
     for b in backends() {
         let (_server, client, _s, _c) = connected_pair(b).await;
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let before = client.stats().loop_turns;
+        let before = client.io_stats().loop_turns;
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let turns = client.stats().loop_turns - before;
+        let turns = client.io_stats().loop_turns - before;
         assert!(turns < 100, "{b}: {turns} loop turns while idle");
     }
 }

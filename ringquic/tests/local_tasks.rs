@@ -34,7 +34,7 @@ fn request_response_entirely_on_io_threads() {
         assert_eq!(done.expect("the request task"), 200, "{b}");
         // The server's accept_bi ends with the connection's close.
         block_on_within(10, "the serving task", serving).expect("the serving task");
-        let (cw, sw) = (client.stats().app_wakeups, server.stats().app_wakeups);
+        let (cw, sw) = (client.io_stats().app_wakeups, server.io_stats().app_wakeups);
         assert!(
             cw < 10 && sw < 10,
             "{b}: {cw} / {sw} cross-thread wakeups for 200 exchanges"

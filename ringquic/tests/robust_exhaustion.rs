@@ -95,9 +95,9 @@ async fn a_receiver_that_stops_reading_blocks_the_sender_and_memory_stays_bounde
         assert!(written >= READ_FIRST, "{b}: blocked early at {written}");
         // The receiving endpoint took in no more than the window (plus packet overhead), and
         // nothing more arrives while the application sleeps.
-        let rx1 = server.stats().bytes_received;
+        let rx1 = server.io_stats().bytes_received;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let rx2 = server.stats().bytes_received;
+        let rx2 = server.io_stats().bytes_received;
         assert!(
             rx1 <= (limit + limit / 5 + 64 * KIB) as u64,
             "{b}: the server received {rx1} bytes for a {limit}-byte window"
@@ -178,7 +178,7 @@ async fn a_receive_flood_larger_than_the_buffer_pool() {
         let ((n, got), _sconn) = within(60, reader).await.unwrap();
         assert_eq!(n, total, "{b}");
         assert_eq!(got, sent, "{b}: SHA-256 differs");
-        let s = server.stats();
+        let s = server.io_stats();
         eprintln!(
             "{b}: 4 x 2 KiB receive buffers, {FLOOD}-datagram flood during a {} MiB transfer (hash ok): {s:?}",
             total / MIB
@@ -221,7 +221,7 @@ async fn a_single_tx_buffer_all_in_flight() {
         let elapsed = started.elapsed();
         assert_eq!(n, TOTAL, "{b}");
         assert_eq!(got, sent, "{b}: SHA-256 differs");
-        let s = client.stats();
+        let s = client.io_stats();
         eprintln!(
             "{b}: tx_buffers(1): {} MiB in {:.2} s, hash ok: tx_exhausted {}, send_errors {}, datagrams sent {}",
             TOTAL / MIB,

@@ -336,8 +336,8 @@ fn transfer_survives_a_garbage_and_fake_initial_flood() {
                 "{b}: the flood sent only {flood_sent} datagrams in 20 s"
             );
             // Everything the server received beyond what our client sent came from the flood.
-            let ss = server.stats();
-            let from_client = client.stats().datagrams_sent;
+            let ss = server.io_stats();
+            let from_client = client.io_stats().datagrams_sent;
             let flood_received = ss.datagrams_received.saturating_sub(from_client);
             // A new client connects and is served after the flood.
             within(30, fresh_client_echo(b, addr, &c)).await.unwrap();
@@ -422,7 +422,7 @@ async fn max_incoming_caps_a_handshake_flood() {
         let reader = tokio::spawn(async move { (recv_hashed(&sconn).await, sconn) });
 
         // Wave 2 while the real connection transfers; nobody accepts.
-        let before = server.stats();
+        let before = server.io_stats();
         let flood = Flooder::replay(addr, initials[WAVE..].to_vec(), Some(Duration::from_millis(2)));
         let (total, sent_hash) =
             within(60, send_hashed_while(&conn, 11, 4 * MIB, || !flood.is_finished())).await;

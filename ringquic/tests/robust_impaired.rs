@@ -266,7 +266,7 @@ async fn corrupted_datagrams_never_surface_as_wrong_bytes() {
         };
         relay.set(Dir::ToServer, corrupt);
         relay.set(Dir::ToClient, corrupt);
-        let srv_before = server.stats().datagrams_received;
+        let srv_before = server.io_stats().datagrams_received;
         let sconn = echo_hashed(b, sconn, conn.clone(), TOTAL).await;
         let rs = relay.stats();
         eprintln!(
@@ -280,9 +280,9 @@ async fn corrupted_datagrams_never_surface_as_wrong_bytes() {
         // The corrupted copies were forwarded (not dropped by the relay) and the endpoints took
         // them in: everything the relay forwarded to the server was counted as received.
         assert!(
-            server.stats().datagrams_received - srv_before + 50 >= rs.to_server.forwarded,
+            server.io_stats().datagrams_received - srv_before + 50 >= rs.to_server.forwarded,
             "{b}: server received {} of {} forwarded",
-            server.stats().datagrams_received - srv_before,
+            server.io_stats().datagrams_received - srv_before,
             rs.to_server.forwarded
         );
         // The connection survived the garbage.

@@ -472,7 +472,7 @@ async fn run(target: &str, scenario: Scenario, make: impl FnOnce(&Cert) -> Serve
     // Until the server has processed everything (the ringquic endpoint counter includes the
     // garbage; stock quinn's only the connection's datagrams).
     match &server {
-        Server::Ringquic(s) => quiesce(|| s.stats().datagrams_received).await,
+        Server::Ringquic(s) => quiesce(|| s.io_stats().datagrams_received).await,
         Server::Quinn(_) => quiesce(|| server_conn.stats().udp_rx.datagrams).await,
     }
     let held = live() as isize - baseline as isize;
@@ -486,7 +486,7 @@ async fn run(target: &str, scenario: Scenario, make: impl FnOnce(&Cert) -> Serve
     };
     let (endpoint_datagrams, zero_copy) = match &server {
         Server::Ringquic(s) => {
-            let st = s.stats();
+            let st = s.io_stats();
             (Some(st.datagrams_received), Some(st.recv_zero_copy))
         }
         Server::Quinn(_) => (None, None),

@@ -24,7 +24,7 @@ async fn transfer_256_mib_hashed_at_both_ends() {
             assert_eq!(digest, hash, "{b}: SHA-256 differs");
         })
         .await;
-        let stats = client.stats();
+        let stats = client.io_stats();
         assert!(stats.bytes_sent >= TOTAL as u64, "{b}: {stats:?}");
         conn.close(0u32.into(), b"done");
         within(10, client.wait_idle()).await;

@@ -123,7 +123,7 @@ async fn zero_copy_sends_carry_an_exchange() {
     for b in backends() {
         let (server, client) = tuned_pair(b, |e| e.send_zero_copy_threshold(0));
         echo(&server, &client).await;
-        let s = client.stats();
+        let s = client.io_stats();
         eprintln!(
             "{b}: {} zero-copy sends, {} copied by the kernel",
             s.send_zero_copy, s.send_zero_copy_copied

@@ -20,7 +20,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use ringquic::{BackendKind, Endpoint, EndpointStats};
+use ringquic::{BackendKind, Endpoint, EndpointIoStats};
 
 /// Receive buffer size for these tests: at least 64 KiB + 256 (so GRO stays on) and unusual.
 const RX_SIZE: usize = 65536 + 256 + 40;
@@ -114,7 +114,7 @@ fn in_rx_buffer(bytes: &[u8]) -> bool {
 struct Download {
     chunks: usize,
     uncopied: usize,
-    client: EndpointStats,
+    client: EndpointIoStats,
     /// Allocations on both I/O threads per datagram they sent or received, over the part of
     /// the download after the first MiB.
     allocs_per_datagram: f64,
@@ -178,13 +178,13 @@ async fn download(backend: BackendKind, threshold: usize, total: usize) -> Downl
     Download {
         chunks,
         uncopied,
-        client: client.stats(),
+        client: client.io_stats(),
         allocs_per_datagram: allocs as f64 / dgrams.max(1) as f64,
     }
 }
 
 fn datagrams(a: &Endpoint, b: &Endpoint) -> u64 {
-    [a.stats(), b.stats()]
+    [a.io_stats(), b.io_stats()]
         .iter()
         .map(|s| s.datagrams_sent + s.datagrams_received)
         .sum()

@@ -55,7 +55,7 @@ pub(crate) struct TxBuf {
     pub(crate) buf: Vec<u8>,
 }
 
-/// Counters kept by a backend, reported through [`crate::EndpointStats`].
+/// Counters kept by a backend, reported through [`crate::EndpointIoStats`].
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct IoStats {
     pub datagrams_received: u64,

@@ -9,7 +9,7 @@ pub mod process;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use ringquic::{
-    BackendKind, ClientConfig, Connection, Endpoint, EndpointBuilder, EndpointStats, ServerConfig,
+    BackendKind, ClientConfig, Connection, Endpoint, EndpointBuilder, EndpointIoStats, ServerConfig,
     TransportConfig,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -190,13 +190,13 @@ pub async fn connect_to(client: &Endpoint, addr: SocketAddr) -> Connection {
 
 /// Poll `server`'s statistics until `done` holds (at most 10 s); returns the last snapshot,
 /// taken 50 ms later so that stragglers (an excess) show.
-pub async fn stats_when(server: &Endpoint, done: impl Fn(&EndpointStats) -> bool) -> EndpointStats {
+pub async fn stats_when(server: &Endpoint, done: impl Fn(&EndpointIoStats) -> bool) -> EndpointIoStats {
     let end = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let s = server.stats();
+        let s = server.io_stats();
         if done(&s) || std::time::Instant::now() > end {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            return server.stats();
+            return server.io_stats();
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -178,6 +178,17 @@ macro_rules! connection_scenarios {
                 let (mut log, _accepted) = within(5, "server loop", serve).await.unwrap();
                 log.sort();
                 assert_eq!(log, ["accept", "refuse", "refuse validated", "retry", "retry"], "{}", imp::NAME);
+                // The endpoint's handshake counts (a retry counts as nothing).
+                let s = server.stats();
+                assert_eq!(
+                    (s.accepted_handshakes, s.refused_handshakes, s.ignored_handshakes, s.outgoing_handshakes),
+                    (1, 2, 0, 0),
+                    "{}: {s:?}",
+                    imp::NAME
+                );
+                for c in [&refused, &retried, &retried_refused] {
+                    assert_eq!(c.stats().outgoing_handshakes, 1, "{}", imp::NAME);
+                }
             }
 
             /// An ignored Incoming leaves the client to time out; a second `retry` of a
@@ -194,6 +205,7 @@ macro_rules! connection_scenarios {
                 inc.ignore();
                 let r = within(5, "ignored connect", ignored).await;
                 assert!(matches!(r, Err(ConnectionError::TimedOut)), "{}: {r:?}", imp::NAME);
+                assert_eq!(server.stats().ignored_handshakes, 1, "{}", imp::NAME);
 
                 // A fresh server: the first one still has the ignored attempt's retransmitted
                 // Initials queued as further Incomings.
