@@ -45,9 +45,15 @@ enum ConnectingState {
         local_ip: Option<IpAddr>,
     },
     Handshaking(ConnectionRef),
+    /// The I/O thread could not create the connection; awaiting reports why.
+    Failed(Option<ConnectionError>),
     /// Resolved (the connection was handed out, or an error reported).
     Done,
 }
+
+/// How long [`Connecting::into_0rtt`] waits, at most, for the I/O thread to create the
+/// connection (it normally takes microseconds: one turn of the I/O loop).
+pub const INTO_0RTT_WAIT: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Connecting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,12 +81,94 @@ impl Connecting {
         }
     }
 
+    /// Hand the connection out before its handshake completes, to send 0-RTT data (a client
+    /// resuming a session whose ticket allows early data) or 0.5-RTT data (a server). `Err(self)`
+    /// when that is not possible (a client without 0-RTT keys): await it as usual. The
+    /// [`ZeroRttAccepted`] resolves once the handshake is over: whether the server took the
+    /// early data; if not, streams opened before then fail with `ZeroRttRejected`.
+    ///
+    /// The connection is created by the I/O thread, normally within microseconds of `connect`
+    /// or `accept`; if it does not exist yet, this call waits for it on the calling thread, at
+    /// most [`INTO_0RTT_WAIT`] (quinn creates it inside `connect` itself, TLS included). On the
+    /// endpoint's I/O thread (a task of [`Endpoint::spawn`](crate::Endpoint::spawn)) it cannot
+    /// wait for itself: there, a connection not created yet gives `Err(self)`.
+    pub fn into_0rtt(mut self) -> Result<(Connection, ZeroRttAccepted), Self> {
+        if let ConnectingState::Pending { wait, endpoint, .. } = &self.state {
+            if endpoint.0.on_io_thread() {
+                return Err(self);
+            }
+            match wait.wait_blocking(INTO_0RTT_WAIT) {
+                None => return Err(self),
+                Some(Err(e)) => {
+                    // Awaiting the `Connecting` reports it.
+                    self.state = ConnectingState::Failed(Some(e));
+                    return Err(self);
+                }
+                Some(Ok(inner)) => {
+                    let conn = ConnectionRef::adopt(inner, endpoint.clone());
+                    self.state = ConnectingState::Handshaking(conn);
+                }
+            }
+        }
+        let ConnectingState::Handshaking(conn) = &self.state else {
+            return Err(self);
+        };
+        if !conn.lock().may_use_0rtt() {
+            return Err(self);
+        }
+        let ConnectingState::Handshaking(conn) = std::mem::replace(&mut self.state, ConnectingState::Done)
+        else {
+            unreachable!("checked above")
+        };
+        Ok((Connection(conn.clone()), ZeroRttAccepted(conn)))
+    }
+
+    /// The peer's handshake parameters (for rustls: `quinn_proto::crypto::rustls::HandshakeData`,
+    /// with the negotiated ALPN protocol and the server name), as soon as they are known, before
+    /// the handshake completes.
+    pub async fn handshake_data(&mut self) -> Result<Box<dyn Any>, ConnectionError> {
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = self.poll_created(cx) {
+                r?;
+            }
+            match &self.state {
+                ConnectingState::Handshaking(conn) => conn.lock().poll_handshake_data(cx),
+                ConnectingState::Pending { .. } => Poll::Pending,
+                ConnectingState::Failed(e) => {
+                    Poll::Ready(Err(e.clone().unwrap_or(ConnectionError::LocallyClosed)))
+                }
+                ConnectingState::Done => Poll::Ready(Err(ConnectionError::LocallyClosed)),
+            }
+        })
+        .await
+    }
+
+    /// While the connection is not created yet: wait for the I/O thread's answer and move to
+    /// `Handshaking` (or `Failed`). Ready(Ok) once past that stage.
+    fn poll_created(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+        let ConnectingState::Pending { wait, endpoint, .. } = &self.state else {
+            return Poll::Ready(Ok(()));
+        };
+        match wait.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => {
+                self.state = ConnectingState::Failed(Some(e.clone()));
+                Poll::Ready(Err(e))
+            }
+            Poll::Ready(Ok(inner)) => {
+                let conn = ConnectionRef::adopt(inner, endpoint.clone());
+                self.state = ConnectingState::Handshaking(conn);
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
     /// The peer's address.
     pub fn remote_address(&self) -> SocketAddr {
         match &self.state {
             ConnectingState::Pending { remote, .. } => *remote,
             ConnectingState::Handshaking(c) => c.lock().inner.remote_address(),
-            ConnectingState::Done => SocketAddr::from(([0, 0, 0, 0], 0)),
+            ConnectingState::Failed(_) | ConnectingState::Done => SocketAddr::from(([0, 0, 0, 0], 0)),
         }
     }
 
@@ -89,7 +177,7 @@ impl Connecting {
         match &self.state {
             ConnectingState::Pending { local_ip, .. } => *local_ip,
             ConnectingState::Handshaking(c) => c.lock().inner.local_ip(),
-            ConnectingState::Done => None,
+            ConnectingState::Failed(_) | ConnectingState::Done => None,
         }
     }
 }
@@ -98,34 +186,49 @@ impl Future for Connecting {
     type Output = Result<Connection, ConnectionError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let ConnectingState::Pending { wait, endpoint, .. } = &self.state {
-            match wait.poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => {
-                    self.state = ConnectingState::Done;
-                    return Poll::Ready(Err(e));
-                }
-                Poll::Ready(Ok(inner)) => {
-                    let conn = ConnectionRef::adopt(inner, endpoint.clone());
-                    self.state = ConnectingState::Handshaking(conn);
-                }
-            }
-        }
-        let ConnectingState::Handshaking(conn) = &self.state else {
-            return Poll::Ready(Err(ConnectionError::LocallyClosed));
-        };
-        let ready = conn.lock().poll_connected(cx);
-        if let Poll::Ready(Err(e)) = ready {
+        if let Poll::Ready(Err(e)) = self.poll_created(cx) {
+            self.state = ConnectingState::Done;
             return Poll::Ready(Err(e));
         }
-        if ready.is_pending() {
-            return Poll::Pending;
-        }
-        let ConnectingState::Handshaking(conn) = std::mem::replace(&mut self.state, ConnectingState::Done)
-        else {
-            unreachable!("checked above")
+        let ready = match &mut self.state {
+            ConnectingState::Pending { .. } => return Poll::Pending,
+            ConnectingState::Handshaking(conn) => conn.lock().poll_connected(cx),
+            ConnectingState::Failed(e) => {
+                Poll::Ready(Err(e.take().unwrap_or(ConnectionError::LocallyClosed)))
+            }
+            ConnectingState::Done => Poll::Ready(Err(ConnectionError::LocallyClosed)),
         };
-        Poll::Ready(Ok(Connection(conn)))
+        match ready {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {
+                let ConnectingState::Handshaking(conn) =
+                    std::mem::replace(&mut self.state, ConnectingState::Done)
+                else {
+                    unreachable!("only a handshaking connection becomes connected")
+                };
+                Poll::Ready(Ok(Connection(conn)))
+            }
+        }
+    }
+}
+
+/// Resolves once the handshake of a connection handed out by [`Connecting::into_0rtt`] is over:
+/// `true` if the server accepted the 0-RTT data (always `true` on the server side once
+/// connected), `false` if it rejected it or the connection failed.
+#[must_use = "futures do nothing unless polled"]
+pub struct ZeroRttAccepted(ConnectionRef);
+
+impl std::fmt::Debug for ZeroRttAccepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZeroRttAccepted").finish_non_exhaustive()
+    }
+}
+
+impl Future for ZeroRttAccepted {
+    type Output = bool;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        self.0.lock().poll_zero_rtt_accepted(cx)
     }
 }
 

@@ -85,7 +85,10 @@ pub use crate::{
         EndpointBuilder, DEFAULT_MAX_INCOMING, DEFAULT_RECV_BUFFERS, DEFAULT_RECV_BUFFER_SIZE,
         DEFAULT_RECV_MEMORY_BUDGET, DEFAULT_TX_BUFFERS, DEFAULT_TX_BUFFER_SIZE, DEFAULT_ZERO_COPY_THRESHOLD,
     },
-    connection::{AcceptBi, AcceptUni, Connecting, Connection, OpenBi, OpenUni, ReadDatagram, SendDatagram},
+    connection::{
+        AcceptBi, AcceptUni, Connecting, Connection, OpenBi, OpenUni, ReadDatagram, SendDatagram,
+        ZeroRttAccepted, INTO_0RTT_WAIT,
+    },
     endpoint::{Accept, Endpoint},
     errors::{
         ReadError, ReadExactError, ReadToEndError, ResetError, SendDatagramError, StoppedError, WriteError,

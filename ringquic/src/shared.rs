@@ -524,6 +524,8 @@ pub(crate) struct ConnState {
     /// Set once the connection is lost or closed; every later operation reports it.
     error: Option<ConnectionError>,
     connected: bool,
+    /// quinn-proto has the peer's handshake parameters (ALPN, server name): `Connecting::handshake_data`.
+    handshake_data_ready: bool,
     waiters: Waiters,
     /// Application handles alive (connections, streams, `Connecting`). At zero the connection
     /// is closed with code 0, as in quinn.
@@ -536,6 +538,7 @@ impl ConnState {
             inner,
             error: None,
             connected: false,
+            handshake_data_ready: false,
             waiters: Waiters::default(),
             handles: 1,
         }
@@ -575,15 +578,57 @@ impl ConnState {
         Poll::Pending
     }
 
+    /// Ready once the peer's handshake parameters are known (`Connecting::handshake_data`), or
+    /// the connection has ended.
+    pub(crate) fn poll_handshake_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Box<dyn std::any::Any>, ConnectionError>> {
+        if self.handshake_data_ready || self.error.is_some() {
+            return Poll::Ready(match self.inner.crypto_session().handshake_data() {
+                Some(d) => Ok(d),
+                None => Err(self.error().unwrap_or(ConnectionError::LocallyClosed)),
+            });
+        }
+        self.waiters.handshake_data(cx.waker());
+        Poll::Pending
+    }
+
+    /// Whether the server accepted this client's 0-RTT data, once the handshake is over
+    /// (`ZeroRttAccepted`): `false` if it ended otherwise.
+    pub(crate) fn poll_zero_rtt_accepted(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.connected {
+            return Poll::Ready(self.inner.accepted_0rtt());
+        }
+        if self.error.is_some() {
+            return Poll::Ready(false);
+        }
+        self.waiters.connected(cx.waker());
+        Poll::Pending
+    }
+
+    /// Whether `Connecting::into_0rtt` may hand the connection out now: a client with 0-RTT keys
+    /// (a resumed session whose ticket allows early data), or any server (0.5-RTT).
+    pub(crate) fn may_use_0rtt(&self) -> bool {
+        self.inner.has_0rtt() || self.inner.side().is_server()
+    }
+
     /// Apply one application event from quinn-proto; wakers to wake are collected in `woken`.
     pub(crate) fn on_event(&mut self, ev: proto::Event, woken: &mut Vec<Waker>) {
         use proto::Event::*;
         match ev {
-            HandshakeDataReady => {}
+            HandshakeDataReady => {
+                self.handshake_data_ready = true;
+                self.waiters.handshake_data_ready(woken);
+            }
             DatagramsUnblocked => self.waiters.datagrams_unblocked(woken),
             Connected => {
                 self.connected = true;
                 self.waiters.handshake_done(woken);
+                if self.inner.side().is_client() && !self.inner.accepted_0rtt() {
+                    // Streams opened in rejected 0-RTT data fail now, with `ZeroRttRejected`.
+                    self.waiters.stream_waiters(woken);
+                }
             }
             ConnectionLost { reason } => self.terminate(reason, woken),
             Stream(ev) => self.waiters.on_stream_event(ev, woken),
@@ -679,6 +724,8 @@ impl std::fmt::Debug for ConnectionRef {
 #[derive(Default)]
 struct PendingAccept {
     state: Mutex<PendingState>,
+    /// Signalled with the answer, for [`AcceptWait::wait_blocking`].
+    answered: std::sync::Condvar,
 }
 
 #[derive(Default)]
@@ -704,6 +751,7 @@ impl AcceptReply {
     pub(crate) fn complete(mut self, result: Result<Arc<ConnectionInner>, ConnectionError>) {
         let Some(p) = self.0.take() else { return };
         let mut st = lock(&p.state);
+        p.answered.notify_all();
         if st.abandoned {
             drop(st);
             if let Ok(inner) = result {
@@ -742,6 +790,30 @@ impl Drop for AcceptReply {
 pub(crate) struct AcceptWait(Arc<PendingAccept>);
 
 impl AcceptWait {
+    /// Wait on this thread for the I/O thread's answer, at most `limit`: `None` if it has not
+    /// come by then. Only `Connecting::into_0rtt` uses it (a synchronous call that needs the
+    /// connection itself); the I/O thread answers on its next turn. It must not be called on the
+    /// I/O thread, which would wait for itself.
+    pub(crate) fn wait_blocking(
+        &self,
+        limit: Duration,
+    ) -> Option<Result<Arc<ConnectionInner>, ConnectionError>> {
+        let deadline = Instant::now() + limit;
+        let mut st = lock(&self.0.state);
+        loop {
+            if let Some(r) = st.result.take() {
+                return Some(r);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            st = self
+                .0
+                .answered
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     /// The connection, once the I/O thread has created it (or the reason it could not).
     pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<Result<Arc<ConnectionInner>, ConnectionError>> {
         let mut st = lock(&self.0.state);

@@ -37,8 +37,10 @@ fn dir_index(dir: Dir) -> usize {
 /// owner), lists where several tasks may wait (opening, accepting, datagrams, the end).
 #[derive(Default)]
 pub(crate) struct Waiters {
-    /// `Connecting` futures waiting for the handshake to complete.
+    /// `Connecting` and `ZeroRttAccepted` futures waiting for the handshake to complete.
     on_connected: Vec<Waker>,
+    /// `Connecting::handshake_data` waiting for the peer's handshake parameters.
+    handshake_data: Vec<Waker>,
     blocked_writers: FxHashMap<StreamId, Waker>,
     blocked_readers: FxHashMap<StreamId, Waker>,
     /// `SendStream::stopped` futures, several per stream (they may outlive the stream handle).
@@ -59,6 +61,10 @@ impl Waiters {
     /// A waker handed over from elsewhere (the `Connecting`'s wait for the connection to exist).
     pub(crate) fn connected_owned(&mut self, w: Waker) {
         self.on_connected.push(w);
+    }
+
+    pub(crate) fn handshake_data(&mut self, w: &Waker) {
+        register(&mut self.handshake_data, w);
     }
 
     pub(crate) fn writable(&mut self, id: StreamId, w: &Waker) {
@@ -128,6 +134,18 @@ impl Waiters {
         woken.append(&mut self.datagram_senders);
     }
 
+    pub(crate) fn handshake_data_ready(&mut self, woken: &mut Vec<Waker>) {
+        woken.append(&mut self.handshake_data);
+    }
+
+    /// Every task blocked on a stream (reading, writing, waiting for `stopped`): they look again
+    /// (rejected 0-RTT streams then fail).
+    pub(crate) fn stream_waiters(&mut self, woken: &mut Vec<Waker>) {
+        woken.extend(self.blocked_writers.drain().map(|(_, w)| w));
+        woken.extend(self.blocked_readers.drain().map(|(_, w)| w));
+        woken.extend(self.stopped.drain().flat_map(|(_, w)| w));
+    }
+
     pub(crate) fn handshake_done(&mut self, woken: &mut Vec<Waker>) {
         woken.append(&mut self.on_connected);
     }
@@ -156,9 +174,8 @@ impl Waiters {
     /// Every waiter: the connection has ended.
     pub(crate) fn take_all(&mut self, woken: &mut Vec<Waker>) {
         woken.append(&mut self.on_connected);
-        woken.extend(self.blocked_writers.drain().map(|(_, w)| w));
-        woken.extend(self.blocked_readers.drain().map(|(_, w)| w));
-        woken.extend(self.stopped.drain().flat_map(|(_, w)| w));
+        woken.append(&mut self.handshake_data);
+        self.stream_waiters(woken);
         for l in self.open.iter_mut().chain(&mut self.accept) {
             woken.append(l);
         }

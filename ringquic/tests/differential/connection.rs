@@ -191,6 +191,81 @@ macro_rules! connection_scenarios {
                 }
             }
 
+            /// 0-RTT and 0.5-RTT: a first connection has no ticket (`into_0rtt` gives the
+            /// `Connecting` back); a resumed one sends its stream in 0-RTT data, which the server
+            /// takes (`ZeroRttAccepted` is true); a server that cannot read the ticket (another
+            /// server, same name) rejects it: `ZeroRttAccepted` is false and the stream fails
+            /// with `ZeroRttRejected` (quinn: zero_rtt_happypath, zero_rtt_rejection). The
+            /// server side always gets its connection early (0.5-RTT).
+            #[tokio::test]
+            async fn zero_rtt_accepted_then_rejected() {
+                let cert = cert();
+                let serve = |server: Endpoint, n: usize| {
+                    tokio::spawn(async move {
+                        let mut got = Vec::new();
+                        for _ in 0..n {
+                            let inc = server.accept().await.unwrap();
+                            let (conn, _) = inc.accept().unwrap().into_0rtt().expect("0.5-RTT on a server");
+                            let Ok(mut recv) = conn.accept_uni().await else { continue };
+                            if let Ok(data) = recv.read_to_end(1 << 16).await {
+                                got.push(data);
+                            }
+                            conn.closed().await;
+                        }
+                        got
+                    })
+                };
+                let server = h::server(server_cfg(&cert, transport(|_| {})));
+                let addr = server.local_addr().unwrap();
+                let served = serve(server.clone(), 2);
+                let client = h::client(client_cfg(&cert, transport(|_| {})));
+
+                let first = client.connect(addr, "localhost").unwrap();
+                let first = match first.into_0rtt() {
+                    Ok(_) => panic!("{}: 0-RTT without a session ticket", imp::NAME),
+                    Err(connecting) => connecting,
+                };
+                let conn = within(5, "first handshake", first).await.expect("first connection");
+                let mut send = conn.open_uni().await.unwrap();
+                send.write_all(b"full handshake").await.unwrap();
+                send.finish().unwrap();
+                // Acknowledged: the server's session ticket has arrived by then.
+                within(5, "first stream acknowledged", send.stopped()).await.unwrap();
+                conn.close(code(0), b"");
+
+                let resumed = client.connect(addr, "localhost").unwrap();
+                let (conn, accepted) = resumed.into_0rtt().unwrap_or_else(|_| panic!("{}: no 0-RTT with a ticket", imp::NAME));
+                let mut send = conn.open_uni().await.unwrap();
+                send.write_all(b"early data").await.unwrap();
+                send.finish().unwrap();
+                assert!(within(5, "0-RTT verdict", accepted).await, "{}: 0-RTT rejected", imp::NAME);
+                within(5, "early stream acknowledged", send.stopped()).await.unwrap();
+                conn.close(code(0), b"");
+                let got = within(5, "server", served).await.unwrap();
+                assert_eq!(got, [b"full handshake".to_vec(), b"early data".to_vec()], "{}", imp::NAME);
+
+                // Another server under the same name cannot read the ticket: 0-RTT is rejected.
+                let other = h::server(server_cfg(&cert, transport(|_| {})));
+                let other_served = serve(other.clone(), 1);
+                let rejected = client.connect(other.local_addr().unwrap(), "localhost").unwrap();
+                let (conn, accepted) = rejected.into_0rtt().unwrap_or_else(|_| panic!("{}: the ticket is gone", imp::NAME));
+                let mut send = conn.open_uni().await.unwrap();
+                send.write_all(b"rejected").await.unwrap();
+                assert!(!within(5, "0-RTT verdict", accepted).await, "{}: 0-RTT accepted by a stranger", imp::NAME);
+                let e = send.write_all(b"more").await.expect_err("a rejected 0-RTT stream");
+                assert_eq!(e, $q::WriteError::ZeroRttRejected, "{}", imp::NAME);
+                let e = within(5, "stopped", send.stopped()).await.expect_err("rejected");
+                assert_eq!(e, $q::StoppedError::ZeroRttRejected, "{}", imp::NAME);
+                // The connection itself is fine: a new stream works.
+                let mut send = conn.open_uni().await.unwrap();
+                send.write_all(b"after rejection").await.unwrap();
+                send.finish().unwrap();
+                within(5, "stream after rejection", send.stopped()).await.unwrap();
+                conn.close(code(0), b"");
+                let got = within(5, "other server", other_served).await.unwrap();
+                assert_eq!(got, [b"after rejection".to_vec()], "{}", imp::NAME);
+            }
+
             /// An ignored Incoming leaves the client to time out; a second `retry` of a
             /// validated Incoming is refused by the API and gives the Incoming back, which can
             /// still be accepted.
@@ -284,6 +359,21 @@ macro_rules! connection_scenarios {
                     let hd = conn.handshake_data().expect("handshake data").downcast::<HandshakeData>().unwrap();
                     assert_eq!(hd.protocol.as_deref(), Some(&b"a"[..]), "{} {side}", imp::NAME);
                 }
+                // Before the handshake completes: `Connecting::handshake_data` on both sides.
+                let mut connecting = client.connect(server.local_addr().unwrap(), "localhost").unwrap();
+                let srv = server.clone();
+                let server_side = tokio::spawn(async move {
+                    let mut connecting = srv.accept().await.unwrap().accept().unwrap();
+                    let hd = connecting.handshake_data().await.expect("server handshake data");
+                    let hd = hd.downcast::<HandshakeData>().unwrap();
+                    (hd.protocol.clone(), hd.server_name.clone(), connecting.await.is_ok())
+                });
+                let hd = within(5, "client handshake data", connecting.handshake_data()).await.expect("handshake data");
+                assert_eq!(hd.downcast::<HandshakeData>().unwrap().protocol.as_deref(), Some(&b"a"[..]), "{}", imp::NAME);
+                within(5, "handshake", connecting).await.expect("connects");
+                let (alpn, name, ok) = within(5, "server side", server_side).await.unwrap();
+                assert_eq!((alpn.as_deref(), name.as_deref(), ok), (Some(&b"a"[..]), Some("localhost"), true), "{}", imp::NAME);
+
                 let other = h::client(client_cfg_alpn(&cert, &[b"zzz"]));
                 let connecting = other.connect(server.local_addr().unwrap(), "localhost").unwrap();
                 let (r, _) = within(5, "ALPN mismatch", async {
