@@ -151,6 +151,7 @@ impl IntoFuture for Incoming {
 }
 
 /// Future of awaiting an [`Incoming`]: accept, then complete the handshake.
+#[derive(Debug)]
 pub struct IncomingFuture(Result<Connecting, Option<ConnectionError>>);
 
 impl Future for IncomingFuture {
