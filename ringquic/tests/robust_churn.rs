@@ -8,10 +8,10 @@
 //! `RINGQUIC_CHURN_LEAK_CANARY=1` leaks 4 KiB on purpose, so that `.ci/reliability.sh` can check
 //! its leak checker really reports a leak.
 mod common;
-use common::process::{env_usize, in_child, io_threads, rss_kib};
+use common::process::{env_usize, in_child, io_threads, io_threads_after, rss_kib};
 use common::*;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ringquic::BackendKind;
 
@@ -93,12 +93,14 @@ fn churn_connections_and_endpoints_without_leaks() {
         let mut rss = Vec::new();
         for round in 0..endpoints {
             rt.block_on(within(120, one_endpoint_pair(b, round, per_endpoint)));
-            // Both endpoints were dropped: their threads were joined inside the drop.
-            assert_eq!(
-                io_threads(),
-                0,
-                "{b}: I/O threads left after endpoint pair {round}"
-            );
+            // Both endpoints were dropped: their threads were joined inside the drop (or, past
+            // the drop's bounded wait on a loaded machine, finish on their own within their
+            // shutdown bounds: a thread still there after 6 s is a leak).
+            let (left, waited) = io_threads_after(Duration::from_secs(6));
+            assert_eq!(left, 0, "{b}: I/O threads left after endpoint pair {round}");
+            if waited > Duration::from_millis(50) {
+                eprintln!("{b}: pair {round}: an I/O thread outlived the drop's join by {waited:?}");
+            }
             rss.push(rss_kib());
         }
         let growth = rss.last().unwrap().saturating_sub(rss[0]) / 1024;

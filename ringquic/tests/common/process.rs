@@ -48,6 +48,23 @@ pub fn rss_kib() -> u64 {
 
 /// How many of this process's threads are ringquic I/O threads (by name), to check that none is
 /// left behind (0 where `/proc` is missing).
+/// I/O threads still running once every endpoint is dropped, after waiting up to `limit` for
+/// them: the last handle's drop joins its thread, but only for `SHUTDOWN_JOIN_TIMEOUT`; on an
+/// overloaded machine a thread may still be finishing its shutdown after that (it never takes
+/// longer than its own bounds: the 500 ms close flush and io_uring's 5 s quiescence wait).
+/// Returns how many are left then (0 expected) and how long the wait took.
+#[allow(dead_code)]
+pub fn io_threads_after(limit: std::time::Duration) -> (usize, std::time::Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let n = io_threads();
+        if n == 0 || start.elapsed() >= limit {
+            return (n, start.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 pub fn io_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|d| {
