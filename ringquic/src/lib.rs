@@ -54,6 +54,11 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+#[cfg(not(any(feature = "rustls-ring", feature = "rustls-aws-lc-rs")))]
+compile_error!(
+    "ringquic needs a crypto provider: enable the `rustls-ring` (default) or `rustls-aws-lc-rs` feature"
+);
+
 // The module map (DESIGN.md draws it with its arrows). Handles the application holds:
 mod builder;
 mod connection;
