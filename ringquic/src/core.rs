@@ -22,7 +22,7 @@ use quinn_proto::{self as proto, ConnectionHandle, DatagramEvent};
 use crate::{
     handles::{HandleMap, HandleSet},
     io::{IoBackend, RecvMeta},
-    shared::{Command, ConnectionInner, EndpointShared, Offer},
+    shared::{AcceptReply, Command, ConnectionInner, EndpointShared, Offer},
     wakers::wake_all,
     ConnectionError, EndpointIoStats, TransportError, TransportErrorCode,
 };
@@ -239,16 +239,26 @@ impl Core {
         }
     }
 
-    /// A connection the I/O thread just created (connect or accept) joins the tables and is
-    /// driven this turn (a client sends its Initial).
-    fn add_connection(&mut self, inner: &Arc<ConnectionInner>, accepted: bool) {
-        let ch = inner.handle;
+    /// A connection the I/O thread just created (connect or accept) joins the tables, is
+    /// driven this turn (a client sends its Initial), and goes to its waiting `Connecting`.
+    fn add_connection(
+        &mut self,
+        ch: ConnectionHandle,
+        conn: proto::Connection,
+        accepted: bool,
+        reply: AcceptReply,
+    ) {
+        let inner = ConnectionInner::new(ch, conn, self.shared.clone());
         if accepted {
             self.handshaking.insert(ch);
+            self.stats.handshakes.accepted_handshakes += 1;
+        } else {
+            self.stats.handshakes.outgoing_handshakes += 1;
         }
         self.conns.insert(ch, inner.clone());
         self.mark_dirty(ch);
         self.shared.set_open_connections(self.conns.len());
+        reply.complete(Ok(inner));
     }
 
     fn drive_dirty(&mut self, io: &mut dyn IoBackend) {
@@ -483,12 +493,7 @@ impl Core {
                         .connect(Instant::now(), config, remote, &server_name)
                 };
                 match created {
-                    Ok((ch, conn)) => {
-                        let inner = ConnectionInner::new(ch, conn, self.shared.clone());
-                        self.add_connection(&inner, false);
-                        self.stats.handshakes.outgoing_handshakes += 1;
-                        reply.complete(Ok(inner));
-                    }
+                    Ok((ch, conn)) => self.add_connection(ch, conn, false, reply),
                     Err(e) => reply.complete(Err(connect_failed(e))),
                 }
             }
@@ -517,12 +522,7 @@ impl Core {
                     }
                 };
                 match accepted {
-                    Ok((ch, conn)) => {
-                        let inner = ConnectionInner::new(ch, conn, self.shared.clone());
-                        self.add_connection(&inner, true);
-                        self.stats.handshakes.accepted_handshakes += 1;
-                        reply.complete(Ok(inner));
-                    }
+                    Ok((ch, conn)) => self.add_connection(ch, conn, true, reply),
                     Err(e) => reply.complete(Err(e)),
                 }
             }
