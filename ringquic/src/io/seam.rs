@@ -87,6 +87,13 @@ pub(crate) struct IoStats {
     /// Receive buffers lent out by zero-copy receive and still held (not a counter: the
     /// number now, at most the zero-copy budget's worth).
     pub recv_lent: u64,
+    /// `Endpoint::rebind`s done: the backend serves the new socket (the old one is closed once
+    /// nothing of it is in flight any more).
+    pub rebinds: u64,
+    /// `Endpoint::rebind`s the backend could not do (it kept serving the old socket): a socket
+    /// option it needs could not be set on the new socket, or the kernel refused it (RIO: a
+    /// socket without `WSA_FLAG_REGISTERED_IO`). Each is logged once, as a warning.
+    pub rebinds_failed: u64,
 }
 
 /// What a backend needs to know, validated by the builder before the I/O thread starts.
@@ -190,6 +197,13 @@ pub(crate) trait IoBackend {
     fn waker(&self) -> Arc<dyn Wakeup>;
     /// Counters.
     fn stats(&self) -> IoStats;
+    /// Serve `socket` (bound, non-blocking, checked by `socket::adopt`) from now on instead of
+    /// the current socket, and return its local address. The backend sets the options it needs
+    /// and arms the new socket's receives as at start, and closes the old socket once no
+    /// operation on it is in flight any more (at once where none can be: poll). Never waits
+    /// for the kernel. On an error (counted in [`IoStats::rebinds_failed`]) nothing changed:
+    /// the old socket is still served, and `socket` is dropped.
+    fn rebind(&mut self, socket: std::net::UdpSocket) -> io::Result<SocketAddr>;
     /// Cancel everything in flight and wait until the kernel no longer references any buffer.
     /// Called once before the backend is dropped; `Drop` must also be safe without it.
     fn shutdown(&mut self);
