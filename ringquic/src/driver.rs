@@ -523,6 +523,12 @@ mod tests {
                 };
                 let (got, _send) = tokio::join!(receive, upload);
                 assert_eq!(digest(&SHA256, &got).as_ref(), digest(&SHA256, &data).as_ref());
+                // Each connection was told its local address changed: it moved to a new
+                // connection ID, retiring the old one.
+                for (c, _) in &pairs {
+                    let tx = c.stats().frame_tx;
+                    assert!(tx.retire_connection_id >= 1, "{tx:?}");
+                }
                 // The idle connection migrated too: the rebind pinged it from the new address.
                 assert!(
                     eventually(10, || pairs.iter().all(|(_, s)| s.remote_address() == new)).await,

@@ -559,7 +559,10 @@ impl IoBackend for PollBackend {
     /// writable socket go out on the new one, their addresses put in its family.
     fn rebind(&mut self, socket: std::net::UdpSocket) -> io::Result<SocketAddr> {
         if self.closed {
-            return Err(io::Error::new(io::ErrorKind::NotConnected, "the backend is shut down"));
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the backend is shut down",
+            ));
         }
         let prepared = (|| {
             socket.set_nonblocking(true)?;
@@ -1065,7 +1068,10 @@ mod tests {
         a.turn(Some(Instant::now() + MAX_WAIT), &mut |_, _| {}).unwrap();
         assert!(a.pending.is_empty());
         let got = receive(&mut b, 2);
-        assert!(got.iter().all(|(m, _)| m.remote == new), "sent from the new socket");
+        assert!(
+            got.iter().all(|(m, _)| m.remote == new),
+            "sent from the new socket"
+        );
         // And the new socket receives.
         send(&mut b, new, b"to the new socket", None);
         let (_, d) = receive(&mut a, 1).pop().unwrap();

@@ -1290,7 +1290,10 @@ impl RioBackend {
     /// if the system says it has no room for another queue (`WSAENOBUFS`).
     fn create_rq(&mut self, socket: &UdpSocket) -> io::Result<ws::RIO_RQ> {
         let Some(cq) = self.cq.as_ref().map(|c| c.cq) else {
-            return Err(io::Error::new(io::ErrorKind::NotConnected, "the backend is shut down"));
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the backend is shut down",
+            ));
         };
         let (recv_depth, send_depth) = self.rq_depth;
         let create_rq = self.fns.create_rq;
@@ -1477,7 +1480,10 @@ impl IoBackend for RioBackend {
 
     fn rebind(&mut self, socket: UdpSocket) -> io::Result<SocketAddr> {
         if self.shut_down || self.socket.is_none() {
-            return Err(io::Error::new(io::ErrorKind::NotConnected, "the backend is shut down"));
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the backend is shut down",
+            ));
         }
         // The new socket is made ready first, its request queue included: if anything fails,
         // nothing has changed.

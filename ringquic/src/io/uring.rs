@@ -958,7 +958,10 @@ impl IoBackend for UringBackend {
 
     fn rebind(&mut self, socket: std::net::UdpSocket) -> io::Result<SocketAddr> {
         if self.shut_down {
-            return Err(io::Error::new(io::ErrorKind::NotConnected, "the backend is shut down"));
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the backend is shut down",
+            ));
         }
         // The new socket is made ready first: if that fails, nothing has changed.
         let prepared = socket.local_addr().and_then(|local| {
@@ -1017,7 +1020,10 @@ impl IoBackend for UringBackend {
         // `retire` in the wait below.
         let current = RECV | u64::from(self.generation);
         let wake_cancel = CANCEL | CANCEL_WAKE;
-        for (target, ud) in [(current, CANCEL | u64::from(self.generation)), (WAKE, wake_cancel)] {
+        for (target, ud) in [
+            (current, CANCEL | u64::from(self.generation)),
+            (WAKE, wake_cancel),
+        ] {
             let cancel = types::CancelBuilder::user_data(target).all();
             if self.push(opcode::AsyncCancel2::new(cancel).build().user_data(ud)) {
                 self.cancels_in_flight += 1;
@@ -1444,7 +1450,11 @@ mod tests {
         assert_eq!(a.rebind(fresh).unwrap(), new);
         assert_eq!(a.local_addr().unwrap(), new);
         assert_eq!(a.recv_armed, 1, "the new socket's receive is armed");
-        assert_eq!(a.retiring.len(), 1, "the old socket stays open while the kernel has its operations");
+        assert_eq!(
+            a.retiring.len(),
+            1,
+            "the old socket stays open while the kernel has its operations"
+        );
         assert_eq!((a.retiring[0].recv_armed, a.retiring[0].sends), (1, 3));
         turn_until(&mut a, TWO_SECONDS, |a| a.retiring.is_empty());
         assert!(a.retiring.is_empty(), "old socket still open: {:?}", a.stats());
@@ -1469,7 +1479,10 @@ mod tests {
         let s = a.stats();
         assert_eq!((s.rebinds, s.rebinds_failed, s.send_errors), (1, 0, 0), "{s:?}");
         a.shutdown();
-        assert!(a.quiescent() && a.rx.is_some(), "shut down cleanly, memory reclaimed");
+        assert!(
+            a.quiescent() && a.rx.is_some(),
+            "shut down cleanly, memory reclaimed"
+        );
     }
 
     /// Rebinds in a row, each while the previous old socket may still be retiring, and a
@@ -1532,7 +1545,8 @@ mod tests {
         let old_generation = a.retiring[0].generation;
         assert!(!a.retiring[0].cancel_due, "cancel queued at the rebind");
         a.cancels_in_flight += 1;
-        a.cqes.push((CANCEL | u64::from(old_generation), -libc::ENOENT, 0));
+        a.cqes
+            .push((CANCEL | u64::from(old_generation), -libc::ENOENT, 0));
         a.dispatch(&mut |_, _| {});
         // Nothing was submitted yet: the receive is still armed, and its cancel is due again.
         assert_eq!(a.retiring[0].recv_armed, 1);
