@@ -1504,7 +1504,8 @@ impl IoBackend for RioBackend {
         };
         let (uso_segments, uro) = offloads(&socket, self.max_udp_payload, self.uro_max);
         // What was posted deferred on the old queue is started there, so it completes (aborted)
-        // when the old socket closes.
+        // when the old socket closes. (Should a commit fail, the close still completes those
+        // requests; the flags then only make the next commit, on the new queue, start nothing.)
         self.commit();
         self.rq = rq;
         let old = self.socket.replace(socket);
@@ -1809,6 +1810,53 @@ mod tests {
             seen[usize::from(d[0])] = true;
         }
         assert!(seen.iter().all(|s| *s));
+    }
+
+    /// `rebind`: a socket without `WSA_FLAG_REGISTERED_IO` cannot carry a request queue and is
+    /// refused (counted), the old socket still served; a registered one takes over at once, the
+    /// old one is closed (its port free), its aborted requests come back, and the new socket
+    /// sends and receives.
+    #[test]
+    fn rio_rebind_moves_to_the_new_socket() {
+        let c = cfg();
+        let (Some(mut a), Some(mut b)) = (
+            backend(&c, RioOptions::default()),
+            backend(&c, RioOptions::default()),
+        ) else {
+            return;
+        };
+        let old = a.local_addr().unwrap();
+        let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
+        plain.set_nonblocking(true).unwrap();
+        let plain_taken = a.rebind(plain).is_ok();
+        if plain_taken {
+            eprintln!("this system accepts RIO on a socket without WSA_FLAG_REGISTERED_IO");
+        } else {
+            assert_eq!(a.stats().rebinds_failed, 1);
+            assert_eq!(a.local_addr().unwrap(), old);
+        }
+        let old = a.local_addr().unwrap();
+        let fresh = registered("127.0.0.1:0");
+        fresh.set_nonblocking(true).unwrap();
+        let new = fresh.local_addr().unwrap();
+        assert_eq!(a.rebind(fresh).unwrap(), new);
+        assert_eq!(a.local_addr().unwrap(), new);
+        UdpSocket::bind(old).expect("the old port is free");
+        send(&mut a, b.local_addr().unwrap(), b"from the new socket", None);
+        a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
+        let got = collect(&mut b, 1, THREE_SECONDS);
+        assert_eq!(got.len(), 1, "{:?}", a.stats());
+        assert_eq!(got[0].0.remote, new);
+        send(&mut b, new, b"to the new socket", None);
+        b.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
+        // Every receive slot was posted on the old queue: this one came back aborted and was
+        // posted again, on the new queue.
+        let got = collect(&mut a, 1, THREE_SECONDS);
+        assert_eq!(got.len(), 1, "{:?}", a.stats());
+        assert_eq!(&got[0].1[..], b"to the new socket");
+        assert_eq!(a.stats().rebinds, 1 + u64::from(plain_taken));
+        a.shutdown();
+        assert!(a.quiescent() && a.arena.is_none(), "freed, not leaked");
     }
 
     #[test]
