@@ -49,7 +49,9 @@ impl FromStr for BackendKind {
     }
 }
 
-/// Errors creating an endpoint.
+/// Errors creating an endpoint, or giving it a new socket ([`Endpoint::rebind`]).
+///
+/// [`Endpoint::rebind`]: crate::Endpoint::rebind
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EndpointError {
@@ -113,6 +115,13 @@ pub enum EndpointError {
     /// The I/O thread could not be started.
     #[error("failed to start the I/O thread: {0}")]
     Thread(std::io::Error),
+    /// The endpoint was closed ([`Endpoint::close`]) or its I/O thread has exited: it takes no
+    /// new socket ([`Endpoint::rebind`]). As an `io::Error`, of kind `NotConnected`.
+    ///
+    /// [`Endpoint::close`]: crate::Endpoint::close
+    /// [`Endpoint::rebind`]: crate::Endpoint::rebind
+    #[error("the endpoint is closed or stopping")]
+    Stopping,
 }
 
 impl From<EndpointError> for std::io::Error {
@@ -131,6 +140,7 @@ impl From<EndpointError> for std::io::Error {
             | EndpointError::Config(_)
             | EndpointError::RecvBufferTooSmall { .. }
             | EndpointError::TxBufferTooSmall { .. } => ErrorKind::InvalidInput,
+            EndpointError::Stopping => ErrorKind::NotConnected,
         };
         std::io::Error::new(kind, e)
     }

@@ -18,6 +18,7 @@ use std::{
 
 use bytes::BytesMut;
 use quinn_proto::{self as proto, ConnectionHandle, DatagramEvent};
+use tracing::{debug, warn};
 
 use crate::{
     handles::{HandleMap, HandleSet},
@@ -171,7 +172,7 @@ impl Core {
     /// connection, then the endpoint's responses; the counters are published.
     pub(crate) fn begin_turn(&mut self, commands: &mut VecDeque<Command>, io: &mut dyn IoBackend) {
         self.stats.loop_turns += 1;
-        self.take_commands(commands);
+        self.take_commands(commands, io);
         self.drive_dirty(io);
         self.send_responses(io);
         self.publish_stats(io);
@@ -232,10 +233,10 @@ impl Core {
         wake_all(woken);
     }
 
-    fn take_commands(&mut self, commands: &mut VecDeque<Command>) {
+    fn take_commands(&mut self, commands: &mut VecDeque<Command>, io: &mut dyn IoBackend) {
         self.shared.mailbox.drain(commands);
         while let Some(cmd) = commands.pop_front() {
-            self.command(cmd);
+            self.command(cmd, io);
         }
     }
 
@@ -340,30 +341,16 @@ impl Core {
     }
 
     pub(crate) fn publish_stats(&self, io: &dyn IoBackend) {
-        let io = io.stats();
         let c = &self.stats;
         self.shared.publish_stats(EndpointIoStats {
-            datagrams_received: io.datagrams_received,
-            bytes_received: io.bytes_received,
-            datagrams_sent: io.datagrams_sent,
-            bytes_sent: io.bytes_sent,
-            recv_dropped: io.recv_dropped,
-            recv_starved: io.recv_starved,
-            recv_rearms: io.recv_rearms,
-            send_errors: io.send_errors,
-            tx_exhausted: io.tx_exhausted,
-            gso_disabled: io.gso_disabled,
-            recv_zero_copy: io.recv_zero_copy,
-            send_zero_copy: io.send_zero_copy,
-            send_zero_copy_copied: io.send_zero_copy_copied,
-            recv_buffers_lent: io.recv_lent,
             responses_dropped: c.responses_dropped,
             incoming_retried: c.incoming_retried,
             incoming_refused: c.incoming_refused,
-            app_wakeups: 0,
             loop_turns: c.loop_turns,
             open_connections: self.conns.len() as u64,
             handshakes: c.handshakes,
+            // The backend's counters; the application's wakeups are added when read.
+            ..io.stats()
         });
     }
 
@@ -471,7 +458,7 @@ impl Core {
         }
     }
 
-    fn command(&mut self, cmd: Command) {
+    fn command(&mut self, cmd: Command, io: &mut dyn IoBackend) {
         match cmd {
             Command::Drive(ch) => {
                 if let Some(c) = self.conns.get(&ch) {
@@ -552,9 +539,38 @@ impl Core {
                     ep.queue_response(t);
                 }
             }
+            Command::Rebind(socket) => self.rebind(socket, io),
             Command::Shutdown => self.begin_shutdown(),
             #[cfg(test)]
             Command::Panic => panic!("injected by a test"),
+        }
+    }
+
+    /// `Endpoint::rebind`: the backend takes the new socket, then every connection learns that
+    /// its local address changed (quinn-proto: a new connection ID and a probe on the new path)
+    /// and is driven. If the backend refuses the socket nothing changes (it counted the
+    /// failure; one warning here). Ignored at shutdown: the endpoint is going away.
+    fn rebind(&mut self, socket: std::net::UdpSocket, io: &mut dyn IoBackend) {
+        if self.shutting_down() {
+            return;
+        }
+        let old = io.local_addr().ok();
+        match io.rebind(socket) {
+            Ok(local) => {
+                self.shared.set_local_addr(local);
+                let chs: Vec<_> = self.conns.keys().collect();
+                for ch in chs {
+                    if let Some(conn) = self.conns.get(&ch) {
+                        conn.lock().inner.local_address_changed();
+                    }
+                    self.mark_dirty(ch);
+                }
+                debug!(?old, new = %local, connections = self.conns.len(), "rebound");
+            }
+            Err(e) => warn!(
+                ?old,
+                "Endpoint::rebind: the new socket cannot be used ({e}); staying on the old one"
+            ),
         }
     }
 

@@ -103,10 +103,9 @@ pub(crate) fn run(setup: DriverSetup) {
     log_backend(backend.kind(), local);
     shared.enter_io_thread(backend.kind(), local);
     shared.mailbox.set_waker(backend.waker());
-    let max_segments = backend
-        .max_gso_segments()
-        .min(io.tx_buffer_size / io.max_udp_payload.max(1))
-        .max(1);
+    // What one TX buffer holds; the backend's own GSO limit, which a GSO failure or a rebind
+    // can change, is asked at every drive.
+    let max_segments = (io.tx_buffer_size / io.max_udp_payload.max(1)).max(1);
     let mut driver = Driver {
         io: backend,
         core: Core::new(shared, endpoint, max_segments, admission),
@@ -462,6 +461,132 @@ mod tests {
         let (_server, client) = fake_transfer(faults, 1, 2 << 20);
         let s = client.io_stats();
         assert!(s.tx_exhausted > 0, "{s:?}");
+    }
+
+    /// Poll `cond` every 5 ms until it holds; `false` after `secs` seconds.
+    async fn eventually(secs: u64, cond: impl Fn() -> bool) -> bool {
+        let end = std::time::Instant::now() + Duration::from_secs(secs);
+        while !cond() {
+            if std::time::Instant::now() > end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    /// A client rebinds in the middle of an upload, with a second, idle connection open: the
+    /// loop swaps the backend's socket, `local_addr` reports the new address, every connection
+    /// migrates (the server sees both at the new address), and the upload arrives intact.
+    #[test]
+    fn fake_backend_rebind_moves_every_connection() {
+        use ring::digest::{digest, SHA256};
+        let (sc, cc) = configs();
+        let net = crate::io::fake::FakeNet::new(crate::io::fake::Faults::default());
+        let server = fake_endpoint(&net, Some(sc), None, 64);
+        let client = fake_endpoint(&net, None, Some(cc), 8);
+        let data: Vec<u8> = (0..4 << 20).map(|i| (i * 31 % 251) as u8).collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), async {
+                let addr = server.local_addr().unwrap();
+                let old = client.local_addr().unwrap();
+                let mut pairs = Vec::new();
+                for _ in 0..2 {
+                    let connecting = client.connect(addr, "localhost").unwrap();
+                    let s = server.accept().await.unwrap().await.unwrap();
+                    pairs.push((connecting.await.unwrap(), s));
+                }
+                assert!(pairs.iter().all(|(_, s)| s.remote_address() == old));
+                let (uploader, receiver) = (&pairs[0].0, &pairs[0].1);
+                let fresh = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                let new = fresh.local_addr().unwrap();
+                let receive = async {
+                    let mut recv = receiver.accept_uni().await.unwrap();
+                    recv.read_to_end(usize::MAX).await.unwrap()
+                };
+                let upload = async {
+                    let mut send = uploader.open_uni().await.unwrap();
+                    send.write_all(&data[..1 << 20]).await.unwrap();
+                    client.rebind(fresh).unwrap();
+                    assert!(
+                        eventually(10, || client.local_addr().unwrap() == new).await,
+                        "local_addr still {:?}",
+                        client.local_addr()
+                    );
+                    send.write_all(&data[1 << 20..]).await.unwrap();
+                    send.finish().unwrap();
+                    send
+                };
+                let (got, _send) = tokio::join!(receive, upload);
+                assert_eq!(digest(&SHA256, &got).as_ref(), digest(&SHA256, &data).as_ref());
+                // Each connection was told its local address changed: it moved to a new
+                // connection ID, retiring the old one.
+                for (c, _) in &pairs {
+                    let tx = c.stats().frame_tx;
+                    assert!(tx.retire_connection_id >= 1, "{tx:?}");
+                }
+                // The idle connection migrated too: the rebind pinged it from the new address.
+                assert!(
+                    eventually(10, || pairs.iter().all(|(_, s)| s.remote_address() == new)).await,
+                    "the server still sees {:?}",
+                    pairs.iter().map(|(_, s)| s.remote_address()).collect::<Vec<_>>()
+                );
+                let (c2, s2) = &pairs[1];
+                let mut send = c2.open_uni().await.unwrap();
+                send.write_all(b"after the rebind").await.unwrap();
+                send.finish().unwrap();
+                let mut recv = s2.accept_uni().await.unwrap();
+                assert_eq!(recv.read_to_end(100).await.unwrap(), b"after the rebind");
+                assert_eq!(net.rebinds_refused(), 0);
+            })
+            .await
+            .expect("a transfer across a rebind hung");
+        });
+    }
+
+    /// A rebind the backend refuses changes nothing: `rebind` itself succeeded (the socket was
+    /// fine and handed over), the endpoint keeps its old address and its connection, which
+    /// still carries data.
+    #[test]
+    fn fake_backend_refused_rebind_keeps_the_old_socket() {
+        let (sc, cc) = configs();
+        let net = crate::io::fake::FakeNet::new(crate::io::fake::Faults {
+            fail_rebind: true,
+            ..Default::default()
+        });
+        let server = fake_endpoint(&net, Some(sc), None, 8);
+        let client = fake_endpoint(&net, None, Some(cc), 8);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), async {
+                let addr = server.local_addr().unwrap();
+                let old = client.local_addr().unwrap();
+                let connecting = client.connect(addr, "localhost").unwrap();
+                let s = server.accept().await.unwrap().await.unwrap();
+                let c = connecting.await.unwrap();
+                client
+                    .rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+                    .unwrap();
+                assert!(eventually(10, || net.rebinds_refused() == 1).await);
+                assert_eq!(client.local_addr().unwrap(), old);
+                let mut send = c.open_uni().await.unwrap();
+                send.write_all(b"still on the old socket").await.unwrap();
+                send.finish().unwrap();
+                let mut recv = s.accept_uni().await.unwrap();
+                assert_eq!(recv.read_to_end(100).await.unwrap(), b"still on the old socket");
+                assert_eq!(s.remote_address(), old);
+                assert_eq!(net.unreachable(), 0, "nothing went to an address nobody is at");
+            })
+            .await
+            .expect("a refused rebind hung the endpoint");
+        });
     }
 
     /// Every fifth send fails: counted, treated as loss, the transfer completes.

@@ -26,7 +26,7 @@ use crate::{
     io::BackendKind,
     local::{self, JoinHandle},
     shared::{AcceptReply, Command, EndpointRef, EndpointShared},
-    EndpointIoStats, EndpointStats,
+    EndpointError, EndpointIoStats, EndpointStats,
 };
 
 /// A QUIC endpoint: one UDP socket, one I/O thread, any number of connections.
@@ -77,12 +77,55 @@ impl Endpoint {
         self.shared().info().map_or(BackendKind::Poll, |i| i.0)
     }
 
-    /// The socket's local address.
+    /// The socket's local address. After [`Endpoint::rebind`] it is the old socket's until the
+    /// I/O thread has swapped sockets (on its next turn), then the new one's; it stays the old
+    /// one's if the I/O thread could not take the new socket.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.shared()
             .info()
             .map(|i| i.1)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "endpoint not running"))
+    }
+
+    /// Switch to a new UDP socket, as quinn's `Endpoint::rebind`: every connection is told that
+    /// its local address changed and migrates to the new one (a client's active migration: a
+    /// new connection ID and a probe of the new path, which the peer validates). Connections to
+    /// peers unreachable from the new address are lost, and a server cannot migrate: its
+    /// clients keep sending to the old address, so rebinding a server loses its connections.
+    ///
+    /// The socket is checked and prepared here as [`EndpointBuilder::socket`] does it (a bound
+    /// UDP socket, made non-blocking): an unusable one is an error ([`EndpointError::Socket`]
+    /// inside the `io::Error`, which names the check; kind `InvalidInput`), as is an endpoint
+    /// that was closed or whose I/O thread has exited ([`EndpointError::Stopping`], kind
+    /// `NotConnected`). The call does not wait for the I/O thread: it hands the socket over
+    /// and returns. On its next turn the I/O thread sets the options its backend needs on the
+    /// new socket (probing GSO and GRO as at start), arms its receives, serves it from then on,
+    /// and closes the old socket once the kernel has finished every operation on it (io_uring:
+    /// its receive is cancelled and its sends complete first; poll: at once). Until then
+    /// [`Endpoint::local_addr`] reports the old address.
+    ///
+    /// If the I/O thread cannot take the new socket (an option its backend needs cannot be set
+    /// on it; on Windows RIO, a socket made without `WSA_FLAG_REGISTERED_IO`, which sockets
+    /// from `std::net::UdpSocket::bind` lack), nothing changes: the endpoint goes on serving
+    /// the old socket, `local_addr` keeps reporting it, and the failure is logged (one warning)
+    /// and counted in the endpoint's I/O statistics; the new socket is closed.
+    ///
+    /// Unlike quinn, the old socket is not kept receiving until the first datagram arrives on
+    /// the new one: what peers still send to the old address after the swap is lost, and QUIC
+    /// retransmits it.
+    ///
+    /// [`EndpointBuilder::socket`]: crate::EndpointBuilder::socket
+    pub fn rebind(&self, socket: std::net::UdpSocket) -> io::Result<()> {
+        let shared = self.shared();
+        if shared.is_stopping() {
+            return Err(EndpointError::Stopping.into());
+        }
+        crate::socket::adopt(&socket)?;
+        shared
+            .mailbox
+            .push(Command::Rebind(socket))
+            .map_err(|_| EndpointError::Stopping)?;
+        Ok(())
     }
 
     /// Handshake counts, as quinn's.

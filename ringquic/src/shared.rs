@@ -19,10 +19,12 @@
 //! | the mailbox's queue (`mailbox.rs`) | queued commands | [`ConnectionInner::wake`] and the handles; the I/O thread drains it |
 //! | [`EndpointShared`]'s `state` | incoming connections, endpoint waiters, counters | `accept`, `close`, `stats`; the I/O thread |
 //! | the task queue and task wakers | [`Endpoint::spawn`](crate::Endpoint::spawn)'s tasks | `local.rs`, the I/O thread |
+//! | the local address | the socket's address | `local_addr`, the I/O thread's start and rebinds |
 //!
 //! Nested only in this order: a pending answer, then a connection, then the mailbox's queue (a
-//! wake while a connection is locked). The endpoint state and the two task locks are never held
-//! while taking another lock. Wakers are collected under a lock and woken after it is released.
+//! wake while a connection is locked). The endpoint state, the local address and the two task
+//! locks are never held while taking another lock. Wakers are collected under a lock and woken
+//! after it is released.
 
 use std::{
     collections::VecDeque,
@@ -76,6 +78,9 @@ pub(crate) enum Command {
     SetServerConfig(Option<Arc<ServerConfig>>),
     /// Close every connection with this code and reason.
     Close { code: VarInt, reason: Bytes },
+    /// Serve this socket (checked by `socket::adopt`) instead of the current one, and tell every
+    /// connection its local address changed (`Endpoint::rebind`).
+    Rebind(std::net::UdpSocket),
     /// Every handle is gone: close what is left, cancel in-flight I/O and exit.
     Shutdown,
     /// Panic on the I/O thread, to test that a panic fails futures instead of hanging them.
@@ -159,7 +164,10 @@ pub(crate) struct EndpointShared {
     /// Disconnects when the I/O thread is done (its sender is dropped as the thread ends).
     exited: Mutex<Option<mpsc::Receiver<()>>>,
     thread_id: OnceLock<ThreadId>,
-    info: OnceLock<(BackendKind, SocketAddr)>,
+    backend: OnceLock<BackendKind>,
+    /// The socket's local address, from the I/O thread's start; changed by a rebind. Taken
+    /// alone.
+    local_addr: Mutex<Option<SocketAddr>>,
     /// Spawned tasks ready to run, in order.
     tasks: Mutex<VecDeque<async_task::Runnable>>,
     task_wakers: Mutex<TaskWakers>,
@@ -191,7 +199,8 @@ impl EndpointShared {
             thread: Mutex::new(None),
             exited: Mutex::new(Some(exited)),
             thread_id: OnceLock::new(),
-            info: OnceLock::new(),
+            backend: OnceLock::new(),
+            local_addr: Mutex::new(None),
             tasks: Mutex::new(VecDeque::new()),
             task_wakers: Mutex::new(TaskWakers::default()),
         })
@@ -203,8 +212,14 @@ impl EndpointShared {
     /// the calling thread's current endpoint ([`EndpointShared::current`]).
     pub(crate) fn enter_io_thread(self: &Arc<Self>, kind: BackendKind, local: SocketAddr) {
         let _ = self.thread_id.set(std::thread::current().id());
-        let _ = self.info.set((kind, local));
+        let _ = self.backend.set(kind);
+        self.set_local_addr(local);
         CURRENT.with(|c| *c.borrow_mut() = Arc::downgrade(self));
+    }
+
+    /// The I/O thread serves a socket bound to `local` from now on (its start, a rebind).
+    pub(crate) fn set_local_addr(&self, local: SocketAddr) {
+        *lock(&self.local_addr) = Some(local);
     }
 
     /// Record the I/O thread's join handle (the last handle's drop joins it).
@@ -305,7 +320,7 @@ impl EndpointShared {
 
     /// The backend and local address, once the I/O thread runs.
     pub(crate) fn info(&self) -> Option<(BackendKind, SocketAddr)> {
-        self.info.get().copied()
+        Some((*self.backend.get()?, (*lock(&self.local_addr))?))
     }
 
     /// Whether `connect` must fail with `EndpointStopping`.

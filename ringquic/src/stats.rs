@@ -61,6 +61,13 @@ pub struct EndpointIoStats {
     /// application now (a gauge, not a counter; at most
     /// [`EndpointBuilder::recv_memory_budget`](crate::EndpointBuilder::recv_memory_budget) bytes' worth).
     pub recv_buffers_lent: u64,
+    /// `Endpoint::rebind`s done: the backend serves the new socket (the old one is closed once
+    /// nothing of it is in flight any more).
+    pub rebinds: u64,
+    /// `Endpoint::rebind`s the backend could not do, so it kept serving the old socket: a
+    /// socket option it needs could not be set on the new socket, or the kernel refused it
+    /// (RIO: a socket without `WSA_FLAG_REGISTERED_IO`). Each is logged once, as a warning.
+    pub rebinds_failed: u64,
     /// Endpoint-level responses (version negotiation, stateless reset, refusals) dropped for lack
     /// of a TX buffer.
     pub responses_dropped: u64,

@@ -39,16 +39,24 @@ pub(crate) struct Faults {
     pub tx_completion_turns: usize,
     /// Every turn fails, as a backend whose ring broke would (`io::Error` "injected").
     pub fail_turns: bool,
+    /// `rebind` fails, as when the kernel refuses the new socket (counted, nothing changes).
+    pub fail_rebind: bool,
 }
 
 #[derive(Default)]
 struct NetState {
     queues: HashMap<SocketAddr, VecDeque<(SocketAddr, Vec<u8>)>>,
-    woken: HashSet<SocketAddr>,
+    /// Backends woken (by id: an endpoint's waker outlives a rebind to a new address).
+    woken: HashSet<u64>,
+    next_id: u64,
     datagrams: u64,
     sends: u64,
     /// Datagrams the network dropped on purpose.
     pub dropped: u64,
+    /// Datagrams sent to an address nobody is at (any more): lost.
+    unreachable: u64,
+    /// Rebinds refused on purpose (`Faults::fail_rebind`).
+    rebinds_refused: u64,
 }
 
 /// The in-memory network.
@@ -76,16 +84,26 @@ impl FakeNet {
     pub(crate) fn dropped(&self) -> u64 {
         lock(&self.state).dropped
     }
+
+    /// Rebinds refused on purpose so far.
+    pub(crate) fn rebinds_refused(&self) -> u64 {
+        lock(&self.state).rebinds_refused
+    }
+
+    /// Datagrams sent to an address no backend is at (one that rebound away, say).
+    pub(crate) fn unreachable(&self) -> u64 {
+        lock(&self.state).unreachable
+    }
 }
 
 struct FakeWaker {
     net: Arc<FakeNet>,
-    addr: SocketAddr,
+    id: u64,
 }
 
 impl Wakeup for FakeWaker {
     fn wake(&self) {
-        lock(&self.net.state).woken.insert(self.addr);
+        lock(&self.net.state).woken.insert(self.id);
         self.net.cv.notify_all();
     }
 }
@@ -93,7 +111,10 @@ impl Wakeup for FakeWaker {
 /// One endpoint's view of the fake network.
 pub(crate) struct FakeBackend {
     net: Arc<FakeNet>,
+    id: u64,
     addr: SocketAddr,
+    /// The socket of the last rebind, kept so its port (this backend's address) stays taken.
+    socket: Option<std::net::UdpSocket>,
     tx: TxPool,
     /// TX slots "in the kernel" and the turns left before they complete.
     in_flight: VecDeque<(u32, usize)>,
@@ -103,14 +124,18 @@ pub(crate) struct FakeBackend {
 
 impl FakeBackend {
     pub(crate) fn new(net: Arc<FakeNet>, addr: SocketAddr, cfg: &IoConfig) -> Self {
-        lock(&net.state).queues.entry(addr).or_default();
+        let id = {
+            let mut st = lock(&net.state);
+            st.queues.entry(addr).or_default();
+            st.next_id += 1;
+            st.next_id
+        };
         Self {
-            waker: Arc::new(FakeWaker {
-                net: net.clone(),
-                addr,
-            }),
+            waker: Arc::new(FakeWaker { net: net.clone(), id }),
             net,
+            id,
             addr,
+            socket: None,
             tx: TxPool::new(cfg.tx_buffers, cfg.tx_buffer_size),
             in_flight: VecDeque::new(),
             stats: IoStats::default(),
@@ -182,10 +207,13 @@ impl IoBackend for FakeBackend {
             } else {
                 1
             };
-            if let Some(q) = net.queues.get_mut(&t.destination) {
-                for _ in 0..copies {
-                    q.push_back((self.addr, chunk.to_vec()));
+            match net.queues.get_mut(&t.destination) {
+                Some(q) => {
+                    for _ in 0..copies {
+                        q.push_back((self.addr, chunk.to_vec()));
+                    }
                 }
+                None => net.unreachable += 1,
             }
         }
         drop(net);
@@ -213,7 +241,7 @@ impl IoBackend for FakeBackend {
         loop {
             let has_data = net.queues.get(&self.addr).is_some_and(|q| !q.is_empty());
             // TX completions pending count as I/O to report, like CQEs would.
-            if has_data || completed || net.woken.remove(&self.addr) || !self.in_flight.is_empty() {
+            if has_data || completed || net.woken.remove(&self.id) || !self.in_flight.is_empty() {
                 break;
             }
             let now = Instant::now();
@@ -258,6 +286,29 @@ impl IoBackend for FakeBackend {
 
     fn stats(&self) -> IoStats {
         self.stats
+    }
+
+    /// Move to the new socket's address: datagrams still queued for the old one are lost (a
+    /// closed socket's receive buffer), later ones to the old address are unreachable. Sends in
+    /// flight complete as before. Refused, changing nothing, under `Faults::fail_rebind`.
+    fn rebind(&mut self, socket: std::net::UdpSocket) -> io::Result<SocketAddr> {
+        let addr = socket.local_addr()?;
+        let fail = lock(&self.net.faults).fail_rebind;
+        let mut net = lock(&self.net.state);
+        if fail {
+            net.rebinds_refused += 1;
+            self.stats.rebinds_failed += 1;
+            return Err(io::Error::other("rebind refused (injected)"));
+        }
+        if let Some(lost) = net.queues.remove(&self.addr) {
+            net.unreachable += lost.len() as u64;
+        }
+        net.queues.entry(addr).or_default();
+        drop(net);
+        self.addr = addr;
+        self.socket = Some(socket);
+        self.stats.rebinds += 1;
+        Ok(addr)
     }
 
     fn shutdown(&mut self) {

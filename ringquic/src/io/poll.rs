@@ -21,6 +21,10 @@
 //!   sleep of the next turn for nothing.
 //! * **Errors** other than "would block" on send are counted and the datagram is dropped, as a
 //!   lossy network would drop it; QUIC recovers.
+//! * **Rebind** (`Endpoint::rebind`): the new socket gets its quinn-udp state and is registered
+//!   before the old one is deregistered and closed, which can happen at once: nothing is in the
+//!   kernel's hands between system calls. Sends waiting for a writable socket go out on the new
+//!   one.
 
 use std::{
     collections::VecDeque,
@@ -117,6 +121,12 @@ pub(crate) struct PollBackend {
     write_interest: bool,
     /// `shutdown` was called: the socket is deregistered and sends are dropped.
     closed: bool,
+    /// quinn-udp serves the socket where it can (false: plain mode forced, for tests).
+    use_quinn_udp: bool,
+    /// The largest UDP payload received (`IoConfig::max_udp_payload`, clamped).
+    max_payload: usize,
+    /// `IoConfig::recv_buffer_size`.
+    recv_buffer_size: usize,
     /// Receive system calls per turn at most.
     max_recv_calls: usize,
     /// `recv_slots` buffers of `recv_slot_size` bytes each, back to back.
@@ -174,24 +184,7 @@ impl PollBackend {
         }
         socket.set_nonblocking(true)?;
         let mut socket = UdpSocket::from_std(socket);
-        let state = if use_quinn_udp {
-            match UdpSocketState::new((&socket).into()) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    // Seen under Wine, which refuses IP_RECVECN. Probe, degrade, log once.
-                    static ONCE: std::sync::Once = std::sync::Once::new();
-                    ONCE.call_once(|| {
-                        tracing::warn!(
-                            "quinn-udp cannot configure the socket ({e}); using plain send_to/recv_from \
-                             (no ECN, GSO, GRO or packet info)"
-                        )
-                    });
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let state = socket_state(&socket, use_quinn_udp);
         let ipv6 = socket.local_addr()?.is_ipv6();
 
         let poll = Poll::new()?;
@@ -199,19 +192,8 @@ impl PollBackend {
         poll.registry()
             .register(&mut socket, SOCKET, Interest::READABLE)?;
 
-        // One datagram of the largest size we accept must fit with room to spare (so a full
-        // buffer means "truncated"), and so must a whole GRO batch.
         let max_payload = cfg.max_udp_payload.clamp(1, MAX_RECV_BUFFER - 1);
-        let gro_batch = state
-            .as_ref()
-            .map_or(1, |s| s.gro_segments())
-            .max(1)
-            .saturating_mul(max_payload);
-        let recv_slot_size = cfg
-            .recv_buffer_size
-            .max(gro_batch)
-            .max(max_payload + 1)
-            .min(MAX_RECV_BUFFER);
+        let recv_slot_size = recv_slot_size(cfg.recv_buffer_size, max_payload, state.as_ref());
         let recv_slots = cfg.recv_buffers.clamp(1, BATCH_SIZE);
 
         Ok(Self {
@@ -225,6 +207,9 @@ impl PollBackend {
             writable: true,
             write_interest: false,
             closed: false,
+            use_quinn_udp,
+            max_payload,
+            recv_buffer_size: cfg.recv_buffer_size,
             max_recv_calls: MAX_RECV_CALLS_PER_TURN,
             recv_buf: vec![0; recv_slots * recv_slot_size],
             recv_slot_size,
@@ -567,6 +552,68 @@ impl IoBackend for PollBackend {
         self.stats
     }
 
+    /// The new socket is set up (quinn-udp's state, or plain mode where quinn-udp cannot
+    /// configure it, as at start) and registered first; then the old one is deregistered and
+    /// closed at once: nothing of it is in the kernel's hands between system calls. Datagrams
+    /// still in its receive buffer are lost with it (QUIC retransmits). Sends waiting for a
+    /// writable socket go out on the new one, their addresses put in its family.
+    fn rebind(&mut self, socket: std::net::UdpSocket) -> io::Result<SocketAddr> {
+        if self.closed {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the backend is shut down",
+            ));
+        }
+        let prepared = (|| {
+            socket.set_nonblocking(true)?;
+            let mut socket = UdpSocket::from_std(socket);
+            let local = socket.local_addr()?;
+            let state = socket_state(&socket, self.use_quinn_udp);
+            let interest = if self.write_interest {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            self.poll.registry().register(&mut socket, SOCKET, interest)?;
+            Ok((socket, local, state))
+        })();
+        let (socket, local, state) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.rebinds_failed += 1;
+                return Err(e);
+            }
+        };
+        let mut old = std::mem::replace(&mut self.socket, socket);
+        if let Err(e) = self.poll.registry().deregister(&mut old) {
+            debug!(error = %e, "failed to deregister the old socket");
+        }
+        drop(old);
+        let ipv6 = local.is_ipv6();
+        if ipv6 != self.ipv6 {
+            for p in self.pending.iter_mut() {
+                p.destination = addr_for_socket(canonical(p.destination), ipv6).unwrap_or(p.destination);
+                p.src_ip = p.src_ip.and_then(|ip| ip_for_socket(canonical_ip(ip), ipv6));
+            }
+        }
+        self.ipv6 = ipv6;
+        // A socket with GRO where the old one had none needs bigger receive buffers (only the
+        // receive block grows; the lender's pooled buffers copy what fits, the rest per datagram).
+        let slot_size = recv_slot_size(self.recv_buffer_size, self.max_payload, state.as_ref());
+        if slot_size > self.recv_slot_size {
+            self.recv_slot_size = slot_size;
+            self.recv_buf = vec![0; self.recv_slots * slot_size];
+        }
+        self.state = state;
+        // Look for data and try pending sends on the next turn, whatever edges the new
+        // registration reports.
+        self.readable = true;
+        self.writable = true;
+        self.stats.rebinds += 1;
+        debug!(%local, gso = self.max_gso(), "rebound to a new socket");
+        Ok(local)
+    }
+
     /// Drops pending sends (returning their buffers) and deregisters the socket. Nothing is in
     /// the kernel's hands between system calls, so there is nothing to wait for.
     fn shutdown(&mut self) {
@@ -584,6 +631,41 @@ impl IoBackend for PollBackend {
         self.writable = false;
         self.write_interest = false;
     }
+}
+
+/// quinn-udp's state for `socket`, or `None` (plain mode) where it cannot configure it or
+/// `use_quinn_udp` is false.
+fn socket_state(socket: &UdpSocket, use_quinn_udp: bool) -> Option<UdpSocketState> {
+    if !use_quinn_udp {
+        return None;
+    }
+    match UdpSocketState::new(socket.into()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            // Seen under Wine, which refuses IP_RECVECN. Probe, degrade, log once.
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                tracing::warn!(
+                    "quinn-udp cannot configure the socket ({e}); using plain send_to/recv_from \
+                     (no ECN, GSO, GRO or packet info)"
+                )
+            });
+            None
+        }
+    }
+}
+
+/// Bytes per receive buffer: one datagram of the largest size we accept must fit with room to
+/// spare (so a full buffer means "truncated"), and so must a whole GRO batch.
+fn recv_slot_size(recv_buffer_size: usize, max_payload: usize, state: Option<&UdpSocketState>) -> usize {
+    let gro_batch = state
+        .map_or(1, |s| s.gro_segments())
+        .max(1)
+        .saturating_mul(max_payload);
+    recv_buffer_size
+        .max(gro_batch)
+        .max(max_payload + 1)
+        .min(MAX_RECV_BUFFER)
 }
 
 /// Receive errors that say nothing about the socket itself (ICMP feedback).
@@ -961,6 +1043,72 @@ mod tests {
             backend.recv_memory(),
             cfg.recv_buffers.clamp(1, BATCH_SIZE) * slot
         );
+    }
+
+    /// `rebind` serves the new socket at once and closes the old one (its port is free at once:
+    /// nothing is in flight between system calls); sends waiting for a writable socket go out
+    /// on the new one, from its address.
+    #[test]
+    fn rebind_moves_waiting_sends_to_the_new_socket_and_frees_the_old_port() {
+        let mut a = bind("127.0.0.1:0").unwrap();
+        let mut b = bind("127.0.0.1:0").unwrap();
+        let old = a.local_addr().unwrap();
+        let b_addr = b.local_addr().unwrap();
+        // Sends parked as if the old socket had hit WouldBlock.
+        a.writable = false;
+        for i in 1..=2u8 {
+            send(&mut a, b_addr, &payload(i, 100), None);
+        }
+        assert_eq!(a.pending.len(), 2);
+        let fresh = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let new = fresh.local_addr().unwrap();
+        assert_eq!(a.rebind(fresh).unwrap(), new);
+        assert_eq!(a.local_addr().unwrap(), new);
+        std::net::UdpSocket::bind(old).expect("the old port is free at once");
+        a.turn(Some(Instant::now() + MAX_WAIT), &mut |_, _| {}).unwrap();
+        assert!(a.pending.is_empty());
+        let got = receive(&mut b, 2);
+        assert!(
+            got.iter().all(|(m, _)| m.remote == new),
+            "sent from the new socket"
+        );
+        // And the new socket receives.
+        send(&mut b, new, b"to the new socket", None);
+        let (_, d) = receive(&mut a, 1).pop().unwrap();
+        assert_eq!(&d[..], b"to the new socket");
+        let s = a.stats();
+        assert_eq!((s.rebinds, s.rebinds_failed, s.send_errors), (1, 0, 0));
+        assert_eq!(a.tx.free_count(), config().tx_buffers);
+    }
+
+    /// A rebind from an IPv4 socket to a dual-stack one puts waiting sends' addresses in the
+    /// new family; they still arrive.
+    #[test]
+    fn rebind_to_another_family_readdresses_waiting_sends() {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        );
+        let Ok(socket) = socket else {
+            eprintln!("no IPv6 sockets; skipping");
+            return;
+        };
+        let any: SocketAddr = (Ipv6Addr::UNSPECIFIED, 0).into();
+        if socket.set_only_v6(false).is_err() || socket.bind(&any.into()).is_err() {
+            eprintln!("no dual-stack sockets; skipping");
+            return;
+        }
+        let mut a = bind("127.0.0.1:0").unwrap();
+        let mut b = bind("127.0.0.1:0").unwrap();
+        a.writable = false;
+        send(&mut a, b.local_addr().unwrap(), b"queued on v4", None);
+        let port = a.rebind(socket.into()).unwrap().port();
+        a.turn(Some(Instant::now() + MAX_WAIT), &mut |_, _| {}).unwrap();
+        let (meta, d) = receive(&mut b, 1).pop().unwrap();
+        assert_eq!(&d[..], b"queued on v4");
+        assert_eq!(meta.remote, (Ipv4Addr::LOCALHOST, port).into());
+        assert_eq!(a.stats().send_errors, 0);
     }
 
     #[test]

@@ -114,7 +114,7 @@ pub(crate) fn deliver(
         Some(data) => deliver_lent(data, segment_size, meta, stats, on_recv),
         None => deliver_copied(payload, segment_size, meta, stats, on_recv),
     }
-    stats.recv_lent = lender.lent() as u64;
+    stats.recv_buffers_lent = lender.lent() as u64;
 }
 
 /// Buffers of one size lent to quinn-proto and the application, at most `max_lent` at once,
@@ -311,7 +311,7 @@ mod tests {
         let mut got = Vec::new();
         let mut push = |_: RecvMeta, d: BytesMut| got.push(d);
         deliver(&mut l, &big, Some(1400), meta(), &mut stats, &mut push);
-        assert_eq!((l.lent(), stats.recv_lent), (1, 1));
+        assert_eq!((l.lent(), stats.recv_buffers_lent), (1, 1));
         deliver(&mut l, &big, Some(1400), meta(), &mut stats, &mut push);
         deliver(&mut l, &batch, Some(1400), meta(), &mut stats, &mut push);
         deliver(&mut l, &batch[..1200], Some(1400), meta(), &mut stats, &mut push);

@@ -33,6 +33,16 @@
 //!   completion port that both `RIONotify` and the wakeup post to. `RIONotify` is armed only
 //!   when the queue was found empty and the thread is about to sleep. Optionally the thread
 //!   busy-polls the queue for a few µs first (`RINGQUIC_RIO_SPIN_US`).
+//! * **Rebind** (`Endpoint::rebind`). The new socket gets the options and its own request
+//!   queue on the same completion queue (which is made with room for two queues, and grown if
+//!   the system wants more) before anything changes; if either fails, the old socket is kept.
+//!   Then everything deferred is committed, the new queue takes over, and the old socket is
+//!   closed at once, which completes its outstanding requests with `WSA_OPERATION_ABORTED` on
+//!   the shared completion queue: their slots come back as any completion's do (receive slots
+//!   are then posted on the new queue). That is safe because those requests name only the
+//!   registered region, which stays registered and allocated until `shutdown` has seen every
+//!   request of either queue complete (the slot books count both). Sockets made without
+//!   `WSA_FLAG_REGISTERED_IO` cannot carry a request queue: rebinding to one fails that way.
 //! * **Shutdown.** Sends already posted (the CONNECTION_CLOSE frames) get a bounded time to
 //!   complete, then the socket is closed, which completes every outstanding request with an
 //!   error; completions are drained (bounded, 5 s), and only when nothing is outstanding is the
@@ -260,6 +270,7 @@ struct RioFns {
     close_cq: RioFn<ws::LPFN_RIOCLOSECOMPLETIONQUEUE>,
     create_cq: RioFn<ws::LPFN_RIOCREATECOMPLETIONQUEUE>,
     create_rq: RioFn<ws::LPFN_RIOCREATEREQUESTQUEUE>,
+    resize_cq: RioFn<ws::LPFN_RIORESIZECOMPLETIONQUEUE>,
     dequeue: RioFn<ws::LPFN_RIODEQUEUECOMPLETION>,
     deregister: RioFn<ws::LPFN_RIODEREGISTERBUFFER>,
     notify: RioFn<ws::LPFN_RIONOTIFY>,
@@ -300,6 +311,7 @@ impl RioFns {
             Some(close_cq),
             Some(create_cq),
             Some(create_rq),
+            Some(resize_cq),
             Some(dequeue),
             Some(deregister),
             Some(notify),
@@ -310,6 +322,7 @@ impl RioFns {
             t.RIOCloseCompletionQueue,
             t.RIOCreateCompletionQueue,
             t.RIOCreateRequestQueue,
+            t.RIOResizeCompletionQueue,
             t.RIODequeueCompletion,
             t.RIODeregisterBuffer,
             t.RIONotify,
@@ -327,6 +340,7 @@ impl RioFns {
             close_cq,
             create_cq,
             create_rq,
+            resize_cq,
             dequeue,
             deregister,
             notify,
@@ -578,6 +592,29 @@ impl Signals {
     }
 }
 
+/// Probe a socket's offloads: the segments one send may carry (USO, probed the way msquic does,
+/// by reading the option; 1 without) and whether receive coalescing (URO) is on, when asked for
+/// with the largest batch `uro_max`.
+fn offloads(socket: &UdpSocket, max_udp_payload: usize, uro_max: Option<u32>) -> (usize, bool) {
+    let uso_segments = match get_opt_u32(socket, ws::IPPROTO_UDP, ws::UDP_SEND_MSG_SIZE) {
+        Ok(_) => segments_per_part(max_udp_payload.max(1), MAX_USO_SEGMENTS, MAX_USO_BYTES),
+        Err(e) => {
+            debug!("no UDP send offload (USO): {e}");
+            1
+        }
+    };
+    let uro = uro_max.is_some_and(|max| {
+        match set_opt(socket, ws::IPPROTO_UDP, ws::UDP_RECV_MAX_COALESCED_SIZE, max) {
+            Ok(()) => true,
+            Err(e) => {
+                debug!("no UDP receive coalescing (URO): {e}");
+                false
+            }
+        }
+    });
+    (uso_segments, uro)
+}
+
 /// Why RIO could not be set up. `socket` is handed back when nothing was posted on it, so the
 /// caller can serve it with the poll backend instead.
 pub(crate) struct RioSetupError {
@@ -609,7 +646,17 @@ pub(crate) struct RioBackend {
     socket_is_v6: bool,
     /// Freed by the system with the socket.
     rq: ws::RIO_RQ,
+    /// Receive and send requests a request queue may have outstanding (what `RecvBook` and
+    /// `SendBook` allow in all).
+    rq_depth: (u32, u32),
     cq: Option<Cq>,
+    /// Entries the completion queue was made (or resized) with: room for the request queues
+    /// of two sockets (a rebind creates the new one before the old one is gone).
+    cq_size: u32,
+    /// `UDP_RECV_MAX_COALESCED_SIZE` asked of every socket (URO), if any.
+    uro_max: Option<u32>,
+    /// `IoConfig::max_udp_payload`: the USO segment count is derived from it.
+    max_udp_payload: usize,
     registration: Option<Registration>,
     arena: Option<RxArena>,
     /// Pooled buffers URO batches are copied into and lent from (`recv.rs`). In a `RefCell`:
@@ -664,23 +711,10 @@ impl RioBackend {
         if let Err((what, e)) = configure_socket(&socket, socket_is_v6) {
             fail!(what, e);
         }
-        // USO: probed the way msquic does, by reading the option.
-        let uso_segments = match get_opt_u32(&socket, ws::IPPROTO_UDP, ws::UDP_SEND_MSG_SIZE) {
-            Ok(_) => segments_per_part(cfg.max_udp_payload.max(1), MAX_USO_SEGMENTS, MAX_USO_BYTES),
-            Err(e) => {
-                debug!("no UDP send offload (USO): {e}");
-                1
-            }
-        };
         // URO only on request, and only if a receive buffer holds a coalesced batch.
-        let mut uro = false;
-        if opts.uro && cfg.recv_buffer_size >= 2 * cfg.max_udp_payload {
-            let max = cfg.recv_buffer_size.min(MAX_URO_BYTES) as u32;
-            match set_opt(&socket, ws::IPPROTO_UDP, ws::UDP_RECV_MAX_COALESCED_SIZE, max) {
-                Ok(()) => uro = true,
-                Err(e) => debug!("no UDP receive coalescing (URO): {e}"),
-            }
-        }
+        let uro_max = (opts.uro && cfg.recv_buffer_size >= 2 * cfg.max_udp_payload)
+            .then(|| cfg.recv_buffer_size.min(MAX_URO_BYTES) as u32);
+        let (uso_segments, uro) = offloads(&socket, cfg.max_udp_payload, uro_max);
 
         let too_many = |what| io::Error::new(io::ErrorKind::InvalidInput, what);
         let (Ok(rx_count), Ok(tx_count)) = (u32::try_from(cfg.recv_buffers), u32::try_from(cfg.tx_buffers))
@@ -705,7 +739,9 @@ impl RioBackend {
         else {
             fail!("RIO queue depth", too_many("queue depths exceed u32"));
         };
-        let cq_size = recv_depth_u32.saturating_add(send_depth_u32);
+        // Room for two request queues: a rebind makes the new socket's before the old one's is
+        // gone.
+        let cq_size = recv_depth_u32.saturating_add(send_depth_u32).saturating_mul(2);
         if cq_size > ws::RIO_MAX_CQ_SIZE {
             fail!(
                 "RIO completion queue",
@@ -778,7 +814,11 @@ impl RioBackend {
             local,
             socket_is_v6,
             rq,
+            rq_depth: (recv_depth_u32, send_depth_u32),
             cq: Some(cq),
+            cq_size,
+            uro_max,
+            max_udp_payload: cfg.max_udp_payload,
             registration: Some(registration),
             arena: Some(arena),
             lender: std::cell::RefCell::new(recv::Lender::new(
@@ -1246,6 +1286,46 @@ impl RioBackend {
         Ok(())
     }
 
+    /// A request queue for `socket` on the completion queue, growing the completion queue once
+    /// if the system says it has no room for another queue (`WSAENOBUFS`).
+    fn create_rq(&mut self, socket: &UdpSocket) -> io::Result<ws::RIO_RQ> {
+        let Some(cq) = self.cq.as_ref().map(|c| c.cq) else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the backend is shut down",
+            ));
+        };
+        let (recv_depth, send_depth) = self.rq_depth;
+        let create_rq = self.fns.create_rq;
+        let create = || {
+            // SAFETY: a valid socket and completion queue (used from this thread only); one
+            // data buffer per request; no socket context. Fails for a socket made without
+            // WSA_FLAG_REGISTERED_IO.
+            let rq = unsafe { create_rq(raw(socket), recv_depth, 1, send_depth, 1, cq, cq, ptr::null()) };
+            if rq == 0 {
+                Err(last_wsa_error())
+            } else {
+                Ok(rq)
+            }
+        };
+        match create() {
+            Err(e) if e.raw_os_error() == Some(ws::WSAENOBUFS) => {
+                let grown = self
+                    .cq_size
+                    .saturating_add(recv_depth.saturating_add(send_depth))
+                    .min(ws::RIO_MAX_CQ_SIZE);
+                // SAFETY: a valid completion queue, used from this thread only (nothing dequeues
+                // from it meanwhile); RIO keeps the completions it holds.
+                if grown == self.cq_size || unsafe { (self.fns.resize_cq)(cq, grown) } == 0 {
+                    return Err(e);
+                }
+                self.cq_size = grown;
+                create()
+            }
+            r => r,
+        }
+    }
+
     /// Nothing is outstanding in the kernel.
     fn quiescent(&self) -> bool {
         self.recv.posted() == 0 && self.sends.outstanding() == 0
@@ -1396,6 +1476,53 @@ impl IoBackend for RioBackend {
 
     fn stats(&self) -> IoStats {
         self.stats
+    }
+
+    fn rebind(&mut self, socket: UdpSocket) -> io::Result<SocketAddr> {
+        if self.shut_down || self.socket.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the backend is shut down",
+            ));
+        }
+        // The new socket is made ready first, its request queue included: if anything fails,
+        // nothing has changed.
+        let prepared = socket
+            .local_addr()
+            .and_then(|local| {
+                configure_socket(&socket, local.is_ipv6())
+                    .map_err(|(what, e)| io::Error::new(e.kind(), format!("{what}: {e}")))?;
+                Ok(local)
+            })
+            .and_then(|local| Ok((local, self.create_rq(&socket)?)));
+        let (local, rq) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.rebinds_failed += 1;
+                return Err(e);
+            }
+        };
+        let (uso_segments, uro) = offloads(&socket, self.max_udp_payload, self.uro_max);
+        // What was posted deferred on the old queue is started there, so it completes (aborted)
+        // when the old socket closes. (Should a commit fail, the close still completes those
+        // requests; the flags then only make the next commit, on the new queue, start nothing.)
+        self.commit();
+        self.rq = rq;
+        let old = self.socket.replace(socket);
+        self.local = local;
+        self.socket_is_v6 = local.is_ipv6();
+        if uso_segments < self.uso_segments {
+            self.sends.limit_per_part(uso_segments);
+        }
+        self.uso_segments = uso_segments;
+        // Closing the old socket completes every request still outstanding on its queue, with
+        // WSA_OPERATION_ABORTED, on the shared completion queue; their slots come back as any
+        // completion's do, and free receive slots are posted on the new queue (next refill).
+        drop(old);
+        self.refill();
+        self.stats.rebinds += 1;
+        debug!(%local, uso_segments, uro, "rebound to a new socket");
+        Ok(local)
     }
 
     fn shutdown(&mut self) {
@@ -1683,6 +1810,53 @@ mod tests {
             seen[usize::from(d[0])] = true;
         }
         assert!(seen.iter().all(|s| *s));
+    }
+
+    /// `rebind`: a socket without `WSA_FLAG_REGISTERED_IO` cannot carry a request queue and is
+    /// refused (counted), the old socket still served; a registered one takes over at once, the
+    /// old one is closed (its port free), its aborted requests come back, and the new socket
+    /// sends and receives.
+    #[test]
+    fn rio_rebind_moves_to_the_new_socket() {
+        let c = cfg();
+        let (Some(mut a), Some(mut b)) = (
+            backend(&c, RioOptions::default()),
+            backend(&c, RioOptions::default()),
+        ) else {
+            return;
+        };
+        let old = a.local_addr().unwrap();
+        let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
+        plain.set_nonblocking(true).unwrap();
+        let plain_taken = a.rebind(plain).is_ok();
+        if plain_taken {
+            eprintln!("this system accepts RIO on a socket without WSA_FLAG_REGISTERED_IO");
+        } else {
+            assert_eq!(a.stats().rebinds_failed, 1);
+            assert_eq!(a.local_addr().unwrap(), old);
+        }
+        let old = a.local_addr().unwrap();
+        let fresh = registered("127.0.0.1:0");
+        fresh.set_nonblocking(true).unwrap();
+        let new = fresh.local_addr().unwrap();
+        assert_eq!(a.rebind(fresh).unwrap(), new);
+        assert_eq!(a.local_addr().unwrap(), new);
+        UdpSocket::bind(old).expect("the old port is free");
+        send(&mut a, b.local_addr().unwrap(), b"from the new socket", None);
+        a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
+        let got = collect(&mut b, 1, THREE_SECONDS);
+        assert_eq!(got.len(), 1, "{:?}", a.stats());
+        assert_eq!(got[0].0.remote, new);
+        send(&mut b, new, b"to the new socket", None);
+        b.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
+        // Every receive slot was posted on the old queue: this one came back aborted and was
+        // posted again, on the new queue.
+        let got = collect(&mut a, 1, THREE_SECONDS);
+        assert_eq!(got.len(), 1, "{:?}", a.stats());
+        assert_eq!(&got[0].1[..], b"to the new socket");
+        assert_eq!(a.stats().rebinds, 1 + u64::from(plain_taken));
+        a.shutdown();
+        assert!(a.quiescent() && a.arena.is_none(), "freed, not leaked");
     }
 
     #[test]

@@ -55,39 +55,10 @@ pub(crate) struct TxBuf {
     pub(crate) buf: Vec<u8>,
 }
 
-/// Counters kept by a backend, reported through [`crate::EndpointIoStats`].
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct IoStats {
-    pub datagrams_received: u64,
-    pub bytes_received: u64,
-    pub datagrams_sent: u64,
-    pub bytes_sent: u64,
-    /// Datagrams dropped on receive: truncated (did not fit a buffer) or with unparsable
-    /// metadata.
-    pub recv_dropped: u64,
-    /// Times every receive buffer was in use (`ENOBUFS` on the provided-buffer ring); datagrams
-    /// wait in the kernel's socket buffer meanwhile, lost only if that overflows too.
-    pub recv_starved: u64,
-    /// Multishot receives the kernel ended and we re-armed.
-    pub recv_rearms: u64,
-    /// Sends that failed: the datagram is dropped, as a lossy network would, and QUIC recovers
-    /// it. On io_uring a full socket buffer (`EAGAIN`, `ENOBUFS`) counts too; the poll backend
-    /// queues such sends until the socket is writable instead.
-    pub send_errors: u64,
-    /// Times the driver found every TX buffer in flight.
-    pub tx_exhausted: u64,
-    /// Times a GSO send was refused and the backend fell back to one datagram per send.
-    pub gso_disabled: u64,
-    /// Receives handed to quinn-proto in the buffer the kernel filled, without a copy.
-    pub recv_zero_copy: u64,
-    /// Sends submitted as zero-copy (`SENDMSG_ZC`).
-    pub send_zero_copy: u64,
-    /// Zero-copy sends the kernel reported it copied after all (always, on loopback).
-    pub send_zero_copy_copied: u64,
-    /// Receive buffers lent out by zero-copy receive and still held (not a counter: the
-    /// number now, at most the zero-copy budget's worth).
-    pub recv_lent: u64,
-}
+/// Counters a backend keeps: the I/O part of the public [`EndpointIoStats`] (the backend fills
+/// the receive, send, buffer and rebind counters; the I/O loop adds its own before publishing).
+/// One struct, so a counter is named and documented once.
+pub(crate) type IoStats = crate::stats::EndpointIoStats;
 
 /// What a backend needs to know, validated by the builder before the I/O thread starts.
 #[derive(Debug, Clone)]
@@ -190,6 +161,13 @@ pub(crate) trait IoBackend {
     fn waker(&self) -> Arc<dyn Wakeup>;
     /// Counters.
     fn stats(&self) -> IoStats;
+    /// Serve `socket` (bound, non-blocking, checked by `socket::adopt`) from now on instead of
+    /// the current socket, and return its local address. The backend sets the options it needs
+    /// and arms the new socket's receives as at start, and closes the old socket once no
+    /// operation on it is in flight any more (at once where none can be: poll). Never waits
+    /// for the kernel. On an error (counted in [`IoStats::rebinds_failed`]) nothing changed:
+    /// the old socket is still served, and `socket` is dropped.
+    fn rebind(&mut self, socket: std::net::UdpSocket) -> io::Result<SocketAddr>;
     /// Cancel everything in flight and wait until the kernel no longer references any buffer.
     /// Called once before the backend is dropped; `Drop` must also be safe without it.
     fn shutdown(&mut self);

@@ -29,6 +29,14 @@
 //!   send), later sends carry one datagram each.
 //! * The eventfd is the application's wakeup: [`EventFdWaker::wake`] writes it, the ring's
 //!   multishot poll completes, `io_uring_enter` returns.
+//! * `rebind` (`Endpoint::rebind`) sets the options on the new socket and arms its receive at
+//!   once; the old socket is kept open, its multishot receive cancelled, until the kernel has
+//!   completed every operation on it (the receive's last completion, every send submitted on
+//!   it), and only then closed (`Retiring`). Completions say which socket they were for: a
+//!   receive's user_data carries its socket's generation, a send's slot remembers it. Until
+//!   then datagrams still arriving on the old socket are delivered like any other. The buffer
+//!   ring, the receive buffers and the TX slots are shared by both sockets and freed only by
+//!   `shutdown`, which waits for the old sockets' operations too.
 //! * Shutdown cancels the receive and the poll, waits (bounded) until every operation has
 //!   completed, unregisters the buffer ring and only then frees memory. If the kernel does not
 //!   give everything back in time the memory is leaked on purpose: leaking is safe, freeing
@@ -64,6 +72,10 @@ const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
 /// `IORING_NOTIF_USAGE_ZC_COPIED`, in a notification's result.
 const NOTIF_USAGE_ZC_COPIED: i32 = 1 << 31;
 const KIND_MASK: u64 = 0xff << 56;
+/// A receive's user_data (and its cancel's): `RECV | generation` of the socket it is on.
+const GENERATION_MASK: u64 = 0xffff_ffff;
+/// In a cancel's user_data: the cancel of the eventfd poll (not of a socket's receive).
+const CANCEL_WAKE: u64 = 1 << 32;
 const BGID: u16 = 0;
 /// `sizeof(struct io_uring_recvmsg_out)`.
 const RECVMSG_OUT: usize = 16;
@@ -154,6 +166,23 @@ struct SendSlot {
     /// (`None`: not registered). A send uses the registration only while the buffer is still
     /// that memory.
     fixed: Option<(usize, usize)>,
+    /// Generation of the socket the send in flight went out on (`UringBackend::generation`).
+    generation: u32,
+}
+
+/// A socket `rebind` replaced, kept open until the kernel has completed every operation on it:
+/// closing it earlier would leave the kernel working on a file we no longer name (and, for
+/// sends still in the submission queue, let the descriptor's number be reused under them).
+struct Retiring {
+    socket: std::net::UdpSocket,
+    generation: u32,
+    /// Its multishot receives still armed (0 or 1).
+    recv_armed: usize,
+    /// Its sends whose TX slot the kernel still holds.
+    sends: usize,
+    /// Its receive's cancel is still to be queued: at the rebind, or again after a cancel that
+    /// found nothing to cancel while the receive had not ended yet.
+    cancel_due: bool,
 }
 
 /// The shared-memory ring of provided buffers (`IORING_REGISTER_PBUF_RING`).
@@ -225,7 +254,15 @@ pub(crate) struct UringBackend {
     // has completed every operation, and leaks the memory if it has not.
     ring: IoUring,
     socket: std::net::UdpSocket,
+    /// Generation of `socket`, one more at each `rebind`: in its receive's user_data and in
+    /// each send slot, so a completion says which socket it was for.
+    generation: u32,
+    /// Sockets replaced by `rebind` that the kernel still has operations on; each is closed
+    /// (`retire`) once it has none.
+    retiring: Vec<Retiring>,
     socket_is_v6: bool,
+    /// Whether GRO is asked for on a socket: a receive buffer holds a whole batch.
+    want_gro: bool,
     waker: Arc<EventFdWaker>,
     recv_msg: Box<libc::msghdr>,
     buf_ring: Option<BufRing>,
@@ -267,7 +304,8 @@ impl UringBackend {
     ) -> Result<Self, crate::EndpointError> {
         let payload_room = cfg.recv_buffer_size.saturating_sub(RECV_HEADROOM);
         // GRO can hand us up to 64 KiB at once; with smaller buffers it would truncate.
-        let features = cmsg::configure_socket(&socket, payload_room >= u16::MAX as usize)?;
+        let want_gro = payload_room >= u16::MAX as usize;
+        let features = cmsg::configure_socket(&socket, want_gro)?;
         let io_err =
             |what: &'static str| move |source: io::Error| crate::EndpointError::Backend { what, source };
         let entries = u16::try_from(cfg.recv_buffers.next_power_of_two())
@@ -313,6 +351,7 @@ impl UringBackend {
                 segment: None,
                 fixed_send: false,
                 fixed: None,
+                generation: 0,
             })
             .collect();
         debug!(
@@ -324,7 +363,10 @@ impl UringBackend {
         let mut this = Self {
             ring,
             socket,
+            generation: 0,
+            retiring: Vec::new(),
             socket_is_v6,
+            want_gro,
             waker,
             recv_msg,
             buf_ring: Some(buf_ring),
@@ -433,7 +475,7 @@ impl UringBackend {
     fn arm_recv(&mut self) {
         let sqe = opcode::RecvMsgMulti::new(self.fd(), &*self.recv_msg as *const _, BGID)
             .build()
-            .user_data(RECV);
+            .user_data(RECV | u64::from(self.generation));
         if self.push(sqe) {
             self.recv_armed += 1;
         }
@@ -460,11 +502,24 @@ impl UringBackend {
         );
     }
 
-    fn handle_recv(&mut self, res: i32, flags: u32, on_recv: &mut dyn FnMut(RecvMeta, BytesMut)) {
+    /// A completion of the multishot receive on the socket of `generation` (the current one or
+    /// one retiring; a retiring socket's datagrams are delivered like any other).
+    fn handle_recv(
+        &mut self,
+        generation: u32,
+        res: i32,
+        flags: u32,
+        on_recv: &mut dyn FnMut(RecvMeta, BytesMut),
+    ) {
         if !cqueue::more(flags) {
-            self.recv_armed = self.recv_armed.saturating_sub(1);
-            if !self.shut_down {
-                self.stats.recv_rearms += 1;
+            if generation == self.generation {
+                self.recv_armed = self.recv_armed.saturating_sub(1);
+                if !self.shut_down {
+                    self.stats.recv_rearms += 1;
+                }
+            } else if let Some(r) = self.retiring.iter_mut().find(|r| r.generation == generation) {
+                // Ended (cancelled, or by the kernel): not re-armed.
+                r.recv_armed = r.recv_armed.saturating_sub(1);
             }
         }
         let Some(bid) = cqueue::buffer_select(flags) else {
@@ -535,7 +590,9 @@ impl UringBackend {
             if res & NOTIF_USAGE_ZC_COPIED != 0 {
                 self.stats.send_zero_copy_copied += 1;
             }
-            if !self.tx.complete(slot) {
+            if self.tx.complete(slot) {
+                self.send_done(slot);
+            } else {
                 warn!(slot, "notification for a TX slot that was not in flight");
             }
             return;
@@ -545,8 +602,8 @@ impl UringBackend {
             return;
         };
         // A zero-copy send with MORE set is followed by a notification, which frees the slot.
-        if !cqueue::more(flags) {
-            self.tx.complete(slot);
+        if !cqueue::more(flags) && self.tx.complete(slot) {
+            self.send_done(slot);
         }
         if res >= 0 && (res as usize) < len {
             // UDP sends are all or nothing; a short count means the datagram is not what we
@@ -597,6 +654,70 @@ impl UringBackend {
         }
     }
 
+    /// The kernel gave `slot`'s buffer back: if its send went out on a retiring socket, that
+    /// socket has one operation less in flight.
+    fn send_done(&mut self, slot: u32) {
+        let generation = self.slots[slot as usize].generation;
+        if generation != self.generation {
+            if let Some(r) = self.retiring.iter_mut().find(|r| r.generation == generation) {
+                r.sends = r.sends.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Queue the cancels of retiring sockets' receives that are due, and close every retiring
+    /// socket the kernel has no operation on any more.
+    fn retire(&mut self) {
+        let mut i = 0;
+        while i < self.retiring.len() {
+            let (generation, recv_armed, sends, cancel_due) = {
+                let r = &self.retiring[i];
+                (r.generation, r.recv_armed, r.sends, r.cancel_due)
+            };
+            if recv_armed == 0 && sends == 0 {
+                // Nothing of this socket is in the kernel's hands: close it.
+                let r = self.retiring.swap_remove(i);
+                debug!(addr = ?r.socket.local_addr().ok(), "old socket closed after rebind");
+                continue;
+            }
+            if recv_armed > 0 && cancel_due && self.cancel_recv(generation) {
+                self.retiring[i].cancel_due = false;
+            }
+            i += 1;
+        }
+    }
+
+    /// Queue the cancel of the receive on the socket of `generation`; false if the submission
+    /// queue had no room (try again later).
+    #[must_use]
+    fn cancel_recv(&mut self, generation: u32) -> bool {
+        let target = RECV | u64::from(generation);
+        // Every request with this user_data, however many are outstanding.
+        let cancel = types::CancelBuilder::user_data(target).all();
+        let sqe = opcode::AsyncCancel2::new(cancel)
+            .build()
+            .user_data(CANCEL | u64::from(generation));
+        let pushed = self.push(sqe);
+        if pushed {
+            self.cancels_in_flight += 1;
+        }
+        pushed
+    }
+
+    /// A cancel completed. One that failed (nothing found, or the receive already running)
+    /// while a retiring socket's receive is still armed is queued again next turn: that socket
+    /// must not stay open for good.
+    fn handle_cancel(&mut self, ud: u64, res: i32) {
+        self.cancels_in_flight = self.cancels_in_flight.saturating_sub(1);
+        if res >= 0 || ud & CANCEL_WAKE != 0 {
+            return;
+        }
+        let generation = (ud & GENERATION_MASK) as u32;
+        if let Some(r) = self.retiring.iter_mut().find(|r| r.generation == generation) {
+            r.cancel_due = true;
+        }
+    }
+
     /// Submit queued SQEs and wait for a completion until `deadline`.
     fn enter(&mut self, deadline: Option<Instant>) -> io::Result<()> {
         self.unsubmitted = 0;
@@ -628,7 +749,7 @@ impl UringBackend {
         let mut cqes = std::mem::take(&mut self.cqes);
         for (ud, res, flags) in cqes.drain(..) {
             match ud & KIND_MASK {
-                RECV => self.handle_recv(res, flags, on_recv),
+                RECV => self.handle_recv((ud & GENERATION_MASK) as u32, res, flags, on_recv),
                 SEND => self.handle_send((ud & !KIND_MASK) as u32, res, flags),
                 WAKE => {
                     self.waker.drain();
@@ -636,7 +757,7 @@ impl UringBackend {
                         self.wake_armed = self.wake_armed.saturating_sub(1);
                     }
                 }
-                CANCEL => self.cancels_in_flight = self.cancels_in_flight.saturating_sub(1),
+                CANCEL => self.handle_cancel(ud, res),
                 _ => warn!(user_data = ud, "completion with unknown user_data"),
             }
         }
@@ -645,6 +766,7 @@ impl UringBackend {
 
     fn quiescent(&self) -> bool {
         self.recv_armed == 0
+            && self.retiring.iter().all(|r| r.recv_armed == 0)
             && self.wake_armed == 0
             && self.tx.in_flight() == 0
             && self.cancels_in_flight == 0
@@ -759,6 +881,7 @@ impl IoBackend for UringBackend {
         };
         slot.msg.msg_controllen = clen;
         slot.msg.msg_flags = 0;
+        slot.generation = self.generation;
         let fd = types::Fd(self.socket.as_raw_fd());
         let sqe = if len >= self.send_zc_min {
             self.stats.send_zero_copy += 1;
@@ -816,8 +939,11 @@ impl IoBackend for UringBackend {
         self.enter(deadline)?;
         self.reap_into_buffer();
         self.dispatch(on_recv);
+        if !self.retiring.is_empty() {
+            self.retire();
+        }
         if let Some(rx) = self.rx.as_ref() {
-            self.stats.recv_lent = (rx.lent() + self.copies.lent()) as u64;
+            self.stats.recv_buffers_lent = (rx.lent() + self.copies.lent()) as u64;
         }
         Ok(())
     }
@@ -830,20 +956,82 @@ impl IoBackend for UringBackend {
         self.stats
     }
 
+    fn rebind(&mut self, socket: std::net::UdpSocket) -> io::Result<SocketAddr> {
+        if self.shut_down {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the backend is shut down",
+            ));
+        }
+        // The new socket is made ready first: if that fails, nothing has changed.
+        let prepared = socket.local_addr().and_then(|local| {
+            cmsg::configure_socket(&socket, self.want_gro)
+                .map(|f| (local, f))
+                .map_err(io::Error::from)
+        });
+        let (local, features) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.rebinds_failed += 1;
+                return Err(e);
+            }
+        };
+        let old = std::mem::replace(&mut self.socket, socket);
+        let old_generation = self.generation;
+        // A generation still retiring is never reused (it would take 2^32 rebinds to come round).
+        self.generation = self.generation.wrapping_add(1);
+        while self.retiring.iter().any(|r| r.generation == self.generation) {
+            self.generation = self.generation.wrapping_add(1);
+        }
+        self.socket_is_v6 = local.is_ipv6();
+        self.gso_segments = features.gso_segments;
+        self.gro = features.gro;
+        // Every slot in flight now was sent on the old socket (or an older one, which keeps its
+        // own count).
+        let sends = (0..self.slots.len())
+            .filter(|&i| self.slots[i].generation == old_generation && self.tx.parked(i as u32).is_some())
+            .count();
+        self.retiring.push(Retiring {
+            socket: old,
+            generation: old_generation,
+            recv_armed: std::mem::take(&mut self.recv_armed),
+            sends,
+            cancel_due: true,
+        });
+        self.arm_recv();
+        self.retire();
+        self.stats.rebinds += 1;
+        debug!(
+            %local,
+            gro = features.gro,
+            gso = features.gso_segments,
+            "rebound to a new socket"
+        );
+        Ok(local)
+    }
+
     fn shutdown(&mut self) {
         if self.shut_down {
             return;
         }
         self.shut_down = true;
-        for target in [RECV, WAKE] {
-            // Cancel every request with this user_data, however many are outstanding.
+        // Cancel the receive and the eventfd poll, every request with their user_data however
+        // many are outstanding; the retiring sockets' receives are cancelled (again) by
+        // `retire` in the wait below.
+        let current = RECV | u64::from(self.generation);
+        let wake_cancel = CANCEL | CANCEL_WAKE;
+        for (target, ud) in [
+            (current, CANCEL | u64::from(self.generation)),
+            (WAKE, wake_cancel),
+        ] {
             let cancel = types::CancelBuilder::user_data(target).all();
-            if self.push(opcode::AsyncCancel2::new(cancel).build().user_data(CANCEL)) {
+            if self.push(opcode::AsyncCancel2::new(cancel).build().user_data(ud)) {
                 self.cancels_in_flight += 1;
             }
         }
         let give_up = Instant::now() + Duration::from_secs(5);
         let mut sink = |_: RecvMeta, _: BytesMut| {};
+        self.retire();
         while !self.quiescent() && Instant::now() < give_up {
             if let Err(e) = self.enter(Some(Instant::now() + Duration::from_millis(50))) {
                 warn!("io_uring_enter during shutdown: {e}");
@@ -851,6 +1039,7 @@ impl IoBackend for UringBackend {
             }
             self.reap_into_buffer();
             self.dispatch(&mut sink);
+            self.retire();
         }
         if self.quiescent() {
             // SAFETY-relevant ordering: nothing references the provided buffers any more, so
@@ -1225,6 +1414,145 @@ mod tests {
             "an ordinary GSO send's EINVAL turns GSO off"
         );
         assert_eq!(b.tx.in_flight(), 0);
+    }
+
+    /// Bind `addr` again, retrying for up to `within` (the kernel releases a socket's port when
+    /// its last reference goes, which for an io_uring operation is when it completes).
+    fn rebind_port(addr: SocketAddr, within: Duration) -> io::Result<UdpSocket> {
+        let end = Instant::now() + within;
+        loop {
+            match UdpSocket::bind(addr) {
+                Ok(s) => return Ok(s),
+                Err(e) if Instant::now() >= end => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    /// `rebind` serves the new socket at once and closes the old one only once the kernel is
+    /// done with it: its multishot receive cancelled and ended, every send submitted on it
+    /// (here still in the submission queue at the rebind) completed. Then nothing is left on
+    /// the old descriptor, its port can be bound again, and the new socket sends and receives.
+    #[test]
+    fn rebind_closes_the_old_socket_once_nothing_is_in_flight() {
+        let c = cfg(8, 65536 + 256);
+        let (Some(mut a), Some(mut peer)) = (backend(&c), backend(&c)) else {
+            return;
+        };
+        let old = a.local_addr().unwrap();
+        let to = peer.local_addr().unwrap();
+        for i in 0..3u8 {
+            send(&mut a, to, &[i; 1000], None);
+        }
+        assert_eq!((a.recv_armed, a.tx.in_flight()), (1, 3));
+        let fresh = crate::socket::create("127.0.0.1:0".parse().unwrap()).unwrap();
+        let new = fresh.local_addr().unwrap();
+        assert_eq!(a.rebind(fresh).unwrap(), new);
+        assert_eq!(a.local_addr().unwrap(), new);
+        assert_eq!(a.recv_armed, 1, "the new socket's receive is armed");
+        assert_eq!(
+            a.retiring.len(),
+            1,
+            "the old socket stays open while the kernel has its operations"
+        );
+        assert_eq!((a.retiring[0].recv_armed, a.retiring[0].sends), (1, 3));
+        turn_until(&mut a, TWO_SECONDS, |a| a.retiring.is_empty());
+        assert!(a.retiring.is_empty(), "old socket still open: {:?}", a.stats());
+        assert_eq!(a.tx.in_flight(), 0);
+        assert_eq!(a.cancels_in_flight, 0);
+        rebind_port(old, TWO_SECONDS).expect("the old socket's port is free again");
+        // What was sent before the rebind left from the old address, what is sent now from the
+        // new one; the new socket receives.
+        let before = collect(&mut peer, 3, TWO_SECONDS);
+        assert_eq!(before.len(), 3);
+        assert!(before.iter().all(|(m, d)| m.remote == old && d.len() == 1000));
+        send(&mut a, to, b"after", None);
+        a.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
+        let after = collect(&mut peer, 1, TWO_SECONDS);
+        assert_eq!(after.len(), 1);
+        assert_eq!((after[0].0.remote, &after[0].1[..]), (new, &b"after"[..]));
+        send(&mut peer, new, b"to the new socket", None);
+        peer.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
+        let got = collect(&mut a, 1, TWO_SECONDS);
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].1[..], b"to the new socket");
+        let s = a.stats();
+        assert_eq!((s.rebinds, s.rebinds_failed, s.send_errors), (1, 0, 0), "{s:?}");
+        a.shutdown();
+        assert!(
+            a.quiescent() && a.rx.is_some(),
+            "shut down cleanly, memory reclaimed"
+        );
+    }
+
+    /// Rebinds in a row, each while the previous old socket may still be retiring, and a
+    /// shutdown right after the last one: every old socket is closed, the shutdown waits for
+    /// their operations too and frees the memory (does not leak it).
+    #[test]
+    fn rebinds_in_a_row_then_shutdown() {
+        let c = cfg(8, 65536 + 256);
+        let Some(mut a) = backend(&c) else { return };
+        let discard: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut olds = vec![a.local_addr().unwrap()];
+        for _ in 0..4 {
+            send(&mut a, discard, &[0u8; 1200], None);
+            let fresh = crate::socket::create("127.0.0.1:0".parse().unwrap()).unwrap();
+            a.rebind(fresh).unwrap();
+            olds.push(a.local_addr().unwrap());
+        }
+        olds.pop();
+        assert!(!a.retiring.is_empty());
+        a.shutdown();
+        assert!(a.quiescent(), "everything completed");
+        assert!(a.retiring.is_empty(), "every old socket closed");
+        assert!(a.rx.is_some(), "memory was reclaimed, not leaked");
+        for addr in olds {
+            rebind_port(addr, TWO_SECONDS).expect("old port free");
+        }
+        assert_eq!(a.stats().rebinds, 4);
+    }
+
+    /// A socket the backend cannot set up (here: not an internet socket, so it has no UDP
+    /// address) is refused and counted; the backend goes on with the socket it has.
+    #[test]
+    fn a_refused_rebind_keeps_the_old_socket() {
+        let c = cfg(8, 65536 + 256);
+        let (Some(mut a), Some(mut peer)) = (backend(&c), backend(&c)) else {
+            return;
+        };
+        let old = a.local_addr().unwrap();
+        let (unix, _other) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let not_udp = UdpSocket::from(OwnedFd::from(unix));
+        assert!(a.rebind(not_udp).is_err());
+        assert_eq!(a.local_addr().unwrap(), old);
+        assert!(a.retiring.is_empty());
+        assert_eq!((a.stats().rebinds, a.stats().rebinds_failed), (0, 1));
+        send(&mut peer, old, b"still here", None);
+        peer.turn(Some(Instant::now()), &mut |_, _| {}).unwrap();
+        let got = collect(&mut a, 1, TWO_SECONDS);
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].1[..], b"still here");
+    }
+
+    /// A cancel that finds nothing while the retiring socket's receive is still armed (the
+    /// kernel raced it) is queued again, so the old socket cannot stay open for good.
+    #[test]
+    fn a_failed_cancel_of_a_retiring_receive_is_retried() {
+        let c = cfg(8, 65536 + 256);
+        let Some(mut a) = backend(&c) else { return };
+        let fresh = crate::socket::create("127.0.0.1:0".parse().unwrap()).unwrap();
+        a.rebind(fresh).unwrap();
+        let old_generation = a.retiring[0].generation;
+        assert!(!a.retiring[0].cancel_due, "cancel queued at the rebind");
+        a.cancels_in_flight += 1;
+        a.cqes
+            .push((CANCEL | u64::from(old_generation), -libc::ENOENT, 0));
+        a.dispatch(&mut |_, _| {});
+        // Nothing was submitted yet: the receive is still armed, and its cancel is due again.
+        assert_eq!(a.retiring[0].recv_armed, 1);
+        assert!(a.retiring[0].cancel_due, "the cancel is queued again");
+        turn_until(&mut a, TWO_SECONDS, |a| a.retiring.is_empty());
+        assert!(a.retiring.is_empty());
     }
 
     /// A submission queue smaller than one turn's sends: pushing submits as it goes, nothing is

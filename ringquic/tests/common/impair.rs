@@ -10,6 +10,11 @@
 //!   original (to QUIC a corrupted packet must look like a lost one).
 //! * **delay**: every datagram waits `delay` plus a uniform `0..jitter` in a time-ordered queue
 //!   (jitter reorders too).
+//! * **NAT rebinding** ([`ImpairedRelay::rebind_after`]): after so many client → server bytes,
+//!   client → server datagrams leave from a fresh port (the server sees the client's address
+//!   change, the client does not), as behind a NAT whose mapping changed; what the server
+//!   still sends to an old port is lost. The fresh port's socket has a thread of its own that
+//!   hands the server's datagrams to the relay's socket, where they are impaired like the rest.
 //!
 //! One thread, one socket. The socket has a read timeout so the loop sees the stop flag; the
 //! thread is stopped and joined on drop. It only ever sends to the server address it was given
@@ -175,6 +180,16 @@ struct Shared {
     blackhole: AtomicBool,
     stop: AtomicBool,
     counters: [DirCounters; 2],
+    /// Client → server bytes so far.
+    to_server_bytes: AtomicU64,
+    /// At this many client → server bytes, move to a fresh server-facing port (`u64::MAX`:
+    /// never).
+    rebind_at: AtomicU64,
+    /// Then again every this many bytes (0: once).
+    rebind_every: AtomicU64,
+    rebinds: AtomicU64,
+    /// Datagrams the server sent to a port the relay had moved away from (lost).
+    stale: AtomicU64,
 }
 
 /// The impairing relay. Point the client at [`ImpairedRelay::addr`].
@@ -207,6 +222,11 @@ impl ImpairedRelay {
             blackhole: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             counters: Default::default(),
+            to_server_bytes: AtomicU64::new(0),
+            rebind_at: AtomicU64::new(u64::MAX),
+            rebind_every: AtomicU64::new(0),
+            rebinds: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
         });
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
@@ -233,6 +253,26 @@ impl ImpairedRelay {
     /// Drop everything, both ways, from now on (or stop doing so).
     pub fn blackhole(&self, on: bool) {
         self.shared.blackhole.store(on, Ordering::Relaxed);
+    }
+
+    /// NAT rebinding: once `bytes` more client → server bytes have passed, forward client →
+    /// server datagrams from a fresh port; with `every`, again each time that many more have.
+    pub fn rebind_after(&self, bytes: u64, every: Option<u64>) {
+        let now = self.shared.to_server_bytes.load(Ordering::Relaxed);
+        self.shared
+            .rebind_every
+            .store(every.unwrap_or(0), Ordering::Relaxed);
+        self.shared.rebind_at.store(now + bytes, Ordering::Relaxed);
+    }
+
+    /// How many times the relay moved to a fresh server-facing port.
+    pub fn rebinds(&self) -> u64 {
+        self.shared.rebinds.load(Ordering::Relaxed)
+    }
+
+    /// Datagrams the server sent to a server-facing port the relay had left (lost).
+    pub fn stale(&self) -> u64 {
+        self.shared.stale.load(Ordering::Relaxed)
     }
 
     pub fn stats(&self) -> RelayStats {
@@ -267,6 +307,11 @@ struct Worker {
     sock: UdpSocket,
     server: SocketAddr,
     client: Option<SocketAddr>,
+    /// After a NAT rebinding: the server-facing socket and its address (before one, `sock`
+    /// faces both ways).
+    up: Option<(UdpSocket, SocketAddr)>,
+    /// The threads handing the server-facing sockets' datagrams to `sock`.
+    readers: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
     rng: Rng,
     /// Delayed datagrams, earliest release first.
@@ -282,6 +327,8 @@ impl Worker {
             sock,
             server,
             client: None,
+            up: None,
+            readers: Vec::new(),
             shared,
             rng: Rng::new(seed),
             queue: BinaryHeap::new(),
@@ -299,8 +346,16 @@ impl Worker {
             let Ok((n, from)) = self.sock.recv_from(&mut buf) else {
                 continue;
             };
-            let dir = if from == self.server {
+            let dir = if self.up.as_ref().is_some_and(|(_, up)| *up == from) {
+                // The server's datagram, handed over by the server-facing socket's reader.
+                Dir::ToClient
+            } else if from == self.server {
                 if self.client.is_none() {
+                    continue;
+                }
+                if self.up.is_some() {
+                    // Sent to the port the relay moved away from: the old mapping is gone.
+                    bump(&self.shared.stale);
                     continue;
                 }
                 Dir::ToClient
@@ -313,8 +368,61 @@ impl Worker {
                 // Neither the server nor our one client: never forward.
                 continue;
             };
+            if dir == Dir::ToServer {
+                self.count_to_server(n);
+            }
             self.on_datagram(dir as usize, &buf[..n]);
         }
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+
+    /// Count client → server bytes; at the threshold, move to a fresh server-facing port.
+    fn count_to_server(&mut self, n: usize) {
+        let sh = &self.shared;
+        let total = sh.to_server_bytes.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        if total < sh.rebind_at.load(Ordering::Relaxed) {
+            return;
+        }
+        let every = sh.rebind_every.load(Ordering::Relaxed);
+        let next = if every == 0 { u64::MAX } else { total + every };
+        sh.rebind_at.store(next, Ordering::Relaxed);
+        self.nat_rebind();
+    }
+
+    /// Forward to the server from a fresh port from now on. The old server-facing socket (if
+    /// any) closes once its reader has seen it replaced (within [`POLL`]).
+    fn nat_rebind(&mut self) {
+        let up = UdpSocket::bind("127.0.0.1:0").expect("relay's server-facing socket");
+        let s2 = socket2::SockRef::from(&up);
+        let _ = s2.set_recv_buffer_size(8 << 20);
+        let _ = s2.set_send_buffer_size(8 << 20);
+        up.set_read_timeout(Some(POLL)).unwrap();
+        let addr = up.local_addr().unwrap();
+        let generation = self.shared.rebinds.fetch_add(1, Ordering::Relaxed) + 1;
+        let reader = up.try_clone().expect("socket clone");
+        let (front, server, shared) = (self.sock.local_addr().unwrap(), self.server, self.shared.clone());
+        let current = move || {
+            !shared.stop.load(Ordering::Relaxed) && shared.rebinds.load(Ordering::Relaxed) == generation
+        };
+        let thread = std::thread::Builder::new()
+            .name("impair-relay-up".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while current() {
+                    let Ok((n, from)) = reader.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    // Replaced meanwhile: the mapping is gone, the datagram with it.
+                    if from == server && current() {
+                        let _ = reader.send_to(&buf[..n], front);
+                    }
+                }
+            })
+            .expect("relay reader thread");
+        self.readers.push(thread);
+        self.up = Some((up, addr));
     }
 
     fn on_datagram(&mut self, d: usize, data: &[u8]) {
@@ -403,7 +511,11 @@ impl Worker {
             }
         };
         let c = &self.shared.counters[d];
-        match self.sock.send_to(data, to) {
+        let sock = match &self.up {
+            Some((up, _)) if d == Dir::ToServer as usize => up,
+            _ => &self.sock,
+        };
+        match sock.send_to(data, to) {
             Ok(_) => bump(&c.forwarded),
             Err(_) => bump(&c.send_failed),
         }

@@ -88,6 +88,78 @@ macro_rules! path_scenarios {
                 );
             }
 
+            /// The client moves to a new socket itself (`Endpoint::rebind`) a quarter into a
+            /// 2 MiB echo: its local address is the new one (ringquic: once the I/O thread has
+            /// swapped, hence the wait), the server follows it there, the echo arrives intact,
+            /// the client switched to a new connection ID (active migration), and the old
+            /// socket's port is free afterwards (quinn-proto: migration; quinn: rebind).
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn active_rebind_mid_transfer() {
+                const SIZE: usize = 2 << 20;
+                let (server, client, _cert) = h::endpoints();
+                let (conn, server_conn) = h::connect(&server, &client).await;
+                let old = client.local_addr().unwrap();
+                let sc = server_conn.clone();
+                let echo = tokio::spawn(async move {
+                    let (mut send, mut recv) = sc.accept_bi().await.unwrap();
+                    let mut data = Vec::with_capacity(SIZE);
+                    while let Some(c) = recv.read_chunk(64 * 1024, true).await.unwrap() {
+                        data.extend_from_slice(&c.bytes);
+                        send.write_all(&c.bytes).await.unwrap();
+                    }
+                    send.finish().unwrap();
+                    sha256(&data)
+                });
+                let data = payload(SIZE, 6);
+                let fresh = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                let new = fresh.local_addr().unwrap();
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                let (_, back) = within(30, "transfer across a rebind", async {
+                    tokio::join!(
+                        async {
+                            send.write_all(&data[..SIZE / 4]).await.expect("write");
+                            client.rebind(fresh).expect("rebind");
+                            within(5, "the new local address", async {
+                                while client.local_addr().unwrap() != new {
+                                    tokio::time::sleep(Duration::from_millis(5)).await;
+                                }
+                            })
+                            .await;
+                            send.write_all(&data[SIZE / 4..]).await.expect("write");
+                            send.finish().unwrap();
+                        },
+                        recv.read_to_end(SIZE)
+                    )
+                })
+                .await;
+                assert_eq!(
+                    sha256(&back.expect("read back")),
+                    sha256(&data),
+                    "{}: echo differs",
+                    imp::NAME
+                );
+                let server_hash = within(5, "server", echo).await.unwrap();
+                assert_eq!(
+                    server_hash,
+                    sha256(&data),
+                    "{}: server got different bytes",
+                    imp::NAME
+                );
+                assert_eq!(
+                    server_conn.remote_address(),
+                    new,
+                    "{}: server did not follow",
+                    imp::NAME
+                );
+                let tx = conn.stats().frame_tx;
+                assert!(
+                    tx.retire_connection_id >= 1,
+                    "{}: no connection ID retired: {tx:?}",
+                    imp::NAME
+                );
+                wait_socket_released(old, 5, imp::NAME).await;
+            }
+
             /// A path that drops everything: both sides close with `TimedOut` after the idle
             /// timeout (quinn-proto: idle_timeout).
             #[tokio::test]
