@@ -8,8 +8,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use bytes::Bytes;
 use common::*;
-use h3::{error::Code, quic::StreamId};
-use h3_datagram::datagram_handler::HandleDatagramsExt;
+use h3::error::Code;
 use http::{Method, Request, Response, StatusCode};
 use ringquic::BackendKind;
 
@@ -230,70 +229,9 @@ async fn http_datagrams_echo() {
         let backend = backends()[0];
         let (server, client) = (ringquic_server(&id, backend), ringquic_client(&id, backend));
         let (s, c) = connect(&server, &client).await;
-        let server_task = tokio::spawn(async move {
-            let mut conn = h3::server::builder()
-                .enable_datagram(true)
-                .build::<_, Bytes>(s)
-                .await
-                .expect("h3 server");
-            let (_, mut stream) = conn
-                .accept()
-                .await
-                .unwrap()
-                .unwrap()
-                .resolve_request()
-                .await
-                .unwrap();
-            let mut reader = conn.get_datagram_reader();
-            let mut sender = conn.get_datagram_sender(stream.id());
-            for _ in 0..3 {
-                let d = reader.read_datagram().await.expect("datagram");
-                assert_eq!(d.stream_id(), stream.id());
-                sender.send_datagram(d.into_payload()).expect("echo datagram");
-            }
-            stream.send_response(Response::new(())).await.unwrap();
-            stream.finish().await.unwrap();
-            // Keep the connection until the client is done.
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn.accept()).await;
-        });
-        let (mut driver, mut send) = h3::client::builder()
-            .enable_datagram(true)
-            .build::<_, _, Bytes>(c)
-            .await
-            .expect("h3 client");
-        let mut stream = send
-            .send_request(Request::get("https://localhost/dgram").body(()).unwrap())
-            .await
-            .unwrap();
-        let stream_id: StreamId = stream.id();
-        let mut sender = driver.get_datagram_sender(stream_id);
-        let mut reader = driver.get_datagram_reader();
-        let driving = tokio::spawn(async move { driver.wait_idle().await });
-        // Datagrams may be lost: send each until its echo comes back (bounded).
-        for i in 0..3u8 {
-            let payload = Bytes::from(vec![i; 100 + i as usize]);
-            let mut echoed = false;
-            for _ in 0..20 {
-                sender.send_datagram(payload.clone()).expect("send datagram");
-                if let Ok(d) = tokio::time::timeout(Duration::from_millis(500), reader.read_datagram()).await
-                {
-                    let d = d.expect("echo");
-                    assert_eq!(d.stream_id(), stream_id);
-                    assert_eq!(d.payload(), &payload);
-                    echoed = true;
-                    break;
-                }
-            }
-            assert!(echoed, "datagram {i} never came back");
-        }
-        stream.finish().await.unwrap();
-        assert_eq!(stream.recv_response().await.unwrap().status(), StatusCode::OK);
-        // To the end of the response: the server has finished it before h3 closes the
-        // connection (which it does at once when the last request sender goes).
-        assert!(stream.recv_data().await.unwrap().is_none(), "an empty body");
-        drop((stream, send));
-        server_task.await.expect("server task");
-        let _ = driving.await;
+        let echoing = tokio::spawn(datagram_echo_server(s));
+        datagram_client(c).await.expect("datagrams");
+        echoing.await.expect("server task").expect("echo server");
     })
     .await;
 }

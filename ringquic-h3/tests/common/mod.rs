@@ -19,6 +19,7 @@ use std::{
 
 use bytes::{Buf, Bytes, BytesMut};
 use h3::quic;
+use h3_datagram::{datagram_handler::HandleDatagramsExt, quic_traits::DatagramConnectionExt};
 use http::{Method, Request, Response, StatusCode};
 use ringquic::BackendKind;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -353,6 +354,103 @@ where
     let (status, body) = fetch(&mut send, Method::GET, "/no/such/file", None).await?;
     assert_eq!(status, StatusCode::NOT_FOUND, "GET /no/such/file");
     assert_eq!(body, b"not found");
+    Ok(())
+}
+
+/// How many datagrams [`datagram_client`] has echoed.
+pub const DATAGRAMS: u8 = 3;
+
+/// An h3 server with HTTP datagrams on: takes one request, echoes [`DATAGRAMS`] datagrams
+/// on its stream, then answers it (200, no body). Generic over the QUIC stack.
+pub async fn datagram_echo_server<C>(conn: C) -> Result<(), BoxError>
+where
+    C: quic::Connection<Bytes> + DatagramConnectionExt<Bytes>,
+{
+    let mut conn = h3::server::builder()
+        .enable_datagram(true)
+        .build::<_, Bytes>(conn)
+        .await?;
+    let resolver = conn.accept().await?.ok_or("no request")?;
+    let (_, mut stream) = resolver.resolve_request().await?;
+    let mut reader = conn.get_datagram_reader();
+    let mut sender = conn.get_datagram_sender(stream.id());
+    let mut seen = std::collections::HashSet::new();
+    // The client resends a datagram until its echo arrives: duplicates are echoed too.
+    for _ in 0..200 {
+        if seen.len() == DATAGRAMS as usize {
+            break;
+        }
+        let d = reader.read_datagram().await?;
+        if d.stream_id() != stream.id() {
+            return Err(format!("datagram for stream {:?}, not {:?}", d.stream_id(), stream.id()).into());
+        }
+        let mut payload = d.into_payload();
+        let payload = payload.copy_to_bytes(payload.remaining());
+        seen.insert(payload.clone());
+        sender.send_datagram(payload)?;
+    }
+    stream.send_response(Response::new(())).await?;
+    stream.finish().await?;
+    // Until the client closes the connection (which ends accept), at most 5 s.
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.accept()).await;
+    Ok(())
+}
+
+/// An h3 client with HTTP datagrams on: opens a request, sends [`DATAGRAMS`] datagrams bound
+/// to its stream, each until its echo comes back (datagrams may be lost; bounded), checks
+/// every echo's stream and payload, and reads the response to its end.
+pub async fn datagram_client<C>(conn: C) -> Result<(), BoxError>
+where
+    C: quic::Connection<Bytes> + DatagramConnectionExt<Bytes> + Send + 'static,
+    C::SendStream: Send,
+    C::RecvStream: Send,
+{
+    let (mut driver, mut send) = h3::client::builder()
+        .enable_datagram(true)
+        .build::<_, _, Bytes>(conn)
+        .await?;
+    let mut stream = send
+        .send_request(Request::get("https://localhost/datagrams").body(())?)
+        .await?;
+    let stream_id = stream.id();
+    let mut sender = driver.get_datagram_sender(stream_id);
+    let mut reader = driver.get_datagram_reader();
+    let driving = tokio::spawn(async move { driver.wait_idle().await });
+    for i in 0..DATAGRAMS {
+        let payload = Bytes::from(vec![i; 100 + i as usize]);
+        let mut echoed = false;
+        for _ in 0..20 {
+            sender.send_datagram(payload.clone())?;
+            let Ok(d) = tokio::time::timeout(Duration::from_millis(500), reader.read_datagram()).await else {
+                continue;
+            };
+            let d = d?;
+            if d.stream_id() != stream_id {
+                return Err(format!("echo on stream {:?}, not {stream_id:?}", d.stream_id()).into());
+            }
+            let mut got = d.into_payload();
+            if got.copy_to_bytes(got.remaining()) == payload {
+                echoed = true;
+                break;
+            }
+            // An echo of an earlier datagram's resend: wait for ours.
+        }
+        if !echoed {
+            return Err(format!("datagram {i} never came back").into());
+        }
+    }
+    let _ = stream.finish().await;
+    let resp = stream.recv_response().await?;
+    if resp.status() != StatusCode::OK {
+        return Err(format!("status {}", resp.status()).into());
+    }
+    // To the end of the response: the server has finished it before h3 closes the
+    // connection (which it does at once when the last request sender goes).
+    if stream.recv_data().await?.is_some() {
+        return Err("a body where none was sent".into());
+    }
+    drop((stream, send));
+    let _ = tokio::time::timeout(Duration::from_secs(5), driving).await;
     Ok(())
 }
 
