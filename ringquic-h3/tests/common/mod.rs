@@ -581,3 +581,87 @@ pub fn example(name: &str) -> PathBuf {
     );
     path
 }
+
+/// The address at the end of a `listening on ADDR` line.
+pub fn listening_addr(line: &str) -> SocketAddr {
+    let addr = line.rsplit(' ').next().unwrap_or_default();
+    addr.parse()
+        .unwrap_or_else(|e| panic!("no address in {line:?}: {e}"))
+}
+
+/// A served directory for the process tests, and a file beside it (outside) that must never
+/// be served: `small.txt`, `big.bin` (3 MiB + 5), `sub dir/nested.txt`, `index.html`, an
+/// empty file, and (on Unix) a symbolic link out of the root.
+pub struct Files {
+    pub dir: TempDir,
+    pub root: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub big: Bytes,
+}
+
+impl Files {
+    pub fn new(tag: &str, id: &Identity) -> Self {
+        let dir = TempDir::new(tag);
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("sub dir")).expect("mkdir");
+        let big = pattern(3 * 1024 * 1024 + 5, 0xb16);
+        std::fs::write(root.join("big.bin"), &big).expect("write");
+        std::fs::write(root.join("small.txt"), b"small file\n").expect("write");
+        std::fs::write(root.join("empty"), b"").expect("write");
+        std::fs::write(root.join("index.html"), b"<p>index</p>\n").expect("write");
+        std::fs::write(root.join("sub dir").join("nested.txt"), b"nested\n").expect("write");
+        std::fs::write(dir.path().join("secret.txt"), b"outside the root\n").expect("write");
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(dir.path().join("secret.txt"), root.join("link")).expect("symlink");
+        let (cert, key) = id.write_pem(dir.path());
+        Self {
+            dir,
+            root,
+            cert,
+            key,
+            big,
+        }
+    }
+
+    /// A path for a downloaded body (in the temporary directory, outside the root).
+    pub fn out(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// Paths that must not reach the file beside the root (or anything under it): dot segments
+/// plain and percent-encoded, an encoded separator, a symbolic link.
+pub const ESCAPES: &[&str] = &[
+    "/../secret.txt",
+    "/%2e%2e/secret.txt",
+    "/sub%20dir/../../secret.txt",
+    "/%2E%2E%2Fsecret.txt",
+    "/..%5Csecret.txt",
+    "/link",
+];
+
+/// Start the example server on `files` (127.0.0.1, any port); the process and its address.
+pub fn start_example_server(files: &Files) -> (Process, SocketAddr) {
+    let mut cmd = Command::new(example("server"));
+    cmd.args(["--listen", "127.0.0.1:0", "--cert"])
+        .arg(&files.cert)
+        .arg("--key")
+        .arg(&files.key)
+        .arg("--root")
+        .arg(&files.root);
+    let (process, line) = Process::start(cmd, "example server", "listening", 30);
+    (process, listening_addr(&line))
+}
+
+/// Run the example client for `url`; exit status and stderr.
+pub fn example_client(url: &str, ca: &Path, out: &Path) -> (std::process::ExitStatus, String) {
+    let mut cmd = Command::new(example("client"));
+    cmd.arg(url)
+        .arg("--ca")
+        .arg(ca)
+        .arg("--out")
+        .arg(out)
+        .args(["--timeout", "30"]);
+    run(cmd, "example client", 60)
+}
