@@ -60,10 +60,13 @@ pub(crate) fn write_error(e: WriteError) -> StreamErrorIncoming {
 /// h3 called a send before the previous one was written out: a bug in the caller, which h3
 /// answers by closing the connection with H3_INTERNAL_ERROR (h3-quinn does the same).
 pub(crate) fn not_ready() -> StreamErrorIncoming {
+    internal("send called before the previous data was written (poll_ready)")
+}
+
+/// Something this crate cannot go on from: h3 closes the connection with H3_INTERNAL_ERROR.
+pub(crate) fn internal(what: &str) -> StreamErrorIncoming {
     StreamErrorIncoming::ConnectionErrorIncoming {
-        connection_error: ConnectionErrorIncoming::InternalError(
-            "send called before the previous data was written (poll_ready)".to_owned(),
-        ),
+        connection_error: ConnectionErrorIncoming::InternalError(what.to_owned()),
     }
 }
 

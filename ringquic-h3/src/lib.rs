@@ -23,7 +23,7 @@
 //! | `OpenStreams::close`                    | [`ringquic::Connection::close`] (the h3 code as `VarInt`) |
 //! | `RecvStream::poll_data`                 | [`ringquic::RecvStream::read_chunk`] (ordered, no copy)   |
 //! | `RecvStream::stop_sending`              | [`ringquic::RecvStream::stop`]                            |
-//! | `SendStream::send_data` + `poll_ready`  | [`ringquic::SendStream::poll_write`] until the frame is out |
+//! | `SendStream::send_data` + `poll_ready`  | the frame copied into one `Bytes`, [`ringquic::SendStream::write_chunks`] until it is all taken |
 //! | `SendStream::poll_finish` / `reset`     | [`ringquic::SendStream::finish`] / `reset`                |
 //! | `SendStreamUnframed::poll_send`         | [`ringquic::SendStream::poll_write`]                      |
 //! | h3-datagram's send / receive (feature `datagram`) | [`ringquic::Connection::send_datagram`] / `read_datagram` |
@@ -39,7 +39,7 @@
 //! h3 polls (`poll_accept_bidi(cx)`), ringquic offers futures (`accept_bi()`), as quinn does.
 //! h3-quinn keeps a boxed future (or a boxed stream of them) alive across polls, because quinn's
 //! futures borrow the connection or stream they came from. ringquic's futures for these calls
-//! (`OpenBi`, `OpenUni`, `AcceptBi`, `AcceptUni`, `ReadDatagram`, `read_chunk`) hold no state
+//! (`OpenBi`, `OpenUni`, `AcceptBi`, `AcceptUni`, `ReadDatagram`, `read_chunk`, `write_chunks`) hold no state
 //! of their own between polls: a poll that returns `Pending` has left the task's waker with
 //! the connection's state, and dropping the future withdraws nothing. So each `poll_*` here
 //! makes the future, polls it once and drops it: no allocation per call and no
@@ -50,10 +50,11 @@
 //! (`poll_accept_bi`, `poll_open_bi`, `poll_read_chunk`, `poll_read_datagram`) would make that
 //! explicit.
 //!
-//! Writes copy: h3 hands the transport a [`WriteBuf`](h3::quic::WriteBuf) (frame header, then
-//! the payload), whose public API gives slices only, and quinn-proto copies a written slice
-//! into its send buffer. Reads do not: `poll_data` returns the `Bytes` that
-//! `read_chunk` takes out of quinn-proto's receive buffer.
+//! Writes copy once: h3 hands the transport a [`WriteBuf`](h3::quic::WriteBuf) (frame header,
+//! then the payload), whose public API gives slices only; `send_data` copies the frame into one
+//! `Bytes`, which `write_chunks` gives quinn-proto without a second copy (h3-quinn writes the
+//! header and the payload slices one by one, and quinn-proto copies each). Reads do not copy:
+//! `poll_data` returns the `Bytes` that `read_chunk` takes out of quinn-proto's receive buffer.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

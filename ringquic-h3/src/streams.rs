@@ -2,6 +2,7 @@
 //! stream halves.
 
 use std::{
+    marker::PhantomData,
     pin::Pin,
     task::{ready, Context, Poll},
 };
@@ -14,7 +15,7 @@ use h3::{
 
 use crate::{
     connection::poll_once,
-    error::{code_to_varint, not_ready, read_error, write_error},
+    error::{code_to_varint, internal, not_ready, read_error, write_error},
 };
 
 /// h3's stream id for a ringquic one. quinn-proto's ids are below 2^62, as h3's must be.
@@ -101,20 +102,26 @@ impl Drop for RecvStream {
 
 /// The sending half of a stream: h3's [`quic::SendStream`] on a [`ringquic::SendStream`].
 ///
-/// `send_data` takes one frame; `poll_ready` writes it into the stream (waiting on flow
-/// control) and is ready for the next one once all of it is taken.
+/// `send_data` takes one frame and copies it, header and payload, into one `Bytes` (the one
+/// copy a frame costs: `WriteBuf` hands out slices only); `poll_ready` gives that to the stream
+/// with `write_chunks`, which quinn-proto keeps without copying again, so a frame not held up by
+/// flow control is one allocation, one copy and one call into the connection. (Writing the
+/// slices one by one, as h3-quinn does, costs two of each: quinn-proto copies every written
+/// slice.)
 pub struct SendStream<B: Buf> {
     stream: ringquic::SendStream,
     id: StreamId,
-    /// The frame `send_data` handed over that is not yet all written.
-    writing: Option<WriteBuf<B>>,
+    /// The rest of the frame `send_data` handed over.
+    writing: Option<Bytes>,
+    /// `B` is only ever copied out of: the stream is `Send + Sync` whatever it is.
+    _buf: PhantomData<fn(B)>,
 }
 
 impl<B: Buf> std::fmt::Debug for SendStream<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SendStream")
             .field("stream", &self.stream)
-            .field("writing", &self.writing.as_ref().map(|w| w.remaining()))
+            .field("writing", &self.writing.as_ref().map(Bytes::len))
             .finish()
     }
 }
@@ -126,6 +133,7 @@ impl<B: Buf> SendStream<B> {
             stream,
             id,
             writing: None,
+            _buf: PhantomData,
         }
     }
 
@@ -137,14 +145,17 @@ impl<B: Buf> SendStream<B> {
 
 impl<B: Buf> quic::SendStream<B> for SendStream<B> {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
-        if let Some(data) = &mut self.writing {
-            while data.has_remaining() {
-                let n =
-                    ready!(Pin::new(&mut self.stream).poll_write(cx, data.chunk())).map_err(write_error)?;
-                data.advance(n);
+        let Self { stream, writing, .. } = self;
+        while let Some(data) = writing.as_mut().filter(|d| !d.is_empty()) {
+            // Takes what flow control allows, split off the front of `data`.
+            let written = ready!(poll_once(stream.write_chunks(std::slice::from_mut(data)), cx))
+                .map_err(write_error)?;
+            if written.bytes == 0 {
+                // quinn-proto says Blocked rather than take nothing; never spin on it.
+                return Poll::Ready(Err(internal("a write took nothing")));
             }
-            self.writing = None;
         }
+        *writing = None;
         Poll::Ready(Ok(()))
     }
 
@@ -152,7 +163,8 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
         if self.writing.is_some() {
             return Err(not_ready());
         }
-        self.writing = Some(data.into());
+        let mut frame: WriteBuf<B> = data.into();
+        self.writing = Some(frame.copy_to_bytes(frame.remaining()));
         Ok(())
     }
 
