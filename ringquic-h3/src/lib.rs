@@ -4,7 +4,8 @@
 //! ```no_run
 //! # async fn run(conn: ringquic::Connection) -> Result<(), Box<dyn std::error::Error>> {
 //! // Server side: an accepted ringquic connection (ALPN "h3") becomes an h3 connection.
-//! let mut h3_conn = h3::server::Connection::<_, bytes::Bytes>::new(ringquic_h3::Connection::new(conn)).await?;
+//! let conn = ringquic_h3::Connection::new(conn);
+//! let mut h3_conn = h3::server::Connection::<_, bytes::Bytes>::new(conn).await?;
 //! while let Some(resolver) = h3_conn.accept().await? {
 //!     let (_request, mut stream) = resolver.resolve_request().await?;
 //!     stream.send_response(http::Response::new(())).await?;
@@ -23,10 +24,10 @@
 //! | `OpenStreams::close`                    | [`ringquic::Connection::close`] (the h3 code as `VarInt`) |
 //! | `RecvStream::poll_data`                 | [`ringquic::RecvStream::read_chunk`] (ordered, no copy)   |
 //! | `RecvStream::stop_sending`              | [`ringquic::RecvStream::stop`]                            |
-//! | `SendStream::send_data` + `poll_ready`  | the frame copied into one `Bytes`, [`ringquic::SendStream::write_chunks`] until it is all taken |
+//! | `SendStream::send_data` + `poll_ready`  | the frame copied into one `Bytes`, then [`ringquic::SendStream::write_chunks`] |
 //! | `SendStream::poll_finish` / `reset`     | [`ringquic::SendStream::finish`] / `reset`                |
 //! | `SendStreamUnframed::poll_send`         | [`ringquic::SendStream::poll_write`]                      |
-//! | h3-datagram's send / receive (feature `datagram`) | [`ringquic::Connection::send_datagram`] / `read_datagram` |
+//! | h3-datagram's send / receive (`datagram`) | [`ringquic::Connection::send_datagram`] / `read_datagram` |
 //!
 //! Errors: a connection closed by the peer's application becomes
 //! [`ConnectionErrorIncoming::ApplicationClose`](h3::quic::ConnectionErrorIncoming) with its
