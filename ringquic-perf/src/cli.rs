@@ -83,7 +83,7 @@ pub enum BenchBackend {
 /// `bench` options.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Workloads, comma-separated: bulk, streams, rr, handshakes, datagrams or all.
+    /// Workloads, comma-separated: bulk, streams, rr, handshakes, datagrams, h3-rr, h3-bulk or all.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     pub workload: Vec<WorkloadKind>,
     /// ringquic backends to run.

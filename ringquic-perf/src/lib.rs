@@ -12,7 +12,7 @@
 //! cli             -> bench, measure, config, perf, proto, system
 //! bench           -> its submodules, report, measure, config, system   (orchestrates phases)
 //! bench::phase    -> bench::workload, measure, config, perf, system, usage   (runs one phase)
-//! bench::{transfer, rr, handshakes, datagrams} -> bench::workload, measure, perf, proto, system
+//! bench::{transfer, rr, handshakes, datagrams, h3} -> bench::workload, measure, perf, proto, system
 //! bench::workload -> measure, perf, system      (the Workload trait, the Client side, helpers)
 //! report          -> plot, measure, proto, system, usage      (collects and renders results)
 //! plot            -> measure                                  (draws the panels it is given)

@@ -35,18 +35,28 @@ pub enum WorkloadKind {
     Handshakes,
     /// Unreliable datagrams per second, delivered and lost.
     Datagrams,
+    /// HTTP/3 (h3 on h3-quinn or ringquic-h3): small GETs on one connection, many in flight.
+    #[value(name = "h3-rr")]
+    #[serde(rename = "h3-rr")]
+    H3Rr,
+    /// HTTP/3: one large GET on one connection.
+    #[value(name = "h3-bulk")]
+    #[serde(rename = "h3-bulk")]
+    H3Bulk,
     /// All of the above.
     All,
 }
 
 impl WorkloadKind {
     /// Every concrete workload, in the order the table shows them.
-    pub const EVERY: [WorkloadKind; 5] = [
+    pub const EVERY: [WorkloadKind; 7] = [
         WorkloadKind::Bulk,
         WorkloadKind::Streams,
         WorkloadKind::Rr,
         WorkloadKind::Handshakes,
         WorkloadKind::Datagrams,
+        WorkloadKind::H3Rr,
+        WorkloadKind::H3Bulk,
     ];
 
     /// Its name on the command line and in reports.
@@ -57,6 +67,8 @@ impl WorkloadKind {
             WorkloadKind::Rr => "rr",
             WorkloadKind::Handshakes => "handshakes",
             WorkloadKind::Datagrams => "datagrams",
+            WorkloadKind::H3Rr => "h3-rr",
+            WorkloadKind::H3Bulk => "h3-bulk",
             WorkloadKind::All => "all",
         }
     }
@@ -64,8 +76,10 @@ impl WorkloadKind {
     /// What it counts (`all` counts bytes, like its first workload).
     pub fn unit(self) -> Unit {
         match self {
-            WorkloadKind::Bulk | WorkloadKind::Streams | WorkloadKind::All => Unit::Bytes,
-            WorkloadKind::Rr => Unit::Requests,
+            WorkloadKind::Bulk | WorkloadKind::Streams | WorkloadKind::H3Bulk | WorkloadKind::All => {
+                Unit::Bytes
+            }
+            WorkloadKind::Rr | WorkloadKind::H3Rr => Unit::Requests,
             WorkloadKind::Handshakes => Unit::Connections,
             WorkloadKind::Datagrams => Unit::Datagrams,
         }
@@ -207,7 +221,7 @@ pub struct BenchOptions {
     pub systems: Vec<SystemKind>,
     /// Repetitions of every phase.
     pub runs: usize,
-    /// `bulk`: download size in bytes.
+    /// `bulk`, `h3-bulk`: download size in bytes.
     pub size: u64,
     /// `streams`: number of streams.
     pub streams: u64,
@@ -215,11 +229,12 @@ pub struct BenchOptions {
     pub stream_size: u64,
     /// `streams`: streams at a time.
     pub concurrency: u64,
-    /// `rr`: connections; `handshakes`: connection attempts at a time.
+    /// `rr`: connections; `handshakes`: connection attempts at a time; `h3-rr`: times
+    /// `rr_streams`, the GETs in flight on its one connection.
     pub connections: u64,
     /// `rr`: concurrent streams per connection.
     pub rr_streams: u64,
-    /// `rr`: request and response size in bytes.
+    /// `rr`: request and response size in bytes; `h3-rr`: response body size.
     pub rr_size: u64,
     /// Length of the timed workloads (`rr`, `handshakes`, `datagrams`).
     #[serde(with = "secs")]

@@ -35,6 +35,32 @@ pub trait RecvOps: Send + 'static {
     fn read(&mut self, buf: &mut [u8]) -> impl Future<Output = Result<Option<usize>>> + Send;
 }
 
+/// An HTTP/3 transport connection (h3's `quic::Connection`) whose parts can move between tasks:
+/// what [`ConnOps::into_h3`] gives for the h3 workloads.
+pub trait H3Transport:
+    h3::quic::Connection<
+        Bytes,
+        RecvStream: Send + 'static,
+        OpenStreams: Clone + Send + Sync + 'static,
+        BidiStream: Send + 'static,
+        SendStream: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<T> H3Transport for T where
+    T: h3::quic::Connection<
+            Bytes,
+            RecvStream: Send + 'static,
+            OpenStreams: Clone + Send + Sync + 'static,
+            BidiStream: Send + 'static,
+            SendStream: Send + 'static,
+        > + Send
+        + 'static
+{
+}
+
 /// An established connection.
 pub trait ConnOps: Clone + Send + Sync + 'static {
     /// The sending half of a stream.
@@ -59,6 +85,10 @@ pub trait ConnOps: Clone + Send + Sync + 'static {
     fn max_datagram_size(&self) -> Option<usize>;
     /// Closes the connection with an application error code.
     fn close(&self, code: u32, reason: &[u8]);
+    /// This connection as an HTTP/3 transport: h3-quinn's for quinn, ringquic-h3's for ringquic.
+    type H3: H3Transport;
+    /// Wraps the connection for h3.
+    fn into_h3(self) -> Self::H3;
 }
 
 /// A bound endpoint.
@@ -78,9 +108,10 @@ pub trait EndpointOps: Clone + Send + Sync + 'static {
     fn wait_idle(&self) -> impl Future<Output = ()> + Send;
 }
 
-/// Implements the traits above for a crate with quinn's API (`quinn` itself, or `ringquic`).
+/// Implements the traits above for a crate with quinn's API (`quinn` itself, or `ringquic`), and
+/// its h3 adapter crate (`h3_quinn`, `ringquic_h3`).
 macro_rules! impl_quic_ops {
-    ($q:ident) => {
+    ($q:ident, $h3:ident) => {
         impl SendOps for $q::SendStream {
             async fn write_chunk(&mut self, data: Bytes) -> Result<()> {
                 Ok($q::SendStream::write_chunk(self, data).await?)
@@ -133,6 +164,10 @@ macro_rules! impl_quic_ops {
             fn close(&self, code: u32, reason: &[u8]) {
                 $q::Connection::close(self, code.into(), reason)
             }
+            type H3 = $h3::Connection;
+            fn into_h3(self) -> Self::H3 {
+                $h3::Connection::new(self)
+            }
         }
 
         impl EndpointOps for $q::Endpoint {
@@ -162,9 +197,9 @@ macro_rules! impl_quic_ops {
     };
 }
 
-impl_quic_ops!(quinn);
+impl_quic_ops!(quinn, h3_quinn);
 #[cfg(feature = "ringquic")]
-impl_quic_ops!(ringquic);
+impl_quic_ops!(ringquic, ringquic_h3);
 
 /// What an endpoint is bound for.
 pub enum Role {

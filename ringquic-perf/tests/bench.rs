@@ -34,7 +34,7 @@ fn every_workload_in_process() {
     };
     let report = bench::run(&opts).unwrap();
     assert!(!report.any_failed(), "{}", report.table());
-    assert_eq!(report.groups.len(), 5 * systems.len());
+    assert_eq!(report.groups.len(), WorkloadKind::EVERY.len() * systems.len());
     for g in &report.groups {
         assert_eq!(g.runs.len(), 2);
         let s = g.summary.as_ref().unwrap();
@@ -61,5 +61,8 @@ fn every_workload_in_process() {
     assert!(table.contains("p50/p99/p999"), "{table}");
     assert!(table.contains("lost"), "{table}");
     let json = serde_json::to_value(&report).unwrap();
-    assert_eq!(json["groups"].as_array().unwrap().len(), 5 * systems.len());
+    assert_eq!(
+        json["groups"].as_array().unwrap().len(),
+        WorkloadKind::EVERY.len() * systems.len()
+    );
 }

@@ -246,7 +246,15 @@ fn bench_smoke() {
     } else {
         &["quinn"]
     };
-    for workload in ["bulk", "streams", "rr", "handshakes", "datagrams"] {
+    for workload in [
+        "bulk",
+        "streams",
+        "rr",
+        "handshakes",
+        "datagrams",
+        "h3-rr",
+        "h3-bulk",
+    ] {
         for system in systems {
             if workload == "datagrams" && *system == "+local" {
                 // The datagram workload does not run with the application on the I/O thread.
@@ -265,7 +273,7 @@ fn bench_smoke() {
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let groups = report["groups"].as_array().unwrap();
     // Every workload on every system, except datagrams on the `+local` system.
-    assert_eq!(groups.len(), 5 * systems.len() - usize::from(systems.len() > 1));
+    assert_eq!(groups.len(), 7 * systems.len() - usize::from(systems.len() > 1));
     for g in groups {
         let summary = &g["summary"];
         assert!(summary["figure"].as_f64().unwrap() > 0.0, "{g}");

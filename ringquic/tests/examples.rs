@@ -10,15 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// `target/<profile>/examples/<name>`, built by `cargo test`.
-fn example(name: &str) -> Option<PathBuf> {
-    let deps = std::env::current_exe().ok()?.parent()?.to_path_buf();
-    let path = deps
-        .parent()?
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    path.exists().then_some(path)
-}
+#[path = "common/example_bin.rs"]
+mod example_bin;
 
 /// Kills the server when the test ends, however it ends.
 struct Server(Child);
@@ -31,9 +24,8 @@ impl Drop for Server {
 
 #[test]
 fn example_server_serves_files_to_example_client() {
-    let (Some(server), Some(client)) = (example("server"), example("client")) else {
-        panic!("the examples were not built next to the tests (cargo test builds them)");
-    };
+    let server = example_bin::example_binary(env!("CARGO_MANIFEST_DIR"), "server");
+    let client = example_bin::example_binary(env!("CARGO_MANIFEST_DIR"), "client");
     let dir = std::env::temp_dir().join(format!("ringquic-examples-{}", std::process::id()));
     let root = dir.join("root");
     std::fs::create_dir_all(root.join("sub")).unwrap();

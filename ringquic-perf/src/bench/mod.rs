@@ -4,11 +4,13 @@
 //! child process each, and it collects their measurements into a [`Report`]. How one phase runs
 //! and is measured is `phase`; the contract a workload implements is [`workload`]; the workloads
 //! themselves, written once and generic over [`System`](crate::system::System), are the other
-//! submodules (`transfer` holds both download workloads, `bulk` and `streams`). Arrows point
+//! submodules (`transfer` holds both download workloads, `bulk` and `streams`; `h3` both HTTP/3
+//! ones, `h3-rr` and `h3-bulk`). Arrows point
 //! down only: `bench` uses its submodules, they never use `bench`, and the workloads see only
 //! [`workload`] (not `phase`, nor each other).
 
 pub mod datagrams;
+pub mod h3;
 pub mod handshakes;
 mod phase;
 pub mod rr;
@@ -208,6 +210,16 @@ fn run_one(
             },
             &env,
         ),
+        WorkloadKind::H3Rr => dispatch(
+            system,
+            h3::H3Requests {
+                concurrency: opts.connections * opts.rr_streams,
+                size: opts.rr_size,
+                duration: opts.duration,
+            },
+            &env,
+        ),
+        WorkloadKind::H3Bulk => dispatch(system, h3::H3Bulk { size: opts.size }, &env),
         WorkloadKind::All => Err(anyhow!("`all` is not a single workload")),
     };
     result
