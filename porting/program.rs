@@ -6,8 +6,8 @@
 //! where a port would name them (the named futures, exhaustive matches on the error enums), and
 //! the tests check that both builds behave alike.
 //!
-//! The only call of quinn's left out is `Endpoint::new`'s fourth argument (the runtime), which
-//! PORTING.md lists as the one-line change a port makes.
+//! The only call of quinn's left out is `Endpoint::new` with its fourth argument (the runtime),
+//! which PORTING.md lists as the one-line change a port makes.
 
 use std::{
     future::Future,
@@ -299,6 +299,12 @@ mod tests {
             assert_eq!(recv.read_to_end(1 << 20).await.unwrap(), data);
             assert_eq!(stopped.await.unwrap().unwrap(), None);
 
+            // Active migration: the client moves to a new socket and the connection goes on.
+            let before = p.client.local_addr().unwrap();
+            p.client
+                .rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+                .unwrap();
+
             // read_exact, and its FinishedEarly carrying the bytes read.
             let (mut send, mut recv) = open_bi(&c).await.unwrap();
             send.write_all(b"hello").await.unwrap();
@@ -354,6 +360,8 @@ mod tests {
                 "too large"
             );
 
+            // By now the new socket is in use (ringquic swaps on the I/O thread's next turn).
+            assert_ne!(p.client.local_addr().unwrap(), before);
             let (side, _min_rtt, window, key, _alpn) = accessors(&c);
             assert_eq!(side, quinn::Side::Client);
             assert!(window > 0);

@@ -1,10 +1,6 @@
 //! [`Connection`] and [`OpenStreams`]: h3's connection traits on a [`ringquic::Connection`].
 
-use std::{
-    future::Future,
-    pin::pin,
-    task::{Context, Poll},
-};
+use std::task::{Context, Poll};
 
 use bytes::Buf;
 use h3::{
@@ -14,14 +10,9 @@ use h3::{
 
 use crate::{
     error::{code_to_varint, connection_error, stream_connection_error},
+    poll::poll_once,
     streams::{BidiStream, Opener, RecvStream, SendStream},
 };
-
-/// Poll a future once and drop it. For ringquic's stateless futures (the crate docs, "How the
-/// futures are polled"): the waker a `Pending` poll left with the connection stays there.
-pub(crate) fn poll_once<F: Future>(future: F, cx: &mut Context<'_>) -> Poll<F::Output> {
-    pin!(future).poll(cx)
-}
 
 /// An HTTP/3 transport connection: h3's [`quic::Connection`] on a [`ringquic::Connection`].
 ///

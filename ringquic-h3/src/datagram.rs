@@ -17,10 +17,7 @@ use h3_datagram::{
 };
 use ringquic::SendDatagramError;
 
-use crate::{
-    connection::{poll_once, Connection},
-    error::connection_error,
-};
+use crate::{connection::Connection, error::connection_error, poll::poll_once};
 
 /// Sends HTTP datagrams on a connection. A full send buffer drops the oldest queued datagram
 /// (datagrams are unreliable; ringquic's `send_datagram`).

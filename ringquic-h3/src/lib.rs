@@ -63,6 +63,7 @@ mod connection;
 #[cfg(feature = "datagram")]
 pub mod datagram;
 mod error;
+mod poll;
 mod streams;
 
 pub use crate::{

@@ -14,8 +14,8 @@ use h3::{
 };
 
 use crate::{
-    connection::poll_once,
     error::{code_to_varint, internal, not_ready, read_error, write_error},
+    poll::poll_once,
 };
 
 /// h3's stream id for a ringquic one. quinn-proto's ids are below 2^62, as h3's must be.

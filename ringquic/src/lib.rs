@@ -50,6 +50,18 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Polling a future and dropping it
+//!
+//! A future that must wait registers its task's waker in the connection's (or endpoint's) shared
+//! state and keeps nothing else. So these may be polled once and dropped, and a new one made on
+//! the next wakeup takes up where the old one was (the `ringquic-h3` crate's poll-based traits
+//! rely on it): `Endpoint::accept`, `Connection::open_bi`/`open_uni`/`accept_bi`/`accept_uni`/
+//! `read_datagram`/`closed`, `SendStream::write`/`write_chunks`/`stopped`,
+//! `RecvStream::read`/`read_chunk`/`read_chunks`/`received_reset`. The others carry progress:
+//! `write_all`, `write_chunk(s)`'s "all" forms, `read_exact` and `read_to_end` (how much is done),
+//! `send_datagram_wait` (the datagram itself: dropped after `Pending`, it is not sent), and
+//! `Connecting` (the connection).
+//!
 //! See `DESIGN.md` in the repository for the whole design.
 #![deny(unsafe_code)]
 #![warn(missing_docs, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
