@@ -247,6 +247,29 @@ pub fn handshakes(e: &Endpoint) -> EndpointStats {
     e.stats()
 }
 
+/// quinn's re-exports of quinn-proto that a program names: they exist under the same paths.
+pub fn reexports() -> usize {
+    let _store: Option<Arc<dyn quinn::TokenStore>> = Some(Arc::new(quinn::NoneTokenStore));
+    let _log: Option<Arc<dyn quinn::TokenLog>> = Some(Arc::new(quinn::NoneTokenLog));
+    let _bloom = quinn::BloomTokenLog::default();
+    let _reuse: Option<quinn::TokenReuseError> = None;
+    let _cids: Option<Box<dyn quinn::ConnectionIdGenerator>> = None;
+    let _time: Arc<dyn quinn::TimeSource> = Arc::new(quinn::StdSystemTime);
+    let _: (quinn::EcnCodepoint, Option<quinn::FrameType>) = (quinn::EcnCodepoint::Ect0, None);
+    let _transmit: Option<quinn::Transmit> = None;
+    let _ = (
+        congestion::CubicConfig::default(),
+        congestion::NewRenoConfig::default(),
+    );
+    let mut read_buf_storage = [0u8; 4];
+    let mut buf = tokio::io::ReadBuf::new(&mut read_buf_storage);
+    // `RecvStream::poll_read_buf` takes this type.
+    let _: fn(&mut RecvStream, &mut Context<'_>, &mut tokio::io::ReadBuf<'_>) -> Poll<Result<(), ReadError>> =
+        RecvStream::poll_read_buf;
+    buf.put_slice(b"ok");
+    buf.filled().len()
+}
+
 /// A written `Written` (the type `write_chunks` returns).
 pub fn chunks_written(w: Written) -> (usize, usize) {
     (w.bytes, w.chunks)
@@ -273,6 +296,7 @@ mod tests {
     #[test]
     fn streams_datagrams_and_accessors() {
         futures_are_send_sync();
+        assert_eq!(reexports(), 2);
         rt().block_on(within("the program", async {
             let p = pair().unwrap();
             let (c, s) = connect(&p).await.unwrap();
