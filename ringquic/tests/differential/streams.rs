@@ -164,6 +164,31 @@ macro_rules! stream_scenarios {
                 }
             }
 
+            /// `read_to_end` reads in any order and puts the chunks in place, so it works after
+            /// an unordered read, and its limit counts the span of the stream it saw (quinn:
+            /// `ReadToEnd` over unordered chunks).
+            #[tokio::test]
+            async fn read_to_end_after_unordered_read() {
+                let p = h::pair().await;
+                let data = payload(200_000, 5);
+                let (_s, mut r) = h::uni_stream(&p, &data, true).await;
+                let first = within(5, "unordered chunk", r.read_chunk(1000, false)).await.unwrap().expect("a chunk");
+                let rest = within(5, "read_to_end", r.read_to_end(1 << 20)).await.expect("read_to_end after unordered");
+                // The span from the lowest offset read_to_end saw to the end, each byte in place;
+                // what the first, separate read took is a hole of zeros in it.
+                let lo = data.len() - rest.len();
+                let mut expected = data[lo..].to_vec();
+                let (a, b) = (first.offset as usize, first.offset as usize + first.bytes.len());
+                assert!(data[a..b] == first.bytes[..], "{}: the first chunk", imp::NAME);
+                for i in a.max(lo)..b.max(lo) {
+                    expected[i - lo] = 0;
+                }
+                assert!(rest == expected, "{}: reassembled stream differs", imp::NAME);
+                let (_s, mut r) = h::uni_stream(&p, &data, true).await;
+                let e = within(5, "too long", r.read_to_end(1000)).await;
+                assert!(matches!(e, Err(ReadToEndError::TooLong)), "{}: {e:?}", imp::NAME);
+            }
+
             /// The peer accepts streams in ID order even when only a later one carried data
             /// (quinn-proto: implicit_open, stop_opens_bidi).
             #[tokio::test]
