@@ -174,6 +174,10 @@ impl Core {
         self.stats.loop_turns += 1;
         self.take_commands(commands, io);
         self.drive_dirty(io);
+        if !self.ep.responses.is_empty() {
+            // A refusal counted in `incoming_refused` is visible before the peer can hear it.
+            self.publish_stats(io);
+        }
         self.send_responses(io);
         self.publish_stats(io);
     }
