@@ -4,20 +4,6 @@ use common::*;
 
 const SIZE: usize = 8 << 20;
 
-/// Stock quinn's endpoint, or `None` (with a message) on Windows when quinn-udp cannot configure
-/// a socket, as under Wine 8 (it refuses `IP_RECVECN`); ringquic falls back to plain sockets
-/// there, quinn cannot.
-fn quinn_or_skip(r: std::io::Result<quinn::Endpoint>) -> Option<quinn::Endpoint> {
-    match r {
-        Ok(e) => Some(e),
-        Err(e) if cfg!(windows) => {
-            eprintln!("stock quinn cannot open a socket here ({e}); skipping");
-            None
-        }
-        Err(e) => panic!("quinn endpoint: {e}"),
-    }
-}
-
 fn payload() -> Vec<u8> {
     (0..SIZE).map(|i| (i % 251) as u8).collect()
 }

@@ -15,19 +15,6 @@ use ringquic::{Connection, EndpointError};
 
 const SIZE: usize = 6 << 20;
 
-/// Stock quinn's endpoint, or `None` (with a message) on Windows where quinn-udp cannot
-/// configure a socket, as under Wine (see interop.rs).
-fn quinn_or_skip(r: std::io::Result<quinn::Endpoint>) -> Option<quinn::Endpoint> {
-    match r {
-        Ok(e) => Some(e),
-        Err(e) if cfg!(windows) => {
-            eprintln!("stock quinn cannot open a socket here ({e}); skipping");
-            None
-        }
-        Err(e) => panic!("quinn endpoint: {e}"),
-    }
-}
-
 /// Poll `cond` every 5 ms until it holds; `false` after `secs` seconds.
 async fn eventually(secs: u64, cond: impl Fn() -> bool) -> bool {
     let end = Instant::now() + Duration::from_secs(secs);
@@ -91,6 +78,36 @@ macro_rules! upload_echoed {
         let ((), back) = tokio::join!(write, recv.read_to_end(data.len()));
         sha256(&back.expect("read back"))
     }};
+}
+
+/// What passive migration through `relay` must have done: the echo of `data` came back intact
+/// (`back`) and the server read it intact (`echo`), the relay moved the client at least four
+/// times, and the server follows the client's new address (it is no longer `first`).
+async fn migrated(
+    b: ringquic::BackendKind,
+    data: &[u8],
+    back: Vec<u8>,
+    echo: tokio::task::JoinHandle<Vec<u8>>,
+    relay: &ImpairedRelay,
+    server_side: &Connection,
+    first: SocketAddr,
+) {
+    assert_eq!(back, sha256(data), "{b}: the echo differs");
+    assert_eq!(
+        echo.await.unwrap(),
+        sha256(data),
+        "{b}: the server got other bytes"
+    );
+    assert!(
+        relay.rebinds() >= 4,
+        "{b}: the relay rebound {} times",
+        relay.rebinds()
+    );
+    assert_ne!(
+        server_side.remote_address(),
+        first,
+        "{b}: the server did not follow"
+    );
 }
 
 /// A ringquic client rebinds to a new socket a quarter into a 6 MiB echo with a ringquic
@@ -243,22 +260,7 @@ async fn nat_rebinding_quinn_client_to_ringquic_server() {
             let data = random_bytes(SIZE, 22);
             relay.rebind_after(512 << 10, Some(1 << 20));
             let back = upload_echoed!(conn, &data, async {});
-            assert_eq!(back, sha256(&data), "{b}: the echo differs");
-            assert_eq!(
-                echo.await.unwrap(),
-                sha256(&data),
-                "{b}: the server got other bytes"
-            );
-            assert!(
-                relay.rebinds() >= 4,
-                "{b}: the relay rebound {} times",
-                relay.rebinds()
-            );
-            assert_ne!(
-                server_side.remote_address(),
-                first,
-                "{b}: the server did not follow"
-            );
+            migrated(b, &data, back, echo, &relay, &server_side, first).await;
             conn.close(0u32.into(), b"done");
         })
         .await;
@@ -282,22 +284,7 @@ async fn nat_rebinding_ringquic_to_ringquic() {
             let data = random_bytes(SIZE, 24);
             relay.rebind_after(512 << 10, Some(1 << 20));
             let back = upload_echoed!(conn, &data, async {});
-            assert_eq!(back, sha256(&data), "{b}: the echo differs");
-            assert_eq!(
-                echo.await.unwrap(),
-                sha256(&data),
-                "{b}: the server got other bytes"
-            );
-            assert!(
-                relay.rebinds() >= 4,
-                "{b}: the relay rebound {} times",
-                relay.rebinds()
-            );
-            assert_ne!(
-                server_side.remote_address(),
-                first,
-                "{b}: the server did not follow"
-            );
+            migrated(b, &data, back, echo, &relay, &server_side, first).await;
             assert_eq!(client.local_addr().unwrap(), own);
             // Passive: the client did not know, so it kept its connection ID.
             assert_eq!(conn.stats().frame_tx.retire_connection_id, 0, "{b}");
