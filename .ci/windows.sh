@@ -79,7 +79,9 @@ work="target/$TARGET/wine-ci"
 mkdir -p "$work"
 cargo test -p ringquic --all-features --target "$TARGET" --no-run --message-format=json \
   >"$work/build.json" 2>"$work/build.log" || { tail -30 "$work/build.log"; exit 1; }
-mapfile -t exes < <(grep -o '"executable":"[^"]*\.exe"' "$work/build.json" | sed 's/^"executable":"//; s/"$//' | sort -u)
+# Test binaries only (`"test":true` in the artifact's profile): `cargo test` also builds the
+# examples, which are programs, not tests (tests/examples.rs runs them itself).
+mapfile -t exes < <(grep '"test":true' "$work/build.json" | grep -o '"executable":"[^"]*\.exe"' | sed 's/^"executable":"//; s/"$//' | sort -u)
 if [ "${#exes[@]}" = 0 ]; then
   echo "no test executables found in the cargo output"
   exit 1

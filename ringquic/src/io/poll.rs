@@ -381,6 +381,12 @@ impl PollBackend {
                     self.readable = false;
                     return Ok(());
                 }
+                Err(e) if is_truncated_recv(&e) => {
+                    // A datagram larger than the receive buffer (Windows reports it as an error,
+                    // `WSAEMSGSIZE`, where Linux truncates): dropped and counted, never fatal.
+                    self.stats.recv_dropped += 1;
+                    continue;
+                }
                 Err(e) if is_transient_recv_error(&e) => {
                     // ICMP feedback about an earlier send (Windows reports it on unconnected
                     // sockets); nothing was received.
@@ -669,6 +675,13 @@ fn recv_slot_size(recv_buffer_size: usize, max_payload: usize, state: Option<&Ud
 }
 
 /// Receive errors that say nothing about the socket itself (ICMP feedback).
+/// Windows' "the datagram did not fit the buffer" (`WSAEMSGSIZE`, the same code RIO's
+/// bookkeeping classifies as truncated). Linux's receive reports truncation by a flag, not an
+/// error, so this is Windows-only.
+fn is_truncated_recv(e: &io::Error) -> bool {
+    cfg!(windows) && e.raw_os_error() == Some(super::rio_book::WSAEMSGSIZE)
+}
+
 fn is_transient_recv_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),

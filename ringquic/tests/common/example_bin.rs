@@ -31,12 +31,10 @@ pub fn example_binary(package_dir: &str, name: &str) -> PathBuf {
             let first = deps.lines().next()?;
             // `<artifact>: <main source> <other sources…>`
             let main_source = first.split_once(": ")?.1.split_whitespace().next()?;
-            // Absolute, or relative to the workspace root, depending on how cargo was run.
-            let same = if Path::new(main_source).is_absolute() {
-                main_source == source
-            } else {
-                source.ends_with(&format!("{}{main_source}", std::path::MAIN_SEPARATOR))
-            };
+            // Absolute, or relative to the workspace root, depending on how cargo was run; with
+            // either separator (a Windows build cross-compiled here reads Linux paths).
+            let (main_source, source) = (main_source.replace('\\', "/"), source.replace('\\', "/"));
+            let same = main_source == source || source.ends_with(&format!("/{main_source}"));
             if !same {
                 return None;
             }
