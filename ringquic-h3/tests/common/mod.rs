@@ -33,16 +33,10 @@ pub async fn within<F: std::future::Future>(secs: u64, f: F) -> F::Output {
         .unwrap_or_else(|_| panic!("test timed out after {secs} s"))
 }
 
-/// The backends to run a test on: both on Linux, unless `RINGQUIC_BACKEND` forces one.
-pub fn backends() -> Vec<BackendKind> {
-    match std::env::var("RINGQUIC_BACKEND").ok().as_deref() {
-        Some("poll") => vec![BackendKind::Poll],
-        Some("uring") => vec![BackendKind::IoUring],
-        Some("rio") => vec![BackendKind::Rio],
-        _ if cfg!(target_os = "linux") => vec![BackendKind::IoUring, BackendKind::Poll],
-        _ => vec![BackendKind::Poll],
-    }
-}
+#[path = "../../../ringquic/tests/common/backends.rs"]
+mod backends;
+#[allow(unused_imports)]
+pub use backends::backends;
 
 /// A self-signed certificate for `localhost`, 127.0.0.1 and ::1.
 pub struct Identity {

@@ -61,16 +61,10 @@ pub fn client_config_with(c: &Cert, t: Arc<TransportConfig>) -> ClientConfig {
     cc
 }
 
-/// The backends to run a test on: both on Linux, unless `RINGQUIC_BACKEND` forces one.
-pub fn backends() -> Vec<BackendKind> {
-    match std::env::var("RINGQUIC_BACKEND").ok().as_deref() {
-        Some("poll") => vec![BackendKind::Poll],
-        Some("uring") => vec![BackendKind::IoUring],
-        Some("rio") => vec![BackendKind::Rio],
-        _ if cfg!(target_os = "linux") => vec![BackendKind::IoUring, BackendKind::Poll],
-        _ => vec![BackendKind::Poll],
-    }
-}
+#[path = "backends.rs"]
+mod backends;
+#[allow(unused_imports)]
+pub use backends::backends;
 
 pub fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
