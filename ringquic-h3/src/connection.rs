@@ -72,22 +72,37 @@ impl<B: Buf> quic::Connection<B> for Connection {
     }
 }
 
-impl<B: Buf> quic::OpenStreams<B> for Connection {
-    type BidiStream = BidiStream<B>;
-    type SendStream = SendStream<B>;
+/// h3's `OpenStreams` for a type holding the ringquic connection in `conn`: the same three
+/// calls for [`Connection`] and [`OpenStreams`]. A macro because the trait is h3's: a blanket
+/// impl over "types with a connection" is not allowed for a foreign trait.
+macro_rules! open_streams_impl {
+    ($t:ty) => {
+        impl<B: Buf> quic::OpenStreams<B> for $t {
+            type BidiStream = BidiStream<B>;
+            type SendStream = SendStream<B>;
 
-    fn poll_open_bidi(&mut self, cx: &mut Context<'_>) -> Poll<Result<BidiStream<B>, StreamErrorIncoming>> {
-        open_bidi(&self.conn, cx)
-    }
+            fn poll_open_bidi(
+                &mut self,
+                cx: &mut Context<'_>,
+            ) -> Poll<Result<BidiStream<B>, StreamErrorIncoming>> {
+                open_bidi(&self.conn, cx)
+            }
 
-    fn poll_open_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<SendStream<B>, StreamErrorIncoming>> {
-        open_send(&self.conn, cx)
-    }
+            fn poll_open_send(
+                &mut self,
+                cx: &mut Context<'_>,
+            ) -> Poll<Result<SendStream<B>, StreamErrorIncoming>> {
+                open_send(&self.conn, cx)
+            }
 
-    fn close(&mut self, code: Code, reason: &[u8]) {
-        self.conn.close(code_to_varint(code.value()), reason);
-    }
+            fn close(&mut self, code: Code, reason: &[u8]) {
+                self.conn.close(code_to_varint(code.value()), reason);
+            }
+        }
+    };
 }
+
+open_streams_impl!(Connection);
 
 /// Opens streams on a connection: h3's [`quic::OpenStreams`] (what `h3::client::SendRequest`
 /// holds). Cheap to clone; clones open streams independently.
@@ -96,22 +111,7 @@ pub struct OpenStreams {
     conn: ringquic::Connection,
 }
 
-impl<B: Buf> quic::OpenStreams<B> for OpenStreams {
-    type BidiStream = BidiStream<B>;
-    type SendStream = SendStream<B>;
-
-    fn poll_open_bidi(&mut self, cx: &mut Context<'_>) -> Poll<Result<BidiStream<B>, StreamErrorIncoming>> {
-        open_bidi(&self.conn, cx)
-    }
-
-    fn poll_open_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<SendStream<B>, StreamErrorIncoming>> {
-        open_send(&self.conn, cx)
-    }
-
-    fn close(&mut self, code: Code, reason: &[u8]) {
-        self.conn.close(code_to_varint(code.value()), reason);
-    }
-}
+open_streams_impl!(OpenStreams);
 
 fn open_bidi<B: Buf>(
     conn: &ringquic::Connection,
