@@ -323,6 +323,16 @@ mod tests {
         });
     }
 
+    /// Run `f` on a current-thread runtime, failing with `what` if it takes over `secs` seconds.
+    fn block_on_within<F: std::future::Future>(secs: u64, what: &str, f: F) -> F::Output {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(secs), f).await })
+            .unwrap_or_else(|_| panic!("{what}"))
+    }
+
     fn fake_endpoint(
         net: &Arc<crate::io::fake::FakeNet>,
         server: Option<crate::ServerConfig>,
@@ -407,42 +417,34 @@ mod tests {
         let net = crate::io::fake::FakeNet::new(crate::io::fake::Faults::default());
         let server = fake_endpoint(&net, Some(sc), None, 8);
         let client = fake_endpoint(&net, None, Some(cc), 8);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(20), async {
-                let addr = server.local_addr().unwrap();
-                let connecting = client.connect(addr, "localhost").unwrap();
-                let _s = server.accept().await.unwrap().await.unwrap();
-                let _conn = connecting.await.unwrap();
-                net.set_faults(crate::io::fake::Faults {
-                    fail_turns: true,
-                    ..Default::default()
-                });
-                // Make the server's loop turn (and fail) now, without anything the client
-                // could answer with before its own turns fail.
-                // (It may have failed already: then these fail with the error checked below.)
-                if let Ok(mut wake) = _s.open_uni().await {
-                    let _ = wake.write_all(b"x").await;
+        block_on_within(20, "a failed backend hung the endpoint", async {
+            let addr = server.local_addr().unwrap();
+            let connecting = client.connect(addr, "localhost").unwrap();
+            let _s = server.accept().await.unwrap().await.unwrap();
+            let _conn = connecting.await.unwrap();
+            net.set_faults(crate::io::fake::Faults {
+                fail_turns: true,
+                ..Default::default()
+            });
+            // Make the server's loop turn (and fail) now, without anything the client
+            // could answer with before its own turns fail.
+            // (It may have failed already: then these fail with the error checked below.)
+            if let Ok(mut wake) = _s.open_uni().await {
+                let _ = wake.write_all(b"x").await;
+            }
+            match _s.closed().await {
+                ConnectionError::TransportError(e) => {
+                    assert_eq!(e.code, TransportErrorCode::INTERNAL_ERROR);
+                    assert!(e.reason.contains("backend failed"), "{}", e.reason);
                 }
-                match _s.closed().await {
-                    ConnectionError::TransportError(e) => {
-                        assert_eq!(e.code, TransportErrorCode::INTERNAL_ERROR);
-                        assert!(e.reason.contains("backend failed"), "{}", e.reason);
-                    }
-                    other => panic!("the server side: {other:?}"),
-                }
-                // The server's I/O thread has exited: no accept, no connect.
-                assert!(server.accept().await.is_none());
-                assert!(matches!(
-                    server.connect_with(configs().1, addr, "localhost"),
-                    Err(crate::ConnectError::EndpointStopping)
-                ));
-            })
-            .await
-            .expect("a failed backend hung the endpoint");
+                other => panic!("the server side: {other:?}"),
+            }
+            // The server's I/O thread has exited: no accept, no connect.
+            assert!(server.accept().await.is_none());
+            assert!(matches!(
+                server.connect_with(configs().1, addr, "localhost"),
+                Err(crate::ConnectError::EndpointStopping)
+            ));
         });
     }
 
@@ -486,65 +488,57 @@ mod tests {
         let server = fake_endpoint(&net, Some(sc), None, 64);
         let client = fake_endpoint(&net, None, Some(cc), 8);
         let data: Vec<u8> = (0..4 << 20).map(|i| (i * 31 % 251) as u8).collect();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(60), async {
-                let addr = server.local_addr().unwrap();
-                let old = client.local_addr().unwrap();
-                let mut pairs = Vec::new();
-                for _ in 0..2 {
-                    let connecting = client.connect(addr, "localhost").unwrap();
-                    let s = server.accept().await.unwrap().await.unwrap();
-                    pairs.push((connecting.await.unwrap(), s));
-                }
-                assert!(pairs.iter().all(|(_, s)| s.remote_address() == old));
-                let (uploader, receiver) = (&pairs[0].0, &pairs[0].1);
-                let fresh = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-                let new = fresh.local_addr().unwrap();
-                let receive = async {
-                    let mut recv = receiver.accept_uni().await.unwrap();
-                    recv.read_to_end(usize::MAX).await.unwrap()
-                };
-                let upload = async {
-                    let mut send = uploader.open_uni().await.unwrap();
-                    send.write_all(&data[..1 << 20]).await.unwrap();
-                    client.rebind(fresh).unwrap();
-                    assert!(
-                        eventually(10, || client.local_addr().unwrap() == new).await,
-                        "local_addr still {:?}",
-                        client.local_addr()
-                    );
-                    send.write_all(&data[1 << 20..]).await.unwrap();
-                    send.finish().unwrap();
-                    send
-                };
-                let (got, _send) = tokio::join!(receive, upload);
-                assert_eq!(digest(&SHA256, &got).as_ref(), digest(&SHA256, &data).as_ref());
-                // Each connection was told its local address changed: it moved to a new
-                // connection ID, retiring the old one.
-                for (c, _) in &pairs {
-                    let tx = c.stats().frame_tx;
-                    assert!(tx.retire_connection_id >= 1, "{tx:?}");
-                }
-                // The idle connection migrated too: the rebind pinged it from the new address.
+        block_on_within(60, "a transfer across a rebind hung", async {
+            let addr = server.local_addr().unwrap();
+            let old = client.local_addr().unwrap();
+            let mut pairs = Vec::new();
+            for _ in 0..2 {
+                let connecting = client.connect(addr, "localhost").unwrap();
+                let s = server.accept().await.unwrap().await.unwrap();
+                pairs.push((connecting.await.unwrap(), s));
+            }
+            assert!(pairs.iter().all(|(_, s)| s.remote_address() == old));
+            let (uploader, receiver) = (&pairs[0].0, &pairs[0].1);
+            let fresh = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let new = fresh.local_addr().unwrap();
+            let receive = async {
+                let mut recv = receiver.accept_uni().await.unwrap();
+                recv.read_to_end(usize::MAX).await.unwrap()
+            };
+            let upload = async {
+                let mut send = uploader.open_uni().await.unwrap();
+                send.write_all(&data[..1 << 20]).await.unwrap();
+                client.rebind(fresh).unwrap();
                 assert!(
-                    eventually(10, || pairs.iter().all(|(_, s)| s.remote_address() == new)).await,
-                    "the server still sees {:?}",
-                    pairs.iter().map(|(_, s)| s.remote_address()).collect::<Vec<_>>()
+                    eventually(10, || client.local_addr().unwrap() == new).await,
+                    "local_addr still {:?}",
+                    client.local_addr()
                 );
-                let (c2, s2) = &pairs[1];
-                let mut send = c2.open_uni().await.unwrap();
-                send.write_all(b"after the rebind").await.unwrap();
+                send.write_all(&data[1 << 20..]).await.unwrap();
                 send.finish().unwrap();
-                let mut recv = s2.accept_uni().await.unwrap();
-                assert_eq!(recv.read_to_end(100).await.unwrap(), b"after the rebind");
-                assert_eq!(net.rebinds_refused(), 0);
-            })
-            .await
-            .expect("a transfer across a rebind hung");
+                send
+            };
+            let (got, _send) = tokio::join!(receive, upload);
+            assert_eq!(digest(&SHA256, &got).as_ref(), digest(&SHA256, &data).as_ref());
+            // Each connection was told its local address changed: it moved to a new
+            // connection ID, retiring the old one.
+            for (c, _) in &pairs {
+                let tx = c.stats().frame_tx;
+                assert!(tx.retire_connection_id >= 1, "{tx:?}");
+            }
+            // The idle connection migrated too: the rebind pinged it from the new address.
+            assert!(
+                eventually(10, || pairs.iter().all(|(_, s)| s.remote_address() == new)).await,
+                "the server still sees {:?}",
+                pairs.iter().map(|(_, s)| s.remote_address()).collect::<Vec<_>>()
+            );
+            let (c2, s2) = &pairs[1];
+            let mut send = c2.open_uni().await.unwrap();
+            send.write_all(b"after the rebind").await.unwrap();
+            send.finish().unwrap();
+            let mut recv = s2.accept_uni().await.unwrap();
+            assert_eq!(recv.read_to_end(100).await.unwrap(), b"after the rebind");
+            assert_eq!(net.rebinds_refused(), 0);
         });
     }
 
@@ -560,32 +554,24 @@ mod tests {
         });
         let server = fake_endpoint(&net, Some(sc), None, 8);
         let client = fake_endpoint(&net, None, Some(cc), 8);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(20), async {
-                let addr = server.local_addr().unwrap();
-                let old = client.local_addr().unwrap();
-                let connecting = client.connect(addr, "localhost").unwrap();
-                let s = server.accept().await.unwrap().await.unwrap();
-                let c = connecting.await.unwrap();
-                client
-                    .rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
-                    .unwrap();
-                assert!(eventually(10, || net.rebinds_refused() == 1).await);
-                assert_eq!(client.local_addr().unwrap(), old);
-                let mut send = c.open_uni().await.unwrap();
-                send.write_all(b"still on the old socket").await.unwrap();
-                send.finish().unwrap();
-                let mut recv = s.accept_uni().await.unwrap();
-                assert_eq!(recv.read_to_end(100).await.unwrap(), b"still on the old socket");
-                assert_eq!(s.remote_address(), old);
-                assert_eq!(net.unreachable(), 0, "nothing went to an address nobody is at");
-            })
-            .await
-            .expect("a refused rebind hung the endpoint");
+        block_on_within(20, "a refused rebind hung the endpoint", async {
+            let addr = server.local_addr().unwrap();
+            let old = client.local_addr().unwrap();
+            let connecting = client.connect(addr, "localhost").unwrap();
+            let s = server.accept().await.unwrap().await.unwrap();
+            let c = connecting.await.unwrap();
+            client
+                .rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+                .unwrap();
+            assert!(eventually(10, || net.rebinds_refused() == 1).await);
+            assert_eq!(client.local_addr().unwrap(), old);
+            let mut send = c.open_uni().await.unwrap();
+            send.write_all(b"still on the old socket").await.unwrap();
+            send.finish().unwrap();
+            let mut recv = s.accept_uni().await.unwrap();
+            assert_eq!(recv.read_to_end(100).await.unwrap(), b"still on the old socket");
+            assert_eq!(s.remote_address(), old);
+            assert_eq!(net.unreachable(), 0, "nothing went to an address nobody is at");
         });
     }
 
