@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
-
 use common::*;
 
 /// A ringquic client's connection to a quinn server, and the quinn server's.
@@ -81,25 +79,7 @@ async fn ringquic_h3_client_against_h3_quinn_server() {
         within(60, async {
             let id = Identity::new();
             let (c, s, _client, _server) = ringquic_to_quinn(&id, backend).await;
-            let site = Site::new();
-            let serving = tokio::spawn(serve(
-                h3::server::Connection::new(h3_quinn::Connection::new(s))
-                    .await
-                    .expect("h3-quinn server"),
-                site.clone(),
-            ));
-            let (mut driver, send) = h3::client::new(ringquic_h3::Connection::new(c))
-                .await
-                .expect("h3 client");
-            let driving = tokio::spawn(async move { driver.wait_idle().await });
-            exercise(send, &site).await.expect("exchange");
-            let closed = driving.await.expect("driver task");
-            assert!(closed.is_h3_no_error(), "client's end: {closed:?}");
-            serving
-                .await
-                .expect("server task")
-                .expect("h3-quinn saw a clean close");
-            assert_eq!(site.served.load(Ordering::Relaxed), 17);
+            site_exchange(ringquic_h3::Connection::new(c), h3_quinn::Connection::new(s)).await;
         })
         .await;
     }
@@ -112,25 +92,7 @@ async fn h3_quinn_client_against_ringquic_h3_server() {
         within(60, async {
             let id = Identity::new();
             let (c, s, _client, _server) = quinn_to_ringquic(&id, backend).await;
-            let site = Site::new();
-            let serving = tokio::spawn(serve(
-                h3::server::Connection::new(ringquic_h3::Connection::new(s))
-                    .await
-                    .expect("h3 server"),
-                site.clone(),
-            ));
-            let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(c))
-                .await
-                .expect("h3-quinn client");
-            let driving = tokio::spawn(async move { driver.wait_idle().await });
-            exercise(send, &site).await.expect("exchange");
-            let closed = driving.await.expect("driver task");
-            assert!(closed.is_h3_no_error(), "client's end: {closed:?}");
-            serving
-                .await
-                .expect("server task")
-                .expect("ringquic-h3 saw a clean close");
-            assert_eq!(site.served.load(Ordering::Relaxed), 17);
+            site_exchange(h3_quinn::Connection::new(c), ringquic_h3::Connection::new(s)).await;
         })
         .await;
     }

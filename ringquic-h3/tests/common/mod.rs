@@ -179,6 +179,38 @@ impl Site {
     }
 }
 
+/// The whole site exchange between an h3 client on `client` and an h3 server on `server` (any
+/// QUIC stack on either side): every request answered (17), and both ends close cleanly.
+#[allow(dead_code)]
+pub async fn site_exchange<CC, SC>(client: CC, server: SC)
+where
+    CC: quic::Connection<Bytes> + Send + 'static,
+    CC::OpenStreams: Clone + Send + 'static,
+    CC::BidiStream: Send + 'static,
+    CC::SendStream: Send + 'static,
+    CC::RecvStream: Send + 'static,
+    SC: quic::Connection<Bytes> + Send + 'static,
+    SC::BidiStream: Send + 'static,
+    SC::SendStream: Send + 'static,
+    SC::RecvStream: Send + 'static,
+{
+    let site = Site::new();
+    let serving = tokio::spawn(serve(
+        h3::server::Connection::new(server).await.expect("h3 server"),
+        site.clone(),
+    ));
+    let (mut driver, send) = h3::client::new(client).await.expect("h3 client");
+    let driving = tokio::spawn(async move { driver.wait_idle().await });
+    exercise(send, &site).await.expect("exchange");
+    let closed = driving.await.expect("driver task");
+    assert!(closed.is_h3_no_error(), "client's end: {closed:?}");
+    serving
+        .await
+        .expect("server task")
+        .expect("the server saw a clean close");
+    assert_eq!(site.served.load(std::sync::atomic::Ordering::Relaxed), 17);
+}
+
 /// Serve `site` on an h3 server connection until the peer closes it. Generic over the QUIC
 /// stack: the same code serves on ringquic-h3 and on h3-quinn.
 pub async fn serve<C>(mut conn: h3::server::Connection<C, Bytes>, site: Arc<Site>) -> Result<(), BoxError>
