@@ -183,7 +183,19 @@ struct Retiring {
     /// Its receive's cancel is still to be queued: at the rebind, or again after a cancel that
     /// found nothing to cancel while the receive had not ended yet.
     cancel_due: bool,
+    /// When it was retired: past [`RETIRE_LIMIT`] it is closed whatever is left.
+    since: Instant,
 }
+
+/// How long a socket replaced by a rebind waits for the kernel to finish with it before it is
+/// closed anyway. Closing early is memory-safe (io_uring holds its own reference to the file,
+/// the receive buffers are the ring's, the TX slots stay ours and are reaped by generation); it
+/// only bounds the list of retiring sockets if a cancel keeps failing.
+const RETIRE_LIMIT: Duration = Duration::from_secs(5);
+
+/// The longest sleep while the wakeup poll could not be armed (a full submission queue): the
+/// next turn arms it, so no sleep waits for a wakeup that cannot come.
+const UNARMED_WAKE_SLEEP: Duration = Duration::from_millis(10);
 
 /// The shared-memory ring of provided buffers (`IORING_REGISTER_PBUF_RING`).
 struct BufRing {
@@ -680,6 +692,14 @@ impl UringBackend {
                 debug!(addr = ?r.socket.local_addr().ok(), "old socket closed after rebind");
                 continue;
             }
+            if self.retiring[i].since.elapsed() > RETIRE_LIMIT {
+                let r = self.retiring.swap_remove(i);
+                warn!(
+                    addr = ?r.socket.local_addr().ok(),
+                    recv_armed, sends, "old socket still busy {RETIRE_LIMIT:?} after rebind; closing it"
+                );
+                continue;
+            }
             if recv_armed > 0 && cancel_due && self.cancel_recv(generation) {
                 self.retiring[i].cancel_due = false;
             }
@@ -931,10 +951,13 @@ impl IoBackend for UringBackend {
         }
         // Completions already waiting mean there is work: do not sleep. That includes those
         // reaped into `cqes` while making room in a full submission queue.
-        let deadline = if self.ring.completion().is_empty() && self.cqes.is_empty() {
-            deadline
-        } else {
+        let deadline = if !self.ring.completion().is_empty() || !self.cqes.is_empty() {
             Some(Instant::now())
+        } else if self.wake_armed == 0 {
+            let cap = Instant::now() + UNARMED_WAKE_SLEEP;
+            Some(deadline.map_or(cap, |d| d.min(cap)))
+        } else {
+            deadline
         };
         self.enter(deadline)?;
         self.reap_into_buffer();
@@ -997,6 +1020,7 @@ impl IoBackend for UringBackend {
             recv_armed: std::mem::take(&mut self.recv_armed),
             sends,
             cancel_due: true,
+            since: Instant::now(),
         });
         self.arm_recv();
         self.retire();
