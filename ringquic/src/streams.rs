@@ -274,16 +274,25 @@ impl RecvStream {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<Result<(), ReadError>> {
-        let dst = buf.initialize_unfilled();
-        match self.poll_read_some(cx, dst) {
-            Poll::Ready(Ok(Some(n))) => {
-                buf.advance(n);
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Ok(None)) => Poll::Ready(Ok(())),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
         }
+        // Chunks are copied into the unfilled part as they come: nothing is zeroed first.
+        self.poll_generic(cx, true, |chunks| {
+            let mut read = false;
+            while buf.remaining() > 0 {
+                match chunks.next(buf.remaining()) {
+                    Ok(Some(c)) => {
+                        buf.put_slice(&c.bytes);
+                        read = true;
+                    }
+                    Ok(None) => return ReadStatus::Finished(read.then_some(())),
+                    Err(e) => return ReadStatus::Failed(read.then_some(()), e),
+                }
+            }
+            ReadStatus::Readable(())
+        })
+        .map_ok(|_| ())
     }
 
     /// A read into `buf`: `Some(n)` bytes, `None` at the end of the stream.
@@ -451,12 +460,7 @@ impl RecvStream {
                 let mut recv = st.inner.recv_stream(self.id);
                 let mut chunks = match recv.read(ordered) {
                     Ok(c) => c,
-                    Err(proto::ReadableError::ClosedStream) => {
-                        return Poll::Ready(Err(ReadError::ClosedStream))
-                    }
-                    Err(proto::ReadableError::IllegalOrderedRead) => {
-                        return Poll::Ready(Err(ReadError::IllegalOrderedRead))
-                    }
+                    Err(e) => return Poll::Ready(Err(e.into())),
                 };
                 let status = read_fn(&mut chunks);
                 if chunks.finalize().should_transmit() {
