@@ -103,18 +103,33 @@ async fn run(args: Args) -> Result<u64, BoxError> {
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let mut file = tokio::fs::File::create(&args.out)
-        .await
-        .map_err(|e| format!("{}: {e}", args.out.display()))?;
-    let mut received = 0u64;
-    while let Some(mut chunk) = stream.recv_data().await? {
-        received += chunk.remaining() as u64;
-        file.write_all_buf(&mut chunk).await?;
+    // The body goes to a temporary file beside `--out`, renamed into place only once it is
+    // whole: a failed fetch leaves no partial file behind.
+    let partial = args.out.with_extension("partial");
+    let body = async {
+        let mut file = tokio::fs::File::create(&partial)
+            .await
+            .map_err(|e| format!("{}: {e}", partial.display()))?;
+        let mut received = 0u64;
+        while let Some(mut chunk) = stream.recv_data().await? {
+            received += chunk.remaining() as u64;
+            file.write_all_buf(&mut chunk).await?;
+        }
+        file.flush().await?;
+        if let Some(expected) = expected.filter(|&n| n != received) {
+            return Err(format!("content-length {expected}, but the body had {received} bytes").into());
+        }
+        Ok::<_, BoxError>(received)
     }
-    file.flush().await?;
-    if let Some(expected) = expected.filter(|&n| n != received) {
-        return Err(format!("content-length {expected}, but the body had {received} bytes").into());
-    }
+    .await;
+    let received = match body {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&partial, &args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
 
     // The last `SendRequest` gone, h3 closes the connection (H3_NO_ERROR); the endpoint then
     // sends the close before it goes.

@@ -45,11 +45,8 @@
 //! the connection's state, and dropping the future withdraws nothing. So each `poll_*` here
 //! makes the future, polls it once and drops it: no allocation per call and no
 //! self-referential box; every type here is `Send + Sync` because ringquic's handles are.
-//! That property is not (yet) a documented promise of ringquic's: should one of those futures
-//! ever keep state across polls, these calls would lose wakeups, and the tests in `tests/`
-//! (every one bounded by a timeout) would hang and fail. ringquic's own poll functions
-//! (`poll_accept_bi`, `poll_open_bi`, `poll_read_chunk`, `poll_read_datagram`) would make that
-//! explicit.
+//! ringquic documents that property ("Polling a future and dropping it" in its crate docs),
+//! with the list of futures it holds for.
 //!
 //! Writes copy once: h3 hands the transport a [`WriteBuf`](h3::quic::WriteBuf) (frame header,
 //! then the payload), whose public API gives slices only; `send_data` copies the frame into one
