@@ -43,17 +43,26 @@ lsan_cargo=(env RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=leak" cargo test -p rin
 churn_lsan=$(test_binary "${lsan_cargo[@]}" --test robust_churn --no-run)
 [ -x "$churn_lsan" ] || fail "could not find the LeakSanitizer churn test binary"
 
-step "LeakSanitizer: the checker reports a planted leak"
-set +e
-out=$(RINGQUIC_CHURN_LEAK_CANARY=1 RINGQUIC_CHURN_CONNS=8 RINGQUIC_CHURN_ENDPOINTS=2 \
-  timeout -k 10 120 "$churn_lsan" --exact "$TEST" --test-threads=1 2>&1)
-rc=$?
-set -e
-if [ "$rc" = 0 ] || ! grep -q "LeakSanitizer: detected memory leaks" <<<"$out"; then
-  echo "$out" | tail -20
-  fail "LeakSanitizer did not report the planted leak (exit $rc)"
-fi
-echo "ok: planted leak reported (exit $rc)"
+# planted_leak CHECKER EXPECTED CMD...: CMD (a churn run with the leak canary on) must fail and
+# print EXPECTED, or the checker would not see a real leak either.
+planted_leak() {
+  local checker=$1 expected=$2 out rc
+  shift 2
+  step "$checker: the checker reports a planted leak"
+  set +e
+  out=$(RINGQUIC_CHURN_LEAK_CANARY=1 "$@" 2>&1)
+  rc=$?
+  set -e
+  if [ "$rc" = 0 ] || ! grep -q "$expected" <<<"$out"; then
+    echo "$out" | tail -20
+    fail "$checker did not report the planted leak (exit $rc)"
+  fi
+  echo "ok: planted leak reported (exit $rc)"
+}
+
+planted_leak LeakSanitizer "LeakSanitizer: detected memory leaks" \
+  env RINGQUIC_CHURN_CONNS=8 RINGQUIC_CHURN_ENDPOINTS=2 \
+  timeout -k 10 120 "$churn_lsan" --exact "$TEST" --test-threads=1
 
 step "LeakSanitizer: library unit tests (both backends)"
 LSAN_OPTIONS=exitcode=23 timeout -k 10 300 "${lsan_cargo[@]}" --lib ||
@@ -85,16 +94,7 @@ vg() {
     --undef-value-errors=no --error-exitcode=1 "$churn_bin" --exact "$TEST" --test-threads=1 --nocapture
 }
 
-step "valgrind: the checker reports a planted leak"
-set +e
-out=$(RINGQUIC_CHURN_LEAK_CANARY=1 RINGQUIC_CHURN_CONNS=4 RINGQUIC_CHURN_ENDPOINTS=1 vg 2>&1)
-rc=$?
-set -e
-if [ "$rc" = 0 ] || ! grep -q "definitely lost: 4,096 bytes" <<<"$out"; then
-  echo "$out" | tail -20
-  fail "valgrind did not report the planted leak (exit $rc)"
-fi
-echo "ok: planted leak reported (exit $rc)"
+RINGQUIC_CHURN_CONNS=4 RINGQUIC_CHURN_ENDPOINTS=1 planted_leak valgrind "definitely lost: 4,096 bytes" vg
 
 conns=${RINGQUIC_CHURN_CONNS:-200}
 step "valgrind: churn, $conns connections x 10 endpoint pairs, poll backend"

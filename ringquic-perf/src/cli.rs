@@ -513,10 +513,9 @@ mod tests {
             "ringquic-perf",
             "client",
             "127.0.0.1:4433",
-            "--download-size",
-            "1G",
-            "--upload-size",
-            "64K",
+            // Both of clap's forms: `--flag=value` and `--flag value`.
+            "--download-size=1G",
+            "--upload-size=64K",
             "--requests",
             "8",
             "--concurrency",

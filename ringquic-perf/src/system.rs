@@ -36,7 +36,8 @@ pub trait RecvOps: Send + 'static {
 }
 
 /// An HTTP/3 transport connection (h3's `quic::Connection`) whose parts can move between tasks:
-/// what [`ConnOps::into_h3`] gives for the h3 workloads.
+/// what [`ConnOps::into_h3`] gives for the h3 workloads. Implemented for the two adapters,
+/// h3-quinn's and ringquic-h3's connections; the bounds are checked there.
 pub trait H3Transport:
     h3::quic::Connection<
         Bytes,
@@ -46,18 +47,6 @@ pub trait H3Transport:
         SendStream: Send + 'static,
     > + Send
     + 'static
-{
-}
-
-impl<T> H3Transport for T where
-    T: h3::quic::Connection<
-            Bytes,
-            RecvStream: Send + 'static,
-            OpenStreams: Clone + Send + Sync + 'static,
-            BidiStream: Send + 'static,
-            SendStream: Send + 'static,
-        > + Send
-        + 'static
 {
 }
 
@@ -169,6 +158,8 @@ macro_rules! impl_quic_ops {
                 $h3::Connection::new(self)
             }
         }
+
+        impl H3Transport for $h3::Connection {}
 
         impl EndpointOps for $q::Endpoint {
             type Conn = $q::Connection;

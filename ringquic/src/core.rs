@@ -189,7 +189,7 @@ impl Core {
 
     /// The second half of a turn, after the wait: route what was received, mark connections
     /// whose timer is due, and those that waited for a TX buffer if one is free now.
-    pub(crate) fn end_turn(&mut self, io: &dyn IoBackend) {
+    pub(crate) fn end_turn(&mut self, io: &mut dyn IoBackend) {
         self.route_received();
         self.deliver_received();
         self.expire_timers();
@@ -280,7 +280,7 @@ impl Core {
     }
 
     /// Connections waiting for a TX buffer are driven again once one is free.
-    fn retry_waiting_tx(&mut self, io: &dyn IoBackend) {
+    fn retry_waiting_tx(&mut self, io: &mut dyn IoBackend) {
         if self.waiting_tx.is_empty() || !io.has_free_tx() {
             return;
         }

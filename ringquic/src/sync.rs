@@ -36,26 +36,25 @@ pub(crate) trait Lock {
     fn lock_ignoring_poison(&self) -> Self::Guard<'_>;
 }
 
-impl<T: ?Sized> Lock for std::sync::Mutex<T> {
-    type Guard<'a>
-        = std::sync::MutexGuard<'a, T>
-    where
-        Self: 'a;
-    fn lock_ignoring_poison(&self) -> Self::Guard<'_> {
-        self.lock().unwrap_or_else(|e| e.into_inner())
-    }
+/// One `Lock` impl per mutex type: `std`'s and `loom`'s guards have the same API but no common
+/// trait to write a single generic impl against.
+macro_rules! impl_lock {
+    ($($sync:ident)::+) => {
+        impl<T: ?Sized> Lock for $($sync)::+::Mutex<T> {
+            type Guard<'a>
+                = $($sync)::+::MutexGuard<'a, T>
+            where
+                Self: 'a;
+            fn lock_ignoring_poison(&self) -> Self::Guard<'_> {
+                self.lock().unwrap_or_else(|e| e.into_inner())
+            }
+        }
+    };
 }
 
+impl_lock!(std::sync);
 #[cfg(all(test, ringquic_loom))]
-impl<T: ?Sized> Lock for loom::sync::Mutex<T> {
-    type Guard<'a>
-        = loom::sync::MutexGuard<'a, T>
-    where
-        Self: 'a;
-    fn lock_ignoring_poison(&self) -> Self::Guard<'_> {
-        self.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+impl_lock!(loom::sync);
 
 /// Lock a mutex, ignoring poisoning: every critical section in this crate leaves its data
 /// consistent before anything that could panic, and a panic on the I/O thread is reported to

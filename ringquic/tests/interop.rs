@@ -69,22 +69,19 @@ async fn quinn_client_to_ringquic_server() {
 async fn ringquic_client_to_quinn_server() {
     for b in backends() {
         let c = cert();
-        let Some(server) = quinn_or_skip(quinn::Endpoint::server(server_config(&c), localhost())) else {
+        let served = quinn_serves_one(&c, |conn| async move {
+            echo_stream!(conn);
+            conn.closed().await
+        });
+        let Some((addr, serve)) = served else {
             return;
         };
-        let addr = server.local_addr().unwrap();
-        let serve = tokio::spawn(async move {
-            let conn = server.accept().await.unwrap().await.unwrap();
-            echo_stream!(conn);
-            let err = conn.closed().await;
-            (server, err)
-        });
         let client = client_endpoint(b, client_config(&c), |e| e);
         within(30, async {
             let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
             round_trip!(conn, b);
             conn.close(9u32.into(), b"done");
-            let (_server, err) = serve.await.unwrap();
+            let (err, _server) = serve.await.unwrap();
             match err {
                 quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(close.error_code, 9u32.into()),
                 other => panic!("{b}: unexpected close reason {other}"),

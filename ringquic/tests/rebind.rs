@@ -172,15 +172,13 @@ async fn active_rebind_mid_transfer() {
 async fn active_rebind_with_a_quinn_server() {
     for b in backends() {
         let c = cert();
-        let Some(server) = quinn_or_skip(quinn::Endpoint::server(server_config(&c), localhost())) else {
+        let served = quinn_serves_one(&c, |conn| async move {
+            let hash = echo_hashed!(conn);
+            (hash, conn.remote_address())
+        });
+        let Some((addr, serve)) = served else {
             return;
         };
-        let addr = server.local_addr().unwrap();
-        let serve = tokio::spawn(async move {
-            let conn = server.accept().await.unwrap().await.unwrap();
-            let hash = echo_hashed!(conn);
-            (hash, conn.remote_address(), server)
-        });
         let client = client_endpoint(b, client_config(&c), |e| e);
         within(60, async {
             let conn = connect_to(&client, addr).await;
@@ -191,7 +189,7 @@ async fn active_rebind_with_a_quinn_server() {
                 client.rebind(fresh).expect("rebind");
             });
             assert_eq!(back, sha256(&data), "{b}: the echo differs");
-            let (hash, remote, _server) = serve.await.unwrap();
+            let ((hash, remote), _server) = serve.await.unwrap();
             assert_eq!(hash, sha256(&data), "{b}: quinn's server got other bytes");
             assert_eq!(remote, new, "{b}: quinn's server did not follow the client");
             assert_eq!(client.local_addr().unwrap(), new);

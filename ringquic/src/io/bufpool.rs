@@ -24,7 +24,23 @@ use std::{alloc::Layout, ptr::NonNull};
 use bytes::BytesMut;
 use tracing::debug;
 
-use super::{recv::Lender, IoStats, TxBuf};
+use super::recv::Lender;
+use crate::stats::EndpointIoStats as IoStats;
+
+/// A TX buffer owned by the driver between [`IoBackend::take_tx`] and [`IoBackend::send`]
+/// (or [`IoBackend::put_tx`]).
+///
+/// Ownership is explicit, as in tokio-uring: whoever holds the `TxBuf` may write into it; once it
+/// is given to `send` the backend (and the kernel) own it until the send completes. Moving a
+/// `TxBuf` never moves its heap memory, which is what the kernel points at.
+#[derive(Debug)]
+pub(crate) struct TxBuf {
+    /// Backend-private slot number.
+    pub(crate) slot: u32,
+    /// The bytes to send; cleared when handed out, with at least the capacity the backend
+    /// promised (`IoConfig::tx_buffer_size`).
+    pub(crate) buf: Vec<u8>,
+}
 
 /// One aligned allocation split into fixed-size receive buffers (the RIO backend's registered
 /// region; tested on every platform).

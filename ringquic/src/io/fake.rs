@@ -170,16 +170,8 @@ impl IoBackend for FakeBackend {
         10
     }
 
-    fn take_tx(&mut self) -> Option<TxBuf> {
-        self.tx.take_counted(&mut self.stats)
-    }
-
-    fn has_free_tx(&self) -> bool {
-        self.tx.has_free()
-    }
-
-    fn put_tx(&mut self, buf: TxBuf) {
-        self.tx.put(buf);
+    fn tx_pool(&mut self) -> (&mut TxPool, &mut IoStats) {
+        (&mut self.tx, &mut self.stats)
     }
 
     fn send(&mut self, buf: TxBuf, t: &Transmit) {

@@ -453,20 +453,12 @@ impl IoBackend for PollBackend {
         self.max_gso()
     }
 
-    fn take_tx(&mut self) -> Option<TxBuf> {
-        self.tx.take_counted(&mut self.stats)
-    }
-
     fn sends_waiting(&self) -> bool {
         !self.pending.is_empty()
     }
 
-    fn has_free_tx(&self) -> bool {
-        self.tx.has_free()
-    }
-
-    fn put_tx(&mut self, buf: TxBuf) {
-        self.tx.put(buf);
+    fn tx_pool(&mut self) -> (&mut TxPool, &mut IoStats) {
+        (&mut self.tx, &mut self.stats)
     }
 
     /// Sends right away if the socket is writable and nothing is queued before; otherwise (or on
@@ -565,10 +557,7 @@ impl IoBackend for PollBackend {
     /// writable socket go out on the new one, their addresses put in its family.
     fn rebind(&mut self, socket: std::net::UdpSocket) -> io::Result<SocketAddr> {
         if self.closed {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the backend is shut down",
-            ));
+            return Err(super::seam::shut_down());
         }
         let prepared = (|| {
             socket.set_nonblocking(true)?;
@@ -910,8 +899,9 @@ mod tests {
         assert_eq!(meta.remote, b_addr);
     }
 
-    #[test]
-    fn dual_stack_reports_and_accepts_ipv4() {
+    /// An IPv6 socket bound to `[::]:0` that also takes IPv4 (mapped), or `None` with a
+    /// message where the system has no IPv6 or no dual-stack sockets (the test skips).
+    fn dual_stack_socket() -> Option<socket2::Socket> {
         let socket = socket2::Socket::new(
             socket2::Domain::IPV6,
             socket2::Type::DGRAM,
@@ -919,13 +909,21 @@ mod tests {
         );
         let Ok(socket) = socket else {
             eprintln!("no IPv6 sockets; skipping");
-            return;
+            return None;
         };
         let any: SocketAddr = (Ipv6Addr::UNSPECIFIED, 0).into();
         if socket.set_only_v6(false).is_err() || socket.bind(&any.into()).is_err() {
             eprintln!("no dual-stack sockets; skipping");
-            return;
+            return None;
         }
+        Some(socket)
+    }
+
+    #[test]
+    fn dual_stack_reports_and_accepts_ipv4() {
+        let Some(socket) = dual_stack_socket() else {
+            return;
+        };
         let mut server = PollBackend::new(socket.into(), &config()).unwrap();
         let port = server.local_addr().unwrap().port();
         let mut client = bind("127.0.0.1:0").unwrap();
@@ -1098,20 +1096,9 @@ mod tests {
     /// new family; they still arrive.
     #[test]
     fn rebind_to_another_family_readdresses_waiting_sends() {
-        let socket = socket2::Socket::new(
-            socket2::Domain::IPV6,
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        );
-        let Ok(socket) = socket else {
-            eprintln!("no IPv6 sockets; skipping");
+        let Some(socket) = dual_stack_socket() else {
             return;
         };
-        let any: SocketAddr = (Ipv6Addr::UNSPECIFIED, 0).into();
-        if socket.set_only_v6(false).is_err() || socket.bind(&any.into()).is_err() {
-            eprintln!("no dual-stack sockets; skipping");
-            return;
-        }
         let mut a = bind("127.0.0.1:0").unwrap();
         let mut b = bind("127.0.0.1:0").unwrap();
         a.writable = false;

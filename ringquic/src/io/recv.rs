@@ -28,11 +28,26 @@
 //! Unreliable datagrams need nothing more: quinn-proto counts their payload against
 //! `datagram_receive_buffer_size`, and a copied datagram keeps only its own packet alive.
 
-use std::ops::Range;
+use std::{
+    net::{IpAddr, SocketAddr},
+    ops::Range,
+};
 
 use bytes::BytesMut;
+use quinn_proto::EcnCodepoint;
 
-use super::{IoStats, RecvMeta};
+use crate::stats::EndpointIoStats as IoStats;
+
+/// Where a received datagram came from and how it arrived.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecvMeta {
+    /// The peer's address (IPv4 peers on a dual-stack socket are reported as IPv4).
+    pub remote: SocketAddr,
+    /// The local address the datagram was sent to (`IP_PKTINFO` / `IPV6_PKTINFO`), if known.
+    pub local_ip: Option<IpAddr>,
+    /// ECN bits from the IP header, if any.
+    pub ecn: Option<EcnCodepoint>,
+}
 
 /// Split a received payload into datagrams: a GRO (or URO) batch holds `segment_size`-byte
 /// datagrams, the last one possibly shorter. Without a size, or with a zero one, the payload is

@@ -1290,10 +1290,7 @@ impl RioBackend {
     /// if the system says it has no room for another queue (`WSAENOBUFS`).
     fn create_rq(&mut self, socket: &UdpSocket) -> io::Result<ws::RIO_RQ> {
         let Some(cq) = self.cq.as_ref().map(|c| c.cq) else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the backend is shut down",
-            ));
+            return Err(super::seam::shut_down());
         };
         let (recv_depth, send_depth) = self.rq_depth;
         let create_rq = self.fns.create_rq;
@@ -1363,16 +1360,8 @@ impl IoBackend for RioBackend {
         self.uso_segments
     }
 
-    fn take_tx(&mut self) -> Option<TxBuf> {
-        self.tx.take_counted(&mut self.stats)
-    }
-
-    fn has_free_tx(&self) -> bool {
-        self.tx.has_free()
-    }
-
-    fn put_tx(&mut self, buf: TxBuf) {
-        self.tx.put(buf);
+    fn tx_pool(&mut self) -> (&mut TxPool, &mut IoStats) {
+        (&mut self.tx, &mut self.stats)
     }
 
     fn send(&mut self, buf: TxBuf, t: &Transmit) {
@@ -1480,10 +1469,7 @@ impl IoBackend for RioBackend {
 
     fn rebind(&mut self, socket: UdpSocket) -> io::Result<SocketAddr> {
         if self.shut_down || self.socket.is_none() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the backend is shut down",
-            ));
+            return Err(super::seam::shut_down());
         }
         // The new socket is made ready first, its request queue included: if anything fails,
         // nothing has changed.

@@ -17,43 +17,14 @@
 //!
 //! Nothing in this module knows about connections or streams.
 
-use std::{
-    io,
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Instant,
-};
+use std::{io, net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::BytesMut;
-use quinn_proto::{EcnCodepoint, Transmit};
+use quinn_proto::Transmit;
 
+use super::bufpool::TxPool;
+pub(crate) use super::{bufpool::TxBuf, recv::RecvMeta};
 use crate::backend::BackendKind;
-
-/// Where a received datagram came from and how it arrived.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RecvMeta {
-    /// The peer's address (IPv4 peers on a dual-stack socket are reported as IPv4).
-    pub remote: SocketAddr,
-    /// The local address the datagram was sent to (`IP_PKTINFO` / `IPV6_PKTINFO`), if known.
-    pub local_ip: Option<IpAddr>,
-    /// ECN bits from the IP header, if any.
-    pub ecn: Option<EcnCodepoint>,
-}
-
-/// A TX buffer owned by the driver between [`IoBackend::take_tx`] and [`IoBackend::send`]
-/// (or [`IoBackend::put_tx`]).
-///
-/// Ownership is explicit, as in tokio-uring: whoever holds the `TxBuf` may write into it; once it
-/// is given to `send` the backend (and the kernel) own it until the send completes. Moving a
-/// `TxBuf` never moves its heap memory, which is what the kernel points at.
-#[derive(Debug)]
-pub(crate) struct TxBuf {
-    /// Backend-private slot number.
-    pub(crate) slot: u32,
-    /// The bytes to send; cleared when handed out, with at least the capacity the backend
-    /// promised (`IoConfig::tx_buffer_size`).
-    pub(crate) buf: Vec<u8>,
-}
 
 /// Counters a backend keeps: the I/O part of the public [`EndpointIoStats`] (the backend fills
 /// the receive, send, buffer and rebind counters; the I/O loop adds its own before publishing).
@@ -118,6 +89,11 @@ impl IoConfig {
     }
 }
 
+/// The error of a call on a backend that was shut down.
+pub(crate) fn shut_down() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the backend is shut down")
+}
+
 /// Interrupts the I/O thread's sleep. Implemented by each backend's wakeup primitive.
 pub(crate) trait Wakeup: Send + Sync + 'static {
     /// Make the I/O thread's current or next sleep return promptly.
@@ -132,10 +108,19 @@ pub(crate) trait IoBackend {
     fn local_addr(&self) -> io::Result<SocketAddr>;
     /// Largest number of datagrams one [`TxBuf`] may carry as a GSO batch (1 without GSO).
     fn max_gso_segments(&self) -> usize;
+    /// The backend's TX buffers, and the counters taking one is counted in. Every backend
+    /// keeps its TX buffers in a [`TxPool`] (registered with the kernel where the backend
+    /// registers them), so the three TX calls below are the same for all.
+    fn tx_pool(&mut self) -> (&mut TxPool, &mut IoStats);
     /// Take a free TX buffer, empty. `None` when every TX buffer is in flight.
-    fn take_tx(&mut self) -> Option<TxBuf>;
+    fn take_tx(&mut self) -> Option<TxBuf> {
+        let (tx, stats) = self.tx_pool();
+        tx.take_counted(stats)
+    }
     /// Whether [`IoBackend::take_tx`] would return a buffer now.
-    fn has_free_tx(&self) -> bool;
+    fn has_free_tx(&mut self) -> bool {
+        self.tx_pool().0.has_free()
+    }
     /// Whether sends are queued that the kernel has not taken yet and that
     /// [`IoBackend::shutdown`] would drop (the poll backend's sends waiting for the socket to
     /// become writable). Shutdown keeps turning while this holds, so a connection's last
@@ -145,7 +130,9 @@ pub(crate) trait IoBackend {
         false
     }
     /// Return a TX buffer unused.
-    fn put_tx(&mut self, buf: TxBuf);
+    fn put_tx(&mut self, buf: TxBuf) {
+        self.tx_pool().0.put(buf);
+    }
     /// Queue `buf.buf[..transmit.size]` for sending as described by `transmit`. Errors are
     /// counted, never returned: a datagram that cannot be sent is a lost datagram.
     fn send(&mut self, buf: TxBuf, transmit: &Transmit);

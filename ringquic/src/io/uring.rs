@@ -857,16 +857,8 @@ impl IoBackend for UringBackend {
         self.gso_segments
     }
 
-    fn take_tx(&mut self) -> Option<TxBuf> {
-        self.tx.take_counted(&mut self.stats)
-    }
-
-    fn has_free_tx(&self) -> bool {
-        self.tx.has_free()
-    }
-
-    fn put_tx(&mut self, buf: TxBuf) {
-        self.tx.put(buf);
+    fn tx_pool(&mut self) -> (&mut TxPool, &mut IoStats) {
+        (&mut self.tx, &mut self.stats)
     }
 
     fn send(&mut self, mut buf: TxBuf, t: &Transmit) {
@@ -965,9 +957,6 @@ impl IoBackend for UringBackend {
         if !self.retiring.is_empty() {
             self.retire();
         }
-        if let Some(rx) = self.rx.as_ref() {
-            self.stats.recv_buffers_lent = (rx.lent() + self.copies.lent()) as u64;
-        }
         Ok(())
     }
 
@@ -975,16 +964,19 @@ impl IoBackend for UringBackend {
         self.waker.clone()
     }
 
+    /// The counters. `recv_buffers_lent` is counted when asked: the kernel's ring buffers lent
+    /// zero-copy plus the pooled copies.
     fn stats(&self) -> IoStats {
-        self.stats
+        let lent = self.rx.as_ref().map_or(0, |rx| rx.lent()) + self.copies.lent();
+        IoStats {
+            recv_buffers_lent: lent as u64,
+            ..self.stats
+        }
     }
 
     fn rebind(&mut self, socket: std::net::UdpSocket) -> io::Result<SocketAddr> {
         if self.shut_down {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the backend is shut down",
-            ));
+            return Err(super::seam::shut_down());
         }
         // The new socket is made ready first: if that fails, nothing has changed.
         let prepared = socket.local_addr().and_then(|local| {

@@ -332,3 +332,23 @@ pub fn quinn_or_skip(r: std::io::Result<quinn::Endpoint>) -> Option<quinn::Endpo
         Err(e) => panic!("quinn endpoint: {e}"),
     }
 }
+
+/// Stock quinn's server on loopback with `c`'s certificate, its first connection handed to
+/// `serve` on a task that also keeps the endpoint alive (returned with `serve`'s result); `None`
+/// where [`quinn_or_skip`] skips.
+pub fn quinn_serves_one<T, F>(
+    c: &Cert,
+    serve: impl FnOnce(quinn::Connection) -> F + Send + 'static,
+) -> Option<(SocketAddr, tokio::task::JoinHandle<(T, quinn::Endpoint)>)>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let server = quinn_or_skip(quinn::Endpoint::server(server_config(c), localhost()))?;
+    let addr = server.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let conn = server.accept().await.unwrap().await.unwrap();
+        (serve(conn).await, server)
+    });
+    Some((addr, task))
+}

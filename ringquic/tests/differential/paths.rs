@@ -30,24 +30,40 @@ macro_rules! path_scenarios {
                 nat_rebinding(8).await;
             }
 
-            async fn nat_rebinding(times: u64) {
-                const SIZE: usize = 2 << 20;
-                let (server, client, _cert) = h::endpoints();
-                let relay = Relay::new(server.local_addr().unwrap()).await;
-                let (conn, server_conn) = h::connect_via(&server, &client, relay.addr).await;
-                let first_addr = server_conn.remote_address();
-                let sc = server_conn.clone();
-                // The server echoes as it reads, so data flows both ways when the NAT rebinds.
-                let echo = tokio::spawn(async move {
-                    let (mut send, mut recv) = sc.accept_bi().await.unwrap();
-                    let mut data = Vec::with_capacity(SIZE);
+            /// The server's side of a mid-transfer echo: accepts one bidirectional stream,
+            /// writes each chunk back as it arrives and returns the SHA-256 of all it read.
+            fn spawn_echo(conn: $q::Connection, size: usize) -> tokio::task::JoinHandle<Vec<u8>> {
+                tokio::spawn(async move {
+                    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+                    let mut data = Vec::with_capacity(size);
                     while let Some(c) = recv.read_chunk(64 * 1024, true).await.unwrap() {
                         data.extend_from_slice(&c.bytes);
                         send.write_all(&c.bytes).await.unwrap();
                     }
                     send.finish().unwrap();
                     sha256(&data)
-                });
+                })
+            }
+
+            /// The echo's server side read exactly `data`.
+            async fn server_got(echo: tokio::task::JoinHandle<Vec<u8>>, data: &[u8]) {
+                let server_hash = within(5, "server", echo).await.unwrap();
+                assert_eq!(
+                    server_hash,
+                    sha256(data),
+                    "{}: server got different bytes",
+                    imp::NAME
+                );
+            }
+
+            async fn nat_rebinding(times: u64) {
+                const SIZE: usize = 2 << 20;
+                let (server, client, _cert) = h::endpoints();
+                let relay = Relay::new(server.local_addr().unwrap()).await;
+                let (conn, server_conn) = h::connect_via(&server, &client, relay.addr).await;
+                let first_addr = server_conn.remote_address();
+                // The server echoes as it reads, so data flows both ways when the NAT rebinds.
+                let echo = spawn_echo(server_conn.clone(), SIZE);
                 if times == 1 {
                     relay.rebind_after(512 * 1024);
                 } else {
@@ -72,13 +88,7 @@ macro_rules! path_scenarios {
                     imp::NAME,
                     relay.rebinds()
                 );
-                let server_hash = within(5, "server", echo).await.unwrap();
-                assert_eq!(
-                    server_hash,
-                    sha256(&data),
-                    "{}: server got different bytes",
-                    imp::NAME
-                );
+                server_got(echo, &data).await;
                 assert_eq!(sha256(&back), sha256(&data), "{}: echo differs", imp::NAME);
                 assert_ne!(
                     server_conn.remote_address(),
@@ -99,17 +109,7 @@ macro_rules! path_scenarios {
                 let (server, client, _cert) = h::endpoints();
                 let (conn, server_conn) = h::connect(&server, &client).await;
                 let old = client.local_addr().unwrap();
-                let sc = server_conn.clone();
-                let echo = tokio::spawn(async move {
-                    let (mut send, mut recv) = sc.accept_bi().await.unwrap();
-                    let mut data = Vec::with_capacity(SIZE);
-                    while let Some(c) = recv.read_chunk(64 * 1024, true).await.unwrap() {
-                        data.extend_from_slice(&c.bytes);
-                        send.write_all(&c.bytes).await.unwrap();
-                    }
-                    send.finish().unwrap();
-                    sha256(&data)
-                });
+                let echo = spawn_echo(server_conn.clone(), SIZE);
                 let data = payload(SIZE, 6);
                 let fresh = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
                 let new = fresh.local_addr().unwrap();
@@ -138,13 +138,7 @@ macro_rules! path_scenarios {
                     "{}: echo differs",
                     imp::NAME
                 );
-                let server_hash = within(5, "server", echo).await.unwrap();
-                assert_eq!(
-                    server_hash,
-                    sha256(&data),
-                    "{}: server got different bytes",
-                    imp::NAME
-                );
+                server_got(echo, &data).await;
                 assert_eq!(
                     server_conn.remote_address(),
                     new,
