@@ -31,17 +31,16 @@ fn aioquic_available() -> bool {
     false
 }
 
-fn aioquic_client(url: &str, ca: &Path, out: &Path) -> (std::process::ExitStatus, String) {
+/// The aioquic script in `mode` (`client` or `server`); its further arguments are the example
+/// programs'.
+fn aioquic(mode: &str) -> Command {
     let mut cmd = Command::new("python3");
-    cmd.arg(SCRIPT)
-        .arg("client")
-        .arg(url)
-        .arg("--ca")
-        .arg(ca)
-        .arg("--out")
-        .arg(out)
-        .args(["--timeout", "30"]);
-    run(cmd, "aioquic client", 60)
+    cmd.arg(SCRIPT).arg(mode);
+    cmd
+}
+
+fn aioquic_client(url: &str, ca: &Path, out: &Path) -> (std::process::ExitStatus, String) {
+    run_client(aioquic("client"), "aioquic client", url, ca, out)
 }
 
 #[test]
@@ -49,33 +48,17 @@ fn aioquic_client_against_example_server() {
     if !aioquic_available() {
         return;
     }
-    let id = Identity::new();
-    let files = Files::new("aioquic-client", &id);
+    let files = Files::new("aioquic-client");
     let (_server, addr) = start_example_server(&files);
     let url = |path: &str| format!("https://127.0.0.1:{}{path}", addr.port());
+    let fetch = Fetch(aioquic_client, &files);
 
-    let out = files.out("big.out");
-    let (status, stderr) = aioquic_client(&url("/big.bin"), &files.cert, &out);
-    assert!(status.success(), "aioquic GET /big.bin: {status}: {stderr}");
-    assert_same_body(
-        &std::fs::read(&out).expect("body"),
-        &files.big,
-        "aioquic GET /big.bin",
-    );
-
-    let out = files.out("small.out");
-    let (status, stderr) = aioquic_client(&url("/sub%20dir/nested.txt"), &files.cert, &out);
-    assert!(status.success(), "aioquic GET nested: {status}: {stderr}");
-    assert_eq!(std::fs::read(&out).expect("body"), b"nested\n");
+    fetch.ok(&url("/big.bin"), "big.out", &files.big, "aioquic GET /big.bin");
+    let nested = url("/sub%20dir/nested.txt");
+    fetch.ok(&nested, "small.out", b"nested\n", "aioquic GET nested");
 
     for path in ["/missing.txt", ESCAPES[0], ESCAPES[1]] {
-        let out = files.out("missing.out");
-        let (status, stderr) = aioquic_client(&url(path), &files.cert, &out);
-        assert!(
-            !status.success() && stderr.contains("404"),
-            "aioquic GET {path}: {status}: {stderr}"
-        );
-        assert!(!out.exists());
+        fetch.not_found(&url(path), "missing.out", &format!("aioquic GET {path}"));
     }
 }
 
@@ -84,42 +67,23 @@ fn example_client_against_aioquic_server() {
     if !aioquic_available() {
         return;
     }
-    let id = Identity::new();
-    let files = Files::new("aioquic-server", &id);
-    let mut cmd = Command::new("python3");
-    cmd.arg(SCRIPT)
-        .args(["server", "--listen", "127.0.0.1:0", "--cert"])
-        .arg(&files.cert)
-        .arg("--key")
-        .arg(&files.key)
-        .arg("--root")
-        .arg(&files.root);
-    let (_server, line) = Process::start(cmd, "aioquic server", "listening", 30);
-    let addr = listening_addr(&line);
+    let files = Files::new("aioquic-server");
+    let (_server, addr) = start_file_server(aioquic("server"), "aioquic server", &files);
     let url = |path: &str| format!("https://{addr}{path}");
+    let fetch = Fetch(example_client, &files);
 
-    let out = files.out("big.out");
-    let (status, stderr) = example_client(&url("/big.bin"), &files.cert, &out);
-    assert!(status.success(), "GET /big.bin from aioquic: {status}: {stderr}");
-    assert_same_body(
-        &std::fs::read(&out).expect("body"),
+    fetch.ok(
+        &url("/big.bin"),
+        "big.out",
         &files.big,
         "GET /big.bin from aioquic",
     );
-
     for (path, want) in [
         ("/small.txt", &b"small file\n"[..]),
         ("/", b"<p>index</p>\n"),
         ("/empty", b""),
     ] {
-        let out = files.out("small.out");
-        let (status, stderr) = example_client(&url(path), &files.cert, &out);
-        assert!(status.success(), "GET {path} from aioquic: {status}: {stderr}");
-        assert_eq!(
-            std::fs::read(&out).expect("body"),
-            want,
-            "GET {path} from aioquic"
-        );
+        fetch.ok(&url(path), "small.out", want, &format!("GET {path} from aioquic"));
     }
 
     let out = files.out("missing.out");

@@ -13,36 +13,24 @@ fn url(addr: std::net::SocketAddr, path: &str) -> String {
 
 #[test]
 fn example_client_fetches_from_example_server() {
-    let id = Identity::new();
-    let files = Files::new("examples", &id);
+    let files = Files::new("examples");
     let (_server, addr) = start_example_server(&files);
+    let fetch = Fetch(example_client, &files);
 
-    let out = files.out("big.out");
-    let (status, stderr) = example_client(&url(addr, "/big.bin"), &files.cert, &out);
-    assert!(status.success(), "GET /big.bin: {status}: {stderr}");
-    assert_same_body(
-        &std::fs::read(&out).expect("body written"),
-        &files.big,
-        "GET /big.bin",
-    );
-
+    fetch.ok(&url(addr, "/big.bin"), "big.out", &files.big, "GET /big.bin");
     for (path, want) in [
         ("/small.txt", &b"small file\n"[..]),
         ("/sub%20dir/nested.txt", b"nested\n"),
         ("/", b"<p>index</p>\n"),
         ("/empty", b""),
     ] {
-        let out = files.out("small.out");
-        let (status, stderr) = example_client(&url(addr, path), &files.cert, &out);
-        assert!(status.success(), "GET {path}: {status}: {stderr}");
-        assert_eq!(std::fs::read(&out).expect("body written"), want, "GET {path}");
+        fetch.ok(&url(addr, path), "small.out", want, &format!("GET {path}"));
     }
 }
 
 #[test]
 fn example_client_fails_clearly_on_404_and_bad_certificate() {
-    let id = Identity::new();
-    let files = Files::new("examples-errors", &id);
+    let files = Files::new("examples-errors");
     let (_server, addr) = start_example_server(&files);
 
     let out = files.out("missing.out");
@@ -77,16 +65,10 @@ fn example_client_fails_clearly_on_404_and_bad_certificate() {
 
 #[test]
 fn example_server_stays_inside_its_root() {
-    let id = Identity::new();
-    let files = Files::new("examples-escape", &id);
+    let files = Files::new("examples-escape");
     let (_server, addr) = start_example_server(&files);
+    let fetch = Fetch(example_client, &files);
     for path in ESCAPES {
-        let out = files.out("escape.out");
-        let (status, stderr) = example_client(&url(addr, path), &files.cert, &out);
-        assert!(
-            !status.success() && stderr.contains("404"),
-            "GET {path} must be a 404: {status}: {stderr}"
-        );
-        assert!(!out.exists(), "GET {path} wrote a body");
+        fetch.not_found(&url(addr, path), "escape.out", &format!("GET {path}"));
     }
 }

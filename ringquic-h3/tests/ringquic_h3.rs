@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use bytes::Bytes;
 use common::*;
@@ -12,47 +12,42 @@ use h3::error::Code;
 use http::{Method, Request, Response, StatusCode};
 use ringquic::BackendKind;
 
-/// A connected pair: the server's h3 connection (not yet built) and the client's.
-async fn connect(
-    server: &ringquic::Endpoint,
-    client: &ringquic::Endpoint,
-) -> (ringquic_h3::Connection, ringquic_h3::Connection) {
+/// The endpoints a test keeps open while their connections run.
+type Endpoints = (ringquic::Endpoint, ringquic::Endpoint);
+
+/// Both ends on ringquic, on `backend`, connected: the endpoints, the server's h3 connection (not
+/// yet built) and the client's.
+async fn connected(backend: BackendKind) -> (Endpoints, ringquic_h3::Connection, ringquic_h3::Connection) {
+    let id = Identity::new();
+    let (server, client) = (ringquic_server(&id, backend), ringquic_client(&id, backend));
     let addr = server.local_addr().expect("server address");
-    let (accepted, connected) = tokio::join!(
-        async {
-            server
-                .accept()
-                .await
-                .expect("incoming")
-                .await
-                .expect("server handshake")
-        },
-        async {
-            client
-                .connect(addr, "localhost")
-                .expect("connect")
-                .await
-                .expect("client handshake")
-        }
-    );
-    (accepted.into(), connected.into())
+    let (s, c) = handshake(server.accept(), || client.connect(addr, "localhost")).await;
+    ((server, client), s.into(), c.into())
 }
 
 async fn site_exchange(backend: BackendKind) {
-    let id = Identity::new();
-    let (server, client) = (ringquic_server(&id, backend), ringquic_client(&id, backend));
-    let (s, c) = connect(&server, &client).await;
+    let (_endpoints, s, c) = connected(backend).await;
     // The last request sender is gone when `exercise` ends: h3 closes with H3_NO_ERROR, which
     // the server must see as the clean end it is (ApplicationClose with that code).
     common::site_exchange(c, s).await;
 }
 
+/// `test` within `secs` on a connected pair on the first backend: on the server's h3 connection
+/// (not yet built) and the client's, while the endpoints stay open.
+async fn on_a_connected_pair<F: Future<Output = ()>>(
+    secs: u64,
+    test: impl FnOnce(ringquic_h3::Connection, ringquic_h3::Connection) -> F,
+) {
+    within(secs, async {
+        let (_endpoints, s, c) = connected(backends()[0]).await;
+        test(s, c).await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_big_bodies_and_404() {
-    for backend in backends() {
-        eprintln!("backend {backend:?}");
-        within(60, site_exchange(backend)).await;
-    }
+    on_every_backend(60, site_exchange).await;
 }
 
 /// The current-thread runtime as well: nothing in the mapping may need a second thread.
@@ -65,30 +60,34 @@ fn requests_on_a_current_thread_runtime() {
     rt.block_on(within(60, site_exchange(backends()[0])));
 }
 
+/// The server's next request, answered with a 200 whose body is still to send.
+async fn next_request(
+    conn: &mut h3::server::Connection<ringquic_h3::Connection, Bytes>,
+) -> h3::server::RequestStream<ringquic_h3::BidiStream<Bytes>, Bytes> {
+    let (_, mut stream) = conn
+        .accept()
+        .await
+        .unwrap()
+        .unwrap()
+        .resolve_request()
+        .await
+        .unwrap();
+    stream.send_response(Response::new(())).await.unwrap();
+    stream
+}
+
 /// A client that stops reading a response mid-body: the server's next write fails with the
 /// client's code (STOP_SENDING → `StreamTerminated`), and a request the server resets reaches
 /// the client as an error, not as a short body. The connection lives on for the next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_and_reset_streams() {
-    within(60, async {
-        let id = Identity::new();
-        let backend = backends()[0];
-        let (server, client) = (ringquic_server(&id, backend), ringquic_client(&id, backend));
-        let (s, c) = connect(&server, &client).await;
+    on_a_connected_pair(60, |s, c| async move {
         let server_task = tokio::spawn(async move {
             let mut conn = h3::server::Connection::<_, Bytes>::new(s)
                 .await
                 .expect("h3 server");
             // 1: an endless body the client will stop.
-            let (_, mut stream) = conn
-                .accept()
-                .await
-                .unwrap()
-                .unwrap()
-                .resolve_request()
-                .await
-                .unwrap();
-            stream.send_response(Response::new(())).await.unwrap();
+            let mut stream = next_request(&mut conn).await;
             let mut error = None;
             for _ in 0..100_000 {
                 if let Err(e) = stream.send_data(Bytes::from(vec![7u8; 16 * 1024])).await {
@@ -98,27 +97,11 @@ async fn stopped_and_reset_streams() {
             }
             let error = error.expect("writes went on after the client stopped the stream");
             // 2: reset in the middle of a body.
-            let (_, mut stream) = conn
-                .accept()
-                .await
-                .unwrap()
-                .unwrap()
-                .resolve_request()
-                .await
-                .unwrap();
-            stream.send_response(Response::new(())).await.unwrap();
+            let mut stream = next_request(&mut conn).await;
             stream.send_data(Bytes::from_static(b"partial")).await.unwrap();
             stream.stop_stream(Code::H3_REQUEST_CANCELLED);
             // 3: the connection still serves.
-            let (_, mut stream) = conn
-                .accept()
-                .await
-                .unwrap()
-                .unwrap()
-                .resolve_request()
-                .await
-                .unwrap();
-            stream.send_response(Response::new(())).await.unwrap();
+            let mut stream = next_request(&mut conn).await;
             stream.send_data(Bytes::from_static(b"ok")).await.unwrap();
             stream.finish().await.unwrap();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn.accept()).await;
@@ -174,11 +157,7 @@ async fn stopped_and_reset_streams() {
 /// (ApplicationClose), and pending calls end instead of hanging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_closes_with_an_error_code() {
-    within(30, async {
-        let id = Identity::new();
-        let backend = backends()[0];
-        let (server, client) = (ringquic_server(&id, backend), ringquic_client(&id, backend));
-        let (s, c) = connect(&server, &client).await;
+    on_a_connected_pair(30, |s, c| async move {
         let raw = s.inner().clone();
         let server_task = tokio::spawn(async move {
             let mut conn = h3::server::Connection::<_, Bytes>::new(s)
@@ -210,14 +189,8 @@ async fn peer_closes_with_an_error_code() {
 /// request stream, the server echoes each back on the same stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_datagrams_echo() {
-    within(30, async {
-        let id = Identity::new();
-        let backend = backends()[0];
-        let (server, client) = (ringquic_server(&id, backend), ringquic_client(&id, backend));
-        let (s, c) = connect(&server, &client).await;
-        let echoing = tokio::spawn(datagram_echo_server(s));
-        datagram_client(c).await.expect("datagrams");
-        echoing.await.expect("server task").expect("echo server");
+    on_a_connected_pair(30, |s, c| {
+        datagrams_echoed(datagram_client(c), datagram_echo_server(s))
     })
     .await;
 }

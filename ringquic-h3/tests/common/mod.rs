@@ -9,10 +9,12 @@ pub mod tls;
 
 use std::{
     collections::HashMap,
+    fmt::Debug,
+    future::{Future, IntoFuture},
     io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     sync::{atomic::AtomicUsize, Arc},
     time::Duration,
 };
@@ -37,6 +39,14 @@ pub async fn within<F: std::future::Future>(secs: u64, f: F) -> F::Output {
 mod backends;
 #[allow(unused_imports)]
 pub use backends::backends;
+
+/// `test` on each backend in turn (named on stderr), each within `secs`.
+pub async fn on_every_backend<F: Future<Output = ()>>(secs: u64, test: impl Fn(BackendKind) -> F) {
+    for backend in backends() {
+        eprintln!("backend {backend:?}");
+        within(secs, test(backend)).await;
+    }
+}
 
 /// A self-signed certificate for `localhost`, 127.0.0.1 and ::1.
 pub struct Identity {
@@ -95,22 +105,34 @@ pub fn localhost() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
+/// A ringquic endpoint on `backend`, on 127.0.0.1, as `config` sets it up; `what` names it in a
+/// failure.
+fn ringquic_endpoint(
+    backend: BackendKind,
+    config: impl FnOnce(ringquic::EndpointBuilder) -> ringquic::EndpointBuilder,
+    what: &str,
+) -> ringquic::Endpoint {
+    config(ringquic::Endpoint::builder().backend(backend))
+        .bind(localhost())
+        .unwrap_or_else(|e| panic!("{what}: {e:?}"))
+}
+
 /// A ringquic server endpoint on `backend`, on 127.0.0.1.
 pub fn ringquic_server(id: &Identity, backend: BackendKind) -> ringquic::Endpoint {
-    ringquic::Endpoint::builder()
-        .backend(backend)
-        .server_config(id.server_config())
-        .bind(localhost())
-        .expect("ringquic server endpoint")
+    ringquic_endpoint(
+        backend,
+        |b| b.server_config(id.server_config()),
+        "ringquic server endpoint",
+    )
 }
 
 /// A ringquic client endpoint on `backend`, trusting `id`.
 pub fn ringquic_client(id: &Identity, backend: BackendKind) -> ringquic::Endpoint {
-    ringquic::Endpoint::builder()
-        .backend(backend)
-        .default_client_config(id.client_config())
-        .bind(localhost())
-        .expect("ringquic client endpoint")
+    ringquic_endpoint(
+        backend,
+        |b| b.default_client_config(id.client_config()),
+        "ringquic client endpoint",
+    )
 }
 
 /// A stock quinn server endpoint on 127.0.0.1 (inside a tokio runtime).
@@ -124,6 +146,26 @@ pub fn quinn_client(id: &Identity) -> quinn::Endpoint {
     let mut e = quinn::Endpoint::client(localhost()).expect("quinn client endpoint");
     e.set_default_client_config(id.client_config());
     e
+}
+
+/// Both ends of a handshake at once, on either QUIC stack: the server's next connection
+/// (`incoming`, its endpoint's `accept()`) and the client's (`connect`, called once the server
+/// waits for it, as `|| client.connect(addr, "localhost")`). The server's connection first.
+pub async fn handshake<I, SC, SE, CF, CC, CE, E>(
+    incoming: impl Future<Output = Option<I>>,
+    connect: impl FnOnce() -> Result<CF, E>,
+) -> (SC, CC)
+where
+    I: IntoFuture<Output = Result<SC, SE>>,
+    CF: Future<Output = Result<CC, CE>>,
+    SE: Debug,
+    CE: Debug,
+    E: Debug,
+{
+    tokio::join!(
+        async { incoming.await.expect("incoming").await.expect("server handshake") },
+        async { connect().expect("connect").await.expect("client handshake") }
+    )
 }
 
 /// `len` deterministic pseudo-random bytes (xorshift64 from `seed`): a body whose every byte
@@ -422,6 +464,17 @@ where
     Ok(())
 }
 
+/// HTTP datagrams echoed: `server` (a [`datagram_echo_server`]) on a task of its own, `client`
+/// (a [`datagram_client`]) here; both must succeed.
+pub async fn datagrams_echoed(
+    client: impl Future<Output = Result<(), BoxError>>,
+    server: impl Future<Output = Result<(), BoxError>> + Send + 'static,
+) {
+    let echoing = tokio::spawn(server);
+    client.await.expect("datagrams");
+    echoing.await.expect("server task").expect("echo server");
+}
+
 /// An h3 client with HTTP datagrams on: opens a request, sends [`DATAGRAMS`] datagrams bound
 /// to its stream, each until its echo comes back (datagrams may be lost; bounded), checks
 /// every echo's stream and payload, and reads the response to its end.
@@ -549,7 +602,7 @@ impl Process {
     }
 
     /// Wait at most `secs` for the process to exit; its status (killed and a panic on timeout).
-    pub fn wait(mut self, secs: u64) -> std::process::ExitStatus {
+    pub fn wait(mut self, secs: u64) -> ExitStatus {
         let deadline = std::time::Instant::now() + Duration::from_secs(secs);
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -571,7 +624,7 @@ impl Drop for Process {
 }
 
 /// Run `cmd` to completion within `secs` (killed on timeout): its exit status and stderr.
-pub fn run(mut cmd: Command, what: &str, secs: u64) -> (std::process::ExitStatus, String) {
+pub fn run(mut cmd: Command, what: &str, secs: u64) -> (ExitStatus, String) {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped());
@@ -616,7 +669,9 @@ pub struct Files {
 }
 
 impl Files {
-    pub fn new(tag: &str, id: &Identity) -> Self {
+    /// The files in a new temporary directory (named after `tag`), with a new [`Identity`]'s
+    /// certificate and key beside them.
+    pub fn new(tag: &str) -> Self {
         let dir = TempDir::new(tag);
         let root = dir.path().join("root");
         std::fs::create_dir_all(root.join("sub dir")).expect("mkdir");
@@ -629,7 +684,7 @@ impl Files {
         std::fs::write(dir.path().join("secret.txt"), b"outside the root\n").expect("write");
         #[cfg(unix)]
         std::os::unix::fs::symlink(dir.path().join("secret.txt"), root.join("link")).expect("symlink");
-        let (cert, key) = id.write_pem(dir.path());
+        let (cert, key) = Identity::new().write_pem(dir.path());
         Self {
             dir,
             root,
@@ -656,27 +711,68 @@ pub const ESCAPES: &[&str] = &[
     "/link",
 ];
 
-/// Start the example server on `files` (127.0.0.1, any port); the process and its address.
-pub fn start_example_server(files: &Files) -> (Process, SocketAddr) {
-    let mut cmd = Command::new(example("server"));
+/// Start a file server `cmd` (it takes the example server's arguments, added here) on `files`,
+/// on 127.0.0.1, any port; the process and its address. `what` names it in its output.
+pub fn start_file_server(mut cmd: Command, what: &str, files: &Files) -> (Process, SocketAddr) {
     cmd.args(["--listen", "127.0.0.1:0", "--cert"])
         .arg(&files.cert)
         .arg("--key")
         .arg(&files.key)
         .arg("--root")
         .arg(&files.root);
-    let (process, line) = Process::start(cmd, "example server", "listening", 30);
+    let (process, line) = Process::start(cmd, what, "listening", 30);
     (process, listening_addr(&line))
 }
 
-/// Run the example client for `url`; exit status and stderr.
-pub fn example_client(url: &str, ca: &Path, out: &Path) -> (std::process::ExitStatus, String) {
-    let mut cmd = Command::new(example("client"));
+/// Start the example server on `files` (127.0.0.1, any port); the process and its address.
+pub fn start_example_server(files: &Files) -> (Process, SocketAddr) {
+    start_file_server(Command::new(example("server")), "example server", files)
+}
+
+/// Run a client program `cmd` (it takes the example client's arguments, added here) for `url`,
+/// trusting `ca`, the body to `out`; its exit status and stderr. `what` names it in its output.
+pub fn run_client(mut cmd: Command, what: &str, url: &str, ca: &Path, out: &Path) -> (ExitStatus, String) {
     cmd.arg(url)
         .arg("--ca")
         .arg(ca)
         .arg("--out")
         .arg(out)
         .args(["--timeout", "30"]);
-    run(cmd, "example client", 60)
+    run(cmd, what, 60)
+}
+
+/// Run the example client for `url`; exit status and stderr.
+pub fn example_client(url: &str, ca: &Path, out: &Path) -> (ExitStatus, String) {
+    run_client(Command::new(example("client")), "example client", url, ca, out)
+}
+
+/// A client program's run for a URL, trusting a CA file, the body to a path (as
+/// [`example_client`]): its exit status and stderr.
+pub type ClientProgram = fn(&str, &Path, &Path) -> (ExitStatus, String);
+
+/// A client program fetching from a server of `files`, trusting `files.cert`, each body into a
+/// file of the given name in the temporary directory ([`Files::out`]).
+pub struct Fetch<'a>(pub ClientProgram, pub &'a Files);
+
+impl Fetch<'_> {
+    /// `url` into `out`: the client must succeed and write `want` (compared byte for byte).
+    /// `what` names the request in a failure.
+    pub fn ok(&self, url: &str, out: &str, want: &[u8], what: &str) {
+        let out = self.1.out(out);
+        let (status, stderr) = self.0(url, &self.1.cert, &out);
+        assert!(status.success(), "{what}: {status}: {stderr}");
+        assert_same_body(&std::fs::read(&out).expect("body written"), want, what);
+    }
+
+    /// `url` into `out`: the client must fail with a 404 (in its stderr) and write nothing.
+    /// `what` names the request in a failure.
+    pub fn not_found(&self, url: &str, out: &str, what: &str) {
+        let out = self.1.out(out);
+        let (status, stderr) = self.0(url, &self.1.cert, &out);
+        assert!(
+            !status.success() && stderr.contains("404"),
+            "{what} must be a 404: {status}: {stderr}"
+        );
+        assert!(!out.exists(), "{what} wrote a body");
+    }
 }
