@@ -307,6 +307,14 @@ pub(crate) struct UringBackend {
     shut_down: bool,
 }
 
+/// Dropping the backend shuts it down first (see the note on `ring` above): the kernel is done
+/// with every buffer before any field is freed.
+impl Drop for UringBackend {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
 impl UringBackend {
     /// Set up the socket options, the buffer pools and the buffer ring, and arm the receive.
     pub(crate) fn new(
@@ -1085,12 +1093,6 @@ impl IoBackend for UringBackend {
                 ),
             ));
         }
-    }
-}
-
-impl Drop for UringBackend {
-    fn drop(&mut self) {
-        self.shutdown();
     }
 }
 
