@@ -153,6 +153,10 @@ pub struct BenchArgs {
     /// ringquic: send GSO batches of at least this many bytes with SENDMSG_ZC (e.g. 16K).
     #[arg(long, value_parser = size_arg)]
     pub send_zero_copy: Option<u64>,
+    /// ringquic: every send through the I/O thread, none from the application's threads
+    /// (`EndpointBuilder::app_thread_sends(false)`), to measure what they buy.
+    #[arg(long)]
+    pub no_app_thread_sends: bool,
     /// Never draw the progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -333,6 +337,7 @@ pub fn bench_options(args: &BenchArgs) -> BenchOptions {
             send_zero_copy_threshold: args
                 .send_zero_copy
                 .map(|z| usize::try_from(z).unwrap_or(usize::MAX)),
+            no_app_thread_sends: args.no_app_thread_sends,
         },
     }
 }

@@ -278,6 +278,9 @@ pub struct RingquicTuning {
     /// `EndpointBuilder::send_zero_copy_threshold` (off when absent).
     #[serde(default)]
     pub send_zero_copy_threshold: Option<usize>,
+    /// `EndpointBuilder::app_thread_sends(false)`: every send through the I/O thread.
+    #[serde(default)]
+    pub no_app_thread_sends: bool,
 }
 
 impl RingquicTuning {
@@ -288,6 +291,7 @@ impl RingquicTuning {
         sqpoll_idle_ms: None,
         zero_copy_threshold: None,
         send_zero_copy_threshold: None,
+        no_app_thread_sends: false,
     };
 
     /// A one-line description, or `None` when everything is at ringquic's defaults.
@@ -307,6 +311,9 @@ impl RingquicTuning {
         }
         if let Some(t) = self.send_zero_copy_threshold {
             parts.push(format!("SENDMSG_ZC from {t} B"));
+        }
+        if self.no_app_thread_sends {
+            parts.push("no sends from application threads".to_string());
         }
         (!parts.is_empty()).then(|| parts.join(", "))
     }
@@ -357,6 +364,9 @@ impl Ringquic {
         }
         if let Some(z) = t.send_zero_copy_threshold {
             b = b.send_zero_copy_threshold(z);
+        }
+        if t.no_app_thread_sends {
+            b = b.app_thread_sends(false);
         }
         b
     }

@@ -78,6 +78,7 @@ pub struct EndpointBuilder {
     recv_memory_budget: usize,
     send_zc_min: usize,
     busy_poll: Duration,
+    app_thread_sends: bool,
     pin_cpu: Option<usize>,
     sqpoll_idle: Option<Duration>,
     #[cfg(test)]
@@ -98,6 +99,7 @@ impl std::fmt::Debug for EndpointBuilder {
             .field("recv_memory_budget", &self.recv_memory_budget)
             .field("send_zero_copy_threshold", &self.send_zc_min)
             .field("busy_poll", &self.busy_poll)
+            .field("app_thread_sends", &self.app_thread_sends)
             .field("pin_cpu", &self.pin_cpu)
             .field("sqpoll_idle", &self.sqpoll_idle)
             .finish_non_exhaustive()
@@ -141,6 +143,7 @@ impl Default for EndpointBuilder {
             recv_memory_budget: DEFAULT_RECV_MEMORY_BUDGET,
             send_zc_min: usize::MAX,
             busy_poll: Duration::ZERO,
+            app_thread_sends: true,
             pin_cpu: None,
             sqpoll_idle: None,
             #[cfg(test)]
@@ -284,6 +287,21 @@ impl EndpointBuilder {
         self
     }
 
+    /// Let the application's threads send a connection's packets themselves (Linux, on a
+    /// tokio runtime): after a task writes to a stream (or reads, freeing flow-control credit),
+    /// once the task yields, its thread asks quinn-proto for the packets and sends them on the
+    /// endpoint's socket, instead of waking the I/O thread to do it. That saves a thread
+    /// handoff per message each way, which is most of the cost of small requests and
+    /// responses (docs/PERFORMANCE.md). The I/O thread still receives, runs timers and sends
+    /// everything else (ACKs, retransmits, large transfers beyond two batches per yield); it
+    /// is told of each direct send, so no timer is missed (DESIGN.md, "Sends from application
+    /// threads"). Off, or without a tokio runtime, or on other systems, every send goes
+    /// through the I/O thread. Default: on.
+    pub fn app_thread_sends(mut self, on: bool) -> Self {
+        self.app_thread_sends = on;
+        self
+    }
+
     /// Pin the I/O thread to CPU `cpu` (Linux and Windows). Failing to pin (a CPU the process
     /// may not use, say) fails [`EndpointBuilder::bind`]. Default: not pinned.
     pub fn pin_to_cpu(mut self, cpu: usize) -> Self {
@@ -356,6 +374,7 @@ impl EndpointBuilder {
             send_zc_min: self.send_zc_min,
             busy_poll: self.busy_poll,
             pin_cpu: self.pin_cpu,
+            app_thread_sends: self.app_thread_sends,
             sqpoll_idle: self.sqpoll_idle,
         })
     }

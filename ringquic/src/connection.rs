@@ -487,7 +487,7 @@ fn poll_accept(
         let is_0rtt = st.inner.is_handshaking();
         drop(st);
         // Accepting may let us grant the peer more stream credit.
-        conn.wake();
+        crate::direct::transmit_soon(conn.inner());
         return Poll::Ready(Ok((id, is_0rtt)));
     }
     if let Some(e) = st.error() {

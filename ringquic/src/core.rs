@@ -21,6 +21,7 @@ use quinn_proto::{self as proto, ConnectionHandle, DatagramEvent};
 use tracing::{debug, warn};
 
 use crate::{
+    handoff,
     handles::{HandleMap, HandleSet},
     io::{IoBackend, RecvMeta},
     shared::{AcceptReply, Command, ConnectionInner, EndpointShared, Offer},
@@ -127,6 +128,13 @@ pub(crate) struct Core {
     /// this time (see [`Core::begin_shutdown`]).
     flush_until: Option<Instant>,
     stats: EndpointIoStats,
+    /// Reused for [`Handoff::take_changed`](crate::handoff::Handoff::take_changed).
+    sent_directly: Vec<ConnectionHandle>,
+    /// When connections sent for directly were last taken.
+    direct_seen: Option<Instant>,
+    /// The builder's `app_thread_sends`: a rebind gives application threads a new sender.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    app_thread_sends: bool,
 }
 
 impl Core {
@@ -135,6 +143,7 @@ impl Core {
         endpoint: proto::Endpoint,
         max_segments: usize,
         admission: Admission,
+        app_thread_sends: bool,
     ) -> Self {
         Self {
             shared,
@@ -161,6 +170,9 @@ impl Core {
             awaiting_close: HandleSet::default(),
             flush_until: None,
             stats: EndpointIoStats::default(),
+            sent_directly: Vec::new(),
+            direct_seen: None,
+            app_thread_sends,
         }
     }
 
@@ -242,6 +254,35 @@ impl Core {
         while let Some(cmd) = commands.pop_front() {
             self.command(cmd, io);
         }
+        self.take_sent_directly();
+    }
+
+    /// Connections application threads sent for since the last turn are driven now: their
+    /// timers changed (and quinn-proto may have events for the I/O thread).
+    fn take_sent_directly(&mut self) {
+        let mut changed = std::mem::take(&mut self.sent_directly);
+        self.shared.handoff.take_changed(&mut changed);
+        if !changed.is_empty() {
+            self.direct_seen = Some(Instant::now());
+        }
+        for ch in changed.drain(..) {
+            if let Some(conn) = self.conns.get(&ch) {
+                conn.changed.store(false, std::sync::atomic::Ordering::Release);
+                self.mark_dirty(ch);
+            }
+        }
+        self.sent_directly = changed;
+    }
+
+    /// Whether application threads sent directly lately ([`handoff::DIRECT_ACTIVE`]): the
+    /// I/O thread then sleeps at most [`handoff::DIRECT_TICK`].
+    pub(crate) fn direct_active(&self, now: Instant) -> bool {
+        self.direct_seen.is_some_and(|t| now.saturating_duration_since(t) < handoff::DIRECT_ACTIVE)
+    }
+
+    /// The number of the turn under way (sends it queues are submitted in its wait).
+    pub(crate) fn turn(&self) -> u64 {
+        self.stats.loop_turns
     }
 
     /// A connection the I/O thread just created (connect or accept) joins the tables, is
@@ -562,6 +603,11 @@ impl Core {
         match io.rebind(socket) {
             Ok(local) => {
                 self.shared.set_local_addr(local);
+                #[cfg(target_os = "linux")]
+                if self.app_thread_sends {
+                    let max = self.max_segments.min(io.max_gso_segments());
+                    self.shared.set_direct_sender(io.direct_sender(max));
+                }
                 let chs: Vec<_> = self.conns.keys().collect();
                 for ch in chs {
                     if let Some(conn) = self.conns.get(&ch) {
@@ -635,6 +681,8 @@ impl Core {
                     Some(t) => {
                         io.send(tx, &t);
                         sent += 1;
+                        // Application threads send for it again once this turn is submitted.
+                        st.io_send_turn = self.stats.loop_turns;
                     }
                     None => {
                         io.put_tx(tx);

@@ -32,6 +32,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     core::{internal_error, Admission, Core},
+    handoff::DIRECT_TICK,
     io::{BackendKind, IoBackend, IoConfig},
     shared::{Command, EndpointShared},
     ConnectionError, EndpointError,
@@ -106,9 +107,13 @@ pub(crate) fn run(setup: DriverSetup) {
     // What one TX buffer holds; the backend's own GSO limit, which a GSO failure or a rebind
     // can change, is asked at every drive.
     let max_segments = (io.tx_buffer_size / io.max_udp_payload.max(1)).max(1);
+    #[cfg(target_os = "linux")]
+    if io.app_thread_sends {
+        shared.set_direct_sender(backend.direct_sender(max_segments.min(backend.max_gso_segments())));
+    }
     let mut driver = Driver {
         io: backend,
-        core: Core::new(shared, endpoint, max_segments, admission),
+        core: Core::new(shared, endpoint, max_segments, admission, io.app_thread_sends),
         commands: VecDeque::new(),
         busy_poll: io.busy_poll,
     };
@@ -194,10 +199,24 @@ impl Driver {
                         .min(until),
                 );
             }
+            if core.direct_active(now) {
+                // Application threads send directly: look at their connections' timers often
+                // enough that those need no wakeup (handoff.rs).
+                deadline = Some(deadline.map_or(now + DIRECT_TICK, |d| d.min(now + DIRECT_TICK)));
+            }
             // Busy-poll (opt-in) only when there is nothing to do yet.
             let spin_until = (!busy && !self.busy_poll.is_zero() && core.flush_deadline().is_none())
                 .then(|| Instant::now() + self.busy_poll);
-            Self::wait(io, core, deadline, spin_until)?;
+            // This turn's sends go to the kernel in the wait; then, if connections were sent
+            // for directly since the commands were taken, do not sleep past their timers.
+            let handoff = &core.shared().handoff;
+            handoff.submitted(core.turn());
+            if handoff.going_to_sleep(deadline) {
+                deadline = Some(now);
+            }
+            let waited = Self::wait(io, core, deadline, spin_until);
+            core.shared().handoff.woke();
+            waited?;
             core.end_turn(io);
         }
     }
@@ -254,6 +273,9 @@ impl Driver {
         // Tasks spawned on this thread are cancelled once the rest is down.
         let tasks = shared.take_tasks();
         self.core.fail_all(reason);
+        // Application threads send no more, and the port is free once this thread is done.
+        #[cfg(target_os = "linux")]
+        shared.set_direct_sender(None);
         shared.driver_exited();
         self.core.publish_stats(&*self.io);
         self.io.shutdown();

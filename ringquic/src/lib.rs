@@ -83,7 +83,9 @@ mod shared;
 mod wakers;
 // The I/O thread:
 mod core;
+mod direct;
 mod driver;
+mod handoff;
 // Below both: the queue to the I/O thread, sockets, the backends (all of the crate's `unsafe`).
 #[allow(unsafe_code)]
 mod io;

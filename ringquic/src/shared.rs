@@ -42,7 +42,10 @@ use bytes::Bytes;
 use quinn_proto::{self as proto, ClientConfig, ConnectionHandle, ServerConfig, VarInt};
 use rustc_hash::FxHashMap;
 
+#[cfg(target_os = "linux")]
+use crate::io::direct::{DirectCounts, DirectSender};
 use crate::{
+    handoff::Handoff,
     io::BackendKind,
     mailbox::Mailbox,
     stats::EndpointIoStats,
@@ -171,6 +174,13 @@ pub(crate) struct EndpointShared {
     /// Spawned tasks ready to run, in order.
     tasks: Mutex<VecDeque<async_task::Runnable>>,
     task_wakers: Mutex<TaskWakers>,
+    /// The rules of sends made by application threads (`direct.rs`).
+    pub(crate) handoff: Handoff,
+    /// Their socket, while the backend offers one (Linux); replaced by a rebind, dropped when
+    /// the I/O thread exits (so the port is free once it has), with the counts of the senders
+    /// before it.
+    #[cfg(target_os = "linux")]
+    direct: Mutex<(Option<Arc<DirectSender>>, DirectCounts)>,
 }
 
 thread_local! {
@@ -203,6 +213,9 @@ impl EndpointShared {
             local_addr: Mutex::new(None),
             tasks: Mutex::new(VecDeque::new()),
             task_wakers: Mutex::new(TaskWakers::default()),
+            handoff: Handoff::default(),
+            #[cfg(target_os = "linux")]
+            direct: Mutex::new((None, DirectCounts::default())),
         })
     }
 
@@ -220,6 +233,22 @@ impl EndpointShared {
     /// The I/O thread serves a socket bound to `local` from now on (its start, a rebind).
     pub(crate) fn set_local_addr(&self, local: SocketAddr) {
         *lock(&self.local_addr) = Some(local);
+    }
+
+    /// Application threads send through `sender` from now on (`None`: not at all).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn set_direct_sender(&self, sender: Option<DirectSender>) {
+        let mut d = lock(&self.direct);
+        if let Some(old) = d.0.take() {
+            d.1 = d.1.add(old.counts());
+        }
+        d.0 = sender.map(Arc::new);
+    }
+
+    /// The socket application threads send through, if they may.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn direct_sender(&self) -> Option<Arc<DirectSender>> {
+        lock(&self.direct).0.clone().filter(|s| s.usable())
     }
 
     /// Record the I/O thread's join handle (the last handle's drop joins it).
@@ -340,6 +369,11 @@ impl EndpointShared {
     pub(crate) fn stats(&self) -> EndpointIoStats {
         let mut s = lock(&self.state).stats;
         s.app_wakeups = self.mailbox.wakeups();
+        #[cfg(target_os = "linux")]
+        {
+            let d = lock(&self.direct);
+            d.0.as_ref().map(|c| c.counts()).unwrap_or_default().add_to(d.1, &mut s);
+        }
         s
     }
 
@@ -481,6 +515,11 @@ pub(crate) struct ConnectionInner {
     shared: Arc<EndpointShared>,
     /// A `Command::Drive` for this connection is queued and not yet taken: coalesce.
     queued: AtomicBool,
+    /// An application thread sent for it directly and listed it in the endpoint's
+    /// [`Handoff`]; the I/O thread has not looked yet.
+    pub(crate) changed: AtomicBool,
+    /// A direct send (`direct.rs`) is scheduled on the application's runtime.
+    pub(crate) flush_scheduled: AtomicBool,
 }
 
 impl ConnectionInner {
@@ -496,11 +535,18 @@ impl ConnectionInner {
             state: Mutex::new(ConnState::new(conn)),
             shared,
             queued: AtomicBool::new(false),
+            changed: AtomicBool::new(false),
+            flush_scheduled: AtomicBool::new(false),
         })
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, ConnState> {
         lock(&self.state)
+    }
+
+    /// Its endpoint's shared state.
+    pub(crate) fn shared(&self) -> &Arc<EndpointShared> {
+        &self.shared
     }
 
     /// Ask the I/O thread to drive this connection. Many calls before the I/O thread gets to it
@@ -545,6 +591,8 @@ pub(crate) struct ConnState {
     /// Application handles alive (connections, streams, `Connecting`). At zero the connection
     /// is closed with code 0, as in quinn.
     handles: usize,
+    /// The I/O loop turn that last queued sends for this connection ([`Handoff`]).
+    pub(crate) io_send_turn: u64,
 }
 
 impl ConnState {
@@ -556,6 +604,7 @@ impl ConnState {
             handshake_data_ready: false,
             waiters: Waiters::default(),
             handles: 1,
+            io_send_turn: 0,
         }
     }
 
@@ -694,6 +743,11 @@ impl ConnectionRef {
     /// application holds one.
     pub(crate) fn adopt(inner: Arc<ConnectionInner>, endpoint: EndpointRef) -> Self {
         Self { inner, endpoint }
+    }
+
+    /// The connection itself, for work scheduled beyond this handle's life (`direct.rs`).
+    pub(crate) fn inner(&self) -> &Arc<ConnectionInner> {
+        &self.inner
     }
 
     /// An identifier unique among the endpoint's live connections.

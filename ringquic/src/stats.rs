@@ -77,6 +77,12 @@ pub struct EndpointIoStats {
     pub incoming_refused: u64,
     /// Wakeups the application sent to the I/O thread (coalesced: many commands, one wakeup).
     pub app_wakeups: u64,
+    /// Batches of datagrams the application's threads sent themselves, without a handoff to
+    /// the I/O thread (Linux, [`EndpointBuilder::app_thread_sends`](crate::EndpointBuilder::app_thread_sends)).
+    pub direct_sends: u64,
+    /// Of those, the batches the kernel refused (a full socket buffer): lost datagrams, which
+    /// QUIC retransmits.
+    pub direct_send_errors: u64,
     /// Turns of the I/O loop.
     pub loop_turns: u64,
     /// Connections the I/O thread drives now.

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use quinn_proto::{self as proto, Chunk, ClosedStream, FinishError, StreamId, VarInt, Written};
 
 use crate::{
-    shared::ConnectionRef, ReadError, ReadExactError, ReadToEndError, ResetError, StoppedError, WriteError,
+    direct::transmit_soon, shared::ConnectionRef, ReadError, ReadExactError, ReadToEndError, ResetError, StoppedError, WriteError,
 };
 
 /// The sending half of a stream.
@@ -109,7 +109,7 @@ impl SendStream {
         match f(&mut st.inner.send_stream(self.id)) {
             Ok(v) => {
                 drop(st);
-                self.conn.wake();
+                transmit_soon(self.conn.inner());
                 Poll::Ready(Ok(v))
             }
             Err(proto::WriteError::Blocked) => {
@@ -128,7 +128,7 @@ impl SendStream {
         match st.inner.send_stream(self.id).finish() {
             Ok(()) => {
                 drop(st);
-                self.conn.wake();
+                transmit_soon(self.conn.inner());
                 Ok(())
             }
             Err(FinishError::ClosedStream) => Err(ClosedStream::default()),
@@ -204,7 +204,7 @@ impl Drop for SendStream {
         };
         drop(st);
         if changed {
-            self.conn.wake();
+            transmit_soon(self.conn.inner());
         }
     }
 }
@@ -464,8 +464,8 @@ impl RecvStream {
                 };
                 let status = read_fn(&mut chunks);
                 if chunks.finalize().should_transmit() {
-                    // Flow-control credit to hand out: the I/O thread sends MAX_STREAM_DATA.
-                    self.conn.wake();
+                    // Flow-control credit to hand out (MAX_STREAM_DATA, MAX_STREAMS).
+                    transmit_soon(self.conn.inner());
                 }
                 status
             }

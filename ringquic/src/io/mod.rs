@@ -27,6 +27,8 @@ pub(crate) mod addr;
 pub(crate) mod bufpool;
 #[cfg(target_os = "linux")]
 pub(crate) mod cmsg;
+#[cfg(target_os = "linux")]
+pub(crate) mod direct;
 #[cfg(test)]
 pub(crate) mod fake;
 pub(crate) mod poll;

@@ -57,6 +57,8 @@ pub(crate) struct IoConfig {
     pub busy_poll: std::time::Duration,
     /// Pin the I/O thread to this CPU.
     pub pin_cpu: Option<usize>,
+    /// Application threads may send a connection's packets themselves (`direct.rs`).
+    pub app_thread_sends: bool,
     /// io_uring: a kernel thread polls the submission queue (`IORING_SETUP_SQPOLL`) and sleeps
     /// after this long idle.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
@@ -84,6 +86,7 @@ impl IoConfig {
             send_zc_min: usize::MAX,
             busy_poll: std::time::Duration::ZERO,
             pin_cpu: None,
+            app_thread_sends: false,
             sqpoll_idle: None,
         }
     }
@@ -148,6 +151,14 @@ pub(crate) trait IoBackend {
     fn waker(&self) -> Arc<dyn Wakeup>;
     /// Counters.
     fn stats(&self) -> IoStats;
+    /// A sender on this backend's socket for the application's threads (`io/direct.rs`), where
+    /// the backend allows sends beside its own, for batches of at most `max_segments`
+    /// datagrams. Asked at start and after every rebind.
+    #[cfg(target_os = "linux")]
+    fn direct_sender(&self, max_segments: usize) -> Option<super::direct::DirectSender> {
+        let _ = max_segments;
+        None
+    }
     /// Serve `socket` (bound, non-blocking, checked by `socket::adopt`) from now on instead of
     /// the current socket, and return its local address. The backend sets the options it needs
     /// and arms the new socket's receives as at start, and closes the old socket once no

@@ -972,6 +972,11 @@ impl IoBackend for UringBackend {
         self.waker.clone()
     }
 
+    fn direct_sender(&self, max_segments: usize) -> Option<super::direct::DirectSender> {
+        let sender = super::direct::DirectSender::new(socket2::SockRef::from(&self.socket), max_segments.min(self.gso_segments));
+        sender.map_err(|e| tracing::debug!("no direct sends: {e}")).ok()
+    }
+
     /// The counters. `recv_buffers_lent` is counted when asked: the kernel's ring buffers lent
     /// zero-copy plus the pooled copies.
     fn stats(&self) -> IoStats {

@@ -1,0 +1,147 @@
+//! Sends from the application's threads: after a stream write (or a read that frees
+//! flow-control credit), the connection's packets are built and sent by the application's
+//! own thread, once the writing task yields, instead of by the I/O thread after a wakeup.
+//!
+//! Why: with the application on its own runtime, every small message otherwise crosses two
+//! threads before it leaves (application → I/O thread → socket), and on a machine with fewer
+//! cores than busy threads each crossing is a context switch (docs/PERFORMANCE.md). When a
+//! task writes, [`transmit_soon`] schedules one flush task on the same tokio runtime (at most
+//! one per connection at a time); tokio runs it after the writing task yields, so a write and
+//! the `finish` after it leave as one packet, as they do from the I/O thread. The flush asks
+//! quinn-proto for at most [`MAX_DIRECT_BATCHES`] batches under the connection's lock and
+//! sends each on the endpoint's socket (`io/direct.rs`); anything more, and every case it
+//! does not handle, goes to the I/O thread as before ([`ConnectionInner::wake`]).
+//!
+//! What keeps the I/O thread's picture right is in `handoff.rs`: direct sends never overtake
+//! the I/O thread's queued ones, and the I/O thread learns each connection's new timer before
+//! it is due, woken only when it would otherwise sleep past it.
+
+use std::sync::{atomic::Ordering, Arc};
+
+use crate::shared::ConnectionInner;
+
+/// Batches (each up to one GSO send) a flush sends before it leaves the rest to the I/O thread:
+/// enough for a request or a response, while bulk transfers stay on the I/O thread's batched
+/// io_uring sends.
+pub(crate) const MAX_DIRECT_BATCHES: usize = 2;
+
+/// `conn` has something to send: schedule a direct send on the current tokio runtime if the
+/// endpoint allows it, or wake the I/O thread.
+pub(crate) fn transmit_soon(conn: &Arc<ConnectionInner>) {
+    #[cfg(all(target_os = "linux", feature = "tokio"))]
+    if schedule(conn) {
+        return;
+    }
+    conn.wake();
+}
+
+/// Schedule a flush of `conn` on this thread's tokio runtime. `false`: not possible here (no
+/// runtime, the I/O thread itself, the endpoint offers no sender).
+#[cfg(all(target_os = "linux", feature = "tokio"))]
+fn schedule(conn: &Arc<ConnectionInner>) -> bool {
+    let shared = conn.shared();
+    if shared.on_io_thread() || shared.direct_sender().is_none() {
+        return false;
+    }
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return false;
+    };
+    if conn.flush_scheduled.swap(true, Ordering::AcqRel) {
+        // One is scheduled and has not started: it will send this too.
+        return true;
+    }
+    let flush = Flush(Some(conn.clone()));
+    rt.spawn(async move {
+        // Let every task that is ready run first, so that what they all write to this
+        // connection leaves together (tokio defers a yielded task until the ready ones ran).
+        tokio::task::yield_now().await;
+        flush.run();
+    });
+    true
+}
+
+/// The scheduled flush of one connection. Dropped without running (its runtime shut down), it
+/// wakes the I/O thread, so nothing written is left unsent.
+#[cfg(all(target_os = "linux", feature = "tokio"))]
+struct Flush(Option<Arc<ConnectionInner>>);
+
+#[cfg(all(target_os = "linux", feature = "tokio"))]
+impl Flush {
+    fn run(mut self) {
+        if let Some(conn) = self.0.take() {
+            flush(&conn);
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", feature = "tokio"))]
+impl Drop for Flush {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            conn.flush_scheduled.store(false, Ordering::Release);
+            conn.wake();
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", feature = "tokio"))]
+thread_local! {
+    /// The buffer quinn-proto writes a batch into, one per application thread.
+    static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Send what `conn` has to send from this thread, as far as [`MAX_DIRECT_BATCHES`] allow;
+/// hand the rest, and every case this does not cover, to the I/O thread.
+#[cfg(all(target_os = "linux", feature = "tokio"))]
+fn flush(conn: &Arc<ConnectionInner>) {
+    use crate::io::direct::Sent;
+
+    // Cleared first: a write after this point schedules another flush.
+    conn.flush_scheduled.store(false, Ordering::Release);
+    let shared = conn.shared();
+    let Some(sender) = shared.direct_sender() else {
+        conn.wake();
+        return;
+    };
+    let mut sent = 0;
+    let mut timeout = None;
+    let mut more = false;
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        for _ in 0..=MAX_DIRECT_BATCHES {
+            let mut st = conn.lock();
+            // Handshakes, closes and connections whose queued sends are not submitted yet stay
+            // with the I/O thread.
+            let ours = st.error().is_none()
+                && !st.inner.is_handshaking()
+                && !st.inner.is_closed()
+                && shared.handoff.is_submitted(st.io_send_turn);
+            if !ours || sent == MAX_DIRECT_BATCHES {
+                more = true;
+                return;
+            }
+            buf.clear();
+            let t = st.inner.poll_transmit(std::time::Instant::now(), sender.max_segments(), &mut buf);
+            timeout = st.inner.poll_timeout();
+            drop(st);
+            let Some(t) = t else {
+                return;
+            };
+            sent += 1;
+            if sender.send(&buf, &t) == Sent::Lost && !sender.usable() {
+                // The path is off now: the I/O thread takes over.
+                more = true;
+                return;
+            }
+        }
+    });
+    if more {
+        conn.wake();
+    }
+    // Even with nothing sent, quinn-proto may have armed a timer (pacing) the I/O thread must
+    // know of.
+    let add = !conn.changed.swap(true, Ordering::AcqRel);
+    if shared.handoff.sent_directly(conn.handle, add, timeout) {
+        shared.mailbox.notify();
+    }
+}
