@@ -21,8 +21,8 @@ use quinn_proto::{self as proto, ConnectionHandle, DatagramEvent};
 use tracing::{debug, warn};
 
 use crate::{
-    handoff,
     handles::{HandleMap, HandleSet},
+    handoff,
     io::{IoBackend, RecvMeta},
     shared::{AcceptReply, Command, ConnectionInner, EndpointShared, Offer},
     wakers::wake_all,
@@ -277,7 +277,8 @@ impl Core {
     /// Whether application threads sent directly lately ([`handoff::DIRECT_ACTIVE`]): the
     /// I/O thread then sleeps at most [`handoff::DIRECT_TICK`].
     pub(crate) fn direct_active(&self, now: Instant) -> bool {
-        self.direct_seen.is_some_and(|t| now.saturating_duration_since(t) < handoff::DIRECT_ACTIVE)
+        self.direct_seen
+            .is_some_and(|t| now.saturating_duration_since(t) < handoff::DIRECT_ACTIVE)
     }
 
     /// The number of the turn under way (sends it queues are submitted in its wait).

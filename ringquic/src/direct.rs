@@ -8,22 +8,28 @@
 //! task writes, [`transmit_soon`] schedules one flush task on the same tokio runtime (at most
 //! one per connection at a time); tokio runs it after the writing task yields, so a write and
 //! the `finish` after it leave as one packet, as they do from the I/O thread. The flush asks
-//! quinn-proto for at most [`MAX_DIRECT_BATCHES`] batches under the connection's lock and
-//! sends each on the endpoint's socket (`io/direct.rs`); anything more, and every case it
+//! quinn-proto for one batch of at most [`MAX_DIRECT_SEGMENTS`] datagrams under the
+//! connection's lock and sends it on the endpoint's socket (`io/direct.rs`); anything more, and every case it
 //! does not handle, goes to the I/O thread as before ([`ConnectionInner::wake`]).
 //!
 //! What keeps the I/O thread's picture right is in `handoff.rs`: direct sends never overtake
 //! the I/O thread's queued ones, and the I/O thread learns each connection's new timer before
 //! it is due, woken only when it would otherwise sleep past it.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::sync::Arc;
+#[cfg(all(target_os = "linux", feature = "tokio"))]
+use std::sync::atomic::Ordering;
 
 use crate::shared::ConnectionInner;
 
-/// Batches (each up to one GSO send) a flush sends before it leaves the rest to the I/O thread:
-/// enough for a request or a response, while bulk transfers stay on the I/O thread's batched
-/// io_uring sends.
-pub(crate) const MAX_DIRECT_BATCHES: usize = 2;
+/// Datagrams in one direct batch at most: a round of requests or responses fits; a fuller
+/// batch means a transfer, which the I/O thread's batched io_uring sends carry better (it
+/// takes the rest, measured in docs/PERFORMANCE.md).
+#[cfg_attr(not(all(target_os = "linux", feature = "tokio")), allow(dead_code))]
+pub(crate) const MAX_DIRECT_SEGMENTS: usize = 8;
+
+/// Stream writes larger than this go to the I/O thread at once: bulk data, not a message.
+pub(crate) const DIRECT_MAX_WRITE: usize = 16 * 1024;
 
 /// `conn` has something to send: schedule a direct send on the current tokio runtime if the
 /// endpoint allows it, or wake the I/O thread.
@@ -90,8 +96,9 @@ thread_local! {
     static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Send what `conn` has to send from this thread, as far as [`MAX_DIRECT_BATCHES`] allow;
-/// hand the rest, and every case this does not cover, to the I/O thread.
+/// Send one batch of what `conn` has to send from this thread (at most
+/// [`MAX_DIRECT_SEGMENTS`] datagrams); hand the rest, and every case this does not cover, to
+/// the I/O thread.
 #[cfg(all(target_os = "linux", feature = "tokio"))]
 fn flush(conn: &Arc<ConnectionInner>) {
     use crate::io::direct::Sent;
@@ -103,36 +110,37 @@ fn flush(conn: &Arc<ConnectionInner>) {
         conn.wake();
         return;
     };
-    let mut sent = 0;
     let mut timeout = None;
     let mut more = false;
     BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
-        for _ in 0..=MAX_DIRECT_BATCHES {
-            let mut st = conn.lock();
-            // Handshakes, closes and connections whose queued sends are not submitted yet stay
-            // with the I/O thread.
-            let ours = st.error().is_none()
-                && !st.inner.is_handshaking()
-                && !st.inner.is_closed()
-                && shared.handoff.is_submitted(st.io_send_turn);
-            if !ours || sent == MAX_DIRECT_BATCHES {
-                more = true;
-                return;
-            }
-            buf.clear();
-            let t = st.inner.poll_transmit(std::time::Instant::now(), sender.max_segments(), &mut buf);
-            timeout = st.inner.poll_timeout();
-            drop(st);
-            let Some(t) = t else {
-                return;
-            };
-            sent += 1;
-            if sender.send(&buf, &t) == Sent::Lost && !sender.usable() {
-                // The path is off now: the I/O thread takes over.
-                more = true;
-                return;
-            }
+        let mut st = conn.lock();
+        // Handshakes, closes and connections whose queued sends are not submitted yet stay
+        // with the I/O thread.
+        let ours = st.error().is_none()
+            && !st.inner.is_handshaking()
+            && !st.inner.is_closed()
+            && shared.handoff.is_submitted(st.io_send_turn);
+        if !ours {
+            more = true;
+            return;
+        }
+        buf.clear();
+        let segments = sender.max_segments().min(MAX_DIRECT_SEGMENTS);
+        let t = st
+            .inner
+            .poll_transmit(std::time::Instant::now(), segments, &mut buf);
+        timeout = st.inner.poll_timeout();
+        drop(st);
+        let Some(t) = t else {
+            return;
+        };
+        // A full batch: quinn-proto probably has more (a transfer), which the I/O thread sends.
+        let datagrams = t.segment_size.map_or(1, |s| t.size.div_ceil(s.max(1)));
+        more = datagrams >= segments;
+        if sender.send(&buf, &t) == Sent::Lost && !sender.usable() {
+            // The path is off now: the I/O thread takes over.
+            more = true;
         }
     });
     if more {

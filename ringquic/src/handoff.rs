@@ -75,7 +75,10 @@ impl Default for Handoff {
 impl Handoff {
     fn encode(&self, t: Instant) -> u64 {
         let nanos = t.saturating_duration_since(self.epoch).as_nanos();
-        u64::try_from(nanos).unwrap_or(FOREVER - 1).saturating_add(1).min(FOREVER - 1)
+        u64::try_from(nanos)
+            .unwrap_or(FOREVER - 1)
+            .saturating_add(1)
+            .min(FOREVER - 1)
     }
 
     // ---- the I/O thread's side ----
@@ -105,6 +108,7 @@ impl Handoff {
     }
 
     /// Whether the last submitted turn is at least `turn`.
+    #[cfg_attr(not(all(target_os = "linux", feature = "tokio")), allow(dead_code))]
     pub(crate) fn is_submitted(&self, turn: u64) -> bool {
         self.submitted_turn.load(Ordering::Acquire) >= turn
     }
@@ -114,6 +118,7 @@ impl Handoff {
     /// An application thread sent for `ch` directly and its next timeout is `timeout`; `add`
     /// says whether `ch` still has to be listed (it is not listed yet). Returns whether the I/O
     /// thread must be woken: it sleeps past `timeout`.
+    #[cfg_attr(not(all(target_os = "linux", feature = "tokio")), allow(dead_code))]
     pub(crate) fn sent_directly(&self, ch: ConnectionHandle, add: bool, timeout: Option<Instant>) -> bool {
         if add {
             lock(&self.changed).push(ch);

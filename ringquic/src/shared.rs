@@ -247,6 +247,7 @@ impl EndpointShared {
 
     /// The socket application threads send through, if they may.
     #[cfg(target_os = "linux")]
+    #[cfg_attr(not(all(target_os = "linux", feature = "tokio")), allow(dead_code))]
     pub(crate) fn direct_sender(&self) -> Option<Arc<DirectSender>> {
         lock(&self.direct).0.clone().filter(|s| s.usable())
     }
@@ -372,7 +373,10 @@ impl EndpointShared {
         #[cfg(target_os = "linux")]
         {
             let d = lock(&self.direct);
-            d.0.as_ref().map(|c| c.counts()).unwrap_or_default().add_to(d.1, &mut s);
+            d.0.as_ref()
+                .map(|c| c.counts())
+                .unwrap_or_default()
+                .add_to(d.1, &mut s);
         }
         s
     }
@@ -519,6 +523,7 @@ pub(crate) struct ConnectionInner {
     /// [`Handoff`]; the I/O thread has not looked yet.
     pub(crate) changed: AtomicBool,
     /// A direct send (`direct.rs`) is scheduled on the application's runtime.
+    #[cfg_attr(not(all(target_os = "linux", feature = "tokio")), allow(dead_code))]
     pub(crate) flush_scheduled: AtomicBool,
 }
 
@@ -545,6 +550,7 @@ impl ConnectionInner {
     }
 
     /// Its endpoint's shared state.
+    #[cfg_attr(not(all(target_os = "linux", feature = "tokio")), allow(dead_code))]
     pub(crate) fn shared(&self) -> &Arc<EndpointShared> {
         &self.shared
     }

@@ -15,7 +15,9 @@ use bytes::Bytes;
 use quinn_proto::{self as proto, Chunk, ClosedStream, FinishError, StreamId, VarInt, Written};
 
 use crate::{
-    direct::transmit_soon, shared::ConnectionRef, ReadError, ReadExactError, ReadToEndError, ResetError, StoppedError, WriteError,
+    direct::{transmit_soon, DIRECT_MAX_WRITE},
+    shared::ConnectionRef,
+    ReadError, ReadExactError, ReadToEndError, ResetError, StoppedError, WriteError,
 };
 
 /// The sending half of a stream.
@@ -43,7 +45,7 @@ impl SendStream {
     /// Write bytes; returns how many were taken (at least one, unless `buf` is empty). Waits
     /// while flow control or the send buffer is full.
     pub async fn write(&mut self, buf: &[u8]) -> Result<usize, WriteError> {
-        std::future::poll_fn(|cx| self.poll_write_with(cx, |s| s.write(buf))).await
+        std::future::poll_fn(|cx| self.poll_write_with(cx, |s| s.write(buf), |n| *n)).await
     }
 
     /// Write all of `buf`.
@@ -58,7 +60,7 @@ impl SendStream {
     /// Write as many of `bufs` as flow control takes now (at least something, unless all are
     /// empty), without copying; taken bytes are split off the front of each `Bytes`.
     pub async fn write_chunks(&mut self, bufs: &mut [Bytes]) -> Result<Written, WriteError> {
-        std::future::poll_fn(|cx| self.poll_write_with(cx, |s| s.write_chunks(bufs))).await
+        std::future::poll_fn(|cx| self.poll_write_with(cx, |s| s.write_chunks(bufs), |w| w.bytes)).await
     }
 
     /// Poll form of [`SendStream::write`], for `AsyncWrite`-style callers.
@@ -67,7 +69,7 @@ impl SendStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<Result<usize, WriteError>> {
-        self.get_mut().poll_write_with(cx, |s| s.write(buf))
+        self.get_mut().poll_write_with(cx, |s| s.write(buf), |n| *n)
     }
 
     /// Write a chunk without copying it; waits until all of it is taken.
@@ -82,7 +84,8 @@ impl SendStream {
         while first < bufs.len() {
             let rest = &mut bufs[first..];
             let written =
-                std::future::poll_fn(|cx| self.poll_write_with(cx, |s| s.write_chunks(rest))).await?;
+                std::future::poll_fn(|cx| self.poll_write_with(cx, |s| s.write_chunks(rest), |w| w.bytes))
+                    .await?;
             first += written.chunks;
             if written.chunks == 0 && written.bytes == 0 && bufs[first..].iter().all(|b| b.is_empty()) {
                 break;
@@ -94,10 +97,13 @@ impl SendStream {
         Ok(())
     }
 
+    /// Write with `f`; `size` says how many bytes a result took (small writes are sent from
+    /// this thread, large ones by the I/O thread: `direct.rs`).
     fn poll_write_with<T>(
         &mut self,
         cx: &mut Context<'_>,
         f: impl FnOnce(&mut proto::SendStream<'_>) -> Result<T, proto::WriteError>,
+        size: impl FnOnce(&T) -> usize,
     ) -> Poll<Result<T, WriteError>> {
         let mut st = self.conn.lock();
         if self.is_0rtt && !st.zero_rtt_ok() {
@@ -109,7 +115,11 @@ impl SendStream {
         match f(&mut st.inner.send_stream(self.id)) {
             Ok(v) => {
                 drop(st);
-                transmit_soon(self.conn.inner());
+                if size(&v) <= DIRECT_MAX_WRITE {
+                    transmit_soon(self.conn.inner());
+                } else {
+                    self.conn.wake();
+                }
                 Poll::Ready(Ok(v))
             }
             Err(proto::WriteError::Blocked) => {
@@ -523,7 +533,8 @@ mod tokio_impls {
 
     impl tokio::io::AsyncWrite for SendStream {
         fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-            self.poll_write_with(cx, |s| s.write(buf)).map_err(Into::into)
+            self.poll_write_with(cx, |s| s.write(buf), |n| *n)
+                .map_err(Into::into)
         }
 
         fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -553,7 +564,8 @@ mod futures_io_impls {
 
     impl futures_io::AsyncWrite for SendStream {
         fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-            self.poll_write_with(cx, |s| s.write(buf)).map_err(Into::into)
+            self.poll_write_with(cx, |s| s.write(buf), |n| *n)
+                .map_err(Into::into)
         }
 
         fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -70,7 +70,11 @@ async fn requests_and_answers_leave_from_the_application_thread() {
                 if on {
                     assert!(c.direct_sends >= 25, "{b}: client {c:?}");
                     assert!(s.direct_sends >= 25, "{b}: server {s:?}");
-                    assert!(c.app_wakeups < 200, "{b}: client woke its I/O thread {} times", c.app_wakeups);
+                    assert!(
+                        c.app_wakeups < 200,
+                        "{b}: client woke its I/O thread {} times",
+                        c.app_wakeups
+                    );
                     assert!(
                         c.bytes_sent >= 400 * 8,
                         "{b}: direct sends count in bytes_sent: {c:?}"
@@ -119,7 +123,10 @@ async fn a_lost_direct_send_is_retransmitted_on_time() {
                 client.io_stats().direct_sends > direct_before,
                 "{b}: the request was not sent directly, so this tested nothing"
             );
-            assert!(took < Duration::from_secs(2), "{b}: the retransmission took {took:?}");
+            assert!(
+                took < Duration::from_secs(2),
+                "{b}: the retransmission took {took:?}"
+            );
             conn.close(0u32.into(), b"done");
             client.wait_idle().await;
         })
@@ -157,7 +164,11 @@ fn a_write_whose_runtime_ends_first_still_goes_out() {
             recv.read_to_end(1024).await.unwrap()
         }));
         assert_eq!(got, b"outlived its runtime", "{b}");
-        assert_eq!(client.io_stats().direct_sends, direct_before, "{b}: sent directly after all");
+        assert_eq!(
+            client.io_stats().direct_sends,
+            direct_before,
+            "{b}: sent directly after all"
+        );
         main.block_on(async {
             conn.close(0u32.into(), b"done");
             within(10, client.wait_idle()).await;

@@ -162,7 +162,10 @@ impl DirectSender {
     /// The local address of the socket this sender sends from.
     #[cfg(test)]
     pub(crate) fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
-        self.socket.local_addr()?.as_socket().ok_or_else(|| io::ErrorKind::InvalidData.into())
+        self.socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::ErrorKind::InvalidData.into())
     }
 }
 
@@ -186,7 +189,8 @@ mod tests {
     fn sends_one_datagram_and_a_gso_batch_from_the_same_port() {
         let ours = UdpSocket::bind("127.0.0.1:0").unwrap();
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-        peer.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
         let sender = DirectSender::new(SockRef::from(&ours), 8).unwrap();
         assert_eq!(sender.local_addr().unwrap(), ours.local_addr().unwrap());
         let to = peer.local_addr().unwrap();
@@ -216,6 +220,12 @@ mod tests {
         let v6: std::net::SocketAddr = (std::net::Ipv6Addr::LOCALHOST, 9).into();
         assert_eq!(sender.send(b"x", &transmit(v6, 1, None)), Sent::Lost);
         assert!(!sender.usable());
-        assert_eq!(sender.counts(), DirectCounts { errors: 1, ..DirectCounts::default() });
+        assert_eq!(
+            sender.counts(),
+            DirectCounts {
+                errors: 1,
+                ..DirectCounts::default()
+            }
+        );
     }
 }

@@ -27,7 +27,10 @@ pub(crate) mod addr;
 pub(crate) mod bufpool;
 #[cfg(target_os = "linux")]
 pub(crate) mod cmsg;
+// Application threads send only on a tokio runtime (`crate::direct`); without the feature the
+// sender is made but never sends.
 #[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 pub(crate) mod direct;
 #[cfg(test)]
 pub(crate) mod fake;

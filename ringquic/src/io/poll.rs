@@ -548,7 +548,10 @@ impl IoBackend for PollBackend {
 
     #[cfg(target_os = "linux")]
     fn direct_sender(&self, max_segments: usize) -> Option<super::direct::DirectSender> {
-        let sender = super::direct::DirectSender::new(socket2::SockRef::from(&self.socket), max_segments.min(self.max_gso()));
+        let sender = super::direct::DirectSender::new(
+            socket2::SockRef::from(&self.socket),
+            max_segments.min(self.max_gso()),
+        );
         sender.map_err(|e| tracing::debug!("no direct sends: {e}")).ok()
     }
 

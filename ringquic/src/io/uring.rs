@@ -973,7 +973,10 @@ impl IoBackend for UringBackend {
     }
 
     fn direct_sender(&self, max_segments: usize) -> Option<super::direct::DirectSender> {
-        let sender = super::direct::DirectSender::new(socket2::SockRef::from(&self.socket), max_segments.min(self.gso_segments));
+        let sender = super::direct::DirectSender::new(
+            socket2::SockRef::from(&self.socket),
+            max_segments.min(self.gso_segments),
+        );
         sender.map_err(|e| tracing::debug!("no direct sends: {e}")).ok()
     }
 
