@@ -16,9 +16,9 @@
 //! the I/O thread's queued ones, and the I/O thread learns each connection's new timer before
 //! it is due, woken only when it would otherwise sleep past it.
 
-use std::sync::Arc;
 #[cfg(all(target_os = "linux", feature = "tokio"))]
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crate::shared::ConnectionInner;
 
