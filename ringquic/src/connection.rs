@@ -565,14 +565,32 @@ pub struct ReadDatagram<'a> {
 impl Future for ReadDatagram<'_> {
     type Output = Result<Bytes, ConnectionError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut st = self.conn.lock();
+        let conn = self.conn;
+        let mut st = conn.lock();
+        let now = std::time::Instant::now();
         if let Some(d) = st.inner.datagrams().recv() {
+            let caught_up = {
+                let st = &mut *st;
+                let inner = &st.inner;
+                st.dgram_flow.took(now, || inner.stats().frame_rx.datagram)
+            };
+            drop(st);
+            if caught_up {
+                // The I/O thread feeds in the packets it held (dgramflow.rs).
+                conn.wake();
+            }
             return Poll::Ready(Ok(d));
         }
+        let received = st.inner.stats().frame_rx.datagram;
+        let release = st.dgram_flow.found_none(received, now);
         if let Some(e) = st.error() {
             return Poll::Ready(Err(e));
         }
         st.waiters().datagram(cx.waker());
+        drop(st);
+        if release {
+            conn.wake();
+        }
         Poll::Pending
     }
 }

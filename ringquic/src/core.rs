@@ -21,6 +21,7 @@ use quinn_proto::{self as proto, ConnectionHandle, DatagramEvent};
 use tracing::{debug, warn};
 
 use crate::{
+    dgramflow::Admit,
     handles::{HandleMap, HandleSet},
     handoff,
     io::{IoBackend, RecvMeta},
@@ -132,6 +133,8 @@ pub(crate) struct Core {
     sent_directly: Vec<ConnectionHandle>,
     /// When connections sent for directly were last taken.
     direct_seen: Option<Instant>,
+    /// Connections holding packets back (`dgramflow.rs`), and until when at the latest.
+    held_until: HandleMap<Instant>,
     /// The builder's `app_thread_sends`: a rebind gives application threads a new sender.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     app_thread_sends: bool,
@@ -172,6 +175,7 @@ impl Core {
             stats: EndpointIoStats::default(),
             sent_directly: Vec::new(),
             direct_seen: None,
+            held_until: HandleMap::default(),
             app_thread_sends,
         }
     }
@@ -225,7 +229,24 @@ impl Core {
 
     /// The earliest connection timer.
     pub(crate) fn next_timeout(&self) -> Option<Instant> {
-        self.timers.values().min().copied()
+        let timers = self.timers.values().min().copied();
+        let held = self.held_until.values().min().copied();
+        match (timers, held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Remember when `ch`'s held packets must be fed in at the latest (`dgramflow.rs`).
+    fn note_hold(&mut self, ch: ConnectionHandle, until: Option<Instant>) {
+        match until {
+            Some(t) => {
+                self.held_until.insert(ch, t);
+            }
+            None => {
+                self.held_until.remove(&ch);
+            }
+        }
     }
 
     /// Shutting down: when the flush of closes gives up.
@@ -393,6 +414,7 @@ impl Core {
             incoming_retried: c.incoming_retried,
             incoming_refused: c.incoming_refused,
             loop_turns: c.loop_turns,
+            datagram_backpressure_drops: c.datagram_backpressure_drops,
             open_connections: self.conns.len() as u64,
             handshakes: c.handshakes,
             // The backend's counters; the application's wakeups are added when read.
@@ -441,13 +463,33 @@ impl Core {
             let Some(conn) = self.conns.get(&ch) else {
                 continue;
             };
-            {
+            let hold = {
                 let mut st = conn.lock();
-                st.inner.handle_event(ev);
-                while let Some((_, ev)) = events.next_if(|(next, _)| *next == ch) {
-                    st.inner.handle_event(ev);
+                let now = Instant::now();
+                let mut next = Some(ev);
+                while let Some(ev) = next
+                    .take()
+                    .or_else(|| events.next_if(|(n, _)| *n == ch).map(|(_, e)| e))
+                {
+                    if !st.dgram_flow.reading(now) && !st.dgram_flow.holding() {
+                        // No one reads datagrams on this connection: nothing to pace.
+                        st.inner.handle_event(ev);
+                        continue;
+                    }
+                    let received = st.inner.stats().frame_rx.datagram;
+                    match st.dgram_flow.admit(ev, received, now) {
+                        Admit::Process(evs) => {
+                            for ev in evs {
+                                st.inner.handle_event(ev);
+                            }
+                        }
+                        Admit::Held => {}
+                        Admit::Dropped => self.stats.datagram_backpressure_drops += 1,
+                    }
                 }
-            }
+                st.dgram_flow.deadline()
+            };
+            self.note_hold(ch, hold);
             self.mark_dirty(ch);
         }
         drop(events);
@@ -497,7 +539,7 @@ impl Core {
     /// Mark every connection whose timer is due. No allocation: this runs every turn.
     fn expire_timers(&mut self) {
         let now = Instant::now();
-        for (ch, t) in self.timers.iter() {
+        for (ch, t) in self.timers.iter().chain(self.held_until.iter()) {
             if *t <= now && self.in_dirty.insert(ch) {
                 self.dirty.push_back(ch);
             }
@@ -651,6 +693,13 @@ impl Core {
         let mut again = false;
         {
             let mut st = conn.lock();
+            if st.dgram_flow.holding() {
+                let received = st.inner.stats().frame_rx.datagram;
+                for ev in st.dgram_flow.due(received, now) {
+                    st.inner.handle_event(ev);
+                }
+                self.note_hold(ch, st.dgram_flow.deadline());
+            }
             let timer_due = self.timers.get(&ch).is_some_and(|t| *t <= now);
             // A connection the application has closed sends its CONNECTION_CLOSE before its
             // timers run: if this thread got to it late (more than three PTOs after the close,
@@ -737,6 +786,7 @@ impl Core {
             self.awaiting_close.remove(&ch);
             self.conns.remove(&ch);
             self.timers.remove(&ch);
+            self.held_until.remove(&ch);
             self.shared.set_open_connections(self.conns.len());
         } else if again {
             self.mark_dirty(ch);

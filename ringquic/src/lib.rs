@@ -83,6 +83,7 @@ mod shared;
 mod wakers;
 // The I/O thread:
 mod core;
+mod dgramflow;
 mod direct;
 mod driver;
 mod handoff;

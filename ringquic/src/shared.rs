@@ -45,6 +45,7 @@ use rustc_hash::FxHashMap;
 #[cfg(target_os = "linux")]
 use crate::io::direct::{DirectCounts, DirectSender};
 use crate::{
+    dgramflow::DatagramFlow,
     handoff::Handoff,
     io::BackendKind,
     mailbox::Mailbox,
@@ -599,6 +600,8 @@ pub(crate) struct ConnState {
     handles: usize,
     /// The I/O loop turn that last queued sends for this connection ([`Handoff`]).
     pub(crate) io_send_turn: u64,
+    /// Datagram back-pressure: packets held while the application's reads are behind.
+    pub(crate) dgram_flow: DatagramFlow<proto::ConnectionEvent>,
 }
 
 impl ConnState {
@@ -611,6 +614,7 @@ impl ConnState {
             waiters: Waiters::default(),
             handles: 1,
             io_send_turn: 0,
+            dgram_flow: DatagramFlow::default(),
         }
     }
 

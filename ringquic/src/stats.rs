@@ -83,6 +83,10 @@ pub struct EndpointIoStats {
     /// Of those, the batches the kernel refused (a full socket buffer): lost datagrams, which
     /// QUIC retransmits.
     pub direct_send_errors: u64,
+    /// Packets dropped unprocessed because their connection's application was far behind in
+    /// reading datagrams and enough packets were held already (datagram back-pressure): the
+    /// sender sees them lost and slows down.
+    pub datagram_backpressure_drops: u64,
     /// Turns of the I/O loop.
     pub loop_turns: u64,
     /// Connections the I/O thread drives now.

@@ -1,0 +1,126 @@
+//! Datagram back-pressure (`dgramflow.rs`): a reader that falls behind makes the I/O thread
+//! hold the connection's packets instead of letting quinn-proto drop unread datagrams, and the
+//! hold never stalls the connection: streams keep working while datagrams pile up, and a
+//! reader that stops reading releases it.
+mod common;
+use common::*;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ringquic::Connection;
+
+/// Send datagrams for `secs`, keeping at most 1024 queued (as the bench does).
+async fn flood(conn: &Connection, secs: u64) -> u64 {
+    let payload = Bytes::from(vec![0x5au8; 1024]);
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut sent = 0u64;
+    while Instant::now() < end {
+        let queued = sent.saturating_sub(conn.stats().frame_tx.datagram);
+        for _ in 0..1024u64.saturating_sub(queued).min(64) {
+            conn.send_datagram(payload.clone()).unwrap();
+            sent += 1;
+        }
+        tokio::task::yield_now().await;
+    }
+    sent
+}
+
+/// A reader that takes short breaks is far behind a flood more than once; the packets held
+/// meanwhile are fed in later, so quinn-proto never drops an unread datagram: what the reader
+/// does not get was lost as packets (held past the bound, or the kernel's), which the sender
+/// saw. Every datagram read is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_behind_makes_packets_wait_not_datagrams_vanish() {
+    for b in backends() {
+        let (server_side, conn, server, client) = connected_pair(b).await;
+        let reader = tokio::spawn({
+            let s = server_side.clone();
+            async move {
+                let mut n = 0u64;
+                while let Ok(d) = s.read_datagram().await {
+                    assert!(
+                        d.len() == 1024 && d.iter().all(|x| *x == 0x5a),
+                        "datagram corrupted"
+                    );
+                    n += 1;
+                    if n % 2000 == 0 {
+                        // A break: the flood gets ahead.
+                        std::thread::sleep(Duration::from_millis(3));
+                    }
+                }
+                n
+            }
+        });
+        within(30, flood(&conn, 2)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sent = conn.stats().frame_tx.datagram;
+        let received = server_side.stats().frame_rx.datagram;
+        conn.close(0u32.into(), b"done");
+        let read = within(10, reader).await.unwrap();
+        assert!(sent > 10_000, "{b}: only {sent} sent");
+        assert_eq!(
+            read,
+            received,
+            "{b}: quinn-proto dropped {} unread datagrams",
+            received - read
+        );
+        let packets_lost = conn.stats().path.lost_packets;
+        assert!(
+            sent - received <= packets_lost * 2 + 64,
+            "{b}: {} datagrams missing but only {packets_lost} packets lost",
+            sent - received
+        );
+        drop((server, client));
+    }
+}
+
+/// Datagrams pile up unread (the reader stopped) while a stream request runs on the same
+/// connection: the request completes, and the datagrams are quinn-proto's to drop, as in quinn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_does_not_stall_the_connection() {
+    for b in backends() {
+        let (server_side, conn, _server, _client) = connected_pair(b).await;
+        // Read a little (the reader is active), then stop reading altogether.
+        let s = server_side.clone();
+        let reader = tokio::spawn(async move {
+            for _ in 0..100 {
+                s.read_datagram().await.unwrap();
+            }
+        });
+        let echo = tokio::spawn({
+            let s = server_side.clone();
+            async move {
+                let (mut send, mut recv) = s.accept_bi().await.unwrap();
+                let data = recv.read_to_end(1 << 20).await.unwrap();
+                send.write_all(&data).await.unwrap();
+                send.finish().unwrap();
+            }
+        });
+        within(30, async {
+            let flooding = flood(&conn, 2);
+            let request = async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                send.write_all(&[7u8; 100_000]).await.unwrap();
+                send.finish().unwrap();
+                recv.read_to_end(1 << 20).await.unwrap()
+            };
+            let (_, back) = tokio::join!(flooding, request);
+            assert_eq!(back, vec![7u8; 100_000], "{b}");
+        })
+        .await;
+        reader.await.unwrap();
+        echo.await.unwrap();
+        conn.close(0u32.into(), b"done");
+    }
+}
+
+/// Endpoints on `b` and one connection: (server side, client side, server, client).
+async fn connected_pair(
+    b: ringquic::BackendKind,
+) -> (Connection, Connection, ringquic::Endpoint, ringquic::Endpoint) {
+    let (server, client) = pair(b);
+    let (s, c) = connected(&server, &client).await;
+    (s, c, server, client)
+}
