@@ -687,12 +687,14 @@ impl Core {
         let Some(conn) = self.conns.get(&ch).cloned() else {
             return;
         };
-        let now = Instant::now();
         let mut woken = std::mem::take(&mut self.woken);
         let mut drained = false;
         let mut again = false;
         {
             let mut st = conn.lock();
+            // Read the clock under the lock: an application thread may have sent for this
+            // connection (`direct.rs`) a moment ago, and quinn-proto's times must not go back.
+            let now = Instant::now();
             if st.dgram_flow.holding() {
                 let received = st.inner.stats().frame_rx.datagram;
                 for ev in st.dgram_flow.due(received, now) {

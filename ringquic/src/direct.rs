@@ -106,10 +106,6 @@ fn flush(conn: &Arc<ConnectionInner>) {
     // Cleared first: a write after this point schedules another flush.
     conn.flush_scheduled.store(false, Ordering::Release);
     let shared = conn.shared();
-    let Some(sender) = shared.direct_sender() else {
-        conn.wake();
-        return;
-    };
     let mut timeout = None;
     let mut more = false;
     BUF.with(|buf| {
@@ -121,10 +117,13 @@ fn flush(conn: &Arc<ConnectionInner>) {
             && !st.inner.is_handshaking()
             && !st.inner.is_closed()
             && shared.handoff.is_submitted(st.io_send_turn);
-        if !ours {
+        // The sender is taken under the connection's lock: a rebind replaces it before it
+        // tells the connections, so a packet built after that never leaves from the old socket.
+        let sender = shared.direct_sender().filter(|_| ours);
+        let Some(sender) = sender else {
             more = true;
             return;
-        }
+        };
         buf.clear();
         let segments = sender.max_segments().min(MAX_DIRECT_SEGMENTS);
         let t = st

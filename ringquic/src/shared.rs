@@ -20,9 +20,11 @@
 //! | [`EndpointShared`]'s `state` | incoming connections, endpoint waiters, counters | `accept`, `close`, `stats`; the I/O thread |
 //! | the task queue and task wakers | [`Endpoint::spawn`](crate::Endpoint::spawn)'s tasks | `local.rs`, the I/O thread |
 //! | the local address | the socket's address | `local_addr`, the I/O thread's start and rebinds |
+//! | the direct sender | application threads' socket (`direct.rs`) | a flush (under a connection), `stats`, the I/O thread's start, rebind and exit |
 //!
 //! Nested only in this order: a pending answer, then a connection, then the mailbox's queue (a
-//! wake while a connection is locked). The endpoint state, the local address and the two task
+//! wake while a connection is locked) or the direct sender (a flush takes it under the
+//! connection's lock). The endpoint state, the local address and the two task
 //! locks are never held while taking another lock. Wakers are collected under a lock and woken
 //! after it is released.
 
