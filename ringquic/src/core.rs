@@ -11,12 +11,13 @@
 
 use std::{
     collections::VecDeque,
-    sync::Arc,
+    sync::{atomic::Ordering, Arc},
     task::Waker,
     time::{Duration, Instant},
 };
 
 use bytes::BytesMut;
+
 use quinn_proto::{self as proto, ConnectionHandle, DatagramEvent};
 use tracing::{debug, warn};
 
@@ -282,13 +283,38 @@ impl Core {
     /// timers changed (and quinn-proto may have events for the I/O thread).
     fn take_sent_directly(&mut self) {
         let mut changed = std::mem::take(&mut self.sent_directly);
+        // Flushes their runtime has not run in time: the I/O thread sends for them, and the
+        // next write schedules a flush again.
+        let now = Instant::now();
+        let handoff = &self.shared.handoff;
+        handoff.take_overdue(now, &mut changed);
+        for &ch in &changed {
+            let Some(conn) = self.conns.get(&ch) else {
+                continue;
+            };
+            conn.flush_listed.store(false, Ordering::Release);
+            if !conn.flush_scheduled.load(Ordering::Acquire) {
+                // Its flush ran.
+                continue;
+            }
+            let since = handoff.instant(conn.flush_since.load(Ordering::Acquire));
+            if now.saturating_duration_since(since) < handoff::FLUSH_GRACE {
+                // A newer flush, not overdue yet.
+                if !conn.flush_listed.swap(true, Ordering::AcqRel) {
+                    handoff.relist(ch, since);
+                }
+            } else if conn.flush_scheduled.swap(false, Ordering::AcqRel) && self.in_dirty.insert(ch) {
+                self.dirty.push_back(ch);
+            }
+        }
+        changed.clear();
         self.shared.handoff.take_changed(&mut changed);
         if !changed.is_empty() {
-            self.direct_seen = Some(Instant::now());
+            self.direct_seen = Some(now);
         }
         for ch in changed.drain(..) {
             if let Some(conn) = self.conns.get(&ch) {
-                conn.changed.store(false, std::sync::atomic::Ordering::Release);
+                conn.changed.store(false, Ordering::Release);
                 self.mark_dirty(ch);
             }
         }

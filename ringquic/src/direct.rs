@@ -56,6 +56,14 @@ fn schedule(conn: &Arc<ConnectionInner>) -> bool {
         // One is scheduled and has not started: it will send this too.
         return true;
     }
+    // Listed, so the I/O thread sends if the runtime does not run the flush soon (handoff.rs).
+    let now = std::time::Instant::now();
+    conn.flush_since
+        .store(shared.handoff.stamp(now), Ordering::Release);
+    let list = !conn.flush_listed.swap(true, Ordering::AcqRel);
+    if shared.handoff.flush_scheduled(conn.handle, list, now) {
+        shared.mailbox.notify();
+    }
     let flush = Flush(Some(conn.clone()));
     rt.spawn(async move {
         // Let every task that is ready run first, so that what they all write to this

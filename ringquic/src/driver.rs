@@ -199,6 +199,10 @@ impl Driver {
                         .min(until),
                 );
             }
+            if let Some(due) = core.shared().handoff.flush_due() {
+                // A flush scheduled on an application runtime: send for it if it is overdue.
+                deadline = Some(deadline.map_or(due, |d| d.min(due)));
+            }
             if core.direct_active(now) {
                 // Application threads send directly: look at their connections' timers often
                 // enough that those need no wakeup (handoff.rs).

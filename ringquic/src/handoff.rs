@@ -15,12 +15,20 @@
 //!   list a last time, and the application adds to the list before it reads the sleep
 //!   (sequentially consistent on both sides): either the I/O thread sees the connection before
 //!   it sleeps, or the application sees the sleep and wakes it if it is too long.
+//! * **Flushes that do not run.** A flush is a task on the application's runtime, which may
+//!   not run soon: a current-thread runtime nobody drives any more (`block_on` returned), a
+//!   worker busy in a long task. Each scheduled flush is listed with its time
+//!   ([`Handoff::flush_scheduled`]); the I/O thread drives every connection whose flush is
+//!   [`FLUSH_GRACE`] overdue and sends for it, sleeping no longer than the oldest entry's grace,
+//!   and an application thread wakes it if it sleeps past that. So a write is sent within
+//!   about a millisecond whether or not its runtime runs the flush.
 //! * **A short sleep while direct sends happen.** So that the common case needs no wakeup at all,
 //!   the I/O thread sleeps at most [`DIRECT_TICK`] while connections keep being sent for
 //!   directly: a new flight's loss-detection timer (one PTO, at least the peer's 25 ms ACK
 //!   delay) is then later than the I/O thread's next look.
 
 use std::{
+    collections::VecDeque,
     sync::{
         atomic::{AtomicU64, Ordering},
         Mutex,
@@ -37,6 +45,9 @@ use crate::sync::lock;
 /// timers of direct sends need no wakeup; long enough that an idle-looking I/O thread costs
 /// nothing (at most 500 turns a second while direct sends go on).
 pub(crate) const DIRECT_TICK: Duration = Duration::from_millis(2);
+
+/// How long a scheduled flush may wait for its runtime before the I/O thread sends instead.
+pub(crate) const FLUSH_GRACE: Duration = Duration::from_millis(1);
 
 /// How long after the last direct send the I/O thread keeps its sleeps that short.
 pub(crate) const DIRECT_ACTIVE: Duration = Duration::from_millis(100);
@@ -59,6 +70,9 @@ pub(crate) struct Handoff {
     /// (each at most once: `ConnectionInner`'s `changed` flag). Bounded by the endpoint's
     /// connections.
     changed: Mutex<Vec<ConnectionHandle>>,
+    /// Flushes scheduled on application runtimes, oldest first: each connection at most once
+    /// (`ConnectionInner`'s `flush_listed`), so bounded by the endpoint's connections.
+    scheduled: Mutex<VecDeque<(ConnectionHandle, Instant)>>,
 }
 
 impl Default for Handoff {
@@ -68,11 +82,22 @@ impl Default for Handoff {
             sleep_until: AtomicU64::new(AWAKE),
             submitted_turn: AtomicU64::new(0),
             changed: Mutex::new(Vec::new()),
+            scheduled: Mutex::new(VecDeque::new()),
         }
     }
 }
 
 impl Handoff {
+    /// `t` as a number, for an atomic; [`Handoff::instant`] turns it back.
+    pub(crate) fn stamp(&self, t: Instant) -> u64 {
+        self.encode(t)
+    }
+
+    /// The time [`Handoff::stamp`] made `n` of.
+    pub(crate) fn instant(&self, n: u64) -> Instant {
+        self.epoch + Duration::from_nanos(n.saturating_sub(1))
+    }
+
     fn encode(&self, t: Instant) -> u64 {
         let nanos = t.saturating_duration_since(self.epoch).as_nanos();
         u64::try_from(nanos)
@@ -95,6 +120,31 @@ impl Handoff {
         let until = deadline.map_or(FOREVER, |d| self.encode(d));
         self.sleep_until.store(until, Ordering::SeqCst);
         !lock(&self.changed).is_empty()
+            || self
+                .flush_due()
+                .is_some_and(|due| deadline.is_none_or(|d| due < d))
+    }
+
+    /// When the oldest scheduled flush is overdue, if any is scheduled.
+    pub(crate) fn flush_due(&self) -> Option<Instant> {
+        lock(&self.scheduled).front().map(|&(_, t)| t + FLUSH_GRACE)
+    }
+
+    /// The I/O thread found `ch`'s flush scheduled at `since` but not overdue yet: list it again.
+    pub(crate) fn relist(&self, ch: ConnectionHandle, since: Instant) {
+        lock(&self.scheduled).push_back((ch, since));
+    }
+
+    /// The connections whose list entry is overdue at `now`, into `out`.
+    pub(crate) fn take_overdue(&self, now: Instant, out: &mut Vec<ConnectionHandle>) {
+        let mut q = lock(&self.scheduled);
+        while let Some(&(ch, t)) = q.front() {
+            if now.saturating_duration_since(t) < FLUSH_GRACE {
+                break;
+            }
+            out.push(ch);
+            q.pop_front();
+        }
     }
 
     /// The I/O thread is awake again.
@@ -114,6 +164,19 @@ impl Handoff {
     }
 
     // ---- the application's side ----
+
+    /// A flush of `ch` was scheduled at `now`; `list` says whether `ch` is not listed yet.
+    /// Returns whether the I/O thread must be woken: it sleeps past the flush's grace. (The
+    /// I/O thread lists a connection again itself, [`Handoff::relist`].)
+    #[cfg_attr(not(all(target_os = "linux", feature = "tokio")), allow(dead_code))]
+    pub(crate) fn flush_scheduled(&self, ch: ConnectionHandle, list: bool, now: Instant) -> bool {
+        if list {
+            lock(&self.scheduled).push_back((ch, now));
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let until = self.sleep_until.load(Ordering::SeqCst);
+        until != AWAKE && self.encode(now + FLUSH_GRACE) < until
+    }
 
     /// An application thread sent for `ch` directly and its next timeout is `timeout`; `add`
     /// says whether `ch` still has to be listed (it is not listed yet). Returns whether the I/O
@@ -159,6 +222,33 @@ mod tests {
         assert!(!h.going_to_sleep(None), "the list is empty after a take");
         h.woke();
         assert!(!h.sent_directly(ch, true, Some(now)));
+    }
+
+    #[test]
+    fn overdue_flushes_are_taken_in_order_and_bound_the_sleep() {
+        let h = Handoff::default();
+        let now = Instant::now();
+        let (a, b) = (ConnectionHandle(1), ConnectionHandle(2));
+        // Awake: no wakeup needed.
+        assert!(!h.flush_scheduled(a, true, now));
+        // Asleep for an hour: the second one needs the I/O thread woken.
+        h.going_to_sleep(Some(now + Duration::from_secs(3600)));
+        assert!(h.flush_scheduled(b, true, now + FLUSH_GRACE / 2));
+        assert_eq!(h.instant(h.stamp(now)), now);
+        assert_eq!(h.flush_due(), Some(now + FLUSH_GRACE));
+        assert!(
+            h.going_to_sleep(Some(now + Duration::from_secs(1))),
+            "not past the first's grace"
+        );
+        assert!(!h.going_to_sleep(Some(now)));
+        let mut out = Vec::new();
+        h.take_overdue(now, &mut out);
+        assert!(out.is_empty());
+        h.take_overdue(now + FLUSH_GRACE, &mut out);
+        assert_eq!(out, vec![a]);
+        h.take_overdue(now + FLUSH_GRACE * 2, &mut out);
+        assert_eq!(out, vec![a, b]);
+        assert_eq!(h.flush_due(), None);
     }
 
     #[test]

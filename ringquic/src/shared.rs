@@ -32,7 +32,7 @@ use std::{
     collections::VecDeque,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         mpsc, Arc, Mutex, MutexGuard, OnceLock, Weak,
     },
     task::{Context, Poll, Waker},
@@ -526,8 +526,11 @@ pub(crate) struct ConnectionInner {
     /// [`Handoff`]; the I/O thread has not looked yet.
     pub(crate) changed: AtomicBool,
     /// A direct send (`direct.rs`) is scheduled on the application's runtime.
-    #[cfg_attr(not(all(target_os = "linux", feature = "tokio")), allow(dead_code))]
     pub(crate) flush_scheduled: AtomicBool,
+    /// When it was scheduled ([`Handoff::stamp`]).
+    pub(crate) flush_since: AtomicU64,
+    /// The connection is in the [`Handoff`]'s list of scheduled flushes.
+    pub(crate) flush_listed: AtomicBool,
 }
 
 impl ConnectionInner {
@@ -545,6 +548,8 @@ impl ConnectionInner {
             queued: AtomicBool::new(false),
             changed: AtomicBool::new(false),
             flush_scheduled: AtomicBool::new(false),
+            flush_since: AtomicU64::new(0),
+            flush_listed: AtomicBool::new(false),
         })
     }
 

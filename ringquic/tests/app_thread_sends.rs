@@ -1,7 +1,7 @@
 //! Sends from the application's threads (`EndpointBuilder::app_thread_sends`, on by default on
 //! Linux): requests leave without a handoff to the I/O thread, the I/O thread still learns
 //! the timers of what they sent (a lost direct send is retransmitted on time), and a write
-//! whose runtime ends before the send ran still goes out.
+//! whose runtime ends, or is not driven, before the send ran still goes out.
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -173,5 +173,45 @@ fn a_write_whose_runtime_ends_first_still_goes_out() {
             conn.close(0u32.into(), b"done");
             within(10, client.wait_idle()).await;
         });
+    }
+}
+
+/// A write on a current-thread runtime that nobody drives afterwards (`block_on` returned, the
+/// thread went on to other work): its scheduled flush never runs, so the I/O thread sends for
+/// it once the flush is overdue. The peer gets the stream while the writer's runtime sits idle.
+#[test]
+fn a_write_whose_runtime_is_not_driven_still_goes_out() {
+    let rt = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    for b in backends() {
+        let peer = rt();
+        let (server, client) = peer.block_on(async { ends(b, true) });
+        let (server_side, conn) = peer.block_on(async { connected(&server, &client).await });
+        let idle = rt();
+        let mut send = peer.block_on(async {
+            // Let the handshake's last packets settle, so nothing else makes the I/O thread
+            // drive the connection while the write waits.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            conn.open_uni().await.unwrap()
+        });
+        idle.block_on(async {
+            send.write_all(b"written, then the runtime idles").await.unwrap();
+            send.finish().unwrap();
+        });
+        // `idle` is alive but never driven again in this test.
+        let got = peer.block_on(within(3, async {
+            let mut recv = server_side.accept_uni().await.unwrap();
+            recv.read_to_end(1024).await.unwrap()
+        }));
+        assert_eq!(got, b"written, then the runtime idles", "{b}");
+        peer.block_on(async {
+            conn.close(0u32.into(), b"done");
+            within(10, client.wait_idle()).await;
+        });
+        drop(idle);
     }
 }
