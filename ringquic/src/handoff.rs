@@ -89,6 +89,7 @@ impl Default for Handoff {
 
 impl Handoff {
     /// `t` as a number, for an atomic; [`Handoff::instant`] turns it back.
+    #[cfg_attr(not(all(target_os = "linux", feature = "tokio")), allow(dead_code))]
     pub(crate) fn stamp(&self, t: Instant) -> u64 {
         self.encode(t)
     }
