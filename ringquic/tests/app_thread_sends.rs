@@ -134,45 +134,60 @@ async fn a_lost_direct_send_is_retransmitted_on_time() {
     }
 }
 
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Endpoints on `b` and a settled connection, driven from a current-thread runtime; `data` is
+/// written (and the stream finished) on a second runtime, which is dropped right after unless
+/// `keep_writer` (then it stays alive, never driven again, until the end). The peer must
+/// receive `data` within 3 s. Returns the client's `direct_sends` before and after.
+fn written_on_another_runtime(
+    b: ringquic::BackendKind,
+    data: &'static [u8],
+    keep_writer: bool,
+) -> (u64, u64) {
+    let main = current_thread();
+    let (server, client) = main.block_on(async { ends(b, true) });
+    let (server_side, conn) = main.block_on(async { connected(&server, &client).await });
+    let send = main.block_on(async {
+        // Let the handshake's last packets settle, so nothing else makes the I/O thread drive
+        // the connection while the write waits.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        conn.open_uni().await.unwrap()
+    });
+    let before = client.io_stats().direct_sends;
+    let writer = current_thread();
+    writer.block_on(async move {
+        let mut send = send;
+        send.write_all(data).await.unwrap();
+        send.finish().unwrap();
+    });
+    let writer = keep_writer.then_some(writer);
+    let got = main.block_on(within(3, async {
+        let mut recv = server_side.accept_uni().await.unwrap();
+        recv.read_to_end(1024).await.unwrap()
+    }));
+    assert_eq!(got, data, "{b}");
+    let after = client.io_stats().direct_sends;
+    main.block_on(async {
+        conn.close(0u32.into(), b"done");
+        within(10, client.wait_idle()).await;
+    });
+    drop(writer);
+    (before, after)
+}
+
 /// A write schedules its send on the runtime it runs on; if that runtime is dropped before the
 /// send ran, the I/O thread sends it instead: the peer still gets the whole stream.
 #[test]
 fn a_write_whose_runtime_ends_first_still_goes_out() {
-    let rt = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
     for b in backends() {
-        let main = rt();
-        let (server, client) = main.block_on(async { ends(b, true) });
-        let (server_side, conn) = main.block_on(async { connected(&server, &client).await });
-        let send = main.block_on(async { conn.open_uni().await.unwrap() });
-        let direct_before = client.io_stats().direct_sends;
-        // A runtime that lives only for the write: its scheduled send never runs.
-        {
-            let short = rt();
-            short.block_on(async move {
-                let mut send = send;
-                send.write_all(b"outlived its runtime").await.unwrap();
-                send.finish().unwrap();
-            });
-        }
-        let got = main.block_on(within(10, async {
-            let mut recv = server_side.accept_uni().await.unwrap();
-            recv.read_to_end(1024).await.unwrap()
-        }));
-        assert_eq!(got, b"outlived its runtime", "{b}");
-        assert_eq!(
-            client.io_stats().direct_sends,
-            direct_before,
-            "{b}: sent directly after all"
-        );
-        main.block_on(async {
-            conn.close(0u32.into(), b"done");
-            within(10, client.wait_idle()).await;
-        });
+        let (before, after) = written_on_another_runtime(b, b"outlived its runtime", false);
+        assert_eq!(after, before, "{b}: sent directly after all");
     }
 }
 
@@ -181,37 +196,7 @@ fn a_write_whose_runtime_ends_first_still_goes_out() {
 /// it once the flush is overdue. The peer gets the stream while the writer's runtime sits idle.
 #[test]
 fn a_write_whose_runtime_is_not_driven_still_goes_out() {
-    let rt = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
     for b in backends() {
-        let peer = rt();
-        let (server, client) = peer.block_on(async { ends(b, true) });
-        let (server_side, conn) = peer.block_on(async { connected(&server, &client).await });
-        let idle = rt();
-        let mut send = peer.block_on(async {
-            // Let the handshake's last packets settle, so nothing else makes the I/O thread
-            // drive the connection while the write waits.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            conn.open_uni().await.unwrap()
-        });
-        idle.block_on(async {
-            send.write_all(b"written, then the runtime idles").await.unwrap();
-            send.finish().unwrap();
-        });
-        // `idle` is alive but never driven again in this test.
-        let got = peer.block_on(within(3, async {
-            let mut recv = server_side.accept_uni().await.unwrap();
-            recv.read_to_end(1024).await.unwrap()
-        }));
-        assert_eq!(got, b"written, then the runtime idles", "{b}");
-        peer.block_on(async {
-            conn.close(0u32.into(), b"done");
-            within(10, client.wait_idle()).await;
-        });
-        drop(idle);
+        written_on_another_runtime(b, b"written, then the runtime idles", true);
     }
 }
