@@ -6,11 +6,13 @@
 //! threads before it leaves (application → I/O thread → socket), and on a machine with fewer
 //! cores than busy threads each crossing is a context switch (docs/PERFORMANCE.md). When a
 //! task writes, [`transmit_soon`] schedules one flush task on the same tokio runtime (at most
-//! one per connection at a time); tokio runs it after the writing task yields, so a write and
-//! the `finish` after it leave as one packet, as they do from the I/O thread. The flush asks
-//! quinn-proto for one batch of at most [`MAX_DIRECT_SEGMENTS`] datagrams under the
-//! connection's lock and sends it on the endpoint's socket (`io/direct.rs`); anything more, and every case it
-//! does not handle, goes to the I/O thread as before ([`ConnectionInner::wake`]).
+//! one per connection at a time); tokio runs it after the ready tasks (it yields once first),
+//! so what they all wrote, a write and the `finish` after it included, leaves together, as it
+//! does from the I/O thread. The flush asks quinn-proto for one batch of at most
+//! [`MAX_DIRECT_SEGMENTS`] datagrams under the connection's lock and sends it on the
+//! endpoint's socket (`io/direct.rs`); anything more, and every case it does not handle, goes
+//! to the I/O thread as before ([`ConnectionInner::wake`]), and so does a flush its runtime
+//! does not run within `handoff::FLUSH_GRACE`.
 //!
 //! What keeps the I/O thread's picture right is in `handoff.rs`: direct sends never overtake
 //! the I/O thread's queued ones, and the I/O thread learns each connection's new timer before
