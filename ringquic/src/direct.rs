@@ -116,6 +116,9 @@ fn flush(conn: &Arc<ConnectionInner>) {
     // Cleared first: a write after this point schedules another flush.
     conn.flush_scheduled.store(false, Ordering::Release);
     let shared = conn.shared();
+    if conn.flush_listed.swap(false, Ordering::AcqRel) {
+        shared.handoff.flush_ran(conn.handle);
+    }
     let mut timeout = None;
     let mut more = false;
     BUF.with(|buf| {

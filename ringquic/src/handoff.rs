@@ -131,6 +131,12 @@ impl Handoff {
         lock(&self.scheduled).front().map(|&(_, t)| t + FLUSH_GRACE)
     }
 
+    /// `ch`'s flush ran: take it off the list, so the I/O thread does not wake for it.
+    #[cfg_attr(not(all(target_os = "linux", feature = "tokio")), allow(dead_code))]
+    pub(crate) fn flush_ran(&self, ch: ConnectionHandle) {
+        lock(&self.scheduled).retain(|&(c, _)| c != ch);
+    }
+
     /// The I/O thread found `ch`'s flush scheduled at `since` but not overdue yet: list it again.
     pub(crate) fn relist(&self, ch: ConnectionHandle, since: Instant) {
         lock(&self.scheduled).push_back((ch, since));
