@@ -490,24 +490,33 @@ impl Core {
                 continue;
             };
             let hold = {
-                let mut st = conn.lock();
+                let mut guard = conn.lock();
+                let st = &mut *guard;
                 let now = Instant::now();
+                // Only a connection whose application reads datagrams is paced; its count of
+                // DATAGRAM frames is read once per run of packets (the hold's thresholds are far
+                // coarser than a run).
+                let paced = st.dgram_flow.reading(now) || st.dgram_flow.holding();
+                let received = if paced {
+                    st.inner.stats().frame_rx.datagram
+                } else {
+                    0
+                };
                 let mut next = Some(ev);
                 while let Some(ev) = next
                     .take()
                     .or_else(|| events.next_if(|(n, _)| *n == ch).map(|(_, e)| e))
                 {
-                    if !st.dgram_flow.reading(now) && !st.dgram_flow.holding() {
-                        // No one reads datagrams on this connection: nothing to pace.
+                    if !paced {
                         st.inner.handle_event(ev);
                         continue;
                     }
-                    let received = st.inner.stats().frame_rx.datagram;
                     match st.dgram_flow.admit(ev, received, now) {
-                        Admit::Process(evs) => {
-                            for ev in evs {
-                                st.inner.handle_event(ev);
+                        Admit::Process(ev) => {
+                            for held in st.dgram_flow.take_held() {
+                                st.inner.handle_event(held);
                             }
+                            st.inner.handle_event(ev);
                         }
                         Admit::Held => {}
                         Admit::Dropped => self.stats.datagram_backpressure_drops += 1,
@@ -723,8 +732,11 @@ impl Core {
             let now = Instant::now();
             if st.dgram_flow.holding() {
                 let received = st.inner.stats().frame_rx.datagram;
-                for ev in st.dgram_flow.due(received, now) {
-                    st.inner.handle_event(ev);
+                if st.dgram_flow.due(received, now) {
+                    let st = &mut *st;
+                    for ev in st.dgram_flow.take_held() {
+                        st.inner.handle_event(ev);
+                    }
                 }
                 self.note_hold(ch, st.dgram_flow.deadline());
             }

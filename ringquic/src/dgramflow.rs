@@ -65,8 +65,8 @@ impl<E> Default for DatagramFlow<E> {
 /// What to do with a packet that arrived for the connection.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Admit<E> {
-    /// Feed these to quinn-proto, in order (the held packets first, then this one).
-    Process(Vec<E>),
+    /// Feed it to quinn-proto, after the held packets ([`DatagramFlow::take_held`]).
+    Process(E),
     /// Held.
     Held,
     /// Dropped: the hold is full.
@@ -125,23 +125,21 @@ impl<E> DatagramFlow<E> {
             self.held.push_back(ev);
             return Admit::Held;
         }
-        let mut out = self.release();
-        out.push(ev);
-        Admit::Process(out)
-    }
-
-    /// The held packets, if they should be fed in now (the backlog went down, the reader
-    /// stopped, or the oldest is [`HOLD_MAX_AGE`] old).
-    pub(crate) fn due(&mut self, received: u64, now: Instant) -> Vec<E> {
-        if self.held.is_empty() || self.must_hold(received, now) {
-            return Vec::new();
-        }
-        self.release()
-    }
-
-    fn release(&mut self) -> Vec<E> {
         self.held_since = None;
-        self.held.drain(..).collect()
+        Admit::Process(ev)
+    }
+
+    /// The held packets, oldest first, once [`DatagramFlow::admit`] said `Process` (they go
+    /// in before the packet it returned). No allocation: the queue's own drain.
+    pub(crate) fn take_held(&mut self) -> std::collections::vec_deque::Drain<'_, E> {
+        self.held_since = None;
+        self.held.drain(..)
+    }
+
+    /// Whether the held packets should be fed in now ([`DatagramFlow::take_held`]): the
+    /// backlog went down, the reader stopped, or the oldest is [`HOLD_MAX_AGE`] old.
+    pub(crate) fn due(&mut self, received: u64, now: Instant) -> bool {
+        !self.held.is_empty() && !self.must_hold(received, now)
     }
 
     /// When the oldest held packet must be fed in at the latest.
@@ -164,17 +162,18 @@ mod tests {
         let now = Instant::now();
         let mut f = DatagramFlow::<u32>::default();
         // Nobody reads datagrams: never held, whatever the count.
-        assert_eq!(f.admit(1, 10_000, now), Admit::Process(vec![1]));
+        assert_eq!(f.admit(1, 10_000, now), Admit::Process(1));
         // A reader far behind: held.
         f.found_none(0, now);
         assert_eq!(f.admit(2, HOLD_AT + 1, now), Admit::Held);
         assert_eq!(f.admit(3, HOLD_AT + 2, now), Admit::Held);
         assert_eq!(f.deadline(), Some(now + HOLD_MAX_AGE));
         // Not due while the backlog is above RESUME_AT...
-        assert!(f.due(HOLD_AT + 2, now).is_empty());
+        assert!(!f.due(HOLD_AT + 2, now));
         // ... due once the reader has caught up, in order.
         f.taken = HOLD_AT + 2 - RESUME_AT;
-        assert_eq!(f.due(HOLD_AT + 2, now), vec![2, 3]);
+        assert!(f.due(HOLD_AT + 2, now));
+        assert_eq!(f.take_held().collect::<Vec<_>>(), vec![2, 3]);
         assert!(!f.holding() && f.deadline().is_none());
     }
 
@@ -190,10 +189,9 @@ mod tests {
         // Past the age limit everything is fed in, the new packet last.
         let later = now + HOLD_MAX_AGE;
         f.reader_seen = Some(later);
-        match f.admit(7, HOLD_AT + 1, later) {
-            Admit::Process(v) => assert_eq!((v.len(), v[0], v[HOLD_MAX]), (HOLD_MAX + 1, 0, 7)),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(f.admit(7, HOLD_AT + 1, later), Admit::Process(7));
+        let held: Vec<_> = f.take_held().collect();
+        assert_eq!((held.len(), held[0]), (HOLD_MAX, 0));
     }
 
     #[test]
@@ -203,7 +201,8 @@ mod tests {
         f.found_none(0, now);
         assert_eq!(f.admit(1, HOLD_AT + 1, now), Admit::Held);
         let later = now + READER_ACTIVE;
-        assert_eq!(f.due(HOLD_AT + 1, later), vec![1]);
+        assert!(f.due(HOLD_AT + 1, later));
+        assert_eq!(f.take_held().collect::<Vec<_>>(), vec![1]);
         // Reads bring the backlog down: `took` says when to feed the held ones in.
         f.found_none(0, later);
         assert_eq!(f.admit(2, HOLD_AT + 1, later), Admit::Held);
