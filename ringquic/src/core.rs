@@ -493,15 +493,11 @@ impl Core {
                 let mut guard = conn.lock();
                 let st = &mut *guard;
                 let now = Instant::now();
-                // Only a connection whose application reads datagrams is paced; its count of
-                // DATAGRAM frames is read once per run of packets (the hold's thresholds are far
-                // coarser than a run).
+                // Only a connection whose application reads datagrams is paced. Its count of
+                // DATAGRAM frames is read before every packet: a turn's run of packets for one
+                // connection can be hundreds long, and a count read once per run let quinn-proto's
+                // buffer overflow (10% lost in the bench, against 0.2%).
                 let paced = st.dgram_flow.reading(now) || st.dgram_flow.holding();
-                let received = if paced {
-                    st.inner.stats().frame_rx.datagram
-                } else {
-                    0
-                };
                 let mut next = Some(ev);
                 while let Some(ev) = next
                     .take()
@@ -511,6 +507,7 @@ impl Core {
                         st.inner.handle_event(ev);
                         continue;
                     }
+                    let received = st.inner.stats().frame_rx.datagram;
                     match st.dgram_flow.admit(ev, received, now) {
                         Admit::Process(ev) => {
                             for held in st.dgram_flow.take_held() {
