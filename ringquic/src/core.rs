@@ -65,6 +65,20 @@ pub(crate) const MAX_TRANSMITS_PER_DRIVE: usize = 16;
 /// (with few TX buffers and many connections that takes several turns).
 const SHUTDOWN_FLUSH_TIME: Duration = Duration::from_millis(500);
 
+/// The closing period a connection gets from the moment its CONNECTION_CLOSE actually went
+/// out: about three PTOs, estimated from the smoothed RTT and the default 25 ms ACK delay
+/// (quinn-proto does not expose its PTO).
+///
+/// quinn-proto starts the period (its close timer) when the application closes. If the I/O
+/// thread gets to the connection late, or a TX buffer was short, the close goes out after the
+/// timer is already due, and the connection would be forgotten at once; the peer's answer, or a
+/// packet it sent before it heard the close, would then draw a stateless reset, which replaces
+/// the close as the reason the peer reports when both arrive together (quinn-proto keeps the
+/// last). Holding the timer this long after the send keeps the period RFC 9000 §10.2 asks for.
+fn closing_period(rtt: Duration) -> Duration {
+    3 * (rtt + rtt / 2 + Duration::from_millis(25))
+}
+
 /// How new incoming connections are admitted, before the application sees them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Admission {
@@ -126,6 +140,14 @@ pub(crate) struct Core {
     closes_sent: HandleSet,
     /// Shutdown: closed connections whose CONNECTION_CLOSE has not gone out yet.
     awaiting_close: HandleSet,
+    /// Closed connections whose CONNECTION_CLOSE went out and whose peer has not answered with
+    /// its own yet, in their closing period: shutdown waits for them (a peer that goes on
+    /// sending has not heard the close, and quinn-proto answers each of its packets with the
+    /// close again).
+    unanswered: HandleSet,
+    /// Closed connections whose close went out: their close timer does not run before this
+    /// ([`closing_period`]).
+    close_floor: HandleMap<Instant>,
     /// Set once the last handle is gone: the loop goes on until every close is out, or until
     /// this time (see [`Core::begin_shutdown`]).
     flush_until: Option<Instant>,
@@ -172,6 +194,8 @@ impl Core {
             handshaking: HandleSet::default(),
             closes_sent: HandleSet::default(),
             awaiting_close: HandleSet::default(),
+            unanswered: HandleSet::default(),
+            close_floor: HandleMap::default(),
             flush_until: None,
             stats: EndpointIoStats::default(),
             sent_directly: Vec::new(),
@@ -268,6 +292,8 @@ impl Core {
             conn.lock().terminate(reason.clone(), &mut woken);
         }
         self.conns.clear();
+        self.unanswered = HandleSet::default();
+        self.close_floor.clear();
         wake_all(woken);
     }
 
@@ -383,9 +409,11 @@ impl Core {
 
     /// The last handle is gone: close every connection and let the loop go on (at most
     /// [`SHUTDOWN_FLUSH_TIME`]) until each one's CONNECTION_CLOSE has gone out, however few TX
-    /// buffers there are. The loop keeps processing received datagrams meanwhile: quinn-proto
-    /// holds a close back by congestion control and pacing while stream data is pending, so the
-    /// peer's ACKs (and the pacing timer) are what let it out.
+    /// buffers there are, and has been answered by the peer's own close or reached the end of
+    /// its closing period. The loop keeps processing received datagrams meanwhile: a peer that
+    /// goes on sending has not heard the close, and quinn-proto answers it with the close again.
+    /// (quinn-proto 0.11.19 as released held a close back by congestion control for good when
+    /// the window was full; the workspace builds it with that fixed, vendor/README.md.)
     fn begin_shutdown(&mut self) {
         if self.flush_until.is_some() {
             return;
@@ -410,7 +438,15 @@ impl Core {
         !self.dirty.is_empty()
             || !self.waiting_tx.is_empty()
             || self.awaiting_close.len() > 0
+            || self.unanswered.len() > 0
             || io.sends_waiting()
+    }
+
+    /// Connections whose close went out and whose peer has neither answered it nor let the
+    /// closing period end: shutdown waits for them too (at most [`SHUTDOWN_FLUSH_TIME`]), so a
+    /// lost close can still be sent again.
+    pub(crate) fn closes_unanswered(&self) -> usize {
+        self.unanswered.len()
     }
 
     fn shutting_down(&self) -> bool {
@@ -441,6 +477,7 @@ impl Core {
             incoming_refused: c.incoming_refused,
             loop_turns: c.loop_turns,
             datagram_backpressure_drops: c.datagram_backpressure_drops,
+            closes_repeated: c.closes_repeated,
             open_connections: self.conns.len() as u64,
             handshakes: c.handshakes,
             // The backend's counters; the application's wakeups are added when read.
@@ -531,6 +568,28 @@ impl Core {
             received.shrink_to(MAX_RETAINED_EVENTS);
         }
         self.received = received;
+    }
+
+    /// `ch` is closed and has just transmitted `sent` times, or waits for its peer's answer.
+    /// A closed connection transmits nothing but its CONNECTION_CLOSE (and ACKs): a first one,
+    /// or the same again in answer to a peer that went on sending (RFC 9000 §10.2.1; quinn-proto
+    /// answers every such packet), or, draining, the one answer to the peer's close.
+    fn note_close(&mut self, ch: ConnectionHandle, conn: &proto::Connection, sent: usize, now: Instant) {
+        let answered = conn.stats().frame_rx.connection_close > 0;
+        if sent > 0 {
+            if !self.closes_sent.insert(ch) {
+                self.stats.closes_repeated += sent as u64;
+            } else {
+                self.close_floor.insert(ch, now + closing_period(conn.rtt()));
+                if !answered {
+                    self.unanswered.insert(ch);
+                }
+            }
+            self.awaiting_close.remove(&ch);
+        }
+        if answered {
+            self.unanswered.remove(&ch);
+        }
     }
 
     fn mark_dirty(&mut self, ch: ConnectionHandle) {
@@ -777,15 +836,15 @@ impl Core {
                     }
                 }
             }
-            if closing && sent > 0 {
-                // A closed connection transmits nothing but its CONNECTION_CLOSE (and ACKs).
-                self.closes_sent.insert(ch);
-                self.awaiting_close.remove(&ch);
+            if closing && (sent > 0 || self.unanswered.contains(&ch)) {
+                self.note_close(ch, &st.inner, sent, now);
             }
             // ... and its timers wait while the close could not go out for want of a TX buffer
             // (the close timer would end the closing period first), or, at shutdown, until it
-            // has gone out at all (bounded by the flush's time limit).
-            let hold = tx_blocked || self.awaiting_close.contains(&ch);
+            // has gone out at all (bounded by the flush's time limit), and then for a closing
+            // period counted from when it went out ([`closing_period`]).
+            let floor = self.close_floor.get(&ch).copied();
+            let hold = tx_blocked || self.awaiting_close.contains(&ch) || floor.is_some_and(|f| now < f);
             if timer_due && closing && !hold {
                 st.inner.handle_timeout(now);
             }
@@ -806,6 +865,8 @@ impl Core {
             }
             match st.inner.poll_timeout() {
                 Some(t) => {
+                    // A held close timer is looked at again when the hold can end, not at once.
+                    let t = floor.map_or(t, |f| t.max(f));
                     self.timers.insert(ch, t);
                 }
                 None => {
@@ -821,6 +882,8 @@ impl Core {
             self.handshaking.remove(&ch);
             self.closes_sent.remove(&ch);
             self.awaiting_close.remove(&ch);
+            self.unanswered.remove(&ch);
+            self.close_floor.remove(&ch);
             self.conns.remove(&ch);
             self.timers.remove(&ch);
             self.held_until.remove(&ch);

@@ -172,17 +172,25 @@ impl Driver {
             core.begin_turn(&mut self.commands, io);
             if let Some(until) = core.flush_deadline() {
                 // Shutting down: done once every close is out (the backend's shutdown submits
-                // what is queued and waits for it), or at the time limit.
+                // what is queued and waits for it) and answered by its peer or at the end of
+                // its closing period, or at the time limit.
                 if !core.closes_pending(io) {
                     // Hand what was just queued to the kernel before the backend shuts down.
                     io.turn(Some(Instant::now()), &mut |meta, data| core.receive(meta, data))?;
                     return Ok(());
                 }
                 if Instant::now() >= until {
-                    warn!(
-                        connections = core.closes_unsent(),
-                        "shutdown: some connections' CONNECTION_CLOSE could not be sent in time"
-                    );
+                    if core.closes_unsent() > 0 {
+                        warn!(
+                            connections = core.closes_unsent(),
+                            "shutdown: some connections' CONNECTION_CLOSE could not be sent in time"
+                        );
+                    } else {
+                        debug!(
+                            connections = core.closes_unanswered(),
+                            "shutdown: some peers did not answer the CONNECTION_CLOSE in time"
+                        );
+                    }
                     return Ok(());
                 }
             }

@@ -87,6 +87,10 @@ pub struct EndpointIoStats {
     /// reading datagrams and enough packets were held already (datagram back-pressure): the
     /// sender sees them lost and slows down.
     pub datagram_backpressure_drops: u64,
+    /// CONNECTION_CLOSEs sent again: quinn-proto answers every packet a closed connection's
+    /// peer sends during the closing period with the close (RFC 9000 §10.2.1), since a peer
+    /// that goes on sending has not heard it.
+    pub closes_repeated: u64,
     /// Turns of the I/O loop.
     pub loop_turns: u64,
     /// Connections the I/O thread drives now.

@@ -411,3 +411,98 @@ async fn handshakes_through_corruption() {
         }
     }
 }
+
+/// How the client lets go in [`a_lost_close_is_sent_again`].
+#[derive(Debug, Clone, Copy)]
+enum LetGo {
+    /// `Connection::close` with code 7; the endpoint lives on.
+    Close,
+    /// Every handle dropped, the endpoint's last: shutdown sends the close and waits for the
+    /// peer's answer (at most 500 ms) before the I/O thread exits.
+    DropAll,
+}
+
+/// The client closes while its congestion window is full of data the server never got (the
+/// relay drops everything towards the server), so its CONNECTION_CLOSE is lost too. Then the
+/// path heals and the server, which knows nothing yet, sends a keep-alive: the closed client
+/// answers it with the close again (RFC 9000 §10.2.1), and the server learns the code long
+/// before its 10 s idle timeout.
+///
+/// Fails on quinn-proto 0.11.19 as released, which never sends a close that a full window
+/// held back (vendor/README.md); and, for `DropAll`, without shutdown's wait for the peer's
+/// answer: the I/O thread would be gone before the keep-alive came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_close_is_sent_again() {
+    for b in backends() {
+        for how in [LetGo::Close, LetGo::DropAll] {
+            let mut t = transport();
+            t.keep_alive_interval(Some(Duration::from_millis(50)));
+            let (server, client, relay) =
+                impaired_pair(b, t, |addr| ImpairedRelay::new(addr, Impair::none(), 8));
+            let (sconn, conn) = connect(&server, &client, &relay).await;
+            let (mut send, recv) = conn.open_bi().await.unwrap();
+            let hole = Impair {
+                drop: 1.0,
+                ..Impair::none()
+            };
+            relay.set(Dir::ToServer, hole);
+            // 256 KiB against a window of a few tens: the window fills with packets the relay
+            // dropped, the rest stays queued.
+            let writer = tokio::spawn(async move {
+                let _ = send.write_all(&vec![1u8; 256 << 10]).await;
+                send
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let before = relay.stats().to_server;
+            let started = std::time::Instant::now();
+            let mut client = Some(client);
+            let dropping = match how {
+                LetGo::Close => {
+                    conn.close(7u32.into(), b"bye");
+                    None
+                }
+                LetGo::DropAll => {
+                    writer.abort();
+                    let _ = writer.await;
+                    let last = (conn, recv, client.take());
+                    // The endpoint's last drop waits for its shutdown: not on a runtime thread.
+                    Some(tokio::task::spawn_blocking(move || drop(last)))
+                }
+            };
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            let lost = relay.stats().to_server;
+            assert!(
+                lost.dropped > before.dropped,
+                "{b} {how:?}: nothing was sent into the hole after the close: {lost:?}"
+            );
+            relay.set(Dir::ToServer, Impair::none());
+            let code = match how {
+                LetGo::Close => 7u32,
+                LetGo::DropAll => 0,
+            };
+            let ended = within(5, sconn.closed()).await;
+            assert!(
+                matches!(&ended, ConnectionError::ApplicationClosed(c) if c.error_code == code.into()),
+                "{b} {how:?}: the server saw {ended:?} after {:?}",
+                started.elapsed()
+            );
+            let healed = relay.stats().to_server.forwarded - lost.forwarded;
+            assert!(
+                healed > 0,
+                "{b} {how:?}: nothing reached the server after the path healed"
+            );
+            if let Some(client) = &client {
+                let repeated = client.io_stats().closes_repeated;
+                assert!(repeated >= 1, "{b} {how:?}: closes_repeated {repeated}");
+            }
+            if let Some(dropping) = dropping {
+                // The shutdown ended with the server's answer, well within its bounds.
+                within(5, dropping).await.unwrap();
+            }
+            eprintln!(
+                "{b} {how:?}: the server saw the close {:?} after it was lost",
+                started.elapsed()
+            );
+        }
+    }
+}
