@@ -96,6 +96,7 @@ mod socket;
 mod backend;
 mod errors;
 mod handles;
+mod quic_lb;
 mod stats;
 mod sync;
 
@@ -115,6 +116,7 @@ pub use crate::{
     },
     incoming::{Incoming, IncomingFuture, RetryError},
     local::{try_spawn, JoinError, JoinHandle},
+    quic_lb::{QuicLbCidGenerator, QuicLbConfig, QuicLbConfigError},
     shared::SHUTDOWN_JOIN_TIMEOUT,
     stats::{EndpointIoStats, EndpointStats},
     streams::{RecvStream, SendStream},
