@@ -15,12 +15,14 @@ use std::{
 use ringquic::{EndpointConfig, QuicLbCidGenerator, QuicLbConfig};
 
 /// What a plaintext QUIC-LB load balancer is configured with for one config rotation
-/// codepoint (draft §4.3): the server ID length and the nonce length.
-#[derive(Debug, Clone, Copy)]
+/// codepoint (draft §4.3): the server ID length and the nonce length, and the server IDs of
+/// the servers behind it.
+#[derive(Debug, Clone)]
 struct LbConfig {
     config_id: u8,
     server_id_len: usize,
     nonce_len: usize,
+    servers: Vec<Vec<u8>>,
 }
 
 /// What the load balancer makes of a destination CID.
@@ -34,7 +36,8 @@ enum Route {
 
 /// The draft's load balancer actions for the plaintext algorithm (§4.6): the first three bits
 /// select the configuration (0b111 is always unroutable), a CID too short for it is
-/// unroutable, and the server ID is the octets right after the first.
+/// unroutable, the server ID is the octets right after the first, and one that names no
+/// active server is unroutable (§3.1): a client's random DCID can look routable otherwise.
 fn lb_decode(lb: &LbConfig, dcid: &[u8]) -> Route {
     let Some(&first) = dcid.first() else {
         return Route::Unroutable;
@@ -47,8 +50,12 @@ fn lb_decode(lb: &LbConfig, dcid: &[u8]) -> Route {
     if dcid.len() < need {
         return Route::Unroutable;
     }
+    let server_id = &dcid[1..1 + lb.server_id_len];
+    if !lb.servers.iter().any(|s| s == server_id) {
+        return Route::Unroutable;
+    }
     Route::Server {
-        server_id: dcid[1..1 + lb.server_id_len].to_vec(),
+        server_id: server_id.to_vec(),
         nonce: dcid[1 + lb.server_id_len..need].to_vec(),
     }
 }
@@ -74,6 +81,7 @@ fn the_decoder_reads_the_drafts_test_vector() {
         config_id: 0,
         server_id_len: 3,
         nonce_len: 4,
+        servers: vec![vec![0xc4, 0x60, 0x5e]],
     };
     let cid = [0x07, 0xc4, 0x60, 0x5e, 0x45, 0x04, 0xcc, 0x4f];
     assert_eq!(
@@ -88,6 +96,9 @@ fn the_decoder_reads_the_drafts_test_vector() {
     let mut unroutable = cid;
     unroutable[0] |= 0b111 << 5;
     assert_eq!(lb_decode(&lb, &unroutable), Route::Unroutable);
+    let mut unknown = cid;
+    unknown[1] ^= 1;
+    assert_eq!(lb_decode(&lb, &unknown), Route::Unroutable, "no such server");
 }
 
 /// A relay that forwards client → server and server → client and keeps a copy of every
@@ -164,6 +175,8 @@ async fn a_load_balancer_routes_every_packet_by_the_servers_cids() {
         server_id_len: 2,
         // To the load balancer, the shard byte is part of the nonce field.
         nonce_len: 1 + 6,
+        // This server and two others.
+        servers: vec![vec![0x01, 0x02], server_id.clone(), vec![0x5a, 0x18]],
     };
     let cid_len = 1 + lb.server_id_len + lb.nonce_len;
     for b in backends() {
