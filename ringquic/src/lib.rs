@@ -123,6 +123,10 @@ pub use crate::{
 };
 
 // What quinn 0.11 re-exports from quinn-proto, and a few more of its configuration types.
+/// Steer datagrams over an `SO_REUSEPORT` group of endpoints by the shard their connection ID
+/// names (Linux; docs/SCALING.md).
+#[cfg(target_os = "linux")]
+pub use crate::io::steer::steer_by_shard;
 pub use quinn_proto::{
     congestion, crypto, AckFrequencyConfig, ApplicationClose, BloomTokenLog, Chunk, ClientConfig,
     ClosedStream, ConfigError, ConnectError, ConnectionClose, ConnectionError, ConnectionId,

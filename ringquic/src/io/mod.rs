@@ -8,7 +8,9 @@
 //! - shared by the backends: `bufpool.rs` (buffers made with the socket), `recv.rs` (handing
 //!   received bytes over, within the memory budget), `send.rs` (what a transmit asks to send,
 //!   and its count), `cmsg.rs` (Linux control messages), `addr.rs` (socket address forms), and
-//!   for their unit tests `testutil.rs`.
+//!   for their unit tests `testutil.rs`;
+//! - `steer.rs` (Linux): the reuseport program that steers datagrams to shards by their
+//!   connection ID (public as `ringquic::steer_by_shard`).
 //!
 //! Arrows point down only: this file uses the backends, the backends use `seam.rs` and the
 //! shared helpers, and nothing here uses a module above `io/` but `backend.rs` (the backend
@@ -42,6 +44,8 @@ pub(crate) mod rio;
 #[cfg_attr(not(windows), allow(dead_code))]
 pub(crate) mod rio_book;
 mod send;
+#[cfg(target_os = "linux")]
+pub(crate) mod steer;
 mod testutil;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
