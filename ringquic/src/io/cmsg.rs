@@ -272,15 +272,32 @@ fn setsockopt_int(
     name: libc::c_int,
     value: libc::c_int,
 ) -> io::Result<()> {
-    // SAFETY: `value` is a live c_int for the duration of the call and its size is passed; the
-    // kernel only reads it. `fd` is a socket the caller keeps open across the call.
+    // SAFETY: a `c_int` points to no other memory.
+    unsafe { setsockopt_value(fd, level, name, &value) }
+}
+
+/// `setsockopt` with the bytes of `value` as the option.
+///
+/// # Safety
+///
+/// Memory `value` points to (a `sock_fprog`'s instructions) must stay valid for reads for the
+/// whole call. A plain value (a `c_int`) points to nothing and needs no care.
+pub(crate) unsafe fn setsockopt_value<T>(
+    fd: libc::c_int,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` is a live `T` for the duration of the call and its size is passed; the
+    // kernel only reads (copies) it and, per the caller, what it points to. `fd` is a socket
+    // the caller keeps open across the call (a bad one is `EBADF`, not undefined behaviour).
     let rc = unsafe {
         libc::setsockopt(
             fd,
             level,
             name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc == 0 {

@@ -26,6 +26,8 @@ use std::{io, os::fd::AsRawFd};
 
 use libc::sock_filter;
 
+use super::cmsg::setsockopt_value;
+
 /// Offsets in a QUIC packet (RFC 8999): a short header's DCID starts right after the first
 /// octet; a long header has the version (4 octets) and the DCID length (1) first.
 const SHORT_DCID: u32 = 1;
@@ -109,21 +111,14 @@ pub fn steer_by_shard(socket: &impl AsRawFd, shard_offset: usize, shards: usize)
     };
     // SAFETY: `prog` points at `filter`, a live vector of `prog.len` instructions, for the
     // whole call; the kernel copies the program during `setsockopt` and keeps no pointer to
-    // our memory. The option length is the size of the `sock_fprog` passed, as the kernel
-    // checks. An invalid fd is reported by the kernel as `EBADF`, not undefined behaviour.
-    let rc = unsafe {
-        libc::setsockopt(
+    // our memory.
+    unsafe {
+        setsockopt_value(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_ATTACH_REUSEPORT_CBPF,
-            (&prog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            &prog,
         )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 
