@@ -122,6 +122,10 @@ pub enum EndpointError {
     /// [`Endpoint::rebind`]: crate::Endpoint::rebind
     #[error("the endpoint is closed or stopping")]
     Stopping,
+    /// [`EndpointBuilder::quic_lb`](crate::EndpointBuilder::quic_lb) was given a configuration
+    /// the draft forbids.
+    #[error("QUIC-LB configuration: {0}")]
+    QuicLb(#[from] crate::QuicLbConfigError),
 }
 
 impl From<EndpointError> for std::io::Error {
@@ -139,7 +143,8 @@ impl From<EndpointError> for std::io::Error {
             EndpointError::UnknownBackend(_)
             | EndpointError::Config(_)
             | EndpointError::RecvBufferTooSmall { .. }
-            | EndpointError::TxBufferTooSmall { .. } => ErrorKind::InvalidInput,
+            | EndpointError::TxBufferTooSmall { .. }
+            | EndpointError::QuicLb(_) => ErrorKind::InvalidInput,
             EndpointError::Stopping => ErrorKind::NotConnected,
         };
         std::io::Error::new(kind, e)

@@ -20,7 +20,7 @@ use crate::{
     driver::{self, DriverSetup},
     io::{BackendKind, IoConfig},
     shared::{EndpointRef, EndpointShared},
-    Endpoint, EndpointError,
+    Endpoint, EndpointError, QuicLbCidGenerator, QuicLbConfig,
 };
 
 impl Endpoint {
@@ -81,6 +81,8 @@ pub struct EndpointBuilder {
     app_thread_sends: bool,
     pin_cpu: Option<usize>,
     sqpoll_idle: Option<Duration>,
+    shards: usize,
+    quic_lb: Option<QuicLbConfig>,
     #[cfg(test)]
     fake: Option<crate::io::fake::FakeFactory>,
 }
@@ -102,6 +104,8 @@ impl std::fmt::Debug for EndpointBuilder {
             .field("app_thread_sends", &self.app_thread_sends)
             .field("pin_cpu", &self.pin_cpu)
             .field("sqpoll_idle", &self.sqpoll_idle)
+            .field("shards", &self.shards)
+            .field("quic_lb", &self.quic_lb)
             .finish_non_exhaustive()
     }
 }
@@ -146,6 +150,8 @@ impl Default for EndpointBuilder {
             app_thread_sends: true,
             pin_cpu: None,
             sqpoll_idle: None,
+            shards: 1,
+            quic_lb: None,
             #[cfg(test)]
             fake: None,
         }
@@ -302,6 +308,49 @@ impl EndpointBuilder {
         self
     }
 
+    /// Serve the endpoint with `n` I/O threads (shards), each with its own UDP socket on the
+    /// same address (`SO_REUSEPORT`), its own buffers and its own `quinn_proto::Endpoint`; `0`
+    /// means one per CPU the process may use. Default: 1.
+    ///
+    /// A connection lives on one shard for its whole life. The kernel hands each datagram to
+    /// the shard its destination connection ID names ([`steer_by_shard`](crate::steer_by_shard)),
+    /// so a client that changes address stays on its shard; new connections spread over the
+    /// shards. The endpoint handle works as for one shard: `accept` yields connections from
+    /// every shard, `connect` takes the shards in turn, `io_stats` adds them up and
+    /// [`Endpoint::shard_io_stats`] gives each. See docs/SCALING.md.
+    ///
+    /// With more than one shard ringquic chooses the connection ID generator (QUIC-LB's if
+    /// [`EndpointBuilder::quic_lb`] was given), so one set in the `EndpointConfig` is not used;
+    /// `pin_to_cpu(c)` pins shard `i` to CPU `c + i`; `max_incoming` holds per shard; and the
+    /// endpoint cannot be [rebound](Endpoint::rebind) nor started on an adopted socket
+    /// ([`EndpointBuilder::socket`]).
+    ///
+    /// Linux only (elsewhere `bind` fails with [`EndpointError::Config`]). If the kernel refuses
+    /// the steering program, `bind` fails ([`EndpointError::Socket`] naming
+    /// `SO_ATTACH_REUSEPORT_CBPF`): forwarding datagrams between shards instead is not built.
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = n;
+        self
+    }
+
+    /// Issue connection IDs a QUIC-LB load balancer can route (draft-ietf-quic-load-balancers,
+    /// plaintext): config rotation bits, this host's server ID, the shard, a random nonce
+    /// ([`QuicLbCidGenerator`]). `bind` fails with [`EndpointError::QuicLb`] on a configuration
+    /// the draft forbids. Default: quinn-proto's generator (or, with several shards, ringquic's
+    /// own shard-naming one).
+    pub fn quic_lb(mut self, config: QuicLbConfig) -> Self {
+        self.quic_lb = Some(config);
+        self
+    }
+
+    /// How many shards `bind` starts.
+    fn shard_count(&self) -> usize {
+        match self.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// Pin the I/O thread to CPU `cpu` (Linux and Windows). Failing to pin (a CPU the process
     /// may not use, say) fails [`EndpointBuilder::bind`]. Default: not pinned.
     pub fn pin_to_cpu(mut self, cpu: usize) -> Self {
@@ -391,36 +440,89 @@ impl EndpointBuilder {
 
     /// Create a socket bound to `addr` and start the endpoint on it. An IPv6 wildcard address
     /// (`[::]:port`) is dual-stack.
-    pub fn bind(self, addr: SocketAddr) -> Result<Endpoint, EndpointError> {
+    pub fn bind(mut self, addr: SocketAddr) -> Result<Endpoint, EndpointError> {
         let cfg = self.io_config()?;
         let backend = self.choose_backend()?;
-        let socket = crate::socket::create(addr)?;
-        self.start(socket, cfg, backend)
+        let shards = self.shard_count();
+        if shards == 1 {
+            let socket = crate::socket::create(addr)?;
+            return self.start(socket, cfg, backend);
+        }
+        if shards > 256 {
+            return Err(EndpointError::Config(
+                "at most 256 shards (one octet of the connection ID)",
+            ));
+        }
+        let generator = match &self.quic_lb {
+            Some(c) => QuicLbCidGenerator::new(c.clone())?,
+            None => QuicLbCidGenerator::unconfigured(),
+        };
+        let sockets = crate::socket::create_group(addr, shards)?;
+        #[cfg(target_os = "linux")]
+        crate::steer_by_shard(&sockets[0], generator.config().shard_offset(), shards).map_err(|source| {
+            EndpointError::Socket {
+                option: "SO_ATTACH_REUSEPORT_CBPF (steering datagrams to shards)",
+                source,
+            }
+        })?;
+        let mut started = Vec::with_capacity(shards);
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let mut endpoint_config = self.endpoint_config.clone();
+            let g = generator.for_shard(i as u8);
+            endpoint_config.cid_generator(move || Box::new(g.clone()));
+            let mut cfg = cfg.clone();
+            cfg.pin_cpu = cfg.pin_cpu.map(|c| c + i);
+            // A shard that fails to start drops the ones before it, which shuts them down.
+            started.push(self.start_one(socket, cfg, backend, endpoint_config)?);
+        }
+        Ok(Endpoint::started(started))
     }
 
     /// Start the endpoint on an existing socket. The socket must be a bound UDP socket; ringquic
     /// sets the options it needs on it (non-blocking, ECN and packet-info control messages, GRO,
     /// no fragmentation) and says which one failed if it cannot.
     pub fn socket(self, socket: std::net::UdpSocket) -> Result<Endpoint, EndpointError> {
+        if self.shard_count() > 1 {
+            return Err(EndpointError::Config(
+                "a sharded endpoint binds its own sockets: use bind, not socket",
+            ));
+        }
         let cfg = self.io_config()?;
         let backend = self.choose_backend()?;
         crate::socket::adopt(&socket)?;
         self.start(socket, cfg, backend)
     }
 
+    /// One I/O thread for `socket`: the endpoint, or (one shard of) it.
     fn start(
-        self,
+        mut self,
         socket: std::net::UdpSocket,
         cfg: IoConfig,
         backend: Option<BackendKind>,
     ) -> Result<Endpoint, EndpointError> {
-        let endpoint_config = Arc::new(self.endpoint_config);
-        let server_config = self.server_config.map(Arc::new);
+        let mut endpoint_config = self.endpoint_config.clone();
+        if let Some(c) = &self.quic_lb {
+            let g = QuicLbCidGenerator::new(c.clone())?;
+            endpoint_config.cid_generator(move || Box::new(g.clone()));
+        }
+        let one = self.start_one(socket, cfg, backend, endpoint_config)?;
+        Ok(Endpoint::started(vec![one]))
+    }
+
+    fn start_one(
+        &mut self,
+        socket: std::net::UdpSocket,
+        cfg: IoConfig,
+        backend: Option<BackendKind>,
+        endpoint_config: EndpointConfig,
+    ) -> Result<EndpointRef, EndpointError> {
+        let endpoint_config = Arc::new(endpoint_config);
+        let server_config = self.server_config.clone().map(Arc::new);
         // quinn-proto's path MTU discovery needs the socket to send with "don't fragment",
         // which every backend sets.
         let allow_mtud = true;
         let (exit_tx, exit_rx) = mpsc::channel();
-        let shared = EndpointShared::new(self.client_config, exit_rx);
+        let shared = EndpointShared::new(self.client_config.clone(), exit_rx);
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let setup = DriverSetup {
             shared: shared.clone(),
@@ -433,7 +535,7 @@ impl EndpointBuilder {
                 max_incoming: self.max_incoming,
             },
             #[cfg(test)]
-            fake: self.fake,
+            fake: self.fake.take(),
             ready: ready_tx,
             exited: exit_tx,
         };
@@ -444,7 +546,7 @@ impl EndpointBuilder {
         match ready_rx.recv() {
             Ok(Ok(())) => {
                 shared.set_thread(thread);
-                Ok(Endpoint::started(EndpointRef::new(shared)))
+                Ok(EndpointRef::new(shared))
             }
             Ok(Err(e)) => {
                 let _ = thread.join();

@@ -1,4 +1,6 @@
-//! [`Endpoint`]: the application's handle to one UDP socket and the I/O thread that serves it.
+//! [`Endpoint`]: the application's handle to one UDP socket and the I/O thread that serves it
+//! (or, sharded, to several sockets on one address and their I/O threads: each call goes to
+//! every shard, or to the one it concerns).
 //!
 //! The handle reaches the I/O thread through the shared state (`shared.rs`): commands go into
 //! its mailbox, and what the I/O thread reports (incoming connections, counters, the end of the
@@ -13,7 +15,10 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
 };
 
@@ -34,13 +39,53 @@ use crate::{
 /// Cheap to clone. Created with [`Endpoint::server`], [`Endpoint::client`] or
 /// [`Endpoint::builder`].
 pub struct Endpoint {
+    /// Shard 0 (the only one unless [`EndpointBuilder::shards`](crate::EndpointBuilder::shards)).
     inner: EndpointRef,
+    /// Shards 1 and up of a sharded endpoint; empty otherwise.
+    more: Vec<EndpointRef>,
+    /// Turns: which shard the next `connect` goes to, where `accept` starts looking.
+    turn: Arc<AtomicUsize>,
 }
 
 impl Endpoint {
-    /// The handle of an endpoint whose I/O thread is running (made by the builder).
-    pub(crate) fn started(inner: EndpointRef) -> Self {
-        Self { inner }
+    /// The handle of an endpoint whose I/O threads are running (made by the builder): one
+    /// per shard, shard 0 first.
+    pub(crate) fn started(shards: Vec<EndpointRef>) -> Self {
+        let mut shards = shards.into_iter();
+        let inner = shards.next().expect("an endpoint has a shard");
+        Self {
+            inner,
+            more: shards.collect(),
+            turn: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Every shard's reference, shard 0 first.
+    fn shard_refs(&self) -> impl Iterator<Item = &EndpointRef> {
+        std::iter::once(&self.inner).chain(self.more.iter())
+    }
+
+    /// The shard whose turn it is (round robin; shard 0 when there is one).
+    fn next_shard(&self) -> &EndpointRef {
+        if self.more.is_empty() {
+            return &self.inner;
+        }
+        let i = self.turn.fetch_add(1, Ordering::Relaxed) % (self.more.len() + 1);
+        if i == 0 {
+            &self.inner
+        } else {
+            &self.more[i - 1]
+        }
+    }
+
+    /// How many shards (I/O threads) serve the endpoint.
+    pub fn shards(&self) -> usize {
+        1 + self.more.len()
+    }
+
+    /// Each shard's I/O counters, shard 0 first ([`Endpoint::io_stats`] is their sum).
+    pub fn shard_io_stats(&self) -> Vec<EndpointIoStats> {
+        self.shard_refs().map(|r| r.0.stats()).collect()
     }
 }
 
@@ -48,13 +93,17 @@ impl Clone for Endpoint {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone_endpoint(),
+            more: self.more.iter().map(|r| r.clone_endpoint()).collect(),
+            turn: self.turn.clone(),
         }
     }
 }
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
-        self.inner.drop_endpoint();
+        for r in self.shard_refs() {
+            r.drop_endpoint();
+        }
     }
 }
 
@@ -116,6 +165,9 @@ impl Endpoint {
     ///
     /// [`EndpointBuilder::socket`]: crate::EndpointBuilder::socket
     pub fn rebind(&self, socket: std::net::UdpSocket) -> io::Result<()> {
+        if !self.more.is_empty() {
+            return Err(EndpointError::Config("a sharded endpoint cannot be rebound").into());
+        }
         let shared = self.shared();
         if shared.is_stopping() {
             return Err(EndpointError::Stopping.into());
@@ -128,32 +180,37 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Handshake counts, as quinn's.
+    /// Handshake counts, as quinn's (all shards').
     pub fn stats(&self) -> EndpointStats {
-        self.shared().stats().handshakes
+        self.io_stats().handshakes
     }
 
-    /// Counters of the endpoint's I/O: datagrams, bytes, drops, buffer use (ringquic's own).
+    /// Counters of the endpoint's I/O: datagrams, bytes, drops, buffer use (ringquic's own),
+    /// added up over the shards ([`Endpoint::shard_io_stats`] gives each).
     pub fn io_stats(&self) -> EndpointIoStats {
-        self.shared().stats()
+        let mut shards = self.shard_refs().map(|r| r.0.stats());
+        let first = shards.next().unwrap_or_default();
+        shards.fold(first, |sum, s| sum.add(&s))
     }
 
-    /// Number of connections the I/O thread is driving (including closing ones).
+    /// Number of connections the I/O threads are driving (including closing ones).
     pub fn open_connections(&self) -> usize {
-        self.shared().open_connections()
+        self.shard_refs().map(|r| r.0.open_connections()).sum()
     }
 
     /// Set the client configuration [`Endpoint::connect`] uses.
     pub fn set_default_client_config(&mut self, config: ClientConfig) {
-        self.shared().set_default_client_config(config);
+        for r in self.shard_refs() {
+            r.0.set_default_client_config(config.clone());
+        }
     }
 
     /// Replace the server configuration (new connections only); `None` stops accepting.
     pub fn set_server_config(&self, config: Option<ServerConfig>) {
-        let _ = self
-            .shared()
-            .mailbox
-            .push(Command::SetServerConfig(config.map(Arc::new)));
+        let config = config.map(Arc::new);
+        for r in self.shard_refs() {
+            let _ = r.0.mailbox.push(Command::SetServerConfig(config.clone()));
+        }
     }
 
     /// Connect to `addr` with the default client configuration.
@@ -194,7 +251,8 @@ impl Endpoint {
         if rustls::pki_types::ServerName::try_from(server_name).is_err() {
             return Err(ConnectError::InvalidServerName(server_name.into()));
         }
-        let shared = self.shared();
+        let shard = self.next_shard();
+        let shared = &shard.0;
         if shared.is_stopping() {
             return Err(ConnectError::EndpointStopping);
         }
@@ -208,7 +266,7 @@ impl Endpoint {
                 reply,
             })
             .map_err(|_| ConnectError::EndpointStopping)?;
-        Ok(Connecting::pending(wait, self.inner.clone(), addr, None))
+        Ok(Connecting::pending(wait, shard.clone(), addr, None))
     }
 
     /// Run `future` on the endpoint's I/O thread, next to the socket and the connections
@@ -219,7 +277,8 @@ impl Endpoint {
     /// must not block (it shares the thread with all the endpoint's I/O); ringquic's own
     /// futures never do, and `connect`/`accept` work inline there. Await the returned handle
     /// from anywhere for the output; dropping the handle lets the task run on (detaches).
-    /// If the endpoint's thread exits, remaining tasks are cancelled.
+    /// If the endpoint's thread exits, remaining tasks are cancelled. A sharded endpoint runs
+    /// them on shard 0.
     pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
@@ -238,17 +297,21 @@ impl Endpoint {
     /// [`ConnectError::EndpointStopping`]. Use [`Endpoint::wait_idle`] to let the close frames
     /// reach the peers.
     pub fn close(&self, code: VarInt, reason: &[u8]) {
-        self.shared().close();
-        let _ = self.shared().mailbox.push(Command::Close {
-            code,
-            reason: Bytes::copy_from_slice(reason),
-        });
+        for r in self.shard_refs() {
+            r.0.close();
+            let _ = r.0.mailbox.push(Command::Close {
+                code,
+                reason: Bytes::copy_from_slice(reason),
+            });
+        }
     }
 
     /// Wait until every connection has been cleaned up (closed and drained), so close frames
     /// and in-flight data have gone out.
     pub async fn wait_idle(&self) {
-        std::future::poll_fn(|cx| self.shared().poll_idle(cx)).await
+        for r in self.shard_refs() {
+            std::future::poll_fn(|cx| r.0.poll_idle(cx)).await
+        }
     }
 }
 
@@ -262,9 +325,31 @@ impl Future for Accept<'_> {
     type Output = Option<Incoming>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
-        self.endpoint
-            .shared()
-            .poll_accept(cx)
-            .map(|inc| Some(Incoming::new(inc?, self.endpoint.inner.clone())))
+        let ep = self.endpoint;
+        if ep.more.is_empty() {
+            return ep
+                .shared()
+                .poll_accept(cx)
+                .map(|inc| Some(Incoming::new(inc?, ep.inner.clone())));
+        }
+        // Every shard's queue, starting at a different one each time so none waits behind the
+        // others; `None` once every shard is closed. Each pending shard keeps the waker.
+        let n = ep.shards();
+        let start = ep.turn.fetch_add(1, Ordering::Relaxed);
+        let mut closed = 0;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let r = if i == 0 { &ep.inner } else { &ep.more[i - 1] };
+            match r.0.poll_accept(cx) {
+                Poll::Ready(Some(inc)) => return Poll::Ready(Some(Incoming::new(inc, r.clone()))),
+                Poll::Ready(None) => closed += 1,
+                Poll::Pending => {}
+            }
+        }
+        if closed == n {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
     }
 }

@@ -114,6 +114,26 @@ impl QuicLbCidGenerator {
         })
     }
 
+    /// The generator a sharded endpoint uses when no load balancer is configured
+    /// ([`EndpointBuilder::shards`](crate::EndpointBuilder::shards) without
+    /// [`quic_lb`](crate::EndpointBuilder::quic_lb)): the draft's codepoint for a server with no
+    /// configuration (0b111, length self-encoded), no server ID, the shard octet and 7 random
+    /// octets, 9 in all.
+    pub(crate) fn unconfigured() -> Self {
+        let config = QuicLbConfig {
+            config_id: UNROUTABLE_CONFIG,
+            server_id: Vec::new(),
+            nonce_len: 7,
+            encode_length: true,
+        };
+        Self {
+            len: 1 + 1 + config.nonce_len,
+            config,
+            shard: 0,
+            lifetime: None,
+        }
+    }
+
     /// The same configuration, naming `shard`.
     pub fn for_shard(&self, shard: u8) -> Self {
         Self {
@@ -232,6 +252,17 @@ mod tests {
         );
         let other = ConnectionId::new(&[0u8; 9]);
         assert!(g.validate(&other).is_err());
+    }
+
+    #[test]
+    fn unconfigured_generators_are_marked_unroutable_and_still_name_the_shard() {
+        let mut g = QuicLbCidGenerator::unconfigured().for_shard(5);
+        let cid = g.generate_cid();
+        assert_eq!(cid.len(), 9);
+        assert_eq!(cid[0], (0b111 << 5) | 8);
+        assert_eq!(cid[g.config().shard_offset()], 5);
+        assert!(g.validate(&cid).is_ok());
+        assert!(g.for_shard(4).validate(&cid).is_err());
     }
 
     #[test]

@@ -39,6 +39,53 @@ pub(crate) fn create(addr: SocketAddr) -> Result<std::net::UdpSocket, EndpointEr
     Ok(socket)
 }
 
+/// `n` sockets on `addr` in one `SO_REUSEPORT` group, bound in order (a sharded endpoint, shard
+/// `i` on socket `i`): the first binds `addr` (picking the port if it is 0), the others the
+/// address it got.
+#[cfg(target_os = "linux")]
+pub(crate) fn create_group(addr: SocketAddr, n: usize) -> Result<Vec<std::net::UdpSocket>, EndpointError> {
+    let mut out: Vec<std::net::UdpSocket> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let at = match out.first() {
+            Some(first) => first.local_addr().map_err(|source| EndpointError::Socket {
+                option: "getsockname",
+                source,
+            })?,
+            None => addr,
+        };
+        let bind_err = |source| EndpointError::Bind { addr: at, source };
+        let socket =
+            Socket::new(Domain::for_address(at), Type::DGRAM, Some(Protocol::UDP)).map_err(bind_err)?;
+        if at.is_ipv6() {
+            socket
+                .set_only_v6(!at.ip().is_unspecified())
+                .map_err(|source| EndpointError::Socket {
+                    option: "IPV6_V6ONLY",
+                    source,
+                })?;
+        }
+        socket
+            .set_reuse_port(true)
+            .map_err(|source| EndpointError::Socket {
+                option: "SO_REUSEPORT",
+                source,
+            })?;
+        socket.bind(&at.into()).map_err(bind_err)?;
+        let socket: std::net::UdpSocket = socket.into();
+        adopt(&socket)?;
+        out.push(socket);
+    }
+    Ok(out)
+}
+
+/// Elsewhere a sharded endpoint is refused (the kernel steering is Linux's).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn create_group(_addr: SocketAddr, _n: usize) -> Result<Vec<std::net::UdpSocket>, EndpointError> {
+    Err(EndpointError::Config(
+        "shards(n > 1) needs Linux (SO_REUSEPORT steering by connection ID)",
+    ))
+}
+
 /// `Socket::new`, but created with `WSASocketW(..., WSA_FLAG_OVERLAPPED |
 /// WSA_FLAG_REGISTERED_IO)` (seed point 6): RIO request queues can only be created on sockets
 /// that carry the flag from birth. The system call lives in `io::rio` (this file has no unsafe

@@ -1,0 +1,205 @@
+//! One endpoint over several I/O threads (`EndpointBuilder::shards`): connections spread over
+//! every shard, `accept` yields them all, a client that changes address stays on its shard,
+//! the counters add up, shutdown releases every socket, and what a sharded endpoint cannot do
+//! is refused with a typed error. Linux only (the kernel steering).
+#![cfg(target_os = "linux")]
+
+mod common;
+use common::*;
+
+use std::{net::UdpSocket, sync::Arc, time::Duration};
+
+use ringquic::{BackendKind, Connection, Endpoint, EndpointError, QuicLbConfig, TransportConfig};
+
+const SHARDS: usize = 4;
+const CLIENTS: usize = 8;
+const PER_CLIENT: usize = 8;
+
+fn sharded(b: BackendKind, cert: &Cert, t: &Arc<TransportConfig>, shards: usize) -> Endpoint {
+    Endpoint::builder()
+        .backend(b)
+        .shards(shards)
+        .server_config(server_config_with(cert, t.clone()))
+        .bind(localhost())
+        .expect("sharded endpoint")
+}
+
+/// Echo every bidirectional stream on every connection `server` accepts.
+fn serve(server: &Endpoint) -> tokio::task::JoinHandle<usize> {
+    let server = server.clone();
+    tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Some(incoming) = server.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            accepted += 1;
+            tokio::spawn(async move {
+                while let Ok((mut s, mut r)) = conn.accept_bi().await {
+                    if let Ok(v) = r.read_to_end(1024).await {
+                        let _ = s.write_all(&v).await;
+                        let _ = s.finish();
+                    }
+                }
+            });
+        }
+        accepted
+    })
+}
+
+async fn echoes(conn: &Connection, secs: u64) -> bool {
+    let round = async {
+        let (mut s, mut r) = conn.open_bi().await.ok()?;
+        s.write_all(b"sharded").await.ok()?;
+        s.finish().ok()?;
+        r.read_to_end(64).await.ok()
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(secs), round).await, Ok(Some(v)) if v == b"sharded")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_spread_over_the_shards_and_stay_when_clients_move() {
+    for b in backends() {
+        let cert = cert();
+        let t = Arc::new(transport());
+        let server = sharded(b, &cert, &t, SHARDS);
+        assert_eq!(server.shards(), SHARDS);
+        let serving = serve(&server);
+        let clients: Vec<Endpoint> = (0..CLIENTS)
+            .map(|_| client_endpoint(b, client_config_with(&cert, t.clone()), |c| c))
+            .collect();
+        let addr = server.local_addr().unwrap();
+        let mut conns = Vec::new();
+        for client in &clients {
+            for _ in 0..PER_CLIENT {
+                let c = within(10, client.connect(addr, "localhost").unwrap())
+                    .await
+                    .expect("handshake");
+                assert!(echoes(&c, 10).await, "{b}: echo");
+                conns.push(c);
+            }
+        }
+        let total = CLIENTS * PER_CLIENT;
+        let per_shard: Vec<u64> = server
+            .shard_io_stats()
+            .iter()
+            .map(|s| s.handshakes.accepted_handshakes)
+            .collect();
+        assert!(
+            per_shard.iter().all(|&n| n > 0),
+            "{b}: a shard got no connection: {per_shard:?}"
+        );
+        assert_eq!(per_shard.iter().sum::<u64>(), total as u64, "{b}: {per_shard:?}");
+        assert_eq!(server.stats().accepted_handshakes, total as u64, "{b}: the sum");
+        let sum = server.io_stats();
+        let by_shard: u64 = server.shard_io_stats().iter().map(|s| s.datagrams_received).sum();
+        assert!(sum.datagrams_received >= by_shard, "{b}: {sum:?}");
+
+        for client in &clients {
+            client.rebind(UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        }
+        let after = futures::future::join_all(conns.iter().map(|c| echoes(c, 5))).await;
+        let alive = after.iter().filter(|ok| **ok).count();
+        eprintln!(
+            "{b}: connections per shard {per_shard:?}; {alive} of {total} echo after their clients moved"
+        );
+        assert_eq!(alive, total, "{b}: connections lost when their clients moved");
+
+        for c in &conns {
+            c.close(0u32.into(), b"done");
+        }
+        server.close(0u32.into(), b"done");
+        assert_eq!(
+            within(10, serving).await.unwrap(),
+            total,
+            "{b}: accept yielded every connection"
+        );
+        drop((conns, clients));
+        // Every shard's socket is released once the endpoint is gone: the port can be bound
+        // again (not while any socket of the group is open).
+        drop(server);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while UdpSocket::bind(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{b}: a shard's socket was not released"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[test]
+fn what_a_sharded_endpoint_cannot_do_is_refused() {
+    let cert = cert();
+    let t = Arc::new(transport());
+    let b = backends()[0];
+    let server = sharded(b, &cert, &t, 2);
+    let e = server
+        .rebind(UdpSocket::bind("127.0.0.1:0").unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(
+            e.get_ref().and_then(|e| e.downcast_ref::<EndpointError>()),
+            Some(EndpointError::Config(_))
+        ),
+        "{e}"
+    );
+    let adopted = Endpoint::builder()
+        .shards(2)
+        .socket(UdpSocket::bind("127.0.0.1:0").unwrap());
+    assert!(matches!(adopted, Err(EndpointError::Config(_))), "{adopted:?}");
+    let too_many = Endpoint::builder().shards(257).bind(localhost());
+    assert!(matches!(too_many, Err(EndpointError::Config(_))), "{too_many:?}");
+    let bad_lb = Endpoint::builder()
+        .shards(2)
+        .quic_lb(QuicLbConfig {
+            config_id: 7,
+            server_id: vec![1],
+            nonce_len: 4,
+            encode_length: true,
+        })
+        .bind(localhost());
+    assert!(matches!(bad_lb, Err(EndpointError::QuicLb(_))), "{bad_lb:?}");
+}
+
+#[test]
+fn zero_shards_means_one_per_cpu() {
+    let ep = Endpoint::builder().shards(0).bind(localhost()).expect("endpoint");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(ep.shards(), cpus);
+    assert_eq!(ep.shard_io_stats().len(), cpus);
+}
+
+/// A sharded server with QUIC-LB connection IDs (whose layout `tests/quic_lb.rs` decodes):
+/// the builder installs a generator per shard, and connections land and work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_lb_ids_on_a_sharded_endpoint() {
+    let cert = cert();
+    let t = Arc::new(transport());
+    let b = backends()[0];
+    let server = Endpoint::builder()
+        .backend(b)
+        .shards(2)
+        .quic_lb(QuicLbConfig {
+            config_id: 3,
+            server_id: vec![0x42],
+            nonce_len: 6,
+            encode_length: true,
+        })
+        .server_config(server_config_with(&cert, t.clone()))
+        .bind(localhost())
+        .expect("sharded endpoint");
+    let serving = serve(&server);
+    let client = client_endpoint(b, client_config_with(&cert, t), |c| c);
+    for _ in 0..8 {
+        let c = within(
+            10,
+            client.connect(server.local_addr().unwrap(), "localhost").unwrap(),
+        )
+        .await
+        .expect("handshake");
+        assert!(echoes(&c, 10).await);
+        c.close(0u32.into(), b"done");
+    }
+    server.close(0u32.into(), b"done");
+    assert_eq!(within(10, serving).await.unwrap(), 8);
+}
