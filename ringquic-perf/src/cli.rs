@@ -157,6 +157,10 @@ pub struct BenchArgs {
     /// (`EndpointBuilder::app_thread_sends(false)`), to measure what they buy.
     #[arg(long)]
     pub no_app_thread_sends: bool,
+    /// ringquic: serve with this many I/O threads on the server's address
+    /// (`EndpointBuilder::shards`; Linux; 0 = one per CPU). Reports each server thread's CPU.
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
     /// Never draw the progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -338,6 +342,7 @@ pub fn bench_options(args: &BenchArgs) -> BenchOptions {
                 .send_zero_copy
                 .map(|z| usize::try_from(z).unwrap_or(usize::MAX)),
             no_app_thread_sends: args.no_app_thread_sends,
+            shards: args.shards,
         },
     }
 }

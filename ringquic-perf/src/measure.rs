@@ -336,6 +336,10 @@ pub struct Measurement {
     pub peak_source: PeakSource,
     /// How many threads each side ran on (client, server).
     pub threads: (usize, usize),
+    /// CPU seconds of each of the server's threads during the timed part, by thread name
+    /// (its runtime thread and its endpoint's I/O threads, one per shard), busiest first.
+    #[serde(default)]
+    pub server_threads: Vec<(String, f64)>,
     /// `[seconds since start, units per second over the last interval]`.
     pub timeline: Vec<[f64; 2]>,
     /// What the workload reported.
@@ -362,6 +366,7 @@ impl Measurement {
             peak_rss: 0,
             peak_source: PeakSource::MaxRssLifetime,
             threads: (0, 0),
+            server_threads: Vec::new(),
             timeline: Vec::new(),
             outcome: Outcome::default(),
             error: Some(error),

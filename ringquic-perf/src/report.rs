@@ -360,6 +360,35 @@ impl Report {
                 let _ = writeln!(out, "{}", "-".repeat(total));
             }
         }
+        // A sharded server: how its CPU spread over its threads (each run's share per thread).
+        for g in &self.groups {
+            for m in g.runs.iter().filter(|m| m.error.is_none()) {
+                let io = m
+                    .server_threads
+                    .iter()
+                    .filter(|(n, _)| n == "ringquic-io")
+                    .count();
+                if io < 2 {
+                    continue;
+                }
+                let total: f64 = m.server_threads.iter().map(|(_, c)| c).sum();
+                let shares: Vec<String> = m
+                    .server_threads
+                    .iter()
+                    .map(|(n, c)| format!("{n} {:.0}%", 100.0 * c / total.max(1e-9)))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  {} {} run {}: server CPU {:.2} s over {} threads: {}",
+                    g.workload.name(),
+                    m.system,
+                    m.run + 1,
+                    total,
+                    m.server_threads.len(),
+                    shares.join(", ")
+                );
+            }
+        }
         for g in &self.groups {
             for m in &g.runs {
                 if let Some(e) = &m.error {

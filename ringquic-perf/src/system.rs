@@ -281,6 +281,13 @@ pub struct RingquicTuning {
     /// `EndpointBuilder::app_thread_sends(false)`: every send through the I/O thread.
     #[serde(default)]
     pub no_app_thread_sends: bool,
+    /// `EndpointBuilder::shards` of the server endpoint (1: not sharded).
+    #[serde(default = "one")]
+    pub shards: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl RingquicTuning {
@@ -292,6 +299,7 @@ impl RingquicTuning {
         zero_copy_threshold: None,
         send_zero_copy_threshold: None,
         no_app_thread_sends: false,
+        shards: 1,
     };
 
     /// A one-line description, or `None` when everything is at ringquic's defaults.
@@ -314,6 +322,9 @@ impl RingquicTuning {
         }
         if self.no_app_thread_sends {
             parts.push("no sends from application threads".to_string());
+        }
+        if self.shards != 1 {
+            parts.push(format!("server sharded over {} I/O threads", self.shards));
         }
         (!parts.is_empty()).then(|| parts.join(", "))
     }
@@ -379,7 +390,10 @@ impl System for Ringquic {
     fn bind(&self, endpoint: EndpointConfig, role: Role, addr: SocketAddr) -> Result<ringquic::Endpoint> {
         // With --pin-io-threads the server's I/O thread goes to CPU 1 and the client's to CPU 0.
         let builder = match role {
-            Role::Server(server) => self.builder(endpoint, 1).server_config(server),
+            Role::Server(server) => self
+                .builder(endpoint, 1)
+                .shards(ringquic_tuning().shards)
+                .server_config(server),
             Role::Client(client) => self.builder(endpoint, 0).default_client_config(client),
         };
         Ok(builder.bind(addr)?)

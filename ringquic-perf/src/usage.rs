@@ -86,6 +86,26 @@ pub fn thread_cpu(tid: u32) -> Option<CpuTimes> {
     parse_stat(&fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?)
 }
 
+/// A thread's name (`/proc/self/task/<tid>/comm`), if it can be read.
+pub fn thread_name(tid: u32) -> Option<String> {
+    Some(
+        fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+            .ok()?
+            .trim()
+            .to_string(),
+    )
+}
+
+/// Each thread's name and CPU time (threads that have exited are left out).
+pub fn each_thread_cpu(tids: &BTreeSet<u32>) -> Vec<(u32, String, CpuTimes)> {
+    tids.iter()
+        .filter_map(|&t| {
+            let cpu = thread_cpu(t)?;
+            Some((t, thread_name(t).unwrap_or_else(|| format!("thread {t}")), cpu))
+        })
+        .collect()
+}
+
 /// CPU time of a set of threads (threads that have exited count as zero).
 pub fn threads_cpu(tids: &BTreeSet<u32>) -> CpuTimes {
     tids.iter().filter_map(|&t| thread_cpu(t)).sum()
@@ -163,7 +183,7 @@ fn status_field_kib(status: &str, field: &str) -> Option<u64> {
 }
 
 /// A point-in-time reading of the CPU used by each side and by the process.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// The client side's threads.
     pub client: CpuTimes,
@@ -171,6 +191,8 @@ pub struct Snapshot {
     pub server: CpuTimes,
     /// The whole process.
     pub process: CpuTimes,
+    /// Each of the server side's threads.
+    pub server_threads: Vec<(u32, String, CpuTimes)>,
     /// When it was taken.
     pub wall: Option<std::time::Instant>,
 }
@@ -182,6 +204,7 @@ impl Snapshot {
             client: threads_cpu(client),
             server: threads_cpu(server),
             process: process_cpu(),
+            server_threads: each_thread_cpu(server),
             wall: Some(std::time::Instant::now()),
         }
     }

@@ -25,7 +25,7 @@ use crate::{
     measure::{BenchOptions, Measurement, Outcome},
     perf,
     system::{EndpointOps, Role, System, SystemKind},
-    usage::{self, Snapshot},
+    usage::{self, CpuTimes, Snapshot},
 };
 
 /// What every phase needs besides the system and the workload.
@@ -258,10 +258,29 @@ pub(super) fn run_phase<S: System, W: Workload>(
         peak_rss,
         peak_source,
         threads: (client_ready.tids.len(), server_ready.tids.len()),
+        server_threads: server_thread_cpu(&start, &end),
         timeline,
         outcome,
         error: None,
     })
+}
+
+/// Each server thread's CPU between two snapshots, named, busiest first.
+fn server_thread_cpu(start: &Snapshot, end: &Snapshot) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = end
+        .server_threads
+        .iter()
+        .map(|(tid, name, cpu)| {
+            let before = start
+                .server_threads
+                .iter()
+                .find(|(t, _, _)| t == tid)
+                .map_or(CpuTimes::default(), |&(_, _, c)| c);
+            (name.clone(), (*cpu - before).total())
+        })
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
 }
 
 fn recv_ready(rx: &mpsc::Receiver<Result<Ready>>, side: &str) -> Result<Ready> {
