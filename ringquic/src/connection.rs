@@ -364,6 +364,20 @@ impl Connection {
         self.0.stable_id()
     }
 
+    /// Run `future` on the I/O thread that drives this connection: with a sharded endpoint
+    /// ([`EndpointBuilder::shards`](crate::EndpointBuilder::shards)), the connection's own
+    /// shard, so its per-connection work never leaves that core; otherwise the endpoint's
+    /// thread, as [`Endpoint::spawn`](crate::Endpoint::spawn). The same rules hold: the task
+    /// must not block, the handle can be awaited from anywhere, and the task is cancelled if
+    /// the thread exits.
+    pub fn spawn<F>(&self, future: F) -> crate::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        crate::local::spawn_on(self.0.shared(), future)
+    }
+
     /// Parameters negotiated in the handshake (for rustls: `quinn_proto::crypto::rustls::HandshakeData`).
     pub fn handshake_data(&self) -> Option<Box<dyn Any>> {
         self.0.lock().inner.crypto_session().handshake_data()

@@ -203,3 +203,81 @@ async fn quic_lb_ids_on_a_sharded_endpoint() {
     server.close(0u32.into(), b"done");
     assert_eq!(within(10, serving).await.unwrap(), 8);
 }
+
+/// Thread-per-core serving: each connection's work runs on its own shard's I/O thread
+/// (`Connection::spawn`). Four shards, 32 connections: the echo tasks ran on exactly four
+/// threads, all of them ringquic's I/O threads, and each connection's tasks on one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_tasks_run_on_their_own_shard() {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Mutex;
+    let cert = cert();
+    let t = Arc::new(transport());
+    let b = backends()[0];
+    let server = sharded(b, &cert, &t, SHARDS);
+    let threads: Arc<Mutex<HashMap<usize, HashSet<String>>>> = Arc::default();
+    let (srv, seen) = (server.clone(), threads.clone());
+    let serving = tokio::spawn(async move {
+        while let Some(incoming) = srv.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            let (seen, c) = (seen.clone(), conn.clone());
+            // The whole connection is served on its shard: accepting streams, reading, writing.
+            drop(conn.spawn(async move {
+                while let Ok((mut s, mut r)) = c.accept_bi().await {
+                    let here = std::thread::current();
+                    let name = format!("{}:{:?}", here.name().unwrap_or("?"), here.id());
+                    seen.lock()
+                        .unwrap()
+                        .entry(c.stable_id())
+                        .or_default()
+                        .insert(name);
+                    if let Ok(v) = r.read_to_end(1024).await {
+                        let _ = s.write_all(&v).await;
+                        let _ = s.finish();
+                    }
+                }
+            }));
+        }
+    });
+    let clients: Vec<Endpoint> = (0..8)
+        .map(|_| client_endpoint(b, client_config_with(&cert, t.clone()), |c| c))
+        .collect();
+    let mut conns = Vec::new();
+    for client in &clients {
+        for _ in 0..4 {
+            let c = within(
+                10,
+                client.connect(server.local_addr().unwrap(), "localhost").unwrap(),
+            )
+            .await
+            .expect("handshake");
+            for _ in 0..2 {
+                assert!(echoes(&c, 10).await, "{b}: echo from a shard task");
+            }
+            conns.push(c);
+        }
+    }
+    let seen = threads.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        conns.len(),
+        "{b}: every connection was served: {seen:?}"
+    );
+    assert!(
+        seen.values().all(|t| t.len() == 1),
+        "{b}: a connection's tasks moved threads: {seen:?}"
+    );
+    let all: HashSet<&String> = seen.values().flatten().collect();
+    assert!(all.iter().all(|n| n.starts_with("ringquic-io:")), "{b}: {all:?}");
+    assert_eq!(
+        all.len(),
+        SHARDS,
+        "{b}: tasks ran on {} threads: {all:?}",
+        all.len()
+    );
+    for c in &conns {
+        c.close(0u32.into(), b"done");
+    }
+    server.close(0u32.into(), b"done");
+    within(10, serving).await.unwrap();
+}
