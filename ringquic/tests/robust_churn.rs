@@ -1,7 +1,8 @@
 //! No leaks: 1000 connections, each with one small request, across 10 server/client endpoint
 //! pairs created and dropped in turn. Every endpoint's I/O thread is joined when it is dropped,
-//! and resident memory stays flat across the churn. `.ci/reliability.sh` runs this test under
-//! valgrind with fewer connections (`RINGQUIC_CHURN_CONNS`).
+//! and resident memory stays flat across the churn; on Linux two more pairs follow whose server
+//! is sharded over two I/O threads. `.ci/reliability.sh` runs this test under LeakSanitizer,
+//! and under valgrind with fewer connections (`RINGQUIC_CHURN_CONNS`).
 //!
 //! Environment: `RINGQUIC_CHURN_CONNS` (default 1000) and `RINGQUIC_CHURN_ENDPOINTS` (default 10)
 //! per backend; `RINGQUIC_CHURN_SKIP_RSS=1` skips the RSS bound (meaningless under valgrind);
@@ -23,8 +24,10 @@ const RSS_GROWTH_LIMIT_MIB: u64 = 30;
 
 /// One endpoint pair's life: serve `conns` connections (PARALLEL at a time), each one
 /// bidirectional stream with a 100-byte request echoed back, then close and drop everything.
-async fn one_endpoint_pair(b: BackendKind, round: usize, conns: usize) {
-    let (server, client) = pair(b);
+/// The server has `shards` I/O threads (`EndpointBuilder::shards`).
+async fn one_endpoint_pair(b: BackendKind, round: usize, conns: usize, shards: usize) {
+    let (server, client) = pair_with(b, |s| s.shards(shards), |c| c);
+    assert_eq!(server.shards(), shards);
     let addr = server.local_addr().unwrap();
     let srv = server.clone();
     let serving = tokio::spawn(async move {
@@ -91,8 +94,14 @@ fn churn_connections_and_endpoints_without_leaks() {
         assert_eq!(io_threads(), 0, "{b}: I/O threads before the churn");
         let started = Instant::now();
         let mut rss = Vec::new();
-        for round in 0..endpoints {
-            rt.block_on(within(120, one_endpoint_pair(b, round, per_endpoint)));
+        // The pairs whose RSS is watched, then (Linux) two more whose server is sharded over two
+        // I/O threads, so that the leak and thread checks cover sharded endpoints too. Those
+        // stay out of the RSS series: more threads means more malloc arenas, a growth that is
+        // the allocator's, not ours.
+        let sharded_rounds = if cfg!(target_os = "linux") { 2 } else { 0 };
+        for round in 0..endpoints + sharded_rounds {
+            let shards = if round < endpoints { 1 } else { 2 };
+            rt.block_on(within(120, one_endpoint_pair(b, round, per_endpoint, shards)));
             // Both endpoints were dropped: their threads were joined inside the drop (or, past
             // the drop's bounded wait on a loaded machine, finish on their own within their
             // shutdown bounds: a thread still there after 6 s is a leak).
@@ -101,13 +110,15 @@ fn churn_connections_and_endpoints_without_leaks() {
             if waited > Duration::from_millis(50) {
                 eprintln!("{b}: pair {round}: an I/O thread outlived the drop's join by {waited:?}");
             }
-            rss.push(rss_kib());
+            if round < endpoints {
+                rss.push(rss_kib());
+            }
         }
         let growth = rss.last().unwrap().saturating_sub(rss[0]) / 1024;
         eprintln!(
-            "{b}: {} connections over {endpoints} endpoint pairs in {:.1} s; RSS after each pair (MiB): \
-             {:?}; growth after warm-up {growth} MiB",
-            per_endpoint * endpoints,
+            "{b}: {} connections over {endpoints} endpoint pairs (+{sharded_rounds} with a sharded server) in \
+             {:.1} s; RSS after each of the first {endpoints} pairs (MiB): {:?}; growth after warm-up {growth} MiB",
+            per_endpoint * (endpoints + sharded_rounds),
             started.elapsed().as_secs_f64(),
             rss.iter().map(|k| k / 1024).collect::<Vec<_>>()
         );
