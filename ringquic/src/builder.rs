@@ -19,7 +19,7 @@ use crate::{
     core::Admission,
     driver::{self, DriverSetup},
     io::{BackendKind, IoConfig},
-    shared::{EndpointRef, EndpointShared},
+    shared::{Command, EndpointRef, EndpointShared, ShardLink},
     Endpoint, EndpointError, QuicLbCidGenerator, QuicLbConfig,
 };
 
@@ -83,6 +83,7 @@ pub struct EndpointBuilder {
     sqpoll_idle: Option<Duration>,
     shards: usize,
     quic_lb: Option<QuicLbConfig>,
+    shard_steering: bool,
     #[cfg(test)]
     fake: Option<crate::io::fake::FakeFactory>,
 }
@@ -152,6 +153,7 @@ impl Default for EndpointBuilder {
             sqpoll_idle: None,
             shards: 1,
             quic_lb: None,
+            shard_steering: true,
             #[cfg(test)]
             fake: None,
         }
@@ -326,10 +328,22 @@ impl EndpointBuilder {
     /// ([`EndpointBuilder::socket`]).
     ///
     /// Linux only (elsewhere `bind` fails with [`EndpointError::Config`]). If the kernel refuses
-    /// the steering program, `bind` fails ([`EndpointError::Socket`] naming
-    /// `SO_ATTACH_REUSEPORT_CBPF`): forwarding datagrams between shards instead is not built.
+    /// the steering program (`EPERM` under a security policy, kernels before 4.5), the endpoint
+    /// still works: each shard forwards a datagram that arrives for another shard to it
+    /// (bounded, counted in [`EndpointIoStats::forwarded_out`](crate::EndpointIoStats)), a
+    /// warning is logged once, and `io_stats().unsteered_shards` says so. Forwarding costs a
+    /// handoff per datagram, so it is a fallback.
     pub fn shards(mut self, n: usize) -> Self {
         self.shards = n;
+        self
+    }
+
+    /// Whether a sharded endpoint asks the kernel to steer datagrams to their shard (default:
+    /// yes). Off, the shards forward datagrams among themselves as they do when the kernel
+    /// refuses the program: for measuring that fallback, or where the program must not be
+    /// attached.
+    pub fn shard_steering(mut self, on: bool) -> Self {
+        self.shard_steering = on;
         self
     }
 
@@ -458,13 +472,8 @@ impl EndpointBuilder {
             None => QuicLbCidGenerator::unconfigured(),
         };
         let sockets = crate::socket::create_group(addr, shards)?;
-        #[cfg(target_os = "linux")]
-        crate::steer_by_shard(&sockets[0], generator.config().shard_offset(), shards).map_err(|source| {
-            EndpointError::Socket {
-                option: "SO_ATTACH_REUSEPORT_CBPF (steering datagrams to shards)",
-                source,
-            }
-        })?;
+        let offset = generator.config().shard_offset();
+        let steered = self.shard_steering && steer(&sockets[0], offset, shards);
         let mut started = Vec::with_capacity(shards);
         for (i, socket) in sockets.into_iter().enumerate() {
             let mut endpoint_config = self.endpoint_config.clone();
@@ -474,6 +483,19 @@ impl EndpointBuilder {
             cfg.pin_cpu = cfg.pin_cpu.map(|c| c + i);
             // A shard that fails to start drops the ones before it, which shuts them down.
             started.push(self.start_one(socket, cfg, backend, endpoint_config)?);
+        }
+        let peers: Vec<_> = started.iter().map(|r| Arc::downgrade(&r.0)).collect();
+        for (index, r) in started.iter().enumerate() {
+            let link = ShardLink {
+                index,
+                shard_offset: offset,
+                peers: peers.clone(),
+                steered,
+            };
+            // Before any application command: the shard learns of the others on its next turn.
+            r.0.mailbox
+                .push(Command::JoinShards(link))
+                .map_err(|_| EndpointError::Stopping)?;
         }
         Ok(Endpoint::started(started))
     }
@@ -560,4 +582,28 @@ impl EndpointBuilder {
             }
         }
     }
+}
+
+/// Attach the kernel's steering program to a shard group; `false` (logged once) if the kernel
+/// refuses it, and the shards then forward among themselves.
+#[cfg(target_os = "linux")]
+fn steer(socket: &std::net::UdpSocket, offset: usize, shards: usize) -> bool {
+    match crate::steer_by_shard(socket, offset, shards) {
+        Ok(()) => true,
+        Err(e) => {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                tracing::warn!(
+                    "the kernel refused the shard steering program ({e}); shards forward datagrams \
+                     to each other instead (slower)"
+                )
+            });
+            false
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn steer(_socket: &std::net::UdpSocket, _offset: usize, _shards: usize) -> bool {
+    false
 }

@@ -26,7 +26,7 @@ use crate::{
     handles::{HandleMap, HandleSet},
     handoff,
     io::{IoBackend, RecvMeta},
-    shared::{AcceptReply, Command, ConnectionInner, EndpointShared, Offer},
+    shared::{AcceptReply, Command, ConnectionInner, EndpointShared, Offer, ShardLink, MAX_FORWARDED_QUEUED},
     wakers::wake_all,
     ConnectionError, EndpointIoStats, TransportError, TransportErrorCode,
 };
@@ -77,6 +77,46 @@ const SHUTDOWN_FLUSH_TIME: Duration = Duration::from_millis(500);
 /// last). Holding the timer this long after the send keeps the period RFC 9000 §10.2 asks for.
 fn closing_period(rtt: Duration) -> Duration {
     3 * (rtt + rtt / 2 + Duration::from_millis(25))
+}
+
+/// The shard (of `shards`) a datagram's destination connection ID names, read as the kernel's
+/// steering program reads it (`io::steer`): the octet at `offset` of the DCID, short header or
+/// long, modulo the number of shards; `None` where the datagram does not hold it (it is
+/// handled where it arrived, as the kernel's hash placed it).
+fn shard_of(datagram: &[u8], offset: usize, shards: usize) -> Option<usize> {
+    let first = *datagram.first()?;
+    let octet = if first & 0x80 == 0 {
+        *datagram.get(1 + offset)?
+    } else {
+        if usize::from(*datagram.get(5)?) <= offset {
+            return None;
+        }
+        *datagram.get(6 + offset)?
+    };
+    Some(usize::from(octet) % shards.max(1))
+}
+
+/// Hand a datagram to the shard that owns its connection: through that shard's mailbox, which
+/// wakes it. Bounded by [`MAX_FORWARDED_QUEUED`] per target; past it, or if the target has
+/// exited, the datagram is dropped and counted.
+fn forward(link: &ShardLink, owner: usize, meta: RecvMeta, data: BytesMut, stats: &mut EndpointIoStats) {
+    use std::sync::atomic::Ordering;
+    let Some(target) = link.peers.get(owner).and_then(|w| w.upgrade()) else {
+        stats.forward_drops += 1;
+        return;
+    };
+    if target.forwarded_queued.fetch_add(1, Ordering::AcqRel) >= MAX_FORWARDED_QUEUED {
+        target.forwarded_queued.fetch_sub(1, Ordering::AcqRel);
+        stats.forward_drops += 1;
+        return;
+    }
+    match target.mailbox.push(Command::Forwarded(meta, data)) {
+        Ok(()) => stats.forwarded_out += 1,
+        Err(_) => {
+            target.forwarded_queued.fetch_sub(1, Ordering::AcqRel);
+            stats.forward_drops += 1;
+        }
+    }
 }
 
 /// How new incoming connections are admitted, before the application sees them.
@@ -148,6 +188,8 @@ pub(crate) struct Core {
     /// Closed connections whose close went out: their close timer does not run before this
     /// ([`closing_period`]).
     close_floor: HandleMap<Instant>,
+    /// The other shards, if this endpoint is one shard of a sharded one.
+    shard: Option<ShardLink>,
     /// Set once the last handle is gone: the loop goes on until every close is out, or until
     /// this time (see [`Core::begin_shutdown`]).
     flush_until: Option<Instant>,
@@ -196,6 +238,7 @@ impl Core {
             awaiting_close: HandleSet::default(),
             unanswered: HandleSet::default(),
             close_floor: HandleMap::default(),
+            shard: None,
             flush_until: None,
             stats: EndpointIoStats::default(),
             sent_directly: Vec::new(),
@@ -478,6 +521,10 @@ impl Core {
             loop_turns: c.loop_turns,
             datagram_backpressure_drops: c.datagram_backpressure_drops,
             closes_repeated: c.closes_repeated,
+            forwarded_out: c.forwarded_out,
+            forwarded_in: c.forwarded_in,
+            forward_drops: c.forward_drops,
+            unsteered_shards: c.unsteered_shards,
             open_connections: self.conns.len() as u64,
             handshakes: c.handshakes,
             // The backend's counters; the application's wakeups are added when read.
@@ -492,8 +539,17 @@ impl Core {
             return;
         }
         let now = Instant::now();
-        let ep = &mut self.ep;
-        for (meta, data) in self.rx.drain(..) {
+        let mut rx = std::mem::take(&mut self.rx);
+        for (meta, data) in rx.drain(..) {
+            if let Some(link) = &self.shard {
+                if let Some(owner) = shard_of(&data, link.shard_offset, link.peers.len()) {
+                    if owner != link.index {
+                        forward(link, owner, meta, data, &mut self.stats);
+                        continue;
+                    }
+                }
+            }
+            let ep = &mut self.ep;
             match ep
                 .inner
                 .handle(now, meta.remote, meta.local_ip, meta.ecn, data, &mut ep.buf)
@@ -507,9 +563,10 @@ impl Core {
             }
             ep.buf.clear();
         }
-        if self.rx.capacity() > MAX_RETAINED_EVENTS {
-            self.rx.shrink_to(MAX_RETAINED_EVENTS);
+        if rx.capacity() > MAX_RETAINED_EVENTS {
+            rx.shrink_to(MAX_RETAINED_EVENTS);
         }
+        self.rx = rx;
         let mut incoming = std::mem::take(&mut self.incoming);
         for inc in incoming.drain(..) {
             self.admit(inc);
@@ -720,6 +777,17 @@ impl Core {
             }
             Command::Rebind(socket) => self.rebind(socket, io),
             Command::Shutdown => self.begin_shutdown(),
+            Command::JoinShards(link) => {
+                self.stats.unsteered_shards = u64::from(!link.steered);
+                self.shard = Some(link);
+            }
+            Command::Forwarded(meta, data) => {
+                self.shared
+                    .forwarded_queued
+                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                self.stats.forwarded_in += 1;
+                self.rx.push((meta, data));
+            }
             #[cfg(test)]
             Command::Panic => panic!("injected by a test"),
         }

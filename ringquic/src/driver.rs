@@ -194,7 +194,12 @@ impl Driver {
                     return Ok(());
                 }
             }
-            let busy = core.has_dirty() || core.shared().mailbox.is_notified() || core.shared().has_tasks();
+            // Datagrams another shard forwarded (taken with the commands) are routed after the
+            // wait: do not sleep on them.
+            let busy = core.has_dirty()
+                || core.has_received()
+                || core.shared().mailbox.is_notified()
+                || core.shared().has_tasks();
             let now = Instant::now();
             let mut deadline = if busy { Some(now) } else { core.next_timeout() };
             if let Some(until) = core.flush_deadline() {

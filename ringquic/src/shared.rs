@@ -49,7 +49,7 @@ use crate::io::direct::{DirectCounts, DirectSender};
 use crate::{
     dgramflow::DatagramFlow,
     handoff::Handoff,
-    io::BackendKind,
+    io::{BackendKind, RecvMeta},
     mailbox::Mailbox,
     stats::EndpointIoStats,
     sync::lock,
@@ -89,10 +89,32 @@ pub(crate) enum Command {
     Rebind(std::net::UdpSocket),
     /// Every handle is gone: close what is left, cancel in-flight I/O and exit.
     Shutdown,
+    /// This endpoint is one shard of a sharded one ([`ShardLink`]).
+    JoinShards(ShardLink),
+    /// A datagram another shard received for a connection of this one (no kernel steering, or
+    /// a datagram that raced a change of the socket group).
+    Forwarded(RecvMeta, bytes::BytesMut),
     /// Panic on the I/O thread, to test that a panic fails futures instead of hanging them.
     #[cfg(test)]
     Panic,
 }
+
+/// What one shard of a sharded endpoint knows of the others (`EndpointBuilder::shards`).
+pub(crate) struct ShardLink {
+    /// This shard's number.
+    pub(crate) index: usize,
+    /// Where the shard octet is in the connection IDs the shards issue.
+    pub(crate) shard_offset: usize,
+    /// Every shard, by number (weak: shards do not keep each other alive).
+    pub(crate) peers: Vec<std::sync::Weak<EndpointShared>>,
+    /// Whether the kernel steers datagrams to their shard; without it, datagrams that arrive
+    /// on the wrong shard are forwarded (there are many then; with it, only races).
+    pub(crate) steered: bool,
+}
+
+/// Datagrams forwarded to a shard and not yet taken by it, at most; more are dropped and
+/// counted (loss QUIC repairs), so a shard that lags cannot make the others queue without end.
+pub(crate) const MAX_FORWARDED_QUEUED: usize = 1024;
 
 /// How long the drop of an endpoint's last handle waits for its I/O thread to finish shutting
 /// down (closing connections, cancelling in-flight I/O) before leaving it to finish alone.
@@ -179,6 +201,9 @@ pub(crate) struct EndpointShared {
     task_wakers: Mutex<TaskWakers>,
     /// The rules of sends made by application threads (`direct.rs`).
     pub(crate) handoff: Handoff,
+    /// Datagrams other shards forwarded here and this shard has not taken yet (at most
+    /// [`MAX_FORWARDED_QUEUED`]).
+    pub(crate) forwarded_queued: AtomicUsize,
     /// Their socket, while the backend offers one (Linux); replaced by a rebind, dropped when
     /// the I/O thread exits (so the port is free once it has), with the counts of the senders
     /// before it.
@@ -217,6 +242,7 @@ impl EndpointShared {
             tasks: Mutex::new(VecDeque::new()),
             task_wakers: Mutex::new(TaskWakers::default()),
             handoff: Handoff::default(),
+            forwarded_queued: AtomicUsize::new(0),
             #[cfg(target_os = "linux")]
             direct: Mutex::new((None, DirectCounts::default())),
         })

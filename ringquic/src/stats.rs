@@ -91,6 +91,18 @@ pub struct EndpointIoStats {
     /// peer sends during the closing period with the close (RFC 9000 §10.2.1), since a peer
     /// that goes on sending has not heard it.
     pub closes_repeated: u64,
+    /// Datagrams this shard of a sharded endpoint handed to the shard their connection ID
+    /// names (`EndpointBuilder::shards`): without kernel steering most of a connection's
+    /// datagrams; with it, only those that raced a change of the socket group.
+    pub forwarded_out: u64,
+    /// Datagrams other shards handed to this one.
+    pub forwarded_in: u64,
+    /// Datagrams not forwarded because the shard they were for had 1024 forwarded datagrams
+    /// waiting already, or had exited (lost, as on a lossy path).
+    pub forward_drops: u64,
+    /// Shards running without kernel steering (the kernel refused the program, or
+    /// `EndpointBuilder::shard_steering(false)`): 0 normally, else one per such shard.
+    pub unsteered_shards: u64,
     /// Turns of the I/O loop.
     pub loop_turns: u64,
     /// Connections the I/O thread drives now.
@@ -140,6 +152,10 @@ impl EndpointIoStats {
             direct_send_errors: self.direct_send_errors + o.direct_send_errors,
             datagram_backpressure_drops: self.datagram_backpressure_drops + o.datagram_backpressure_drops,
             closes_repeated: self.closes_repeated + o.closes_repeated,
+            forwarded_out: self.forwarded_out + o.forwarded_out,
+            forwarded_in: self.forwarded_in + o.forwarded_in,
+            forward_drops: self.forward_drops + o.forward_drops,
+            unsteered_shards: self.unsteered_shards + o.unsteered_shards,
             loop_turns: self.loop_turns + o.loop_turns,
             open_connections: self.open_connections + o.open_connections,
             handshakes: self.handshakes.add(&o.handshakes),

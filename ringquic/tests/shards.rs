@@ -16,9 +16,20 @@ const CLIENTS: usize = 8;
 const PER_CLIENT: usize = 8;
 
 fn sharded(b: BackendKind, cert: &Cert, t: &Arc<TransportConfig>, shards: usize) -> Endpoint {
+    sharded_with(b, cert, t, shards, true)
+}
+
+fn sharded_with(
+    b: BackendKind,
+    cert: &Cert,
+    t: &Arc<TransportConfig>,
+    shards: usize,
+    steering: bool,
+) -> Endpoint {
     Endpoint::builder()
         .backend(b)
         .shards(shards)
+        .shard_steering(steering)
         .server_config(server_config_with(cert, t.clone()))
         .bind(localhost())
         .expect("sharded endpoint")
@@ -58,9 +69,25 @@ async fn echoes(conn: &Connection, secs: u64) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_spread_over_the_shards_and_stay_when_clients_move() {
     for b in backends() {
+        spread_and_move(b, true).await;
+    }
+}
+
+/// The fallback where the kernel will not steer: every shard forwards what arrives for another
+/// shard. The same connections, the same moves, every echo still comes back; the forwarding is
+/// counted (and is zero with the program).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_kernel_steering_the_shards_forward_and_nothing_is_lost() {
+    for b in backends() {
+        spread_and_move(b, false).await;
+    }
+}
+
+async fn spread_and_move(b: BackendKind, steering: bool) {
+    {
         let cert = cert();
         let t = Arc::new(transport());
-        let server = sharded(b, &cert, &t, SHARDS);
+        let server = sharded_with(b, &cert, &t, SHARDS, steering);
         assert_eq!(server.shards(), SHARDS);
         let serving = serve(&server);
         let clients: Vec<Endpoint> = (0..CLIENTS)
@@ -98,10 +125,27 @@ async fn connections_spread_over_the_shards_and_stay_when_clients_move() {
         }
         let after = futures::future::join_all(conns.iter().map(|c| echoes(c, 5))).await;
         let alive = after.iter().filter(|ok| **ok).count();
+        let io = server.io_stats();
         eprintln!(
-            "{b}: connections per shard {per_shard:?}; {alive} of {total} echo after their clients moved"
+            "{b}, steering {steering}: connections per shard {per_shard:?}; {alive} of {total} echo after \
+             their clients moved; forwarded {} (dropped {}), unsteered shards {}",
+            io.forwarded_out, io.forward_drops, io.unsteered_shards
         );
         assert_eq!(alive, total, "{b}: connections lost when their clients moved");
+        assert!(
+            io.forwarded_in + io.forward_drops <= io.forwarded_out,
+            "{b}: {io:?}"
+        );
+        if steering {
+            assert_eq!(io.unsteered_shards, 0, "{b}");
+            assert_eq!(
+                io.forwarded_out, 0,
+                "{b}: the kernel steered every datagram: {io:?}"
+            );
+        } else {
+            assert_eq!(io.unsteered_shards, SHARDS as u64, "{b}");
+            assert!(io.forwarded_out > 100, "{b}: {io:?}");
+        }
 
         for c in &conns {
             c.close(0u32.into(), b"done");
