@@ -17,6 +17,14 @@ use crate::EndpointError;
 /// On Windows the socket is made with `WSA_FLAG_REGISTERED_IO` (`registered`), so the RIO
 /// backend can use it; the poll backend serves such a socket just as well.
 pub(crate) fn create(addr: SocketAddr) -> Result<std::net::UdpSocket, EndpointError> {
+    create_with(addr, |_| Ok(()))
+}
+
+/// [`create`], with `prepare` run on the socket before it is bound.
+fn create_with(
+    addr: SocketAddr,
+    prepare: impl FnOnce(&Socket) -> Result<(), EndpointError>,
+) -> Result<std::net::UdpSocket, EndpointError> {
     let bind_err = |source| EndpointError::Bind { addr, source };
     #[cfg(windows)]
     let socket = registered(Domain::for_address(addr), Type::DGRAM, Protocol::UDP).map_err(bind_err)?;
@@ -33,6 +41,7 @@ pub(crate) fn create(addr: SocketAddr) -> Result<std::net::UdpSocket, EndpointEr
                 source,
             })?;
     }
+    prepare(&socket)?;
     socket.bind(&addr.into()).map_err(bind_err)?;
     let socket: std::net::UdpSocket = socket.into();
     adopt(&socket)?;
@@ -53,27 +62,12 @@ pub(crate) fn create_group(addr: SocketAddr, n: usize) -> Result<Vec<std::net::U
             })?,
             None => addr,
         };
-        let bind_err = |source| EndpointError::Bind { addr: at, source };
-        let socket =
-            Socket::new(Domain::for_address(at), Type::DGRAM, Some(Protocol::UDP)).map_err(bind_err)?;
-        if at.is_ipv6() {
-            socket
-                .set_only_v6(!at.ip().is_unspecified())
-                .map_err(|source| EndpointError::Socket {
-                    option: "IPV6_V6ONLY",
-                    source,
-                })?;
-        }
-        socket
-            .set_reuse_port(true)
-            .map_err(|source| EndpointError::Socket {
+        out.push(create_with(at, |s| {
+            s.set_reuse_port(true).map_err(|source| EndpointError::Socket {
                 option: "SO_REUSEPORT",
                 source,
-            })?;
-        socket.bind(&at.into()).map_err(bind_err)?;
-        let socket: std::net::UdpSocket = socket.into();
-        adopt(&socket)?;
-        out.push(socket);
+            })
+        })?);
     }
     Ok(out)
 }

@@ -111,54 +111,35 @@ pub struct EndpointIoStats {
     pub handshakes: EndpointStats,
 }
 
-impl EndpointStats {
-    /// Both counts together (the shards of a sharded endpoint).
-    pub(crate) fn add(&self, o: &Self) -> Self {
-        Self {
-            accepted_handshakes: self.accepted_handshakes + o.accepted_handshakes,
-            outgoing_handshakes: self.outgoing_handshakes + o.outgoing_handshakes,
-            refused_handshakes: self.refused_handshakes + o.refused_handshakes,
-            ignored_handshakes: self.ignored_handshakes + o.ignored_handshakes,
+/// `add` for a counter struct: every field summed, so a field left out does not compile
+/// (the shards of a sharded endpoint add up this way).
+macro_rules! summed {
+    ($ty:ident { $($f:ident),* $(,)? } $(nested $n:ident)?) => {
+        impl $ty {
+            /// Both counts together (the shards of a sharded endpoint): every counter and
+            /// gauge adds up.
+            pub(crate) fn add(&self, o: &Self) -> Self {
+                Self {
+                    $($f: self.$f + o.$f,)*
+                    $($n: self.$n.add(&o.$n),)?
+                }
+            }
         }
-    }
+    };
 }
 
-impl EndpointIoStats {
-    /// Both counts together (the shards of a sharded endpoint): every counter and gauge adds
-    /// up.
-    pub(crate) fn add(&self, o: &Self) -> Self {
-        Self {
-            datagrams_received: self.datagrams_received + o.datagrams_received,
-            bytes_received: self.bytes_received + o.bytes_received,
-            datagrams_sent: self.datagrams_sent + o.datagrams_sent,
-            bytes_sent: self.bytes_sent + o.bytes_sent,
-            recv_dropped: self.recv_dropped + o.recv_dropped,
-            recv_starved: self.recv_starved + o.recv_starved,
-            recv_rearms: self.recv_rearms + o.recv_rearms,
-            send_errors: self.send_errors + o.send_errors,
-            tx_exhausted: self.tx_exhausted + o.tx_exhausted,
-            gso_disabled: self.gso_disabled + o.gso_disabled,
-            recv_zero_copy: self.recv_zero_copy + o.recv_zero_copy,
-            send_zero_copy: self.send_zero_copy + o.send_zero_copy,
-            send_zero_copy_copied: self.send_zero_copy_copied + o.send_zero_copy_copied,
-            recv_buffers_lent: self.recv_buffers_lent + o.recv_buffers_lent,
-            rebinds: self.rebinds + o.rebinds,
-            rebinds_failed: self.rebinds_failed + o.rebinds_failed,
-            responses_dropped: self.responses_dropped + o.responses_dropped,
-            incoming_retried: self.incoming_retried + o.incoming_retried,
-            incoming_refused: self.incoming_refused + o.incoming_refused,
-            app_wakeups: self.app_wakeups + o.app_wakeups,
-            direct_sends: self.direct_sends + o.direct_sends,
-            direct_send_errors: self.direct_send_errors + o.direct_send_errors,
-            datagram_backpressure_drops: self.datagram_backpressure_drops + o.datagram_backpressure_drops,
-            closes_repeated: self.closes_repeated + o.closes_repeated,
-            forwarded_out: self.forwarded_out + o.forwarded_out,
-            forwarded_in: self.forwarded_in + o.forwarded_in,
-            forward_drops: self.forward_drops + o.forward_drops,
-            unsteered_shards: self.unsteered_shards + o.unsteered_shards,
-            loop_turns: self.loop_turns + o.loop_turns,
-            open_connections: self.open_connections + o.open_connections,
-            handshakes: self.handshakes.add(&o.handshakes),
-        }
-    }
-}
+summed!(EndpointStats {
+    accepted_handshakes,
+    outgoing_handshakes,
+    refused_handshakes,
+    ignored_handshakes,
+});
+
+summed!(EndpointIoStats {
+    datagrams_received, bytes_received, datagrams_sent, bytes_sent, recv_dropped, recv_starved,
+    recv_rearms, send_errors, tx_exhausted, gso_disabled, recv_zero_copy, send_zero_copy,
+    send_zero_copy_copied, recv_buffers_lent, rebinds, rebinds_failed, responses_dropped,
+    incoming_retried, incoming_refused, app_wakeups, direct_sends, direct_send_errors,
+    datagram_backpressure_drops, closes_repeated, forwarded_out, forwarded_in, forward_drops,
+    unsteered_shards, loop_turns, open_connections,
+} nested handshakes);

@@ -9,7 +9,7 @@ use common::*;
 
 use std::{net::UdpSocket, sync::Arc, time::Duration};
 
-use ringquic::{BackendKind, Connection, Endpoint, EndpointError, QuicLbConfig, TransportConfig};
+use ringquic::{BackendKind, Endpoint, EndpointError, QuicLbConfig, TransportConfig};
 
 const SHARDS: usize = 4;
 const CLIENTS: usize = 8;
@@ -35,37 +35,6 @@ fn sharded_with(
         .expect("sharded endpoint")
 }
 
-/// Echo every bidirectional stream on every connection `server` accepts.
-fn serve(server: &Endpoint) -> tokio::task::JoinHandle<usize> {
-    let server = server.clone();
-    tokio::spawn(async move {
-        let mut accepted = 0;
-        while let Some(incoming) = server.accept().await {
-            let Ok(conn) = incoming.await else { continue };
-            accepted += 1;
-            tokio::spawn(async move {
-                while let Ok((mut s, mut r)) = conn.accept_bi().await {
-                    if let Ok(v) = r.read_to_end(1024).await {
-                        let _ = s.write_all(&v).await;
-                        let _ = s.finish();
-                    }
-                }
-            });
-        }
-        accepted
-    })
-}
-
-async fn echoes(conn: &Connection, secs: u64) -> bool {
-    let round = async {
-        let (mut s, mut r) = conn.open_bi().await.ok()?;
-        s.write_all(b"sharded").await.ok()?;
-        s.finish().ok()?;
-        r.read_to_end(64).await.ok()
-    };
-    matches!(tokio::time::timeout(Duration::from_secs(secs), round).await, Ok(Some(v)) if v == b"sharded")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_spread_over_the_shards_and_stay_when_clients_move() {
     for b in backends() {
@@ -89,21 +58,12 @@ async fn spread_and_move(b: BackendKind, steering: bool) {
         let t = Arc::new(transport());
         let server = sharded_with(b, &cert, &t, SHARDS, steering);
         assert_eq!(server.shards(), SHARDS);
-        let serving = serve(&server);
+        let serving = serve_echoes(&server);
         let clients: Vec<Endpoint> = (0..CLIENTS)
             .map(|_| client_endpoint(b, client_config_with(&cert, t.clone()), |c| c))
             .collect();
         let addr = server.local_addr().unwrap();
-        let mut conns = Vec::new();
-        for client in &clients {
-            for _ in 0..PER_CLIENT {
-                let c = within(10, client.connect(addr, "localhost").unwrap())
-                    .await
-                    .expect("handshake");
-                assert!(echoes(&c, 10).await, "{b}: echo");
-                conns.push(c);
-            }
-        }
+        let conns = echoing_connections(&clients, addr, PER_CLIENT).await;
         let total = CLIENTS * PER_CLIENT;
         let per_shard: Vec<u64> = server
             .shard_io_stats()
@@ -123,7 +83,7 @@ async fn spread_and_move(b: BackendKind, steering: bool) {
         for client in &clients {
             client.rebind(UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
         }
-        let after = futures::future::join_all(conns.iter().map(|c| echoes(c, 5))).await;
+        let after = futures::future::join_all(conns.iter().map(|c| echoes(c, b"sharded", 5))).await;
         let alive = after.iter().filter(|ok| **ok).count();
         let io = server.io_stats();
         eprintln!(
@@ -232,16 +192,9 @@ async fn quic_lb_ids_on_a_sharded_endpoint() {
         .server_config(server_config_with(&cert, t.clone()))
         .bind(localhost())
         .expect("sharded endpoint");
-    let serving = serve(&server);
+    let serving = serve_echoes(&server);
     let client = client_endpoint(b, client_config_with(&cert, t), |c| c);
-    for _ in 0..8 {
-        let c = within(
-            10,
-            client.connect(server.local_addr().unwrap(), "localhost").unwrap(),
-        )
-        .await
-        .expect("handshake");
-        assert!(echoes(&c, 10).await);
+    for c in echoing_connections(&[client], server.local_addr().unwrap(), 8).await {
         c.close(0u32.into(), b"done");
     }
     server.close(0u32.into(), b"done");
@@ -286,20 +239,9 @@ async fn connection_tasks_run_on_their_own_shard() {
     let clients: Vec<Endpoint> = (0..8)
         .map(|_| client_endpoint(b, client_config_with(&cert, t.clone()), |c| c))
         .collect();
-    let mut conns = Vec::new();
-    for client in &clients {
-        for _ in 0..4 {
-            let c = within(
-                10,
-                client.connect(server.local_addr().unwrap(), "localhost").unwrap(),
-            )
-            .await
-            .expect("handshake");
-            for _ in 0..2 {
-                assert!(echoes(&c, 10).await, "{b}: echo from a shard task");
-            }
-            conns.push(c);
-        }
+    let conns = echoing_connections(&clients, server.local_addr().unwrap(), 4).await;
+    for c in &conns {
+        assert!(echoes(c, b"sharded", 10).await, "{b}: echo from a shard task");
     }
     let seen = threads.lock().unwrap().clone();
     assert_eq!(

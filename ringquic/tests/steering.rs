@@ -11,9 +11,7 @@ use common::*;
 
 use std::{net::UdpSocket, time::Duration};
 
-use ringquic::{
-    BackendKind, Connection, Endpoint, EndpointConfig, QuicLbCidGenerator, QuicLbConfig, TransportConfig,
-};
+use ringquic::{BackendKind, Endpoint, EndpointConfig, QuicLbCidGenerator, QuicLbConfig, TransportConfig};
 use socket2::{Domain, Protocol, Socket, Type};
 
 const SHARDS: usize = 4;
@@ -71,43 +69,6 @@ fn sharded_server(
         .collect()
 }
 
-/// Echo one message on a new stream of `conn`: whether it came back within `secs`.
-async fn echoes(conn: &Connection, secs: u64) -> bool {
-    let round = async {
-        let (mut s, mut r) = conn.open_bi().await.ok()?;
-        s.write_all(b"ping through the right shard").await.ok()?;
-        s.finish().ok()?;
-        r.read_to_end(1024).await.ok()
-    };
-    matches!(tokio::time::timeout(Duration::from_secs(secs), round).await, Ok(Some(v)) if v == b"ping through the right shard")
-}
-
-/// Serve echoes on every connection each shard accepts; count them per shard.
-fn serve(shards: &[Endpoint]) -> Vec<std::sync::Arc<std::sync::atomic::AtomicUsize>> {
-    shards
-        .iter()
-        .map(|ep| {
-            let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let (ep, c) = (ep.clone(), count.clone());
-            tokio::spawn(async move {
-                while let Some(incoming) = ep.accept().await {
-                    let Ok(conn) = incoming.await else { continue };
-                    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tokio::spawn(async move {
-                        while let Ok((mut s, mut r)) = conn.accept_bi().await {
-                            if let Ok(v) = r.read_to_end(1024).await {
-                                let _ = s.write_all(&v).await;
-                                let _ = s.finish();
-                            }
-                        }
-                    });
-                }
-            });
-            count
-        })
-        .collect()
-}
-
 /// Connect `CONNS` connections, echo on each, move the client to a new port, echo again:
 /// (connections per shard, connections that still echo after the move).
 async fn run(b: BackendKind, steer: bool) -> (Vec<usize>, usize) {
@@ -116,32 +77,34 @@ async fn run(b: BackendKind, steer: bool) -> (Vec<usize>, usize) {
     t.max_idle_timeout(Some(Duration::from_secs(10).try_into().unwrap()));
     let t = std::sync::Arc::new(t);
     let shards = sharded_server(b, &cert, &t, steer);
-    let counts = serve(&shards);
+    let serving: Vec<_> = shards.iter().map(serve_echoes).collect();
     let clients: Vec<Endpoint> = (0..CLIENTS)
         .map(|_| client_endpoint(b, client_config_with(&cert, t.clone()), |c| c))
         .collect();
     let addr = shards[0].local_addr().unwrap();
-    let mut conns = Vec::new();
-    for client in &clients {
-        for _ in 0..PER_CLIENT {
-            let c = within(10, client.connect(addr, "localhost").unwrap())
-                .await
-                .expect("handshake");
-            assert!(echoes(&c, 10).await, "{b}: echo before the move");
-            conns.push(c);
-        }
-    }
-    let per_shard: Vec<usize> = counts
+    let conns = echoing_connections(&clients, addr, PER_CLIENT).await;
+    let per_shard: Vec<usize> = shards
         .iter()
-        .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        .map(|s| s.stats().accepted_handshakes as usize)
         .collect();
     for client in &clients {
         client.rebind(UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
     }
-    let after = futures::future::join_all(conns.iter().map(|c| echoes(c, 3))).await;
+    let after = futures::future::join_all(
+        conns
+            .iter()
+            .map(|c| echoes(c, b"ping through the right shard", 3)),
+    )
+    .await;
     let alive = after.iter().filter(|ok| **ok).count();
     for c in &conns {
         c.close(0u32.into(), b"done");
+    }
+    for s in &shards {
+        s.close(0u32.into(), b"done");
+    }
+    for h in serving {
+        within(10, h).await.unwrap();
     }
     (per_shard, alive)
 }

@@ -215,6 +215,62 @@ pub async fn request(conn: &Connection, msg: &[u8], limit: usize) -> Vec<u8> {
     recv.read_to_end(limit).await.expect("read")
 }
 
+/// Serve `server`: echo every bidirectional stream (up to 1 KiB) of every connection it
+/// accepts, until it is closed; the number of connections accepted.
+pub fn serve_echoes(server: &Endpoint) -> tokio::task::JoinHandle<usize> {
+    let server = server.clone();
+    tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Some(incoming) = server.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            accepted += 1;
+            tokio::spawn(echo_streams(conn));
+        }
+        accepted
+    })
+}
+
+/// Echo every bidirectional stream (up to 1 KiB) the peer opens on `conn`, until it ends.
+pub async fn echo_streams(conn: Connection) {
+    while let Ok((mut s, mut r)) = conn.accept_bi().await {
+        if let Ok(v) = r.read_to_end(1024).await {
+            let _ = s.write_all(&v).await;
+            let _ = s.finish();
+        }
+    }
+}
+
+/// Whether `msg` sent on a new stream of `conn` came back within `secs` (a peer running
+/// [`echo_streams`]).
+pub async fn echoes(conn: &Connection, msg: &[u8], secs: u64) -> bool {
+    let round = async {
+        let (mut s, mut r) = conn.open_bi().await.ok()?;
+        s.write_all(msg).await.ok()?;
+        s.finish().ok()?;
+        r.read_to_end(1024).await.ok()
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(secs), round).await, Ok(Some(v)) if v == msg)
+}
+
+/// `per_client` connections from each of `clients` to `addr`, each checked with one echo.
+pub async fn echoing_connections(
+    clients: &[Endpoint],
+    addr: SocketAddr,
+    per_client: usize,
+) -> Vec<Connection> {
+    let mut conns = Vec::new();
+    for client in clients {
+        for _ in 0..per_client {
+            let c = within(10, client.connect(addr, "localhost").unwrap())
+                .await
+                .expect("handshake");
+            assert!(echoes(&c, b"first echo", 10).await, "the first echo");
+            conns.push(c);
+        }
+    }
+    conns
+}
+
 /// A tokio runtime on the calling thread, timers and I/O on.
 pub fn current_thread_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
