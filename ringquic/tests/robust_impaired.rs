@@ -77,7 +77,14 @@ fn the_relay_impairs_as_configured() {
     server.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let s = relay.stats().to_server;
     assert_eq!(s.received, N as u64, "{s:?}");
-    assert_eq!(s.forwarded, got.len() as u64, "{s:?}");
+    // What the relay forwarded reached the server, but for what a loaded loopback itself drops
+    // at a full socket buffer (seen once under Wine: 98 of 1967); the relay's own accounting
+    // below is exact.
+    let arrived = got.len() as u64;
+    assert!(
+        arrived <= s.forwarded && arrived >= s.forwarded * 9 / 10,
+        "{arrived} arrived of {s:?}"
+    );
     assert_eq!(
         s.forwarded,
         s.received - s.dropped + s.duplicated,
