@@ -17,7 +17,6 @@ use std::{
 };
 
 use bytes::BytesMut;
-
 use quinn_proto::{self as proto, ConnectionHandle, DatagramEvent};
 use tracing::{debug, warn};
 
@@ -100,7 +99,6 @@ fn shard_of(datagram: &[u8], offset: usize, shards: usize) -> Option<usize> {
 /// wakes it. Bounded by [`MAX_FORWARDED_QUEUED`] per target; past it, or if the target has
 /// exited, the datagram is dropped and counted.
 fn forward(link: &ShardLink, owner: usize, meta: RecvMeta, data: BytesMut, stats: &mut EndpointIoStats) {
-    use std::sync::atomic::Ordering;
     let Some(target) = link.peers.get(owner).and_then(|w| w.upgrade()) else {
         stats.forward_drops += 1;
         return;
@@ -176,8 +174,6 @@ pub(crate) struct Core {
     admission: Admission,
     /// Server-side connections accepted whose handshake has not completed.
     handshaking: HandleSet,
-    /// Closed connections whose CONNECTION_CLOSE has gone out.
-    closes_sent: HandleSet,
     /// Shutdown: closed connections whose CONNECTION_CLOSE has not gone out yet.
     awaiting_close: HandleSet,
     /// Closed connections whose CONNECTION_CLOSE went out and whose peer has not answered with
@@ -185,8 +181,8 @@ pub(crate) struct Core {
     /// sending has not heard the close, and quinn-proto answers each of its packets with the
     /// close again).
     unanswered: HandleSet,
-    /// Closed connections whose close went out: their close timer does not run before this
-    /// ([`closing_period`]).
+    /// Closed connections whose CONNECTION_CLOSE has gone out, and the time before which
+    /// their close timer does not run ([`closing_period`]).
     close_floor: HandleMap<Instant>,
     /// The other shards, if this endpoint is one shard of a sharded one.
     shard: Option<ShardLink>,
@@ -234,7 +230,6 @@ impl Core {
             max_segments,
             admission,
             handshaking: HandleSet::default(),
-            closes_sent: HandleSet::default(),
             awaiting_close: HandleSet::default(),
             unanswered: HandleSet::default(),
             close_floor: HandleMap::default(),
@@ -468,7 +463,7 @@ impl Core {
         );
         for (ch, conn) in self.conns.iter() {
             let ours = conn.lock().closed_locally();
-            if ours && !self.closes_sent.contains(&ch) {
+            if ours && self.close_floor.get(&ch).is_none() {
                 self.awaiting_close.insert(ch);
             }
         }
@@ -634,7 +629,7 @@ impl Core {
     fn note_close(&mut self, ch: ConnectionHandle, conn: &proto::Connection, sent: usize, now: Instant) {
         let answered = conn.stats().frame_rx.connection_close > 0;
         if sent > 0 {
-            if !self.closes_sent.insert(ch) {
+            if self.close_floor.get(&ch).is_some() {
                 self.stats.closes_repeated += sent as u64;
             } else {
                 self.close_floor.insert(ch, now + closing_period(conn.rtt()));
@@ -782,9 +777,7 @@ impl Core {
                 self.shard = Some(link);
             }
             Command::Forwarded(meta, data) => {
-                self.shared
-                    .forwarded_queued
-                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                self.shared.forwarded_queued.fetch_sub(1, Ordering::AcqRel);
                 self.stats.forwarded_in += 1;
                 self.rx.push((meta, data));
             }
@@ -948,7 +941,6 @@ impl Core {
         self.woken = woken;
         if drained {
             self.handshaking.remove(&ch);
-            self.closes_sent.remove(&ch);
             self.awaiting_close.remove(&ch);
             self.unanswered.remove(&ch);
             self.close_floor.remove(&ch);

@@ -39,10 +39,9 @@ use crate::{
 /// Cheap to clone. Created with [`Endpoint::server`], [`Endpoint::client`] or
 /// [`Endpoint::builder`].
 pub struct Endpoint {
-    /// Shard 0 (the only one unless [`EndpointBuilder::shards`](crate::EndpointBuilder::shards)).
-    inner: EndpointRef,
-    /// Shards 1 and up of a sharded endpoint; empty otherwise.
-    more: Vec<EndpointRef>,
+    /// One reference per shard, shard 0 first; one unless
+    /// [`EndpointBuilder::shards`](crate::EndpointBuilder::shards). Never empty.
+    shards: Vec<EndpointRef>,
     /// Turns: which shard the next `connect` goes to, where `accept` starts looking.
     turn: Arc<AtomicUsize>,
 }
@@ -51,36 +50,29 @@ impl Endpoint {
     /// The handle of an endpoint whose I/O threads are running (made by the builder): one
     /// per shard, shard 0 first.
     pub(crate) fn started(shards: Vec<EndpointRef>) -> Self {
-        let mut shards = shards.into_iter();
-        let inner = shards.next().expect("an endpoint has a shard");
+        assert!(!shards.is_empty(), "an endpoint has a shard");
         Self {
-            inner,
-            more: shards.collect(),
+            shards,
             turn: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     /// Every shard's reference, shard 0 first.
     fn shard_refs(&self) -> impl Iterator<Item = &EndpointRef> {
-        std::iter::once(&self.inner).chain(self.more.iter())
+        self.shards.iter()
     }
 
-    /// The shard whose turn it is (round robin; shard 0 when there is one).
-    fn next_shard(&self) -> &EndpointRef {
-        if self.more.is_empty() {
-            return &self.inner;
+    /// The next turn's start, modulo the shard count (0 when there is one shard).
+    fn next_turn(&self) -> usize {
+        if self.shards.len() == 1 {
+            return 0;
         }
-        let i = self.turn.fetch_add(1, Ordering::Relaxed) % (self.more.len() + 1);
-        if i == 0 {
-            &self.inner
-        } else {
-            &self.more[i - 1]
-        }
+        self.turn.fetch_add(1, Ordering::Relaxed) % self.shards.len()
     }
 
     /// How many shards (I/O threads) serve the endpoint.
     pub fn shards(&self) -> usize {
-        1 + self.more.len()
+        self.shards.len()
     }
 
     /// Each shard's I/O counters, shard 0 first ([`Endpoint::io_stats`] is their sum).
@@ -92,8 +84,7 @@ impl Endpoint {
 impl Clone for Endpoint {
     fn clone(&self) -> Self {
         Self {
-            inner: self.inner.clone_endpoint(),
-            more: self.more.iter().map(|r| r.clone_endpoint()).collect(),
+            shards: self.shards.iter().map(|r| r.clone_endpoint()).collect(),
             turn: self.turn.clone(),
         }
     }
@@ -118,7 +109,7 @@ impl std::fmt::Debug for Endpoint {
 
 impl Endpoint {
     pub(crate) fn shared(&self) -> &Arc<EndpointShared> {
-        &self.inner.0
+        &self.shards[0].0
     }
 
     /// Which I/O backend serves this endpoint.
@@ -165,7 +156,7 @@ impl Endpoint {
     ///
     /// [`EndpointBuilder::socket`]: crate::EndpointBuilder::socket
     pub fn rebind(&self, socket: std::net::UdpSocket) -> io::Result<()> {
-        if !self.more.is_empty() {
+        if self.shards.len() > 1 {
             return Err(EndpointError::Config("a sharded endpoint cannot be rebound").into());
         }
         let shared = self.shared();
@@ -251,7 +242,7 @@ impl Endpoint {
         if rustls::pki_types::ServerName::try_from(server_name).is_err() {
             return Err(ConnectError::InvalidServerName(server_name.into()));
         }
-        let shard = self.next_shard();
+        let shard = &self.shards[self.next_turn()];
         let shared = &shard.0;
         if shared.is_stopping() {
             return Err(ConnectError::EndpointStopping);
@@ -326,20 +317,13 @@ impl Future for Accept<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
         let ep = self.endpoint;
-        if ep.more.is_empty() {
-            return ep
-                .shared()
-                .poll_accept(cx)
-                .map(|inc| Some(Incoming::new(inc?, ep.inner.clone())));
-        }
         // Every shard's queue, starting at a different one each time so none waits behind the
         // others; `None` once every shard is closed. Each pending shard keeps the waker.
-        let n = ep.shards();
-        let start = ep.turn.fetch_add(1, Ordering::Relaxed);
+        let n = ep.shards.len();
+        let start = ep.next_turn();
         let mut closed = 0;
         for k in 0..n {
-            let i = (start + k) % n;
-            let r = if i == 0 { &ep.inner } else { &ep.more[i - 1] };
+            let r = &ep.shards[(start + k) % n];
             match r.0.poll_accept(cx) {
                 Poll::Ready(Some(inc)) => return Poll::Ready(Some(Incoming::new(inc, r.clone()))),
                 Poll::Ready(None) => closed += 1,
