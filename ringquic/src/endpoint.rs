@@ -95,6 +95,11 @@ impl Drop for Endpoint {
         for r in self.shard_refs() {
             r.drop_endpoint();
         }
+        if self.shards.len() > 1 {
+            for r in self.shard_refs() {
+                r.shut_down_early_if_last();
+            }
+        }
     }
 }
 

@@ -76,9 +76,14 @@ async fn spread_and_move(b: BackendKind, steering: bool) {
         );
         assert_eq!(per_shard.iter().sum::<u64>(), total as u64, "{b}: {per_shard:?}");
         assert_eq!(server.stats().accepted_handshakes, total as u64, "{b}: the sum");
-        let sum = server.io_stats();
-        let by_shard: u64 = server.shard_io_stats().iter().map(|s| s.datagrams_received).sum();
-        assert!(sum.datagrams_received >= by_shard, "{b}: {sum:?}");
+        // Every shard did I/O of its own (the sums are `EndpointIoStats::add`, whose every
+        // field the compiler checks).
+        let received: Vec<u64> = server
+            .shard_io_stats()
+            .iter()
+            .map(|s| s.datagrams_received)
+            .collect();
+        assert!(received.iter().all(|&n| n > 0), "{b}: {received:?}");
 
         for client in &clients {
             client.rebind(UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
@@ -119,7 +124,9 @@ async fn spread_and_move(b: BackendKind, steering: bool) {
         drop((conns, clients));
         // Every shard's socket is released once the endpoint is gone: the port can be bound
         // again (not while any socket of the group is open).
+        let dropping = std::time::Instant::now();
         drop(server);
+        eprintln!("{b}: the sharded endpoint's last drop took {:?}", dropping.elapsed());
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while UdpSocket::bind(addr).is_err() {
             assert!(
