@@ -277,6 +277,9 @@ impl StreamId {
 
 impl From<StreamId> for VarInt {
     fn from(x: StreamId) -> Self {
+        // SAFETY (comment added by ringquic; upstream code): quinn-proto makes stream IDs from
+        // received VarInts or from indices below the stream limit (a VarInt, at most 2^60), so
+        // `x.0` < 2^62. `StreamId::new` is public and does not check its index: upstream's invariant.
         unsafe { Self::from_u64_unchecked(x.0) }
     }
 }

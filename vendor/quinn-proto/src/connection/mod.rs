@@ -3280,6 +3280,8 @@ impl Connection {
             let max_crypto_data_size = max_size
                 - buf.len()
                 - 1 // Frame Type
+                // SAFETY (comment added by ringquic; upstream code): `frame.offset` counts handshake bytes
+                // this connection sent in one space, bounded by the crypto buffer limits, far below 2^62.
                 - VarInt::size(unsafe { VarInt::from_u64_unchecked(frame.offset) })
                 - 2; // Maximum encoded length for frame size, given we send less than 2^14 bytes
 

@@ -100,6 +100,8 @@ impl SendBuffer {
             // When the offset is known, we know how many bytes are required to encode it.
             // Offset 0 requires no space
             if range.start != 0 {
+                // SAFETY (comment added by ringquic; upstream code): stream offsets never exceed the peer's
+                // flow-control limit, itself a VarInt, so `range.start` < 2^62.
                 max_len -= VarInt::size(unsafe { VarInt::from_u64_unchecked(range.start) });
             }
             if range.end - range.start < max_len as u64 {
@@ -119,6 +121,8 @@ impl SendBuffer {
         // When the offset is known, we know how many bytes are required to encode it.
         // Offset 0 requires no space
         if self.unsent != 0 {
+            // SAFETY (comment added by ringquic; upstream code): as above, `unsent` is a stream offset
+            // within the peer's flow-control limit (a VarInt), so below 2^62.
             max_len -= VarInt::size(unsafe { VarInt::from_u64_unchecked(self.unsent) });
         }
         if self.offset - self.unsent < max_len as u64 {
