@@ -93,6 +93,10 @@ pub struct BenchArgs {
     /// (`Endpoint::spawn`, thread-per-core). They run by default except for `datagrams`.
     #[arg(long)]
     pub no_local: bool,
+    /// Skip the `+rt` rows: ringquic with its I/O loop as a task on the application's runtime
+    /// (`EndpointBuilder::io_on_runtime`), no I/O thread.
+    #[arg(long)]
+    pub no_rt: bool,
     /// Repetitions of every phase (systems alternate); the table shows medians and spread.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
@@ -298,16 +302,20 @@ pub fn bench_systems(args: &BenchArgs) -> Vec<SystemKind> {
     if args.no_quinn {
         systems.retain(|s| !matches!(s, SystemKind::Quinn));
     }
+    let ringquic: Vec<_> = systems
+        .iter()
+        .filter_map(|s| match s {
+            SystemKind::Ringquic(b) => Some(*b),
+            _ => None,
+        })
+        .collect();
     if !args.no_local {
         // The same ringquic backends again, with the application on the I/O thread.
-        let local: Vec<_> = systems
-            .iter()
-            .filter_map(|s| match s {
-                SystemKind::Ringquic(b) => Some(SystemKind::RingquicLocal(*b)),
-                _ => None,
-            })
-            .collect();
-        systems.extend(local);
+        systems.extend(ringquic.iter().map(|b| SystemKind::RingquicLocal(*b)));
+    }
+    if !args.no_rt {
+        // And with the I/O loop on the application's runtime.
+        systems.extend(ringquic.iter().map(|b| SystemKind::RingquicRuntime(*b)));
     }
     systems
 }
@@ -508,12 +516,15 @@ mod tests {
         assert_eq!(opts.net.cipher, Cipher::Chacha20);
         assert_eq!(opts.net.max_udp_payload, 1400);
         if cfg!(feature = "ringquic") {
-            // quinn, ringquic/uring, ringquic/poll, and both again with the application on
-            // the I/O thread.
-            assert_eq!(opts.systems.len(), 5);
+            // quinn, ringquic/uring, ringquic/poll, both again with the application on the
+            // I/O thread, and both with the I/O loop on the application's runtime.
+            assert_eq!(opts.systems.len(), 7);
             assert!(opts
                 .systems
                 .contains(&SystemKind::RingquicLocal(Some(Backend::Poll))));
+            assert!(opts
+                .systems
+                .contains(&SystemKind::RingquicRuntime(Some(Backend::Uring))));
         }
     }
 

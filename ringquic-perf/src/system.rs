@@ -388,6 +388,24 @@ impl System for Ringquic {
     type Endpoint = ringquic::Endpoint;
 
     fn bind(&self, endpoint: EndpointConfig, role: Role, addr: SocketAddr) -> Result<ringquic::Endpoint> {
+        self.bind_with(endpoint, role, addr, |b| b)
+    }
+
+    fn label(&self, endpoint: &ringquic::Endpoint) -> String {
+        format!("ringquic/{}", endpoint.backend())
+    }
+}
+
+#[cfg(feature = "ringquic")]
+impl Ringquic {
+    /// Bind for `role`, with `tweak` applied to the builder last.
+    fn bind_with(
+        &self,
+        endpoint: EndpointConfig,
+        role: Role,
+        addr: SocketAddr,
+        tweak: impl FnOnce(ringquic::EndpointBuilder) -> ringquic::EndpointBuilder,
+    ) -> Result<ringquic::Endpoint> {
         // With --pin-io-threads the server's I/O thread goes to CPU 1 and the client's to CPU 0.
         let builder = match role {
             Role::Server(server) => self
@@ -396,11 +414,26 @@ impl System for Ringquic {
                 .server_config(server),
             Role::Client(client) => self.builder(endpoint, 0).default_client_config(client),
         };
-        Ok(builder.bind(addr)?)
+        Ok(tweak(builder).bind(addr)?)
+    }
+}
+
+/// ringquic with its I/O loop as a task on the application's runtime
+/// ([`ringquic::EndpointBuilder::io_on_runtime`]): no I/O thread, one thread per side as in quinn.
+#[cfg(feature = "ringquic")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RingquicRuntime(pub Option<ringquic::BackendKind>);
+
+#[cfg(feature = "ringquic")]
+impl System for RingquicRuntime {
+    type Endpoint = ringquic::Endpoint;
+
+    fn bind(&self, endpoint: EndpointConfig, role: Role, addr: SocketAddr) -> Result<ringquic::Endpoint> {
+        Ringquic(self.0).bind_with(endpoint, role, addr, |b| b.io_on_runtime(true))
     }
 
     fn label(&self, endpoint: &ringquic::Endpoint) -> String {
-        format!("ringquic/{}", endpoint.backend())
+        format!("ringquic/{}+rt", endpoint.backend())
     }
 }
 
@@ -441,6 +474,8 @@ pub enum SystemKind {
     Ringquic(Option<Backend>),
     /// ringquic with the application on its I/O thread; `None` is its default backend.
     RingquicLocal(Option<Backend>),
+    /// ringquic with its I/O loop on the application's runtime; `None` is its default backend.
+    RingquicRuntime(Option<Backend>),
 }
 
 /// A ringquic backend, named independently of the `ringquic` feature.
@@ -482,6 +517,8 @@ impl SystemKind {
             SystemKind::Ringquic(Some(b)) => format!("ringquic/{b}"),
             SystemKind::RingquicLocal(None) => "ringquic+local".into(),
             SystemKind::RingquicLocal(Some(b)) => format!("ringquic/{b}+local"),
+            SystemKind::RingquicRuntime(None) => "ringquic+rt".into(),
+            SystemKind::RingquicRuntime(Some(b)) => format!("ringquic/{b}+rt"),
         }
     }
 
@@ -525,6 +562,10 @@ macro_rules! with_system {
             $crate::system::SystemKind::RingquicLocal(backend) => {
                 $crate::with_ringquic!(local backend, $sys => $body)
             }
+            #[allow(unused_variables)]
+            $crate::system::SystemKind::RingquicRuntime(backend) => {
+                $crate::with_ringquic!(runtime backend, $sys => $body)
+            }
         }
     };
 }
@@ -542,6 +583,10 @@ macro_rules! with_ringquic {
         let $sys = $crate::system::RingquicLocal($backend.map(Into::into));
         $body
     }};
+    (runtime $backend:expr, $sys:ident => $body:expr) => {{
+        let $sys = $crate::system::RingquicRuntime($backend.map(Into::into));
+        $body
+    }};
 }
 
 /// Helper of [`with_system!`] for the ringquic arm (feature off: an error).
@@ -555,6 +600,11 @@ macro_rules! with_ringquic {
         ))
     };
     (local $backend:expr, $sys:ident => $body:expr) => {
+        Err(::anyhow::anyhow!(
+            "ringquic-perf was built without the `ringquic` feature"
+        ))
+    };
+    (runtime $backend:expr, $sys:ident => $body:expr) => {
         Err(::anyhow::anyhow!(
             "ringquic-perf was built without the `ringquic` feature"
         ))

@@ -79,6 +79,8 @@ pub struct EndpointBuilder {
     send_zc_min: usize,
     busy_poll: Duration,
     app_thread_sends: bool,
+    /// `None`: decided at `bind` ([`EndpointBuilder::runs_on_runtime`]).
+    io_on_runtime: Option<bool>,
     pin_cpu: Option<usize>,
     sqpoll_idle: Option<Duration>,
     shards: usize,
@@ -103,6 +105,7 @@ impl std::fmt::Debug for EndpointBuilder {
             .field("send_zero_copy_threshold", &self.send_zc_min)
             .field("busy_poll", &self.busy_poll)
             .field("app_thread_sends", &self.app_thread_sends)
+            .field("io_on_runtime", &self.io_on_runtime)
             .field("pin_cpu", &self.pin_cpu)
             .field("sqpoll_idle", &self.sqpoll_idle)
             .field("shards", &self.shards)
@@ -149,6 +152,7 @@ impl Default for EndpointBuilder {
             send_zc_min: usize::MAX,
             busy_poll: Duration::ZERO,
             app_thread_sends: true,
+            io_on_runtime: None,
             pin_cpu: None,
             sqpoll_idle: None,
             shards: 1,
@@ -310,6 +314,68 @@ impl EndpointBuilder {
         self
     }
 
+    /// Where the endpoint's I/O loop runs: `true`, as a task on the tokio runtime that calls
+    /// [`bind`](EndpointBuilder::bind) (or [`socket`](EndpointBuilder::socket)); `false`, on
+    /// an I/O thread of its own. The turn is the same; on the runtime it waits in the
+    /// runtime's reactor (which watches the poll backend's epoll instance, or the ring's fd)
+    /// instead of in `epoll_wait`/`io_uring_enter`, so a received datagram wakes the task that
+    /// reads it on the same thread, as in quinn, where the I/O thread pays a cross-thread
+    /// wakeup per handoff. On this project's 2-core bench that is faster on every workload
+    /// (docs/PERFORMANCE.md); an I/O thread gives the endpoint's I/O a core of its own, which
+    /// pays where cores are spare, and it needs no runtime.
+    ///
+    /// **Default: decided at `bind`.** On the runtime when `bind` is called inside a tokio
+    /// runtime and nothing asked for needs a thread of its own: no backend chosen by name
+    /// ([`backend`](Self::backend) or `RINGQUIC_BACKEND`), one shard, no
+    /// [`busy_poll`](Self::busy_poll), [`pin_to_cpu`](Self::pin_to_cpu) or
+    /// [`sqpoll`](Self::sqpoll). Otherwise on an I/O thread, as always outside a runtime.
+    ///
+    /// On the runtime:
+    /// - the backend is the poll backend unless one is chosen: io_uring's completions reach a
+    ///   runtime's `epoll_wait` through a signal-like wakeup each, which made it half as fast
+    ///   there; chosen, it runs, without `SINGLE_ISSUER` and `COOP_TASKRUN`;
+    /// - the runtime needs its I/O and time drivers (`enable_all`): `bind` fails with
+    ///   [`EndpointError::Config`] or [`EndpointError::Backend`] otherwise, as it does with
+    ///   `true` and more than one shard, busy-poll, pinning or SQPOLL, or on Windows (RIO has no
+    ///   fd a runtime can watch);
+    /// - [`app_thread_sends`](Self::app_thread_sends) has no effect: every send is the loop's,
+    ///   on the runtime already; [`Endpoint::spawn`] runs its tasks inside the loop's task;
+    /// - dropping the last handle does not wait for the loop: the loop closes the connections
+    ///   and ends on the runtime (after at most the shutdown's 500 ms wait for the closes'
+    ///   answers), which frees the port then; if the runtime shuts down first, the loop's task
+    ///   is dropped, which fails what is left with
+    ///   [`ConnectionError::LocallyClosed`](crate::ConnectionError::LocallyClosed) and closes
+    ///   the socket;
+    /// - `Connecting::into_0rtt` does not wait for the loop (it would block the thread the loop
+    ///   may need): it succeeds once the loop has run after `connect` (after an `.await` that
+    ///   yields), and gives the `Connecting` back before that.
+    #[cfg(feature = "tokio")]
+    pub fn io_on_runtime(mut self, on: bool) -> Self {
+        self.io_on_runtime = Some(on);
+        self
+    }
+
+    /// Where the loop runs, decided once at `bind`/`socket`: as told
+    /// ([`EndpointBuilder::io_on_runtime`]), else on the tokio runtime the call is made in
+    /// unless something asked for needs an I/O thread of its own (a backend chosen by name
+    /// or `RINGQUIC_BACKEND`, shards, busy-poll, pinning, SQPOLL), else on an I/O thread.
+    fn runs_on_runtime(&self) -> bool {
+        if let Some(on) = self.io_on_runtime {
+            return on;
+        }
+        #[cfg(test)]
+        if self.fake.is_some() {
+            return false;
+        }
+        cfg!(all(unix, feature = "tokio"))
+            && in_tokio_runtime()
+            && matches!(self.choose_backend(), Ok(None))
+            && self.shard_count() == 1
+            && self.busy_poll.is_zero()
+            && self.pin_cpu.is_none()
+            && self.sqpoll_idle.is_none()
+    }
+
     /// Serve the endpoint with `n` I/O threads (shards), each with its own UDP socket on the
     /// same address (`SO_REUSEPORT`), its own buffers and its own `quinn_proto::Endpoint`; `0`
     /// means one per CPU the process may use. Default: 1.
@@ -412,6 +478,21 @@ impl EndpointBuilder {
         if self.sqpoll_idle.is_some_and(|d| d > Duration::from_secs(60)) {
             return Err(EndpointError::Config("sqpoll idle time must be at most 60 s"));
         }
+        if self.io_on_runtime == Some(true) {
+            if !cfg!(unix) {
+                return Err(EndpointError::Config(
+                    "io_on_runtime runs on Unix only (Windows' RIO has no fd a runtime can watch)",
+                ));
+            }
+            if self.shard_count() > 1 {
+                return Err(EndpointError::Config("io_on_runtime runs one shard"));
+            }
+            if !self.busy_poll.is_zero() || self.pin_cpu.is_some() || self.sqpoll_idle.is_some() {
+                return Err(EndpointError::Config(
+                    "busy_poll, pin_to_cpu and sqpoll belong to an I/O thread: not with io_on_runtime",
+                ));
+            }
+        }
         let min_rx = max_udp_payload + crate::io::RECV_HEADROOM;
         if self.recv_buffer_size < min_rx {
             return Err(EndpointError::RecvBufferTooSmall {
@@ -437,9 +518,21 @@ impl EndpointBuilder {
             send_zc_min: self.send_zc_min,
             busy_poll: self.busy_poll,
             pin_cpu: self.pin_cpu,
-            app_thread_sends: self.app_thread_sends,
+            // On a runtime every send is the loop's, on the runtime's threads already.
+            app_thread_sends: self.app_thread_sends && self.io_on_runtime != Some(true),
             sqpoll_idle: self.sqpoll_idle,
+            on_runtime: self.io_on_runtime == Some(true),
         })
+    }
+
+    /// The backend to open: the one chosen, else on a runtime the poll backend (there it is
+    /// faster than io_uring, whose completions reach a runtime's `epoll_wait` through a
+    /// signal-like task-work wakeup each: docs/PERFORMANCE.md), else the best there is.
+    fn backend_for(&self, cfg: &IoConfig) -> Result<Option<BackendKind>, EndpointError> {
+        match self.choose_backend()? {
+            None if cfg.on_runtime => Ok(Some(BackendKind::Poll)),
+            chosen => Ok(chosen),
+        }
     }
 
     fn choose_backend(&self) -> Result<Option<BackendKind>, EndpointError> {
@@ -455,8 +548,9 @@ impl EndpointBuilder {
     /// Create a socket bound to `addr` and start the endpoint on it. An IPv6 wildcard address
     /// (`[::]:port`) is dual-stack.
     pub fn bind(mut self, addr: SocketAddr) -> Result<Endpoint, EndpointError> {
+        self.io_on_runtime = Some(self.runs_on_runtime());
         let cfg = self.io_config()?;
-        let backend = self.choose_backend()?;
+        let backend = self.backend_for(&cfg)?;
         let shards = self.shard_count();
         if shards == 1 {
             let socket = crate::socket::create(addr)?;
@@ -509,10 +603,12 @@ impl EndpointBuilder {
                 "a sharded endpoint binds its own sockets: use bind, not socket",
             ));
         }
-        let cfg = self.io_config()?;
-        let backend = self.choose_backend()?;
+        let mut this = self;
+        this.io_on_runtime = Some(this.runs_on_runtime());
+        let cfg = this.io_config()?;
+        let backend = this.backend_for(&cfg)?;
         crate::socket::adopt(&socket)?;
-        self.start(socket, cfg, backend)
+        this.start(socket, cfg, backend)
     }
 
     /// One I/O thread for `socket`: the endpoint, or (one shard of) it.
@@ -545,7 +641,6 @@ impl EndpointBuilder {
         let allow_mtud = true;
         let (exit_tx, exit_rx) = mpsc::channel();
         let shared = EndpointShared::new(self.client_config.clone(), exit_rx);
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let setup = DriverSetup {
             shared: shared.clone(),
             socket,
@@ -558,12 +653,15 @@ impl EndpointBuilder {
             },
             #[cfg(test)]
             fake: self.fake.take(),
-            ready: ready_tx,
             exited: exit_tx,
         };
+        if setup.io.on_runtime {
+            return spawn_on_runtime(setup).map(|()| EndpointRef::new(shared));
+        }
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("ringquic-io".into())
-            .spawn(move || driver::run(setup))
+            .spawn(move || driver::run(setup, ready_tx))
             .map_err(EndpointError::Thread)?;
         match ready_rx.recv() {
             Ok(Ok(())) => {
@@ -582,6 +680,30 @@ impl EndpointBuilder {
             }
         }
     }
+}
+
+/// Whether the calling thread is in a tokio runtime's context.
+#[cfg(feature = "tokio")]
+fn in_tokio_runtime() -> bool {
+    tokio::runtime::Handle::try_current().is_ok()
+}
+
+#[cfg(not(feature = "tokio"))]
+fn in_tokio_runtime() -> bool {
+    false
+}
+
+/// Start the loop as a task on the calling tokio runtime (`io_on_runtime`).
+#[cfg(all(unix, feature = "tokio"))]
+fn spawn_on_runtime(setup: DriverSetup) -> Result<(), EndpointError> {
+    crate::driver_task::spawn(setup)
+}
+
+/// `io_config` refuses `io_on_runtime` where it cannot run, and it cannot be set without the
+/// `tokio` feature.
+#[cfg(not(all(unix, feature = "tokio")))]
+fn spawn_on_runtime(_setup: DriverSetup) -> Result<(), EndpointError> {
+    Err(EndpointError::Config("io_on_runtime needs Unix and the tokio feature"))
 }
 
 /// Attach the kernel's steering program to a shard group; `false` (logged once) if the kernel

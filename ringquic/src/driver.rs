@@ -38,7 +38,7 @@ use crate::{
     ConnectionError, EndpointError,
 };
 
-/// What the thread needs to start.
+/// What the loop needs to start.
 pub(crate) struct DriverSetup {
     pub shared: Arc<EndpointShared>,
     pub socket: std::net::UdpSocket,
@@ -49,26 +49,13 @@ pub(crate) struct DriverSetup {
     /// Tests: use this backend instead of a kernel one.
     #[cfg(test)]
     pub fake: Option<crate::io::fake::FakeFactory>,
-    pub ready: mpsc::SyncSender<Result<(), EndpointError>>,
-    /// Dropped when the thread is done, which tells the last handle's drop it may join.
+    /// Dropped when the loop is done, which tells the last handle's drop it may join.
     pub exited: mpsc::Sender<()>,
 }
 
-/// The thread's entry point.
-pub(crate) fn run(setup: DriverSetup) {
-    let DriverSetup {
-        shared,
-        socket,
-        io,
-        backend,
-        endpoint,
-        admission,
-        #[cfg(test)]
-        fake,
-        ready,
-        exited: _exited,
-    } = setup;
-    if let Some(cpu) = io.pin_cpu {
+/// The thread's entry point. `ready` says whether the backend could be set up.
+pub(crate) fn run(setup: DriverSetup, ready: mpsc::SyncSender<Result<(), EndpointError>>) {
+    if let Some(cpu) = setup.io.pin_cpu {
         if let Err(source) = crate::io::pin_current_thread(cpu) {
             let _ = ready.send(Err(EndpointError::Backend {
                 what: "pinning the I/O thread to a CPU",
@@ -77,65 +64,36 @@ pub(crate) fn run(setup: DriverSetup) {
             return;
         }
     }
-    #[cfg(test)]
-    let opened = match fake {
-        Some(f) => Ok(f(&socket, &io)),
-        None => crate::io::open_backend(socket, &io, backend),
-    };
-    #[cfg(not(test))]
-    let opened = crate::io::open_backend(socket, &io, backend);
-    let backend = match opened {
-        Ok(b) => b,
+    let (mut driver, _exited) = match Driver::open(setup) {
+        Ok(d) => d,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    let local = match backend.local_addr() {
-        Ok(a) => a,
-        Err(source) => {
-            let _ = ready.send(Err(EndpointError::Socket {
-                option: "getsockname",
-                source,
-            }));
-            return;
-        }
-    };
-    log_backend(backend.kind(), local);
-    shared.enter_io_thread(backend.kind(), local);
-    shared.mailbox.set_waker(backend.waker());
-    // What one TX buffer holds; the backend's own GSO limit, which a GSO failure or a rebind
-    // can change, is asked at every drive.
-    let max_segments = (io.tx_buffer_size / io.max_udp_payload.max(1)).max(1);
-    #[cfg(target_os = "linux")]
-    if io.app_thread_sends {
-        shared.set_direct_sender(backend.direct_sender(max_segments.min(backend.max_gso_segments())));
-    }
-    let mut driver = Driver {
-        io: backend,
-        core: Core::new(shared, endpoint, max_segments, admission, io.app_thread_sends),
-        commands: VecDeque::new(),
-        busy_poll: io.busy_poll,
-    };
     let _ = ready.send(Ok(()));
     drop(ready);
 
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| driver.run()));
-    let reason = match result {
+    driver.finish(exit_reason(result));
+    // Dropping the driver drops the backend, which cancels and reaps in-flight I/O before its
+    // buffers are freed.
+    drop(driver);
+}
+
+/// Why the loop ended, from what it returned: the error every connection still open fails with.
+pub(crate) fn exit_reason(result: std::thread::Result<std::io::Result<()>>) -> ConnectionError {
+    match result {
         Ok(Ok(())) => ConnectionError::LocallyClosed,
         Ok(Err(e)) => {
             error!("I/O backend failed: {e}; closing the endpoint");
             internal_error(format!("ringquic I/O backend failed: {e}"))
         }
         Err(_) => {
-            error!("ringquic I/O thread panicked; failing every connection");
-            internal_error("ringquic I/O thread panicked".into())
+            error!("ringquic I/O loop panicked; failing every connection");
+            internal_error("ringquic I/O loop panicked".into())
         }
-    };
-    driver.finish(reason);
-    // Dropping the driver drops the backend, which cancels and reaps in-flight I/O before its
-    // buffers are freed.
-    drop(driver);
+    }
 }
 
 fn log_backend(kind: BackendKind, addr: SocketAddr) {
@@ -149,93 +107,176 @@ fn log_backend(kind: BackendKind, addr: SocketAddr) {
     }
 }
 
-/// The I/O thread: its backend, and everything else ([`Core`]), kept apart so the backend's
-/// receive callback can borrow the core while the backend runs.
-struct Driver {
-    io: Box<dyn IoBackend>,
-    core: Core,
+/// The I/O loop: its backend, and everything else ([`Core`]), kept apart so the backend's
+/// receive callback can borrow the core while the backend runs. On the I/O thread
+/// ([`Driver::run`]) or as a task on the application's runtime (`driver_task.rs`).
+pub(crate) struct Driver {
+    pub(crate) io: Box<dyn IoBackend>,
+    pub(crate) core: Core,
     commands: VecDeque<Command>,
     /// How long to poll without sleeping before a sleep ([`IoConfig::busy_poll`]).
     busy_poll: Duration,
+}
+
+/// What a turn does after its protocol work ([`Driver::plan`]).
+pub(crate) enum Plan {
+    /// The loop is done (shut down, every close out).
+    Exit,
+    /// Wait for I/O until `deadline` (`None`: until there is some), spinning until
+    /// `spin_until` first if set; then [`Core::end_turn`].
+    Wait {
+        deadline: Option<Instant>,
+        spin_until: Option<Instant>,
+    },
 }
 
 /// Tasks polled per turn at most, so I/O keeps flowing under a busy application.
 const MAX_TASK_POLLS_PER_TURN: usize = 1024;
 
 impl Driver {
+    /// Open the backend on `setup.socket` and make the loop, on the calling thread: the I/O
+    /// thread, or the application's thread that binds on a runtime (`io.on_runtime`).
+    pub(crate) fn open(setup: DriverSetup) -> Result<(Self, mpsc::Sender<()>), EndpointError> {
+        let DriverSetup {
+            shared,
+            socket,
+            io,
+            backend,
+            endpoint,
+            admission,
+            #[cfg(test)]
+            fake,
+            exited,
+        } = setup;
+        #[cfg(test)]
+        let opened = match fake {
+            Some(f) => Ok(f(&socket, &io)),
+            None => crate::io::open_backend(socket, &io, backend),
+        };
+        #[cfg(not(test))]
+        let opened = crate::io::open_backend(socket, &io, backend);
+        let backend = opened?;
+        let local = backend.local_addr().map_err(|source| EndpointError::Socket {
+            option: "getsockname",
+            source,
+        })?;
+        log_backend(backend.kind(), local);
+        if io.on_runtime {
+            // No thread is the I/O thread: the task may run on any of the runtime's.
+            shared.enter_runtime(backend.kind(), local);
+        } else {
+            shared.enter_io_thread(backend.kind(), local);
+            shared.mailbox.set_waker(backend.waker());
+        }
+        // What one TX buffer holds; the backend's own GSO limit, which a GSO failure or a rebind
+        // can change, is asked at every drive.
+        let max_segments = (io.tx_buffer_size / io.max_udp_payload.max(1)).max(1);
+        #[cfg(target_os = "linux")]
+        if io.app_thread_sends {
+            shared.set_direct_sender(backend.direct_sender(max_segments.min(backend.max_gso_segments())));
+        }
+        let driver = Driver {
+            io: backend,
+            core: Core::new(shared, endpoint, max_segments, admission, io.app_thread_sends),
+            commands: VecDeque::new(),
+            busy_poll: io.busy_poll,
+        };
+        Ok((driver, exited))
+    }
+
+    /// Take the application's commands and drive the connections they name, outside a turn:
+    /// for a call that needs the loop's answer now, on a runtime the loop shares
+    /// (`driver_task.rs`).
+    pub(crate) fn take_commands(&mut self) {
+        self.core.begin_turn(&mut self.commands, &mut *self.io);
+    }
+
+    /// The loop on the I/O thread, until shutdown or a backend error.
     fn run(&mut self) -> std::io::Result<()> {
         loop {
-            // Application tasks spawned on this thread run first.
-            self.run_local_tasks();
+            let (deadline, spin_until) = match self.plan()? {
+                Plan::Exit => return Ok(()),
+                Plan::Wait { deadline, spin_until } => (deadline, spin_until),
+            };
             let core = &mut self.core;
             let io = &mut *self.io;
-            core.begin_turn(&mut self.commands, io);
-            if let Some(until) = core.flush_deadline() {
-                // Shutting down: done once every close is out (the backend's shutdown submits
-                // what is queued and waits for it) and answered by its peer or at the end of
-                // its closing period, or at the time limit.
-                if !core.closes_pending(io) {
-                    // Hand what was just queued to the kernel before the backend shuts down.
-                    io.turn(Some(Instant::now()), &mut |meta, data| core.receive(meta, data))?;
-                    return Ok(());
-                }
-                if Instant::now() >= until {
-                    if core.closes_unsent() > 0 {
-                        warn!(
-                            connections = core.closes_unsent(),
-                            "shutdown: some connections' CONNECTION_CLOSE could not be sent in time"
-                        );
-                    } else {
-                        debug!(
-                            connections = core.closes_unanswered(),
-                            "shutdown: some peers did not answer the CONNECTION_CLOSE in time"
-                        );
-                    }
-                    return Ok(());
-                }
-            }
-            // Datagrams another shard forwarded (taken with the commands) are routed after the
-            // wait: do not sleep on them.
-            let busy = core.has_dirty()
-                || core.has_received()
-                || core.shared().mailbox.is_notified()
-                || core.shared().has_tasks();
-            let now = Instant::now();
-            let mut deadline = if busy { Some(now) } else { core.next_timeout() };
-            if let Some(until) = core.flush_deadline() {
-                // While closes are due, wake at least every 5 ms (a send completion, an ACK or a
-                // pacing timer lets them out) and at the time limit.
-                deadline = Some(
-                    deadline
-                        .unwrap_or(until)
-                        .min(now + Duration::from_millis(5))
-                        .min(until),
-                );
-            }
-            if let Some(due) = core.shared().handoff.flush_due() {
-                // A flush scheduled on an application runtime: send for it if it is overdue.
-                deadline = Some(deadline.map_or(due, |d| d.min(due)));
-            }
-            if core.direct_active(now) {
-                // Application threads send directly: look at their connections' timers often
-                // enough that those need no wakeup (handoff.rs).
-                deadline = Some(deadline.map_or(now + DIRECT_TICK, |d| d.min(now + DIRECT_TICK)));
-            }
-            // Busy-poll (opt-in) only when there is nothing to do yet.
-            let spin_until = (!busy && !self.busy_poll.is_zero() && core.flush_deadline().is_none())
-                .then(|| Instant::now() + self.busy_poll);
-            // This turn's sends go to the kernel in the wait; then, if connections were sent
-            // for directly since the commands were taken, do not sleep past their timers.
-            let handoff = &core.shared().handoff;
-            handoff.submitted(core.turn());
-            if handoff.going_to_sleep(deadline) {
-                deadline = Some(now);
-            }
             let waited = Self::wait(io, core, deadline, spin_until);
             core.shared().handoff.woke();
             waited?;
             core.end_turn(io);
         }
+    }
+
+    /// A turn up to its wait: run the tasks spawned on the loop, take the commands, drive the
+    /// dirty connections; then say how long the wait may last, or that the loop is done.
+    pub(crate) fn plan(&mut self) -> std::io::Result<Plan> {
+        // Application tasks spawned on this loop run first.
+        self.run_local_tasks();
+        let core = &mut self.core;
+        let io = &mut *self.io;
+        core.begin_turn(&mut self.commands, io);
+        if let Some(until) = core.flush_deadline() {
+            // Shutting down: done once every close is out (the backend's shutdown submits
+            // what is queued and waits for it) and answered by its peer or at the end of
+            // its closing period, or at the time limit.
+            if !core.closes_pending(io) {
+                // Hand what was just queued to the kernel before the backend shuts down.
+                io.turn(Some(Instant::now()), &mut |meta, data| core.receive(meta, data))?;
+                return Ok(Plan::Exit);
+            }
+            if Instant::now() >= until {
+                if core.closes_unsent() > 0 {
+                    warn!(
+                        connections = core.closes_unsent(),
+                        "shutdown: some connections' CONNECTION_CLOSE could not be sent in time"
+                    );
+                } else {
+                    debug!(
+                        connections = core.closes_unanswered(),
+                        "shutdown: some peers did not answer the CONNECTION_CLOSE in time"
+                    );
+                }
+                return Ok(Plan::Exit);
+            }
+        }
+        // Datagrams another shard forwarded (taken with the commands) are routed after the
+        // wait: do not sleep on them.
+        let busy = core.has_dirty()
+            || core.has_received()
+            || core.shared().mailbox.is_notified()
+            || core.shared().has_tasks();
+        let now = Instant::now();
+        let mut deadline = if busy { Some(now) } else { core.next_timeout() };
+        if let Some(until) = core.flush_deadline() {
+            // While closes are due, wake at least every 5 ms (a send completion, an ACK or a
+            // pacing timer lets them out) and at the time limit.
+            deadline = Some(
+                deadline
+                    .unwrap_or(until)
+                    .min(now + Duration::from_millis(5))
+                    .min(until),
+            );
+        }
+        if let Some(due) = core.shared().handoff.flush_due() {
+            // A flush scheduled on an application runtime: send for it if it is overdue.
+            deadline = Some(deadline.map_or(due, |d| d.min(due)));
+        }
+        if core.direct_active(now) {
+            // Application threads send directly: look at their connections' timers often
+            // enough that those need no wakeup (handoff.rs).
+            deadline = Some(deadline.map_or(now + DIRECT_TICK, |d| d.min(now + DIRECT_TICK)));
+        }
+        // Busy-poll (opt-in) only when there is nothing to do yet.
+        let spin_until = (!busy && !self.busy_poll.is_zero() && core.flush_deadline().is_none())
+            .then(|| Instant::now() + self.busy_poll);
+        // This turn's sends go to the kernel in the wait; then, if connections were sent
+        // for directly since the commands were taken, do not sleep past their timers.
+        let handoff = &core.shared().handoff;
+        handoff.submitted(core.turn());
+        if handoff.going_to_sleep(deadline) {
+            deadline = Some(now);
+        }
+        Ok(Plan::Wait { deadline, spin_until })
     }
 
     /// One wait for I/O: if `spin_until` is set, first turn the backend without sleeping until
@@ -283,7 +324,7 @@ impl Driver {
     /// The loop has ended (shutdown, backend failure or panic): nothing will drive connections
     /// any more. Fail everything still waiting so no future hangs, and refuse new commands and
     /// new connections.
-    fn finish(&mut self, reason: ConnectionError) {
+    pub(crate) fn finish(&mut self, reason: ConnectionError) {
         let shared = self.core.shared().clone();
         // Commands still queued are dropped.
         drop(shared.mailbox.close());

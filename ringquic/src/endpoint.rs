@@ -122,6 +122,14 @@ impl Endpoint {
         self.shared().info().map_or(BackendKind::Poll, |i| i.0)
     }
 
+    /// Whether the endpoint's I/O loop runs as a task on the application's tokio runtime
+    /// rather than on an I/O thread of its own
+    /// ([`EndpointBuilder::io_on_runtime`](crate::EndpointBuilder::io_on_runtime), which says
+    /// when that is the default).
+    pub fn io_on_runtime(&self) -> bool {
+        self.shared().loop_on_runtime()
+    }
+
     /// The socket's local address. After [`Endpoint::rebind`] it is the old socket's until the
     /// I/O thread has swapped sockets (on its next turn), then the new one's; it stays the old
     /// one's if the I/O thread could not take the new socket.

@@ -86,6 +86,8 @@ mod core;
 mod dgramflow;
 mod direct;
 mod driver;
+#[cfg(all(unix, feature = "tokio"))]
+mod driver_task;
 mod handoff;
 // Below both: the queue to the I/O thread, sockets, the backends (all of the crate's `unsafe`).
 #[allow(unsafe_code)]

@@ -66,6 +66,12 @@ impl<T> Mailbox<T> {
         let _ = self.io_thread.set(thread::current().id());
     }
 
+    /// Wake the loop with `waker`, from every thread: for the loop on a runtime, which no
+    /// thread owns (a push from within its own turn wakes it once more, harmlessly).
+    pub(crate) fn set_waker_any_thread(&self, waker: Arc<dyn Wakeup>) {
+        let _ = self.waker.set(waker);
+    }
+
     /// Queue a command and wake the I/O thread if no wakeup is pending yet.
     ///
     /// Gives the command back if the I/O thread has exited. (A large `Err` is fine here: it is

@@ -192,6 +192,11 @@ pub(crate) struct EndpointShared {
     /// Disconnects when the I/O thread is done (its sender is dropped as the thread ends).
     exited: Mutex<Option<mpsc::Receiver<()>>>,
     thread_id: OnceLock<ThreadId>,
+    /// The loop runs as a task on the application's runtime (`driver_task.rs`), not on a
+    /// thread of its own.
+    on_runtime: AtomicBool,
+    /// That loop, for a call that needs its answer at once (`into_0rtt`).
+    inline: OnceLock<Box<dyn InlineLoop>>,
     backend: OnceLock<BackendKind>,
     /// The socket's local address, from the I/O thread's start; changed by a rebind. Taken
     /// alone.
@@ -217,6 +222,26 @@ thread_local! {
         const { std::cell::RefCell::new(Weak::new()) };
 }
 
+/// The loop on a runtime, as a call that cannot wait for its next turn sees it
+/// (`driver_task.rs` implements it; a trait so this module names nothing above it).
+pub(crate) trait InlineLoop: Send + Sync {
+    /// Take the queued commands now, on the calling thread, if the loop is not running a turn
+    /// elsewhere at this moment; whether it did.
+    fn take_commands(&self) -> bool;
+}
+
+/// Restores the thread's previous current endpoint ([`EndpointShared::enter_current`]).
+pub(crate) struct CurrentGuard {
+    previous: Weak<EndpointShared>,
+}
+
+impl Drop for CurrentGuard {
+    fn drop(&mut self) {
+        let previous = std::mem::take(&mut self.previous);
+        CURRENT.with(|c| *c.borrow_mut() = previous);
+    }
+}
+
 impl EndpointShared {
     /// A new endpoint's state; `exited` disconnects when its I/O thread is done.
     pub(crate) fn new(default_client_config: Option<ClientConfig>, exited: mpsc::Receiver<()>) -> Arc<Self> {
@@ -237,6 +262,8 @@ impl EndpointShared {
             thread: Mutex::new(None),
             exited: Mutex::new(Some(exited)),
             thread_id: OnceLock::new(),
+            on_runtime: AtomicBool::new(false),
+            inline: OnceLock::new(),
             backend: OnceLock::new(),
             local_addr: Mutex::new(None),
             tasks: Mutex::new(VecDeque::new()),
@@ -257,6 +284,22 @@ impl EndpointShared {
         let _ = self.backend.set(kind);
         self.set_local_addr(local);
         CURRENT.with(|c| *c.borrow_mut() = Arc::downgrade(self));
+    }
+
+    /// The loop runs `kind` on a socket bound to `local` as a task on the application's
+    /// runtime: record it. No thread is the I/O thread; [`EndpointShared::enter_current`]
+    /// makes this the current endpoint while the task runs.
+    pub(crate) fn enter_runtime(&self, kind: BackendKind, local: SocketAddr) {
+        self.on_runtime.store(true, Ordering::Release);
+        let _ = self.backend.set(kind);
+        self.set_local_addr(local);
+    }
+
+    /// Make this the calling thread's current endpoint ([`EndpointShared::current`]) until the
+    /// guard is dropped: the loop on a runtime, while it runs a turn.
+    pub(crate) fn enter_current(self: &Arc<Self>) -> CurrentGuard {
+        let previous = CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), Arc::downgrade(self)));
+        CurrentGuard { previous }
     }
 
     /// The I/O thread serves a socket bound to `local` from now on (its start, a rebind).
@@ -370,6 +413,30 @@ impl EndpointShared {
     /// The endpoint whose I/O thread the caller runs on, if any.
     pub(crate) fn current() -> Option<Arc<EndpointShared>> {
         CURRENT.with(|c| c.borrow().upgrade())
+    }
+
+    /// The loop on a runtime says how a call can have its commands taken at once.
+    pub(crate) fn set_inline_loop(&self, inline: Box<dyn InlineLoop>) {
+        let _ = self.inline.set(inline);
+    }
+
+    /// Take the queued commands on the calling thread (the loop on a runtime, not in a turn
+    /// right now); whether that happened. `false` inside the loop's own turn (a task of
+    /// `Endpoint::spawn`), on an I/O thread, and while another thread runs a turn.
+    pub(crate) fn take_commands_inline(self: &Arc<Self>) -> bool {
+        !self.in_loop_turn() && self.inline.get().is_some_and(|l| l.take_commands())
+    }
+
+    /// Whether the caller runs inside this endpoint's loop on a runtime (a task of
+    /// `Endpoint::spawn` polled in its turn).
+    pub(crate) fn in_loop_turn(self: &Arc<Self>) -> bool {
+        self.loop_on_runtime() && Self::current().is_some_and(|c| Arc::ptr_eq(&c, self))
+    }
+
+    /// Whether the loop runs as a task on the application's runtime: then no call may wait for
+    /// it on the calling thread, which the loop may need.
+    pub(crate) fn loop_on_runtime(&self) -> bool {
+        self.on_runtime.load(Ordering::Acquire)
     }
 
     /// Whether the calling thread is this endpoint's I/O thread.

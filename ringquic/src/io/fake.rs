@@ -276,6 +276,10 @@ impl IoBackend for FakeBackend {
         self.waker.clone()
     }
 
+    fn sleep_until(&mut self, deadline: Option<Instant>) -> Option<Instant> {
+        deadline
+    }
+
     fn stats(&self) -> IoStats {
         self.stats
     }

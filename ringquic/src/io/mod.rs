@@ -9,6 +9,8 @@
 //!   received bytes over, within the memory budget), `send.rs` (what a transmit asks to send,
 //!   and its count), `cmsg.rs` (Linux control messages), `addr.rs` (socket address forms), and
 //!   for their unit tests `testutil.rs`;
+//! - `reactor.rs` (Unix, with tokio): a backend's readiness fd registered with a tokio
+//!   runtime's reactor, for the loop that runs as a task on the runtime (`driver_task.rs`);
 //! - `steer.rs` (Linux): the reuseport program that steers datagrams to shards by their
 //!   connection ID (public as `ringquic::steer_by_shard`).
 //!
@@ -38,6 +40,9 @@ pub(crate) mod direct;
 pub(crate) mod fake;
 pub(crate) mod poll;
 pub(crate) mod recv;
+// The backend's readiness fd in a tokio runtime's reactor, for the loop on a runtime.
+#[cfg(all(unix, feature = "tokio"))]
+pub(crate) mod reactor;
 #[cfg(windows)]
 pub(crate) mod rio;
 // Platform-independent RIO bookkeeping: used by `rio` on Windows, unit-tested everywhere.

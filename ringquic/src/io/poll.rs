@@ -511,11 +511,9 @@ impl IoBackend for PollBackend {
             self.flush_pending();
         }
 
-        let timeout = if self.readable {
-            Some(Duration::ZERO)
-        } else {
-            deadline.map(|d| d.saturating_duration_since(Instant::now()))
-        };
+        let timeout = self
+            .sleep_until(deadline)
+            .map(|d| d.saturating_duration_since(Instant::now()));
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
@@ -544,6 +542,30 @@ impl IoBackend for PollBackend {
 
     fn waker(&self) -> Arc<dyn Wakeup> {
         self.waker.clone()
+    }
+
+    /// Data may be waiting until a receive meets `WouldBlock` (the socket's readiness is
+    /// edge-triggered): then do not sleep.
+    fn sleep_until(&mut self, deadline: Option<Instant>) -> Option<Instant> {
+        if self.readable {
+            Some(Instant::now())
+        } else {
+            deadline
+        }
+    }
+
+    /// Sends go out in [`IoBackend::send`] while the socket is writable; what waits for a
+    /// writable socket waits for an event.
+    #[cfg(unix)]
+    fn needs_turn(&mut self) -> bool {
+        self.readable || (self.writable && !self.pending.is_empty())
+    }
+
+    #[cfg(unix)]
+    fn readiness_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        // The registry's fd is the epoll (kqueue) instance itself.
+        Some(self.poll.registry().as_fd())
     }
 
     #[cfg(target_os = "linux")]

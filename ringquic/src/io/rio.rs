@@ -1463,6 +1463,12 @@ impl IoBackend for RioBackend {
         self.waker.clone()
     }
 
+    /// RIO's turn decides itself whether completions are waiting; the loop on a runtime,
+    /// which is the only other caller, does not run on Windows.
+    fn sleep_until(&mut self, deadline: Option<Instant>) -> Option<Instant> {
+        deadline
+    }
+
     fn stats(&self) -> IoStats {
         self.stats
     }

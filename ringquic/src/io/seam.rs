@@ -63,6 +63,10 @@ pub(crate) struct IoConfig {
     /// after this long idle.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub sqpoll_idle: Option<std::time::Duration>,
+    /// The loop runs as a task on the application's runtime (`driver_task.rs`), which may move
+    /// it between threads: io_uring is set up without `SINGLE_ISSUER` and `COOP_TASKRUN`.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub on_runtime: bool,
 }
 
 #[cfg(test)]
@@ -88,6 +92,7 @@ impl IoConfig {
             pin_cpu: None,
             app_thread_sends: false,
             sqpoll_idle: None,
+            on_runtime: false,
         }
     }
 }
@@ -103,8 +108,10 @@ pub(crate) trait Wakeup: Send + Sync + 'static {
     fn wake(&self);
 }
 
-/// One kernel I/O backend, owned and driven by the I/O thread.
-pub(crate) trait IoBackend {
+/// One kernel I/O backend, owned and driven by the I/O thread, or by the loop's task on the
+/// application's runtime (`driver_task.rs`), which may move it to another thread between two
+/// calls: hence `Send`. No call is ever made from two threads at once (`&mut self`).
+pub(crate) trait IoBackend: Send {
     /// Which backend this is.
     fn kind(&self) -> BackendKind;
     /// The socket's local address.
@@ -149,6 +156,26 @@ pub(crate) trait IoBackend {
     ) -> io::Result<()>;
     /// The wakeup handle for other threads.
     fn waker(&self) -> Arc<dyn Wakeup>;
+    /// Until when [`IoBackend::turn`] would sleep if called now with `deadline`: `now` when
+    /// it has work already (completions waiting, a socket not yet read to `WouldBlock`), an
+    /// earlier time when it must look again by then (io_uring with a receive not armed),
+    /// else `deadline`. The loop on a runtime sleeps on [`IoBackend::readiness_fd`] until then.
+    fn sleep_until(&mut self, deadline: Option<Instant>) -> Option<Instant>;
+    /// Whether [`IoBackend::turn`] has something to do without new readiness on
+    /// [`IoBackend::readiness_fd`]: submissions queued, completions waiting, a socket not yet
+    /// read to `WouldBlock`, a receive to re-arm. The loop on a runtime skips the turn (and
+    /// its system call) otherwise.
+    #[cfg(unix)]
+    fn needs_turn(&mut self) -> bool {
+        true
+    }
+    /// A file descriptor that becomes readable whenever [`IoBackend::turn`] has something new
+    /// to report (the ring's fd; the poll backend's epoll instance), for a runtime's reactor
+    /// to watch (`driver_task.rs`). `None`: this backend cannot run on a runtime.
+    #[cfg(unix)]
+    fn readiness_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
     /// Counters.
     fn stats(&self) -> IoStats;
     /// A sender on this backend's socket for the application's threads (`io/direct.rs`), where

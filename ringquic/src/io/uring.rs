@@ -105,6 +105,13 @@ pub(crate) fn open_ring(cfg: &IoConfig) -> io::Result<IoUring> {
         let ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX).max(1);
         return IoUring::builder().setup_cqsize(cq).setup_sqpoll(ms).build(sq);
     }
+    if cfg.on_runtime {
+        // The loop's task may move between threads, so no `SINGLE_ISSUER`; and no
+        // `COOP_TASKRUN`, under which a completion's task work would not wake a thread that
+        // sleeps in the runtime's `epoll_wait` rather than in `io_uring_enter`, so the ring's
+        // fd would not become readable.
+        return IoUring::builder().setup_cqsize(cq).build(sq);
+    }
     // Newest flags first; older kernels reject them with EINVAL.
     match IoUring::builder()
         .setup_cqsize(cq)
@@ -259,7 +266,8 @@ impl Drop for BufRing {
     }
 }
 
-/// The io_uring backend. Lives on the I/O thread.
+/// The io_uring backend. Lives on the I/O thread, or in the loop's task on the application's
+/// runtime, which may move it between threads.
 pub(crate) struct UringBackend {
     // Declared first, so the ring is closed before the memory below is freed. That order is
     // not what makes freeing safe: `shutdown` (called by `Drop` first) waits until the kernel
@@ -314,6 +322,16 @@ impl Drop for UringBackend {
         self.shutdown();
     }
 }
+
+// SAFETY: the raw pointers in a `UringBackend` (the provided-buffer ring's entries, the
+// receive `msghdr` template, the send slots' headers) all point into allocations this value
+// owns and frees, and are dereferenced only through `&mut self` or by the kernel. Moving the
+// value to another thread moves that ownership whole; nothing refers to the memory from the
+// old thread. The kernel's access to it does not depend on which thread owns the backend.
+// What does depend on the thread is io_uring's `SINGLE_ISSUER` (a submission from another
+// thread fails with EEXIST, an error, not memory unsafety); a backend that is moved (the loop
+// on a runtime, `IoConfig::on_runtime`) is set up without it (`open_ring`).
+unsafe impl Send for UringBackend {}
 
 impl UringBackend {
     /// Set up the socket options, the buffer pools and the buffer ring, and arm the receive.
@@ -951,14 +969,7 @@ impl IoBackend for UringBackend {
         }
         // Completions already waiting mean there is work: do not sleep. That includes those
         // reaped into `cqes` while making room in a full submission queue.
-        let deadline = if !self.ring.completion().is_empty() || !self.cqes.is_empty() {
-            Some(Instant::now())
-        } else if self.wake_armed == 0 {
-            let cap = Instant::now() + UNARMED_WAKE_SLEEP;
-            Some(deadline.map_or(cap, |d| d.min(cap)))
-        } else {
-            deadline
-        };
+        let deadline = self.sleep_until(deadline);
         self.enter(deadline)?;
         self.reap_into_buffer();
         self.dispatch(on_recv);
@@ -970,6 +981,34 @@ impl IoBackend for UringBackend {
 
     fn waker(&self) -> Arc<dyn Wakeup> {
         self.waker.clone()
+    }
+
+    /// Completions already waiting mean there is work: do not sleep. That includes those
+    /// reaped into `cqes` while making room in a full submission queue. Without an armed
+    /// wakeup poll (it could not be queued), sleep at most `UNARMED_WAKE_SLEEP`.
+    fn sleep_until(&mut self, deadline: Option<Instant>) -> Option<Instant> {
+        if !self.ring.completion().is_empty() || !self.cqes.is_empty() {
+            Some(Instant::now())
+        } else if self.wake_armed == 0 {
+            let cap = Instant::now() + UNARMED_WAKE_SLEEP;
+            Some(deadline.map_or(cap, |d| d.min(cap)))
+        } else {
+            deadline
+        }
+    }
+
+    fn needs_turn(&mut self) -> bool {
+        !self.ring.submission().is_empty()
+            || !self.ring.completion().is_empty()
+            || !self.cqes.is_empty()
+            || self.recv_armed == 0
+            || self.wake_armed == 0
+            || !self.retiring.is_empty()
+    }
+
+    fn readiness_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        Some(self.ring.as_fd())
     }
 
     fn direct_sender(&self, max_segments: usize) -> Option<super::direct::DirectSender> {
