@@ -94,7 +94,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_local: bool,
     /// Skip the `+rt` rows: ringquic with its I/O loop as a task on the application's runtime
-    /// (`EndpointBuilder::io_on_runtime`), no I/O thread.
+    /// (`EndpointBuilder::io_on_runtime`), no I/O thread; what `Endpoint::server`/`client`
+    /// give inside a tokio runtime. Not run with --shards, --busy-poll, --pin-io-threads or
+    /// --sqpoll, which need I/O threads.
     #[arg(long)]
     pub no_rt: bool,
     /// Repetitions of every phase (systems alternate); the table shows medians and spread.
@@ -313,8 +315,11 @@ pub fn bench_systems(args: &BenchArgs) -> Vec<SystemKind> {
         // The same ringquic backends again, with the application on the I/O thread.
         systems.extend(ringquic.iter().map(|b| SystemKind::RingquicLocal(*b)));
     }
-    if !args.no_rt {
-        // And with the I/O loop on the application's runtime.
+    // (A loop on the runtime is one shard: not with --shards.) Also busy-poll, pinning and
+    // SQPOLL belong to an I/O thread.
+    let tuned = args.shards != 1 || args.busy_poll.is_some() || args.pin_io_threads || args.sqpoll.is_some();
+    if !args.no_rt && !tuned {
+        // And with the I/O loop on the application's runtime: the default inside a runtime.
         systems.extend(ringquic.iter().map(|b| SystemKind::RingquicRuntime(*b)));
     }
     systems

@@ -387,8 +387,10 @@ impl Ringquic {
 impl System for Ringquic {
     type Endpoint = ringquic::Endpoint;
 
+    /// On an I/O thread always (inside the bench's runtime the default would be the loop on
+    /// the runtime: that is [`RingquicRuntime`], the `+rt` rows).
     fn bind(&self, endpoint: EndpointConfig, role: Role, addr: SocketAddr) -> Result<ringquic::Endpoint> {
-        self.bind_with(endpoint, role, addr, |b| b)
+        self.bind_with(endpoint, role, addr, |b| b.io_on_runtime(false))
     }
 
     fn label(&self, endpoint: &ringquic::Endpoint) -> String {
@@ -420,6 +422,8 @@ impl Ringquic {
 
 /// ringquic with its I/O loop as a task on the application's runtime
 /// ([`ringquic::EndpointBuilder::io_on_runtime`]): no I/O thread, one thread per side as in quinn.
+/// With no backend named this is what `Endpoint::server`/`client` give inside a tokio runtime
+/// (the poll backend).
 #[cfg(feature = "ringquic")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RingquicRuntime(pub Option<ringquic::BackendKind>);

@@ -242,7 +242,7 @@ fn bench_smoke() {
     );
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     let systems: &[&str] = if cfg!(feature = "ringquic") {
-        &["quinn", "ringquic/", "+local"]
+        &["quinn", "ringquic/", "+local", "+rt"]
     } else {
         &["quinn"]
     };

@@ -703,7 +703,9 @@ fn spawn_on_runtime(setup: DriverSetup) -> Result<(), EndpointError> {
 /// `tokio` feature.
 #[cfg(not(all(unix, feature = "tokio")))]
 fn spawn_on_runtime(_setup: DriverSetup) -> Result<(), EndpointError> {
-    Err(EndpointError::Config("io_on_runtime needs Unix and the tokio feature"))
+    Err(EndpointError::Config(
+        "io_on_runtime needs Unix and the tokio feature",
+    ))
 }
 
 /// Attach the kernel's steering program to a shard group; `false` (logged once) if the kernel

@@ -187,6 +187,7 @@ impl Driver {
     /// Take the application's commands and drive the connections they name, outside a turn:
     /// for a call that needs the loop's answer now, on a runtime the loop shares
     /// (`driver_task.rs`).
+    #[cfg_attr(not(all(unix, feature = "tokio")), allow(dead_code))]
     pub(crate) fn take_commands(&mut self) {
         self.core.begin_turn(&mut self.commands, &mut *self.io);
     }

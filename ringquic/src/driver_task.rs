@@ -47,14 +47,13 @@ const TURNS_PER_POLL: usize = 16;
 /// in. Fails with [`EndpointError::Config`] outside a runtime, or in one without its I/O or
 /// time driver.
 pub(crate) fn spawn(setup: DriverSetup) -> Result<(), EndpointError> {
-    let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-        EndpointError::Config("io_on_runtime: bind must be called inside a tokio runtime")
-    })?;
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|_| EndpointError::Config("io_on_runtime: bind must be called inside a tokio runtime"))?;
     let _entered = runtime.enter();
     // Creating a timer panics in a runtime built without `enable_time` (as it does in quinn);
     // say so as an error instead.
-    let sleep = std::panic::catch_unwind(|| tokio::time::sleep_until(tokio::time::Instant::now()))
-        .map_err(|_| {
+    let sleep =
+        std::panic::catch_unwind(|| tokio::time::sleep_until(tokio::time::Instant::now())).map_err(|_| {
             EndpointError::Config("io_on_runtime: the tokio runtime needs its time driver (enable_all)")
         })?;
     let shared = setup.shared.clone();

@@ -68,6 +68,7 @@ impl<T> Mailbox<T> {
 
     /// Wake the loop with `waker`, from every thread: for the loop on a runtime, which no
     /// thread owns (a push from within its own turn wakes it once more, harmlessly).
+    #[cfg_attr(not(all(unix, feature = "tokio")), allow(dead_code))]
     pub(crate) fn set_waker_any_thread(&self, waker: Arc<dyn Wakeup>) {
         let _ = self.waker.set(waker);
     }

@@ -231,6 +231,7 @@ pub(crate) trait InlineLoop: Send + Sync {
 }
 
 /// Restores the thread's previous current endpoint ([`EndpointShared::enter_current`]).
+#[cfg_attr(not(all(unix, feature = "tokio")), allow(dead_code))]
 pub(crate) struct CurrentGuard {
     previous: Weak<EndpointShared>,
 }
@@ -297,6 +298,7 @@ impl EndpointShared {
 
     /// Make this the calling thread's current endpoint ([`EndpointShared::current`]) until the
     /// guard is dropped: the loop on a runtime, while it runs a turn.
+    #[cfg_attr(not(all(unix, feature = "tokio")), allow(dead_code))]
     pub(crate) fn enter_current(self: &Arc<Self>) -> CurrentGuard {
         let previous = CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), Arc::downgrade(self)));
         CurrentGuard { previous }
@@ -416,6 +418,7 @@ impl EndpointShared {
     }
 
     /// The loop on a runtime says how a call can have its commands taken at once.
+    #[cfg_attr(not(all(unix, feature = "tokio")), allow(dead_code))]
     pub(crate) fn set_inline_loop(&self, inline: Box<dyn InlineLoop>) {
         let _ = self.inline.set(inline);
     }

@@ -14,7 +14,11 @@ use ringquic::{BackendKind, ConnectionError, Endpoint, EndpointError};
 /// A pair on `backend` where the server's loop runs on the runtime if `server_rt`, and the
 /// client's if `client_rt`. Call inside the runtime.
 fn pair_on(backend: BackendKind, server_rt: bool, client_rt: bool) -> (Endpoint, Endpoint) {
-    pair_with(backend, |b| b.io_on_runtime(server_rt), |b| b.io_on_runtime(client_rt))
+    pair_with(
+        backend,
+        |b| b.io_on_runtime(server_rt),
+        |b| b.io_on_runtime(client_rt),
+    )
 }
 
 /// Echo, a hashed 8 MiB transfer each way, 400 small requests on 8 streams in flight at a time,
@@ -65,16 +69,25 @@ async fn exercise(server: &Endpoint, client: &Endpoint) {
     // Datagrams: each side sends 20 and reads what arrives (loopback: all, normally; at least
     // one must).
     for i in 0..20u8 {
-        cli.send_datagram(Bytes::from(vec![i; 100])).expect("client datagram");
-        srv.send_datagram(Bytes::from(vec![i; 100])).expect("server datagram");
+        cli.send_datagram(Bytes::from(vec![i; 100]))
+            .expect("client datagram");
+        srv.send_datagram(Bytes::from(vec![i; 100]))
+            .expect("server datagram");
     }
-    let d = within(10, srv.read_datagram()).await.expect("server reads a datagram");
+    let d = within(10, srv.read_datagram())
+        .await
+        .expect("server reads a datagram");
     assert_eq!(d.len(), 100);
-    let d = within(10, cli.read_datagram()).await.expect("client reads a datagram");
+    let d = within(10, cli.read_datagram())
+        .await
+        .expect("client reads a datagram");
     assert_eq!(d.len(), 100);
     cli.close(0u32.into(), b"done");
     let e = within(10, srv.closed()).await;
-    assert!(matches!(e, ConnectionError::ApplicationClosed(_)), "server saw {e:?}");
+    assert!(
+        matches!(e, ConnectionError::ApplicationClosed(_)),
+        "server saw {e:?}"
+    );
 }
 
 fn exercise_on(rt: tokio::runtime::Runtime, server_rt: bool, client_rt: bool) {
@@ -83,7 +96,10 @@ fn exercise_on(rt: tokio::runtime::Runtime, server_rt: bool, client_rt: bool) {
             let (server, client) = pair_on(b, server_rt, client_rt);
             within(60, exercise(&server, &client)).await;
             let stats = client.io_stats();
-            assert!(stats.datagrams_received > 0 && stats.datagrams_sent > 0, "{stats:?}");
+            assert!(
+                stats.datagrams_received > 0 && stats.datagrams_sent > 0,
+                "{stats:?}"
+            );
         });
         eprintln!("{b}: server on runtime {server_rt}, client on runtime {client_rt}: ok");
     }
@@ -126,7 +142,10 @@ fn spawned_tasks_run_in_the_loop() {
                 srv
             });
             let boom = server.spawn(async { panic!("a task's own panic") });
-            assert!(within(10, boom).await.is_err(), "a panicking task ends in a JoinError");
+            assert!(
+                within(10, boom).await.is_err(),
+                "a panicking task ends in a JoinError"
+            );
             assert_eq!(request(&cli, b"ping", 1 << 10).await, b"ping");
             let _srv = within(10, serve).await.expect("server task");
             // The endpoint outlived the panic.
@@ -139,14 +158,21 @@ fn spawned_tasks_run_in_the_loop() {
 #[test]
 fn refusals_are_errors() {
     let c = cert();
-    let bind = |b: ringquic::EndpointBuilder| b.server_config(server_config(&c)).io_on_runtime(true).bind(localhost());
+    let bind = |b: ringquic::EndpointBuilder| {
+        b.server_config(server_config(&c))
+            .io_on_runtime(true)
+            .bind(localhost())
+    };
     // Outside a runtime.
     assert!(matches!(bind(Endpoint::builder()), Err(EndpointError::Config(_))));
     let rt = current_thread_runtime();
     let _g = rt.enter();
     for (what, b) in [
         ("shards", Endpoint::builder().shards(2)),
-        ("busy_poll", Endpoint::builder().busy_poll(Duration::from_micros(50))),
+        (
+            "busy_poll",
+            Endpoint::builder().busy_poll(Duration::from_micros(50)),
+        ),
         ("pin_to_cpu", Endpoint::builder().pin_to_cpu(0)),
     ] {
         match bind(b) {
@@ -155,10 +181,16 @@ fn refusals_are_errors() {
         }
     }
     // A runtime without timers, and one without its I/O driver.
-    let no_time = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+    let no_time = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
     let r = no_time.block_on(async { bind(Endpoint::builder()) });
     assert!(matches!(r, Err(EndpointError::Config(_))), "{r:?}");
-    let no_io = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let no_io = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let r = no_io.block_on(async { bind(Endpoint::builder()) });
     assert!(matches!(r, Err(EndpointError::Backend { .. })), "{r:?}");
 }
@@ -188,9 +220,16 @@ fn dropping_the_endpoint_ends_the_loop() {
             drop(cli);
             let t = Instant::now();
             drop(client);
-            assert!(t.elapsed() < Duration::from_millis(100), "the drop blocked for {:?}", t.elapsed());
+            assert!(
+                t.elapsed() < Duration::from_millis(100),
+                "the drop blocked for {:?}",
+                t.elapsed()
+            );
             let e = within(10, srv.closed()).await;
-            assert!(!matches!(e, ConnectionError::TimedOut), "the server was not told: {e:?}");
+            assert!(
+                !matches!(e, ConnectionError::TimedOut),
+                "the server was not told: {e:?}"
+            );
             assert!(port_frees(addr).await, "{b}: the client's port stayed bound");
         });
     }
@@ -225,7 +264,11 @@ fn the_runtime_going_first_fails_the_handles() {
 #[test]
 fn where_the_loop_runs_by_default() {
     let c = cert();
-    let bind = |b: ringquic::EndpointBuilder| b.server_config(server_config(&c)).bind(localhost()).expect("bind");
+    let bind = |b: ringquic::EndpointBuilder| {
+        b.server_config(server_config(&c))
+            .bind(localhost())
+            .expect("bind")
+    };
     let outside = bind(Endpoint::builder());
     assert!(!outside.io_on_runtime());
     let rt = current_thread_runtime();
@@ -235,7 +278,10 @@ fn where_the_loop_runs_by_default() {
         assert_eq!(e.backend(), BackendKind::Poll);
         for b in backends() {
             let chosen = bind(Endpoint::builder().backend(b));
-            assert!(!chosen.io_on_runtime(), "{b}: a chosen backend keeps its I/O thread");
+            assert!(
+                !chosen.io_on_runtime(),
+                "{b}: a chosen backend keeps its I/O thread"
+            );
             assert_eq!(chosen.backend(), b);
             let told = bind(Endpoint::builder().backend(b).io_on_runtime(true));
             assert!(told.io_on_runtime());
@@ -246,7 +292,10 @@ fn where_the_loop_runs_by_default() {
         let busy = bind(Endpoint::builder().busy_poll(Duration::from_micros(10)));
         assert!(!busy.io_on_runtime(), "busy_poll needs a thread of its own");
         // And the default endpoint works: one echo through it.
-        let server = Endpoint::builder().server_config(server_config(&c)).bind(localhost()).unwrap();
+        let server = Endpoint::builder()
+            .server_config(server_config(&c))
+            .bind(localhost())
+            .unwrap();
         let client = Endpoint::builder()
             .default_client_config(client_config(&c))
             .bind(localhost())
@@ -295,7 +344,11 @@ fn zero_rtt_on_the_runtime() {
             got
         });
         // A first connection gets the session ticket.
-        let first = client.connect(addr, "localhost").unwrap().await.expect("first handshake");
+        let first = client
+            .connect(addr, "localhost")
+            .unwrap()
+            .await
+            .expect("first handshake");
         let mut s = first.open_uni().await.unwrap();
         s.write_all(b"first").await.unwrap();
         s.finish().unwrap();
@@ -312,17 +365,27 @@ fn zero_rtt_on_the_runtime() {
         s.finish().unwrap();
         assert!(within(10, zero_rtt).await, "the server took the early data");
         let _ = s.stopped().await;
-        assert_eq!(within(10, accepted).await.unwrap(), [b"first".to_vec(), b"early".to_vec()]);
+        assert_eq!(
+            within(10, accepted).await.unwrap(),
+            [b"first".to_vec(), b"early".to_vec()]
+        );
         // Inside the loop's own turn: no wait, the `Connecting` comes back (or, if the ticket
         // and the connection happen to be there, 0-RTT): never a hang.
         let inside = client.clone();
-        let r = within(10, client.spawn(async move {
-            let t = Instant::now();
-            let r = inside.connect(addr, "localhost").unwrap().into_0rtt().is_ok();
-            (r, t.elapsed())
-        }))
+        let r = within(
+            10,
+            client.spawn(async move {
+                let t = Instant::now();
+                let r = inside.connect(addr, "localhost").unwrap().into_0rtt().is_ok();
+                (r, t.elapsed())
+            }),
+        )
         .await
         .expect("task");
-        assert!(r.1 < Duration::from_millis(100), "into_0rtt inside the loop waited {:?}", r.1);
+        assert!(
+            r.1 < Duration::from_millis(100),
+            "into_0rtt inside the loop waited {:?}",
+            r.1
+        );
     });
 }

@@ -682,6 +682,17 @@ pub(crate) struct RioBackend {
     shut_down: bool,
 }
 
+// SAFETY: the raw pointers and handles in a `RioBackend` (the request and completion queues,
+// the registered region's buffer id, the boxed OVERLAPPED of the IOCP notification, the arena)
+// are the backend's own: created by it, referring to memory it owns and frees, and used only
+// through `&mut self` (the `RefCell` is never shared: `&self` is not handed out across
+// threads, the trait takes `&mut self` for everything that touches it). RIO asks that calls on
+// one queue be serialized, not that they come from one thread, and the event and IOCP handles
+// are process-wide; so moving the backend, which moves that exclusive ownership whole, is
+// sound. (Nothing moves it today: the loop on a runtime, the one mover, does not run on
+// Windows; the bound is the seam's, `IoBackend: Send`.)
+unsafe impl Send for RioBackend {}
+
 impl RioBackend {
     /// Set up RIO on `socket` (which must have been created with `WSA_FLAG_REGISTERED_IO`):
     /// load the function table, set the socket options, register the region, create the

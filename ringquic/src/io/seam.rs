@@ -166,6 +166,7 @@ pub(crate) trait IoBackend: Send {
     /// read to `WouldBlock`, a receive to re-arm. The loop on a runtime skips the turn (and
     /// its system call) otherwise.
     #[cfg(unix)]
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     fn needs_turn(&mut self) -> bool {
         true
     }
@@ -173,6 +174,7 @@ pub(crate) trait IoBackend: Send {
     /// to report (the ring's fd; the poll backend's epoll instance), for a runtime's reactor
     /// to watch (`driver_task.rs`). `None`: this backend cannot run on a runtime.
     #[cfg(unix)]
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     fn readiness_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         None
     }
