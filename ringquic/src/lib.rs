@@ -1,10 +1,16 @@
 //! # ringquic
 //!
-//! A QUIC endpoint whose UDP I/O runs on its own I/O thread over completion-based I/O with
+//! A QUIC endpoint whose UDP I/O runs in its own event loop over completion-based I/O with
 //! buffers registered with the kernel: io_uring on Linux, with a portable readiness-based
 //! fallback. The QUIC protocol comes from [`quinn_proto`]; the async API is quinn's, so porting
-//! means changing imports. The futures are woken from the I/O thread and need no runtime: they
-//! work under tokio, smol, or a plain `block_on`.
+//! means changing imports. The futures are woken from the loop and need no runtime: they work
+//! under tokio, smol, or a plain `block_on`.
+//!
+//! The loop runs on an I/O thread of its own, or, by default when an endpoint is made inside a
+//! tokio runtime, as one task on that runtime (as quinn's driver does), which on a machine
+//! with few cores saves a cross-thread handoff per message:
+//! [`EndpointBuilder::io_on_runtime`] says when and how. The picture below is the I/O thread's;
+//! on the runtime the same steps run in the loop's task, woken by the runtime's reactor.
 //!
 //! ## How a datagram travels
 //!

@@ -24,9 +24,15 @@ const RSS_GROWTH_LIMIT_MIB: u64 = 30;
 
 /// One endpoint pair's life: serve `conns` connections (PARALLEL at a time), each one
 /// bidirectional stream with a 100-byte request echoed back, then close and drop everything.
-/// The server has `shards` I/O threads (`EndpointBuilder::shards`).
-async fn one_endpoint_pair(b: BackendKind, round: usize, conns: usize, shards: usize) {
-    let (server, client) = pair_with(b, |s| s.shards(shards), |c| c);
+/// The server has `shards` I/O threads (`EndpointBuilder::shards`); with `on_runtime` both
+/// loops run as tasks on the test's runtime instead (`EndpointBuilder::io_on_runtime`).
+async fn one_endpoint_pair(b: BackendKind, round: usize, conns: usize, shards: usize, on_runtime: bool) {
+    let (server, client) = pair_with(
+        b,
+        |s| s.shards(shards).io_on_runtime(on_runtime),
+        |c| c.io_on_runtime(on_runtime),
+    );
+    assert_eq!(server.io_on_runtime(), on_runtime);
     assert_eq!(server.shards(), shards);
     let addr = server.local_addr().unwrap();
     let srv = server.clone();
@@ -98,10 +104,21 @@ fn churn_connections_and_endpoints_without_leaks() {
         // I/O threads, so that the leak and thread checks cover sharded endpoints too. Those
         // stay out of the RSS series: more threads means more malloc arenas, a growth that is
         // the allocator's, not ours.
+        // Then (Unix) two pairs whose loops run on the runtime, for the same checks: no thread
+        // to join there, the loops' tasks end on the runtime (or are dropped with it, below).
         let sharded_rounds = if cfg!(target_os = "linux") { 2 } else { 0 };
-        for round in 0..endpoints + sharded_rounds {
-            let shards = if round < endpoints { 1 } else { 2 };
-            rt.block_on(within(120, one_endpoint_pair(b, round, per_endpoint, shards)));
+        let runtime_rounds = if cfg!(unix) { 2 } else { 0 };
+        for round in 0..endpoints + sharded_rounds + runtime_rounds {
+            let shards = if round >= endpoints && round < endpoints + sharded_rounds {
+                2
+            } else {
+                1
+            };
+            let on_runtime = round >= endpoints + sharded_rounds;
+            rt.block_on(within(
+                120,
+                one_endpoint_pair(b, round, per_endpoint, shards, on_runtime),
+            ));
             // Both endpoints were dropped: their threads were joined inside the drop (or, past
             // the drop's bounded wait on a loaded machine, finish on their own within their
             // shutdown bounds: a thread still there after 6 s is a leak).
@@ -116,9 +133,10 @@ fn churn_connections_and_endpoints_without_leaks() {
         }
         let growth = rss.last().unwrap().saturating_sub(rss[0]) / 1024;
         eprintln!(
-            "{b}: {} connections over {endpoints} endpoint pairs (+{sharded_rounds} with a sharded server) in \
-             {:.1} s; RSS after each of the first {endpoints} pairs (MiB): {:?}; growth after warm-up {growth} MiB",
-            per_endpoint * (endpoints + sharded_rounds),
+            "{b}: {} connections over {endpoints} endpoint pairs (+{sharded_rounds} with a sharded server, \
+             +{runtime_rounds} with the loops on the runtime) in {:.1} s; RSS after each of the first \
+             {endpoints} pairs (MiB): {:?}; growth after warm-up {growth} MiB",
+            per_endpoint * (endpoints + sharded_rounds + runtime_rounds),
             started.elapsed().as_secs_f64(),
             rss.iter().map(|k| k / 1024).collect::<Vec<_>>()
         );
