@@ -3,8 +3,10 @@
 //! (`ringquic_impl::…`), asserting the same observable outcome: values, error variants,
 //! ordering, and that nothing hangs (every wait is bounded by [`support::within`]).
 //!
-//! ringquic's side runs on whichever backend `RINGQUIC_BACKEND` picks (io_uring by default on
-//! Linux; CI runs the binary again with `RINGQUIC_BACKEND=poll`).
+//! ringquic's side takes the defaults, so inside the scenarios' tokio runtime its loop runs on
+//! that runtime (poll backend); with `RINGQUIC_BACKEND` set it runs on an I/O thread with that
+//! backend. CI runs the binary three times: defaults, `RINGQUIC_BACKEND=poll`, and (Linux)
+//! `RINGQUIC_BACKEND=uring`.
 //!
 //! What differs between the two APIs lives in the small `imp` adapter module of each
 //! implementation; where an outcome differs on purpose, the scenario says so and reads the
@@ -90,7 +92,8 @@ mod quinn_impl {
     path_scenarios!(quinn);
 }
 
-/// ringquic, on the backend `RINGQUIC_BACKEND` selects.
+/// ringquic with the defaults: the loop on the runtime, or on an I/O thread with the backend
+/// `RINGQUIC_BACKEND` names.
 mod ringquic_impl {
     /// ringquic's side of the few calls whose shape differs.
     pub mod imp {
@@ -99,8 +102,9 @@ mod ringquic_impl {
         use crate::differential::support::Bind;
 
         pub const NAME: &str = "ringquic";
-        /// ringquic's I/O thread sends every pending close before it exits, and waits for the
-        /// peer's answer (sending the close again if the peer goes on sending).
+        /// ringquic's loop (on its I/O thread, or on the runtime while that runs) sends every
+        /// pending close before it exits, and waits for the peer's answer (sending the close
+        /// again if the peer goes on sending).
         pub const DROP_MAY_LOSE_CLOSE: bool = false;
         /// None. (One in six runs lost one or two until quinn-proto was patched not to hold a
         /// close back by a full window: vendor/README.md.)
