@@ -89,6 +89,7 @@ pub(crate) fn spawn(setup: DriverSetup) -> Result<(), EndpointError> {
         fd: Some(fd),
         driver,
         sleep: Box::pin(sleep),
+        sleep_armed: None,
         waker,
         _exited: exited,
     });
@@ -151,6 +152,8 @@ struct DriverTask {
     fd: Option<Readiness>,
     driver: Arc<Mutex<Option<Driver>>>,
     sleep: Pin<Box<tokio::time::Sleep>>,
+    /// When `sleep` fires, while it has not yet (`None`: fired, or never set).
+    sleep_armed: Option<Instant>,
     waker: Arc<TaskWakeup>,
     /// Dropped with the task: the loop is done.
     _exited: mpsc::Sender<()>,
@@ -209,8 +212,15 @@ impl DriverTask {
                 continue;
             }
             if let Some(d) = until {
-                self.sleep.as_mut().reset(d.into());
+                // Moving a timer costs a trip into the runtime's timer wheel, and quinn-proto's
+                // next timeout moves later with nearly every packet (idle, loss detection): keep
+                // a timer that is armed and not later than `d`; firing early costs one turn.
+                if self.sleep_armed.is_none_or(|armed| armed > d) {
+                    self.sleep.as_mut().reset(d.into());
+                    self.sleep_armed = Some(d);
+                }
                 if self.sleep.as_mut().poll(cx).is_ready() {
+                    self.sleep_armed = None;
                     continue;
                 }
             }
