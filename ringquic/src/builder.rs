@@ -320,7 +320,8 @@ impl EndpointBuilder {
     /// runtime's reactor (which watches the poll backend's epoll instance, or the ring's fd)
     /// instead of in `epoll_wait`/`io_uring_enter`, so a received datagram wakes the task that
     /// reads it on the same thread, as in quinn, where the I/O thread pays a cross-thread
-    /// wakeup per handoff. On this project's 2-core bench that is faster on every workload
+    /// wakeup per handoff. On this project's 2-core bench that beats the I/O thread with the
+    /// application on tokio on every workload but h3-rr, where the runs were too noisy to say
     /// (docs/PERFORMANCE.md); an I/O thread gives the endpoint's I/O a core of its own, which
     /// pays where cores are spare, and it needs no runtime.
     ///
@@ -346,9 +347,10 @@ impl EndpointBuilder {
     ///   is dropped, which fails what is left with
     ///   [`ConnectionError::LocallyClosed`](crate::ConnectionError::LocallyClosed) and closes
     ///   the socket;
-    /// - `Connecting::into_0rtt` does not wait for the loop (it would block the thread the loop
-    ///   may need): it succeeds once the loop has run after `connect` (after an `.await` that
-    ///   yields), and gives the `Connecting` back before that.
+    /// - `Connecting::into_0rtt` has the loop take the `connect` on the calling thread, so it
+    ///   succeeds at once, as in quinn; it waits (at most `INTO_0RTT_WAIT`) only while another
+    ///   worker of a multi-thread runtime runs the loop's turn, and inside that turn (a task of
+    ///   `Endpoint::spawn`) it gives the `Connecting` back.
     #[cfg(feature = "tokio")]
     pub fn io_on_runtime(mut self, on: bool) -> Self {
         self.io_on_runtime = Some(on);
@@ -370,10 +372,19 @@ impl EndpointBuilder {
         cfg!(all(unix, feature = "tokio"))
             && in_tokio_runtime()
             && matches!(self.choose_backend(), Ok(None))
-            && self.shard_count() == 1
-            && self.busy_poll.is_zero()
-            && self.pin_cpu.is_none()
-            && self.sqpoll_idle.is_none()
+            && self.needs_io_thread().is_none()
+    }
+
+    /// What asked for needs a loop on its own thread, if anything: said by `io_config` when
+    /// `io_on_runtime(true)` was asked for too; by default it keeps the I/O thread.
+    fn needs_io_thread(&self) -> Option<&'static str> {
+        if self.shard_count() > 1 {
+            Some("io_on_runtime runs one shard")
+        } else if !self.busy_poll.is_zero() || self.pin_cpu.is_some() || self.sqpoll_idle.is_some() {
+            Some("busy_poll, pin_to_cpu and sqpoll belong to an I/O thread: not with io_on_runtime")
+        } else {
+            None
+        }
     }
 
     /// Serve the endpoint with `n` I/O threads (shards), each with its own UDP socket on the
@@ -484,13 +495,8 @@ impl EndpointBuilder {
                     "io_on_runtime runs on Unix only (Windows' RIO has no fd a runtime can watch)",
                 ));
             }
-            if self.shard_count() > 1 {
-                return Err(EndpointError::Config("io_on_runtime runs one shard"));
-            }
-            if !self.busy_poll.is_zero() || self.pin_cpu.is_some() || self.sqpoll_idle.is_some() {
-                return Err(EndpointError::Config(
-                    "busy_poll, pin_to_cpu and sqpoll belong to an I/O thread: not with io_on_runtime",
-                ));
+            if let Some(why) = self.needs_io_thread() {
+                return Err(EndpointError::Config(why));
             }
         }
         let min_rx = max_udp_payload + crate::io::RECV_HEADROOM;

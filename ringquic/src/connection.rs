@@ -91,25 +91,24 @@ impl Connecting {
     /// or `accept`; if it does not exist yet, this call waits for it on the calling thread, at
     /// most [`INTO_0RTT_WAIT`] (quinn creates it inside `connect` itself, TLS included). On the
     /// endpoint's I/O thread (a task of [`Endpoint::spawn`](crate::Endpoint::spawn)) it cannot
-    /// wait for itself: there, a connection not created yet gives `Err(self)`. Nor does it wait
-    /// when the endpoint's loop runs on the application's runtime
-    /// ([`EndpointBuilder::io_on_runtime`](crate::EndpointBuilder::io_on_runtime)), where the
-    /// loop may need the calling thread: it succeeds once the loop has run since `connect`
-    /// (after any `.await` that yields), and gives `Err(self)` before.
+    /// wait for itself: there, a connection not created yet gives `Err(self)`. When the loop
+    /// runs on the application's runtime
+    /// ([`EndpointBuilder::io_on_runtime`](crate::EndpointBuilder::io_on_runtime)) it has the
+    /// loop create the connection on the calling thread, and waits only while another worker
+    /// thread is running the loop's turn; inside that turn it gives `Err(self)`.
     pub fn into_0rtt(mut self) -> Result<(Connection, ZeroRttAccepted), Self> {
         if let ConnectingState::Pending { wait, endpoint, .. } = &self.state {
             if endpoint.0.on_io_thread() {
                 return Err(self);
             }
             // A loop on the runtime may need this very thread: have it take the `Connect`
-            // here and now. If another thread is running its turn, that turn takes it: wait.
-            // Inside the loop's own turn it cannot: take what is there.
-            let limit = if !endpoint.0.loop_on_runtime() {
-                INTO_0RTT_WAIT
-            } else if endpoint.0.take_commands_inline() {
-                Duration::ZERO
-            } else if endpoint.0.in_loop_turn() {
+            // here and now. Inside the loop's own turn it cannot (the turn holds the loop);
+            // if another thread is running a turn, that turn takes it: wait.
+            if endpoint.0.in_loop_turn() {
                 return Err(self);
+            }
+            let limit = if endpoint.0.take_commands_inline() {
+                Duration::ZERO
             } else {
                 INTO_0RTT_WAIT
             };

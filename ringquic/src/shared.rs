@@ -192,10 +192,8 @@ pub(crate) struct EndpointShared {
     /// Disconnects when the I/O thread is done (its sender is dropped as the thread ends).
     exited: Mutex<Option<mpsc::Receiver<()>>>,
     thread_id: OnceLock<ThreadId>,
-    /// The loop runs as a task on the application's runtime (`driver_task.rs`), not on a
-    /// thread of its own.
-    on_runtime: AtomicBool,
-    /// That loop, for a call that needs its answer at once (`into_0rtt`).
+    /// The loop, when it runs as a task on the application's runtime (`driver_task.rs`), for a
+    /// call that needs its answer at once (`into_0rtt`); unset on an I/O thread.
     inline: OnceLock<Box<dyn InlineLoop>>,
     backend: OnceLock<BackendKind>,
     /// The socket's local address, from the I/O thread's start; changed by a rebind. Taken
@@ -263,7 +261,6 @@ impl EndpointShared {
             thread: Mutex::new(None),
             exited: Mutex::new(Some(exited)),
             thread_id: OnceLock::new(),
-            on_runtime: AtomicBool::new(false),
             inline: OnceLock::new(),
             backend: OnceLock::new(),
             local_addr: Mutex::new(None),
@@ -291,7 +288,6 @@ impl EndpointShared {
     /// runtime: record it. No thread is the I/O thread; [`EndpointShared::enter_current`]
     /// makes this the current endpoint while the task runs.
     pub(crate) fn enter_runtime(&self, kind: BackendKind, local: SocketAddr) {
-        self.on_runtime.store(true, Ordering::Release);
         let _ = self.backend.set(kind);
         self.set_local_addr(local);
     }
@@ -417,17 +413,18 @@ impl EndpointShared {
         CURRENT.with(|c| c.borrow().upgrade())
     }
 
-    /// The loop on a runtime says how a call can have its commands taken at once.
+    /// The loop on a runtime says how a call can have its commands taken at once; from then
+    /// on the endpoint counts as one whose loop is on a runtime (before any handle exists).
     #[cfg_attr(not(all(unix, feature = "tokio")), allow(dead_code))]
     pub(crate) fn set_inline_loop(&self, inline: Box<dyn InlineLoop>) {
         let _ = self.inline.set(inline);
     }
 
-    /// Take the queued commands on the calling thread (the loop on a runtime, not in a turn
-    /// right now); whether that happened. `false` inside the loop's own turn (a task of
-    /// `Endpoint::spawn`), on an I/O thread, and while another thread runs a turn.
-    pub(crate) fn take_commands_inline(self: &Arc<Self>) -> bool {
-        !self.in_loop_turn() && self.inline.get().is_some_and(|l| l.take_commands())
+    /// Take the queued commands on the calling thread, if the loop is on a runtime and no
+    /// turn runs right now; whether that happened. Not from inside the loop's own turn
+    /// ([`EndpointShared::in_loop_turn`]: the turn holds the loop).
+    pub(crate) fn take_commands_inline(&self) -> bool {
+        self.inline.get().is_some_and(|l| l.take_commands())
     }
 
     /// Whether the caller runs inside this endpoint's loop on a runtime (a task of
@@ -439,7 +436,7 @@ impl EndpointShared {
     /// Whether the loop runs as a task on the application's runtime: then no call may wait for
     /// it on the calling thread, which the loop may need.
     pub(crate) fn loop_on_runtime(&self) -> bool {
-        self.on_runtime.load(Ordering::Acquire)
+        self.inline.get().is_some()
     }
 
     /// Whether the calling thread is this endpoint's I/O thread.

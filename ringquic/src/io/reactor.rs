@@ -20,11 +20,11 @@ impl Readiness {
     /// outside a runtime or in one without its I/O driver (where tokio would panic).
     pub(crate) fn register(fd: BorrowedFd<'_>) -> io::Result<Self> {
         let owned = fd.try_clone_to_owned()?;
+        // tokio asks that the fd stay open, and the same, for the `AsyncFd`'s whole life. It
+        // owns `owned` from here on and never hands it back (`into_inner` is not called).
         let registered = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            // SAFETY: `owned` is an open file descriptor that the `AsyncFd` owns from here on,
-            // until it is dropped or handed back (`into_inner`, never called here); its
-            // `as_raw_fd` returns the same fd for all that time (an `OwnedFd` does not change),
-            // and it is closed only when the `AsyncFd` drops it, after deregistering.
+            // SAFETY: `owned` is open and an `OwnedFd`'s fd never changes; only the `AsyncFd`
+            // closes it, when dropped, after deregistering it.
             unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }
         }));
         match registered {
