@@ -99,6 +99,11 @@ pub struct BenchArgs {
     /// --sqpoll, which need I/O threads.
     #[arg(long)]
     pub no_rt: bool,
+    /// Skip the `ringquic/<backend>` rows (the I/O loop on its own I/O thread, the application
+    /// on tokio), keeping the `+local` and `+rt` rows: with --no-quinn, to profile one of those
+    /// alone.
+    #[arg(long)]
+    pub no_thread: bool,
     /// Repetitions of every phase (systems alternate); the table shows medians and spread.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
@@ -321,6 +326,9 @@ pub fn bench_systems(args: &BenchArgs) -> Vec<SystemKind> {
     if !args.no_rt && !tuned {
         // And with the I/O loop on the application's runtime: the default inside a runtime.
         systems.extend(ringquic.iter().map(|b| SystemKind::RingquicRuntime(*b)));
+    }
+    if args.no_thread {
+        systems.retain(|s| !matches!(s, SystemKind::Ringquic(_)));
     }
     systems
 }

@@ -278,3 +278,70 @@ async fn connection_tasks_run_on_their_own_shard() {
     server.close(0u32.into(), b"done");
     within(10, serving).await.unwrap();
 }
+
+/// The race the forwarding is there for even with the kernel steering: the reuseport group
+/// changes under the program. The program answers a socket's place in the group, and the kernel
+/// fills a leaving socket's place with the group's last one (`reuseport_detach_sock`). Here a
+/// stray socket of the same user joins the port first, the four shards join behind it, and the
+/// stray one leaves: the group is then shard 3, 0, 1, 2, so the kernel puts every datagram that
+/// names shard k on shard k − 1's socket. Every connection must still land, work and be held by
+/// the shard its IDs name; each misplaced datagram is forwarded and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_change_under_the_program_is_forwarded_and_counted() {
+    use socket2::{Domain, Protocol, Socket, Type};
+    for b in backends() {
+        let stray = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        stray.set_reuse_port(true).unwrap();
+        stray.bind(&localhost().into()).unwrap();
+        let addr = stray.local_addr().unwrap().as_socket().unwrap();
+        let cert = cert();
+        let t = Arc::new(transport());
+        let server = Endpoint::builder()
+            .backend(b)
+            .shards(SHARDS)
+            .server_config(server_config_with(&cert, t.clone()))
+            .bind(addr)
+            .expect("a sharded endpoint on the stray socket's port");
+        drop(stray);
+        let serving = serve_echoes(&server);
+        let clients: Vec<Endpoint> = (0..CLIENTS)
+            .map(|_| client_endpoint(b, client_config_with(&cert, t.clone()), |c| c))
+            .collect();
+        let conns = echoing_connections(&clients, addr, PER_CLIENT).await;
+        let total = CLIENTS * PER_CLIENT;
+        let after = futures::future::join_all(conns.iter().map(|c| echoes(c, b"reordered", 5))).await;
+        let alive = after.iter().filter(|ok| **ok).count();
+        let per_shard: Vec<u64> = server
+            .shard_io_stats()
+            .iter()
+            .map(|s| s.handshakes.accepted_handshakes)
+            .collect();
+        let io = server.io_stats();
+        eprintln!(
+            "{b}: connections per shard {per_shard:?}; {alive} of {total} echo; forwarded {} \
+             (dropped {}), unsteered shards {}",
+            io.forwarded_out, io.forward_drops, io.unsteered_shards
+        );
+        assert_eq!(alive, total, "{b}: connections lost to the reordered group");
+        assert_eq!(io.unsteered_shards, 0, "{b}: the program is attached");
+        assert!(
+            per_shard.iter().all(|&n| n > 0),
+            "{b}: a shard got no connection: {per_shard:?}"
+        );
+        // Every datagram of every connection reached a socket one place off: each handshake
+        // and each echo crossed at least once (a few may also be dropped at the bound).
+        assert!(
+            io.forwarded_out >= 2 * total as u64,
+            "{b}: the misplaced datagrams were not forwarded: {io:?}"
+        );
+        assert!(
+            io.forwarded_in + io.forward_drops <= io.forwarded_out,
+            "{b}: {io:?}"
+        );
+        for c in &conns {
+            c.close(0u32.into(), b"done");
+        }
+        server.close(0u32.into(), b"done");
+        assert_eq!(within(10, serving).await.unwrap(), total, "{b}");
+    }
+}
