@@ -32,7 +32,8 @@ pub async fn serve<E: EndpointOps>(endpoint: E) {
     while let Some(handshake) = endpoint.accept().await {
         spawn_detached(async move {
             if let Ok(conn) = handshake.await {
-                serve_connection(conn).await;
+                // Where the connection lives: its own shard's I/O thread in local mode.
+                conn.clone().spawn_home(serve_connection(conn));
             }
         });
     }

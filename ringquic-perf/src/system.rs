@@ -74,6 +74,10 @@ pub trait ConnOps: Clone + Send + Sync + 'static {
     fn max_datagram_size(&self) -> Option<usize>;
     /// Closes the connection with an application error code.
     fn close(&self, code: u32, reason: &[u8]);
+    /// Starts `fut`, the serving of this connection, as a task where the connection lives:
+    /// for ringquic's local mode, on the I/O thread that drives it (its own shard of a sharded
+    /// endpoint: thread-per-core serving, `Connection::spawn`); else as [`spawn_detached`].
+    fn spawn_home<F: Future<Output = ()> + Send + 'static>(&self, fut: F);
     /// This connection as an HTTP/3 transport: h3-quinn's for quinn, ringquic-h3's for ringquic.
     type H3: H3Transport;
     /// Wraps the connection for h3.
@@ -100,7 +104,7 @@ pub trait EndpointOps: Clone + Send + Sync + 'static {
 /// Implements the traits above for a crate with quinn's API (`quinn` itself, or `ringquic`), and
 /// its h3 adapter crate (`h3_quinn`, `ringquic_h3`).
 macro_rules! impl_quic_ops {
-    ($q:ident, $h3:ident) => {
+    ($q:ident, $h3:ident, $spawn_home:path) => {
         impl SendOps for $q::SendStream {
             async fn write_chunk(&mut self, data: Bytes) -> Result<()> {
                 Ok($q::SendStream::write_chunk(self, data).await?)
@@ -153,6 +157,9 @@ macro_rules! impl_quic_ops {
             fn close(&self, code: u32, reason: &[u8]) {
                 $q::Connection::close(self, code.into(), reason)
             }
+            fn spawn_home<F: Future<Output = ()> + Send + 'static>(&self, fut: F) {
+                $spawn_home(self, fut)
+            }
             type H3 = $h3::Connection;
             fn into_h3(self) -> Self::H3 {
                 $h3::Connection::new(self)
@@ -188,9 +195,29 @@ macro_rules! impl_quic_ops {
     };
 }
 
-impl_quic_ops!(quinn, h3_quinn);
+impl_quic_ops!(quinn, h3_quinn, quinn_spawn_home);
 #[cfg(feature = "ringquic")]
-impl_quic_ops!(ringquic, ringquic_h3);
+impl_quic_ops!(ringquic, ringquic_h3, ringquic_spawn_home);
+
+/// quinn's connections live on the runtime: [`spawn_detached`].
+fn quinn_spawn_home<F: Future<Output = ()> + Send + 'static>(_conn: &quinn::Connection, fut: F) {
+    spawn_detached(fut)
+}
+
+/// On an I/O thread (local mode: the caller is a task `Endpoint::spawn` started), on the
+/// connection's own I/O thread, its shard's; anywhere else [`spawn_detached`]. Whether the
+/// caller is on an I/O thread is asked the one way the public API offers: `try_spawn` of an
+/// empty task (once per connection).
+#[cfg(feature = "ringquic")]
+fn ringquic_spawn_home<F: Future<Output = ()> + Send + 'static>(conn: &ringquic::Connection, fut: F) {
+    match ringquic::try_spawn(std::future::ready(())) {
+        Ok(probe) => {
+            drop(probe);
+            drop(conn.spawn(fut));
+        }
+        Err(_) => spawn_detached(fut),
+    }
+}
 
 /// What an endpoint is bound for.
 pub enum Role {

@@ -66,3 +66,70 @@ fn every_workload_in_process() {
         WorkloadKind::EVERY.len() * systems.len()
     );
 }
+
+/// Thread-per-core serving in the bench's `+local` rows: a connection accepted by a task on
+/// shard 0 of a two-shard server is served (`ConnOps::spawn_home`) on the I/O thread that
+/// drives it, which `Connection::spawn` names. Called from the tokio runtime instead, it runs
+/// there, as for quinn.
+#[cfg(all(feature = "ringquic", target_os = "linux"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_home_serves_a_local_connection_on_its_own_shard() {
+    use ringquic_perf::{
+        config::{client_config, endpoint_config, server_config, Identity, NetOptions, Trust},
+        system::ConnOps,
+    };
+    use std::thread::{current, ThreadId};
+    const CONNS: usize = 16;
+    let net = NetOptions::default();
+    let id = Identity::self_signed(&["localhost"]).unwrap();
+    let server = ringquic::Endpoint::builder()
+        .shards(2)
+        .endpoint_config(endpoint_config(&net).unwrap())
+        .server_config(server_config(&id, &net).unwrap())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let client = ringquic::Endpoint::builder()
+        .endpoint_config(endpoint_config(&net).unwrap())
+        .default_client_config(client_config(&Trust::Roots(id.certs.clone()), &net).unwrap())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    // (the thread the serving ran on, the connection's own I/O thread)
+    let (tx, rx) = std::sync::mpsc::channel::<(ThreadId, ThreadId)>();
+    let srv = server.clone();
+    let accepting = server.spawn(async move {
+        for _ in 0..CONNS {
+            let conn = srv.accept().await.unwrap().await.unwrap();
+            let home = conn.spawn(async { current().id() });
+            let tx = tx.clone();
+            conn.spawn_home(async move {
+                let ran_on = current().id();
+                let _ = tx.send((ran_on, home.await.unwrap()));
+            });
+        }
+    });
+    let addr = server.local_addr().unwrap();
+    let mut conns = Vec::new();
+    for _ in 0..CONNS {
+        conns.push(client.connect(addr, "localhost").unwrap().await.unwrap());
+    }
+    accepting.await.unwrap();
+    let mut homes = std::collections::HashSet::new();
+    for _ in 0..CONNS {
+        let (ran_on, home) = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(ran_on, home, "served away from the connection's shard");
+        homes.insert(home);
+    }
+    // Random connection IDs put 16 connections on one shard with odds 2^-15.
+    assert_eq!(homes.len(), 2, "the connections were not spread over both shards");
+    // From a runtime thread: on the runtime.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    conns[0].spawn_home(async move {
+        let _ = tx.send(current().name().map(str::to_owned));
+    });
+    let name = rx.await.unwrap();
+    assert_ne!(name.as_deref(), Some("ringquic-io"), "left the runtime");
+    for c in &conns {
+        c.close(0u32.into(), b"done");
+    }
+    server.close(0u32.into(), b"done");
+}
