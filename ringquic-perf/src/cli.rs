@@ -228,6 +228,17 @@ pub struct ServerArgs {
     /// Implementation and backend.
     #[command(flatten)]
     pub system: SystemArgs,
+    /// ringquic: serve with this many I/O threads on the address (`EndpointBuilder::shards`;
+    /// Linux; 0 = one per CPU).
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+    /// ringquic: serve on the endpoint's I/O threads (`Endpoint::spawn`), each connection on
+    /// its own shard (`Connection::spawn`): thread-per-core serving.
+    #[arg(long)]
+    pub local: bool,
+    /// Print each thread's share of the server's CPU this often (e.g. 10s; 0 = never).
+    #[arg(long, default_value = "10s", value_parser = duration_arg)]
+    pub report: Duration,
     /// Network settings.
     #[command(flatten)]
     pub net: NetArgs,
@@ -400,16 +411,81 @@ fn run_server(args: &ServerArgs) -> Result<()> {
     let net = args.net.options();
     let server_config = config::server_config(&identity, &net)?;
     let endpoint_config = config::endpoint_config(&net)?;
+    let kind = match (args.system.kind()?, args.local) {
+        (SystemKind::Quinn, _) if args.shards != 1 || args.local => {
+            bail!("--shards and --local apply to ringquic only")
+        }
+        (SystemKind::Ringquic(b), true) => SystemKind::RingquicLocal(b),
+        (kind, _) => kind,
+    };
+    crate::system::set_ringquic_tuning(crate::system::RingquicTuning {
+        shards: args.shards,
+        ..crate::system::RingquicTuning::DEFAULTS
+    });
     let rt = current_thread_runtime()?;
     let _guard = rt.enter();
-    with_system!(args.system.kind()?, sys => {
+    with_system!(kind, sys => {
         let endpoint = sys.bind(endpoint_config, Role::Server(server_config), args.listen)?;
         let addr = endpoint.local_addr()?;
         println!("listening on {addr}");
         std::io::stdout().flush()?;
-        rt.block_on(perf::serve(endpoint));
+        if !args.report.is_zero() {
+            let every = args.report;
+            std::thread::Builder::new()
+                .name("perf-report".into())
+                .spawn(move || report_thread_shares(every))
+                .context("starting the report thread")?;
+        }
+        rt.block_on(sys.host(&endpoint, perf::serve(endpoint.clone())))?;
         Ok(())
     })
+}
+
+/// Every `every`, one line: how the process's CPU over the last interval spread over its
+/// threads (the runtime thread, each shard's I/O thread), busiest first. Runs until the
+/// process ends (the server runs until killed).
+fn report_thread_shares(every: Duration) {
+    let mut before: std::collections::HashMap<u32, f64> = std::collections::HashMap::new();
+    loop {
+        std::thread::sleep(every);
+        let now = crate::usage::each_thread_cpu(&crate::usage::thread_ids());
+        let mut shares: Vec<(String, f64)> = now
+            .iter()
+            .filter(|(_, name, _)| name != "perf-report")
+            .map(|(tid, name, cpu)| {
+                let total = cpu.total();
+                let delta = total - before.get(tid).copied().unwrap_or(0.0);
+                (name.clone(), delta.max(0.0))
+            })
+            .filter(|(_, d)| *d > 0.0)
+            .collect();
+        before = now.iter().map(|(tid, _, cpu)| (*tid, cpu.total())).collect();
+        let sum: f64 = shares.iter().map(|(_, d)| d).sum();
+        // Written, not printed: once nobody reads the server's output, the reports stop.
+        let mut out = std::io::stdout().lock();
+        if sum <= 0.0 {
+            if writeln!(out, "server CPU over the last {every:?}: idle").is_err() {
+                return;
+            }
+            let _ = out.flush();
+            continue;
+        }
+        shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let parts: Vec<String> = shares
+            .iter()
+            .map(|(n, d)| format!("{n} {:.0}%", 100.0 * d / sum))
+            .collect();
+        let line = writeln!(
+            out,
+            "server CPU over the last {every:?}: {:.2} s over {} threads: {}",
+            sum,
+            shares.len(),
+            parts.join(", ")
+        );
+        if line.and_then(|()| out.flush()).is_err() {
+            return;
+        }
+    }
 }
 
 /// Resolves `HOST:PORT` and picks the certificate name to check.

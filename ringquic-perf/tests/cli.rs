@@ -282,3 +282,79 @@ fn bench_smoke() {
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "bad svg");
 }
+
+/// `server --shards 2 --local`: a sharded server serving each connection on its own shard,
+/// with its report of how the CPU spread over its threads. Four clients at once (each one
+/// connection); the report names the I/O threads, and every client gets its answers.
+/// Asking quinn for shards is refused.
+#[cfg(all(feature = "ringquic", target_os = "linux"))]
+#[test]
+fn sharded_server_reports_its_threads() {
+    let mut child = Command::new(BIN)
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--local",
+            "--report",
+            "200ms",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn server");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server printed nothing");
+    let addr = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_owned();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = addr.clone();
+            thread::spawn(move || client(&addr, &["--insecure"]))
+        })
+        .collect();
+    for c in clients {
+        assert_client_ok(&c.join().unwrap());
+    }
+    // The report covering the clients' work: at most a few intervals after they finished.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let busy = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            break None;
+        };
+        if line.contains("ringquic-io") {
+            break Some(line);
+        }
+        seen.push(line);
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let busy = busy.unwrap_or_else(|| panic!("no report named an I/O thread: {seen:?}"));
+    eprintln!("{busy}");
+    assert!(busy.starts_with("server CPU over the last 200ms: "), "{busy}");
+
+    let refused = run(
+        Command::new(BIN).args(["server", "--system", "quinn", "--shards", "2"]),
+        Duration::from_secs(30),
+    );
+    assert!(!refused.status.success());
+    assert!(refused.stderr.contains("ringquic only"), "{}", refused.stderr);
+}
