@@ -68,6 +68,9 @@ fn run(cmd: &mut Command, limit: Duration) -> Output {
 struct Server {
     child: Child,
     addr: String,
+    /// The lines it printed after `listening on`, as they come (read to its end, so the
+    /// server never writes into a closed pipe).
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Server {
@@ -81,13 +84,16 @@ impl Server {
             .spawn()
             .expect("spawn server");
         let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, lines) = std::sync::mpsc::channel();
         thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
         });
-        let line = rx
+        let line = lines
             .recv_timeout(Duration::from_secs(30))
             .expect("server printed nothing");
         let addr = line
@@ -95,7 +101,7 @@ impl Server {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
-        Server { child, addr }
+        Server { child, addr, lines }
     }
 }
 
@@ -290,39 +296,8 @@ fn bench_smoke() {
 #[cfg(all(feature = "ringquic", target_os = "linux"))]
 #[test]
 fn sharded_server_reports_its_threads() {
-    let mut child = Command::new(BIN)
-        .args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-            "--local",
-            "--report",
-            "200ms",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn server");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let first = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server printed nothing");
-    let addr = first
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .to_owned();
+    let server = Server::start(&["--shards", "2", "--local", "--report", "200ms"]);
+    let addr = server.addr.clone();
     let clients: Vec<_> = (0..4)
         .map(|_| {
             let addr = addr.clone();
@@ -337,7 +312,7 @@ fn sharded_server_reports_its_threads() {
     let mut seen = Vec::new();
     let busy = loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let Ok(line) = rx.recv_timeout(left) else {
+        let Ok(line) = server.lines.recv_timeout(left) else {
             break None;
         };
         if line.contains("ringquic-io") {
@@ -345,8 +320,7 @@ fn sharded_server_reports_its_threads() {
         }
         seen.push(line);
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     let busy = busy.unwrap_or_else(|| panic!("no report named an I/O thread: {seen:?}"));
     eprintln!("{busy}");
     assert!(busy.starts_with("server CPU over the last 200ms: "), "{busy}");
