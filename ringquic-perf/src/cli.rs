@@ -445,7 +445,14 @@ fn run_server(args: &ServerArgs) -> Result<()> {
 /// threads (the runtime thread, each shard's I/O thread), busiest first. Runs until the
 /// process ends (the server runs until killed).
 fn report_thread_shares(every: Duration) {
-    let mut before: std::collections::HashMap<u32, f64> = std::collections::HashMap::new();
+    let cpu_by_thread = || -> std::collections::HashMap<u32, f64> {
+        crate::usage::each_thread_cpu(&crate::usage::thread_ids())
+            .iter()
+            .map(|(tid, _, cpu)| (*tid, cpu.total()))
+            .collect()
+    };
+    // The first report covers its own interval too, not the threads' whole lives.
+    let mut before = cpu_by_thread();
     loop {
         std::thread::sleep(every);
         let now = crate::usage::each_thread_cpu(&crate::usage::thread_ids());
