@@ -371,6 +371,7 @@ pub fn set_ringquic_tuning(t: RingquicTuning) {
     *TUNING.lock().unwrap_or_else(|e| e.into_inner()) = t;
 }
 
+#[cfg(feature = "ringquic")]
 fn ringquic_tuning() -> RingquicTuning {
     *TUNING.lock().unwrap_or_else(|e| e.into_inner())
 }
