@@ -445,53 +445,46 @@ fn run_server(args: &ServerArgs) -> Result<()> {
 /// threads (the runtime thread, each shard's I/O thread), busiest first. Runs until the
 /// process ends (the server runs until killed).
 fn report_thread_shares(every: Duration) {
-    let cpu_by_thread = || -> std::collections::HashMap<u32, f64> {
+    // CPU seconds so far of each thread but this one, by thread id, with its name.
+    let sample = || -> std::collections::HashMap<u32, (String, f64)> {
         crate::usage::each_thread_cpu(&crate::usage::thread_ids())
-            .iter()
-            .map(|(tid, _, cpu)| (*tid, cpu.total()))
+            .into_iter()
+            .filter(|(_, name, _)| name != "perf-report")
+            .map(|(tid, name, cpu)| (tid, (name, cpu.total())))
             .collect()
     };
     // The first report covers its own interval too, not the threads' whole lives.
-    let mut before = cpu_by_thread();
+    let mut before = sample();
     loop {
         std::thread::sleep(every);
-        let now = crate::usage::each_thread_cpu(&crate::usage::thread_ids());
-        let mut shares: Vec<(String, f64)> = now
+        let now = sample();
+        let mut shares: Vec<(&str, f64)> = now
             .iter()
-            .filter(|(_, name, _)| name != "perf-report")
-            .map(|(tid, name, cpu)| {
-                let total = cpu.total();
-                let delta = total - before.get(tid).copied().unwrap_or(0.0);
-                (name.clone(), delta.max(0.0))
-            })
+            .map(|(tid, (name, total))| (name.as_str(), total - before.get(tid).map_or(0.0, |b| b.1)))
             .filter(|(_, d)| *d > 0.0)
             .collect();
-        before = now.iter().map(|(tid, _, cpu)| (*tid, cpu.total())).collect();
+        shares.sort_by(|a, b| b.1.total_cmp(&a.1));
         let sum: f64 = shares.iter().map(|(_, d)| d).sum();
+        let line = if shares.is_empty() {
+            format!("server CPU over the last {every:?}: idle")
+        } else {
+            let parts: Vec<String> = shares
+                .iter()
+                .map(|(n, d)| format!("{n} {:.0}%", 100.0 * d / sum))
+                .collect();
+            format!(
+                "server CPU over the last {every:?}: {sum:.2} s over {} threads: {}",
+                shares.len(),
+                parts.join(", ")
+            )
+        };
         // Written, not printed: once nobody reads the server's output, the reports stop.
         let mut out = std::io::stdout().lock();
-        if sum <= 0.0 {
-            if writeln!(out, "server CPU over the last {every:?}: idle").is_err() {
-                return;
-            }
-            let _ = out.flush();
-            continue;
-        }
-        shares.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let parts: Vec<String> = shares
-            .iter()
-            .map(|(n, d)| format!("{n} {:.0}%", 100.0 * d / sum))
-            .collect();
-        let line = writeln!(
-            out,
-            "server CPU over the last {every:?}: {:.2} s over {} threads: {}",
-            sum,
-            shares.len(),
-            parts.join(", ")
-        );
-        if line.and_then(|()| out.flush()).is_err() {
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
             return;
         }
+        drop(out);
+        before = now;
     }
 }
 

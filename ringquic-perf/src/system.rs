@@ -205,9 +205,9 @@ fn quinn_spawn_home<F: Future<Output = ()> + Send + 'static>(_conn: &quinn::Conn
 }
 
 /// On an I/O thread (local mode: the caller is a task `Endpoint::spawn` started), on the
-/// connection's own I/O thread, its shard's; anywhere else [`spawn_detached`]. Whether the
-/// caller is on an I/O thread is asked the one way the public API offers: `try_spawn` of an
-/// empty task (once per connection).
+/// connection's own I/O thread, its shard's; anywhere else on the caller's tokio runtime.
+/// Whether the caller is on an I/O thread is asked the one way the public API offers:
+/// `try_spawn` of an empty task (once per connection).
 #[cfg(feature = "ringquic")]
 fn ringquic_spawn_home<F: Future<Output = ()> + Send + 'static>(conn: &ringquic::Connection, fut: F) {
     match ringquic::try_spawn(std::future::ready(())) {
@@ -215,7 +215,8 @@ fn ringquic_spawn_home<F: Future<Output = ()> + Send + 'static>(conn: &ringquic:
             drop(probe);
             drop(conn.spawn(fut));
         }
-        Err(_) => spawn_detached(fut),
+        // Not on an I/O thread: what `spawn_detached` would do after asking again.
+        Err(_) => drop(tokio::spawn(fut)),
     }
 }
 

@@ -291,10 +291,11 @@ fn bench_smoke() {
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "bad svg");
 }
 
-/// `server --shards 2 --local`: a sharded server serving each connection on its own shard,
-/// with its report of how the CPU spread over its threads. Four clients at once (each one
-/// connection); the report names the I/O threads, and every client gets its answers.
-/// Asking quinn for shards is refused.
+/// `server --shards 2 --local` runs and reports how its CPU spread over its threads: four
+/// clients at once (each one connection) get every answer, and a report names the I/O
+/// threads. Asking quinn for shards is refused. (That `--local` serves each connection on its
+/// own shard is `tests/bench.rs`'s `spawn_home` test: the few milliseconds of CPU these
+/// clients cost are too coarse, in ticks of 10 ms, to tell the threads apart here.)
 #[cfg(all(feature = "ringquic", target_os = "linux"))]
 #[test]
 fn sharded_server_reports_its_threads() {

@@ -433,8 +433,10 @@ impl EndpointShared {
         self.loop_on_runtime() && Self::current().is_some_and(|c| Arc::ptr_eq(&c, self))
     }
 
-    /// Whether the loop runs as a task on the application's runtime: then no call may wait for
-    /// it on the calling thread, which the loop may need.
+    /// Whether the loop runs as a task on the application's runtime: then a call that needs the
+    /// loop's answer has it take the commands on the calling thread
+    /// ([`EndpointShared::take_commands_inline`]) instead of waiting for a turn the calling
+    /// thread may be the one to run.
     pub(crate) fn loop_on_runtime(&self) -> bool {
         self.inline.get().is_some()
     }
