@@ -237,17 +237,18 @@ impl EndpointBuilder {
         self
     }
 
-    /// Zero-copy receive (io_uring): a receive of at least `bytes` of payload (one GRO batch,
-    /// several datagrams) is not copied. The buffer the kernel filled goes to quinn-proto, which
-    /// decrypts in place, and the application's `read_chunk` gets slices of that same memory;
-    /// another buffer takes its place in the kernel's ring. Smaller receives are copied, each
-    /// datagram into an allocation of its own size, and the kernel's buffer is reused at once.
+    /// Zero-copy receive (io_uring and the poll backend): a receive of at least `bytes` of
+    /// payload (one GRO batch, several datagrams) is not copied. The buffer the kernel filled
+    /// goes to quinn-proto, which decrypts in place, and the application's `read_chunk` gets
+    /// slices of that same memory; another buffer takes its place (in the kernel's ring on
+    /// io_uring, in the next `recvmmsg` on poll). Smaller receives are copied, each datagram
+    /// into an allocation of its own size, and the receive buffer is reused at once.
     ///
     /// A lent buffer is `recv_buffer_size` bytes and lives until the last piece of it is
     /// dropped (a stream chunk or datagram the application has not read holds the whole
     /// buffer), so lending is bounded by [`EndpointBuilder::recv_memory_budget`]. `0` lends every
-    /// receive (within the budget); `usize::MAX` copies every receive. The poll and RIO backends
-    /// always copy. Default [`DEFAULT_ZERO_COPY_THRESHOLD`]; [`EndpointIoStats::recv_zero_copy`]
+    /// receive (within the budget); `usize::MAX` copies every receive. The RIO backend always
+    /// copies (its buffers are one registered region). Default [`DEFAULT_ZERO_COPY_THRESHOLD`]; [`EndpointIoStats::recv_zero_copy`]
     /// counts the receives lent.
     pub fn zero_copy_threshold(mut self, bytes: usize) -> Self {
         self.zero_copy_min = bytes;
@@ -255,9 +256,10 @@ impl EndpointBuilder {
     }
 
     /// The receive memory budget: at most `bytes` of receive buffers lent to quinn-proto and
-    /// the application at once, endpoint-wide. Lent buffers are the kernel's own (zero-copy
-    /// receive, io_uring) and the pooled buffers a GRO batch is copied into (every backend);
-    /// io_uring splits the budget evenly between the two. A buffer comes back, and is reused
+    /// the application at once, endpoint-wide. Lent buffers are the ones the kernel filled
+    /// (zero-copy receive: io_uring, poll) and the pooled buffers a GRO batch is copied into
+    /// (io_uring over its zero-copy share, RIO); io_uring splits the budget evenly between the
+    /// two. A buffer comes back, and is reused
     /// instead of allocating a new one, once quinn-proto and the application hold no piece of
     /// it. While the budget is used up, each datagram is copied into an allocation of its own
     /// size instead, which quinn-proto's own accounting covers.

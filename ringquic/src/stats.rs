@@ -49,7 +49,7 @@ pub struct EndpointIoStats {
     /// Times GSO was refused by the kernel and turned off.
     pub gso_disabled: u64,
     /// Receives (one GRO batch each) handed to quinn-proto and the application in the very
-    /// buffer the kernel filled, without a copy (io_uring; see
+    /// buffer the kernel filled, without a copy (io_uring and poll; see
     /// [`EndpointBuilder::zero_copy_threshold`](crate::EndpointBuilder::zero_copy_threshold)).
     pub recv_zero_copy: u64,
     /// Sends submitted as zero-copy `SENDMSG_ZC` (see

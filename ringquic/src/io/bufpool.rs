@@ -143,6 +143,9 @@ impl Drop for RxArena {
 pub(crate) struct RxSlots {
     bufs: Vec<BytesMut>,
     size: usize,
+    /// Bytes at the start of every buffer that are initialised whatever the kernel wrote (see
+    /// [`RxSlots::initialised_mut`]).
+    zeroed: usize,
     lender: Lender,
 }
 
@@ -157,7 +160,46 @@ impl RxSlots {
         Some(Self {
             bufs: (0..count).map(|_| lender.buffer()).collect(),
             size,
+            zeroed,
             lender,
+        })
+    }
+
+    /// Buffers of `size` bytes (the first `zeroed` of each zeroed) and at most `max_lent` lent
+    /// from now on: a socket that coalesces more per receive needs bigger ones. Every buffer in
+    /// the pool is replaced by a fresh one. Buffers lent before still count against
+    /// `max_lent` until no one holds them, and are freed then instead of reused, so lent
+    /// memory stays within the budget across the change. `false` (nothing changed) for a zero
+    /// size or `zeroed > size`.
+    pub(crate) fn regrow(&mut self, size: usize, zeroed: usize, max_lent: usize) -> bool {
+        if size == 0 || zeroed > size {
+            return false;
+        }
+        self.lender.resize(size, zeroed, max_lent);
+        for b in &mut self.bufs {
+            *b = self.lender.buffer();
+        }
+        self.size = size;
+        self.zeroed = zeroed;
+        true
+    }
+
+    /// The always-initialised start of every buffer in the pool, `zeroed` bytes each, in slot
+    /// order: for a receive call that writes into initialised memory (the poll backend's
+    /// `recvmmsg` through quinn-udp, whose pool is made with `zeroed == size`). What a call
+    /// writes there is initialised too, so [`RxSlots::filled`] and [`RxSlots::lend`] may then
+    /// be called with any length up to `zeroed`.
+    pub(crate) fn initialised_mut(&mut self) -> impl Iterator<Item = &mut [u8]> {
+        let zeroed = self.zeroed;
+        self.bufs.iter_mut().map(move |b| {
+            // SAFETY: every buffer in the pool has capacity for `size` ≥ `zeroed` bytes (made
+            // with that capacity by the lender, or reclaimed whole by it), and its first
+            // `zeroed` bytes are initialised: zeroed when the allocation was made, and only
+            // ever overwritten with initialised bytes since (by the kernel, by quinn-proto's
+            // in-place decryption, by this slice's writers). No piece of it is lent: a lent
+            // buffer leaves the pool, and a reclaimed one is reclaimed only once no other
+            // handle to it exists. The `&mut self` borrow makes this slice the only access.
+            unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr(), zeroed) }
         })
     }
 
@@ -201,6 +243,25 @@ impl RxSlots {
         // SAFETY: `len` ≤ capacity (checked); bytes below `zeroed` were initialised when the
         // buffer was made, the caller promises the kernel wrote the rest and writes no more.
         Some(unsafe { std::slice::from_raw_parts(buf.as_ptr(), len) })
+    }
+
+    /// [`RxSlots::filled`], with the pool's lender beside it: a receive that is not lent can be
+    /// copied into a pooled buffer of the same pool and budget (`recv::deliver`).
+    ///
+    /// # Safety
+    /// As for [`RxSlots::filled`].
+    pub(crate) unsafe fn filled_with_lender(
+        &mut self,
+        id: usize,
+        len: usize,
+    ) -> Option<(&[u8], &mut Lender)> {
+        if !self.valid(id, len) {
+            return None;
+        }
+        let buf = &self.bufs[id];
+        // SAFETY: as in `filled`, whose contract the caller keeps.
+        let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr(), len) };
+        Some((bytes, &mut self.lender))
     }
 
     /// Lend buffer `id`: its bytes `[payload.start, payload.end)` go out as one `BytesMut`
@@ -431,6 +492,64 @@ mod tests {
         assert_eq!(s.addr(2), first, "slot 2 now holds buffer 0's allocation, reused");
         assert_eq!(s.lent(), 2);
         drop((b_piece, c));
+    }
+
+    /// A pool made with every byte zeroed gives out initialised slices of the whole buffer;
+    /// what is written through them is what `filled` and `lend` read.
+    #[test]
+    fn rx_slots_initialised_slices_cover_what_is_zeroed() {
+        let mut s = RxSlots::new(3, 64, 64, 1).unwrap();
+        let mut n = 0;
+        for (i, b) in s.initialised_mut().enumerate() {
+            assert_eq!(b.len(), 64);
+            assert!(b.iter().all(|&x| x == 0));
+            b[..5].copy_from_slice(&[i as u8; 5]);
+            n += 1;
+        }
+        assert_eq!(n, 3);
+        // SAFETY: every byte of every buffer is initialised (zeroed == size).
+        assert_eq!(unsafe { s.filled(2, 5) }, Some(&[2u8; 5][..]));
+        // SAFETY: as above.
+        let lent = unsafe { s.lend(1, 0..64) }.unwrap();
+        assert_eq!(&lent[..5], &[1u8; 5]);
+        // Its replacement is initialised too: a fresh, zeroed buffer.
+        assert!(s.initialised_mut().nth(1).unwrap().iter().all(|&x| x == 0));
+        // A pool for the kernel (io_uring) only promises its zeroed prefix.
+        let mut k = RxSlots::new(2, 64, 8, 1).unwrap();
+        assert!(k.initialised_mut().all(|b| b.len() == 8));
+    }
+
+    /// After `regrow`, every buffer in the pool has the new size; buffers lent before still
+    /// count against the budget until their pieces are dropped, and are then freed, not
+    /// handed out again.
+    #[test]
+    fn rx_slots_regrow_keeps_lent_buffers_in_the_budget() {
+        let mut s = RxSlots::new(2, 64, 64, 2).unwrap();
+        // SAFETY: every byte is initialised (zeroed == size); the same below.
+        let old = unsafe { s.lend(0, 0..64) }.unwrap();
+        assert!(
+            !s.regrow(0, 0, 2) && !s.regrow(8, 9, 2),
+            "refused, nothing changed"
+        );
+        assert_eq!(s.buf_size(), 64);
+        assert!(s.regrow(128, 128, 2));
+        assert_eq!(s.buf_size(), 128);
+        assert!(s
+            .initialised_mut()
+            .all(|b| b.len() == 128 && b.iter().all(|&x| x == 0)));
+        assert_eq!(s.lent(), 1, "the old buffer still counts");
+        // SAFETY: as above.
+        let new = unsafe { s.lend(0, 0..128) }.unwrap();
+        assert_eq!(new.len(), 128);
+        // SAFETY: as above.
+        assert!(unsafe { s.lend(1, 0..128) }.is_none(), "two lent: the budget");
+        drop(old);
+        // SAFETY: as above.
+        let again = unsafe { s.lend(1, 0..128) }.unwrap();
+        assert_eq!(s.lent(), 2, "the old one was freed, the new ones count");
+        // Whatever took slot 1's place is of the new size.
+        assert!(s.initialised_mut().all(|b| b.len() == 128));
+        drop((new, again));
     }
 
     #[test]

@@ -8,11 +8,12 @@
 //!   returns `WouldBlock`, `writable` until a send does. A [`turn`](IoBackend::turn) that stopped
 //!   receiving because of its work bound leaves `readable` set, and the next turn polls with a
 //!   zero timeout instead of sleeping.
-//! * **Receive** uses one preallocated block of memory, split into up to
-//!   [`quinn_udp::BATCH_SIZE`] buffers, each large enough for a whole GRO batch (≤ 64 KiB).
-//!   Received datagrams are copied out of those buffers through `recv.rs`: each into its own
-//!   allocation, or a large GRO batch into a pooled buffer lent out within the receive memory
-//!   budget.
+//! * **Receive** uses up to [`quinn_udp::BATCH_SIZE`] pooled buffers ([`RxSlots`]), each large
+//!   enough for a whole GRO batch (≤ 64 KiB), one `recvmmsg` filling several. A receive of at
+//!   least `zero_copy_threshold` bytes (a GRO batch) is lent as it is, the buffer the kernel
+//!   filled split per datagram, and a spare takes its slot, within the receive memory budget
+//!   (`recv.rs`); a smaller one, or one over the budget, is copied per datagram into
+//!   allocations of its own, and the buffer stays.
 //! * **Send** tries the system call right away. A send that would block is parked in a FIFO,
 //!   which is bounded by construction (it only holds TX buffers, and there are `tx_buffers` of
 //!   them), and flushed, in order, when the socket reports writability. Interest in writability
@@ -42,7 +43,7 @@ use tracing::{debug, trace};
 
 use super::{
     addr::{addr_for_socket, canonical, canonical_ip, ip_for_socket},
-    bufpool::TxPool,
+    bufpool::{RxSlots, TxPool},
     recv,
     send::Batch,
     BackendKind, IoBackend, IoConfig, IoStats, RecvMeta, TxBuf, Wakeup,
@@ -99,10 +100,10 @@ struct PendingTx {
 /// The portable, readiness-based [`IoBackend`]: a non-blocking UDP socket driven by `mio`, with
 /// `quinn-udp` doing the system calls (GSO/GRO, ECN, packet info, don't-fragment).
 ///
-/// The receive block, the TX buffers and the FIFO of pending sends are allocated in
+/// The receive buffers, the TX buffers and the FIFO of pending sends are allocated in
 /// [`PollBackend::new`]. On the hot path only receiving allocates: an exact copy of each
-/// datagram, or a pooled buffer for a large GRO batch, reused once no piece of it is held
-/// (`recv.rs`).
+/// datagram of a small receive, or a buffer taking the place of one lent, which is a lent
+/// buffer that came back whenever one has (`recv.rs`).
 pub(crate) struct PollBackend {
     socket: UdpSocket,
     /// quinn-udp's socket state; `None` in plain mode (quinn-udp could not configure the
@@ -129,12 +130,16 @@ pub(crate) struct PollBackend {
     recv_buffer_size: usize,
     /// Receive system calls per turn at most.
     max_recv_calls: usize,
-    /// `recv_slots` buffers of `recv_slot_size` bytes each, back to back.
-    recv_buf: Vec<u8>,
+    /// `recv_slots` buffers of `recv_slot_size` bytes each, every byte initialised; lent whole
+    /// for a large receive (`recv.rs`).
+    rx: RxSlots,
     recv_slot_size: usize,
     recv_slots: usize,
-    /// Pooled buffers GRO batches are copied into and lent from (`recv.rs`).
-    lender: recv::Lender,
+    /// Receives of at least this many bytes are lent, smaller ones copied
+    /// (`IoConfig::zero_copy_min`).
+    zero_copy_min: usize,
+    /// `IoConfig::recv_memory_budget`.
+    recv_memory_budget: usize,
     recv_meta: [quinn_udp::RecvMeta; BATCH_SIZE],
     /// The TX buffers. None is ever parked: a send's buffer is in `pending` until the kernel
     /// has taken all of it.
@@ -167,8 +172,9 @@ impl PollBackend {
     /// memory the backend will use.
     ///
     /// Receive memory: `min(cfg.recv_buffers, BATCH_SIZE)` buffers (at least one) of
-    /// `max(cfg.recv_buffer_size, gro_segments × cfg.max_udp_payload, cfg.max_udp_payload + 1)`
-    /// bytes each, capped at 64 KiB. TX memory: `cfg.tx_buffers` × `cfg.tx_buffer_size`.
+    /// `max(cfg.recv_buffer_size, min(max(gro_segments × cfg.max_udp_payload,
+    /// cfg.max_udp_payload + 1), 64 KiB))` bytes each, plus at most `cfg.recv_memory_budget` of
+    /// them lent out. TX memory: `cfg.tx_buffers` × `cfg.tx_buffer_size`.
     pub(crate) fn new(socket: std::net::UdpSocket, cfg: &IoConfig) -> io::Result<Self> {
         Self::with_mode(socket, cfg, true)
     }
@@ -195,6 +201,7 @@ impl PollBackend {
         let max_payload = cfg.max_udp_payload.clamp(1, MAX_RECV_BUFFER - 1);
         let recv_slot_size = recv_slot_size(cfg.recv_buffer_size, max_payload, state.as_ref());
         let recv_slots = cfg.recv_buffers.clamp(1, BATCH_SIZE);
+        let rx = new_rx_slots(recv_slots, recv_slot_size, cfg.recv_memory_budget)?;
 
         Ok(Self {
             socket,
@@ -211,10 +218,11 @@ impl PollBackend {
             max_payload,
             recv_buffer_size: cfg.recv_buffer_size,
             max_recv_calls: MAX_RECV_CALLS_PER_TURN,
-            recv_buf: vec![0; recv_slots * recv_slot_size],
+            rx,
             recv_slot_size,
             recv_slots,
-            lender: recv::Lender::new(recv_slot_size, 0, cfg.recv_memory_budget / recv_slot_size.max(1)),
+            zero_copy_min: cfg.zero_copy_min,
+            recv_memory_budget: cfg.recv_memory_budget,
             recv_meta: [quinn_udp::RecvMeta::default(); BATCH_SIZE],
             // Slot numbers in range: checked above.
             tx: TxPool::new(cfg.tx_buffers, cfg.tx_buffer_size),
@@ -233,7 +241,7 @@ impl PollBackend {
     /// Bytes of receive memory this backend holds.
     #[cfg(test)]
     fn recv_memory(&self) -> usize {
-        self.recv_buf.len()
+        self.rx.buf_count() * self.rx.buf_size()
     }
 
     /// Send pending datagrams in order until the FIFO is empty or the socket would block; adjust
@@ -356,24 +364,26 @@ impl PollBackend {
     fn recv_bounded(&mut self, on_recv: &mut dyn FnMut(RecvMeta, BytesMut)) -> io::Result<()> {
         let slots = self.recv_slots;
         let slot_size = self.recv_slot_size;
-        let mut chunks = self.recv_buf.chunks_mut(slot_size);
-        let mut bufs: [IoSliceMut<'_>; BATCH_SIZE] =
-            std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-        let bufs = &mut bufs[..slots];
-        let metas = &mut self.recv_meta[..slots];
 
         for _ in 0..self.max_recv_calls {
-            let received = match &self.state {
-                Some(state) => state.recv((&self.socket).into(), bufs, metas),
-                None => self.socket.recv_from(&mut bufs[0]).map(|(len, addr)| {
-                    metas[0] = quinn_udp::RecvMeta {
-                        addr,
-                        len,
-                        stride: len,
-                        ..Default::default()
-                    };
-                    1
-                }),
+            let received = {
+                let mut chunks = self.rx.initialised_mut();
+                let mut bufs: [IoSliceMut<'_>; BATCH_SIZE] =
+                    std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+                let bufs = &mut bufs[..slots];
+                let metas = &mut self.recv_meta[..slots];
+                match &self.state {
+                    Some(state) => state.recv((&self.socket).into(), bufs, metas),
+                    None => self.socket.recv_from(&mut bufs[0]).map(|(len, addr)| {
+                        metas[0] = quinn_udp::RecvMeta {
+                            addr,
+                            len,
+                            stride: len,
+                            ..Default::default()
+                        };
+                        1
+                    }),
+                }
             };
             let count = match received {
                 Ok(count) => count.min(slots),
@@ -396,7 +406,8 @@ impl PollBackend {
                 Err(e) => return Err(e),
             };
 
-            for (buf, meta) in bufs[..count].iter().zip(metas[..count].iter()) {
+            for slot in 0..count {
+                let meta = self.recv_meta[slot];
                 let len = meta.len.min(slot_size);
                 if len == 0 {
                     continue;
@@ -424,20 +435,53 @@ impl PollBackend {
                         .ecn
                         .and_then(|ecn| quinn_proto::EcnCodepoint::from_bits(ecn as u8)),
                 };
-                // Copied out (`recv.rs`): per datagram, or a large batch into a pooled buffer
-                // within the budget, so what a piece quinn-proto keeps holds alive is bounded.
-                recv::deliver(
-                    &mut self.lender,
-                    &buf[..kept],
-                    Some(stride),
-                    recv_meta,
-                    &mut self.stats,
-                    on_recv,
-                );
+                self.hand_on(slot, kept, stride, recv_meta, on_recv);
             }
         }
         Ok(())
     }
+
+    /// Hand on the first `len` bytes of receive buffer `slot`, datagrams of `stride` bytes: the
+    /// buffer itself, lent, when the receive reaches `zero_copy_min` and the budget allows
+    /// (another buffer takes the slot); else copied as `recv::deliver` does, a large batch into
+    /// a pooled buffer within the same budget, anything else per datagram into allocations of
+    /// their own size. What a piece quinn-proto keeps holds alive is bounded either way.
+    fn hand_on(
+        &mut self,
+        slot: usize,
+        len: usize,
+        stride: usize,
+        meta: RecvMeta,
+        on_recv: &mut dyn FnMut(RecvMeta, BytesMut),
+    ) {
+        if len >= self.zero_copy_min {
+            // SAFETY: the receive call has returned, so nothing writes buffer `slot` any more,
+            // and the pool was made with every byte initialised (`new_rx_slots`), so the first
+            // `len` ≤ `recv_slot_size` bytes are.
+            if let Some(data) = unsafe { self.rx.lend(slot, 0..len) } {
+                self.stats.recv_zero_copy += 1;
+                recv::deliver_lent(data, Some(stride), meta, &mut self.stats, on_recv);
+                self.stats.recv_buffers_lent = self.rx.lent() as u64;
+                return;
+            }
+        }
+        // SAFETY: as for `lend` above; a refused `lend` left buffer `slot` in place, unchanged.
+        match unsafe { self.rx.filled_with_lender(slot, len) } {
+            // A batch under the threshold: into a pooled buffer of the same pool and budget, or
+            // per datagram (`recv::deliver`).
+            Some((payload, lender)) => {
+                recv::deliver(lender, payload, Some(stride), meta, &mut self.stats, on_recv)
+            }
+            None => self.stats.recv_dropped += 1,
+        }
+    }
+}
+
+/// The poll backend's receive buffers: `slots` of `slot_size` bytes, every byte initialised
+/// (quinn-udp's `recvmmsg` takes initialised slices), at most the budget's worth lent.
+fn new_rx_slots(slots: usize, slot_size: usize, budget: usize) -> io::Result<RxSlots> {
+    RxSlots::new(slots, slot_size, slot_size, budget / slot_size.max(1))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "receive buffers must have a size"))
 }
 
 impl IoBackend for PollBackend {
@@ -623,12 +667,15 @@ impl IoBackend for PollBackend {
             }
         }
         self.ipv6 = ipv6;
-        // A socket with GRO where the old one had none needs bigger receive buffers (only the
-        // receive block grows; the lender's pooled buffers copy what fits, the rest per datagram).
+        // A socket with GRO where the old one had none needs bigger receive buffers. Buffers
+        // lent before still count against the budget until they come back (`RxSlots::regrow`).
         let slot_size = recv_slot_size(self.recv_buffer_size, self.max_payload, state.as_ref());
-        if slot_size > self.recv_slot_size {
+        if slot_size > self.recv_slot_size
+            && self
+                .rx
+                .regrow(slot_size, slot_size, self.recv_memory_budget / slot_size)
+        {
             self.recv_slot_size = slot_size;
-            self.recv_buf = vec![0; self.recv_slots * slot_size];
         }
         self.state = state;
         // Look for data and try pending sends on the next turn, whatever edges the new
@@ -681,17 +728,18 @@ fn socket_state(socket: &UdpSocket, use_quinn_udp: bool) -> Option<UdpSocketStat
     }
 }
 
-/// Bytes per receive buffer: one datagram of the largest size we accept must fit with room to
-/// spare (so a full buffer means "truncated"), and so must a whole GRO batch.
+/// Bytes per receive buffer: `recv_buffer_size` (the size io_uring's buffers have too), or more
+/// where one datagram of the largest size we accept must fit with room to spare (so a full
+/// buffer means "truncated") or a whole GRO batch must, up to the 64 KiB no receive exceeds.
 fn recv_slot_size(recv_buffer_size: usize, max_payload: usize, state: Option<&UdpSocketState>) -> usize {
     let gro_batch = state
         .map_or(1, |s| s.gro_segments())
         .max(1)
         .saturating_mul(max_payload);
-    recv_buffer_size
-        .max(gro_batch)
+    gro_batch
         .max(max_payload + 1)
         .min(MAX_RECV_BUFFER)
+        .max(recv_buffer_size)
 }
 
 /// Receive errors that say nothing about the socket itself (ICMP feedback).
@@ -1078,13 +1126,86 @@ mod tests {
         let backend = bind("127.0.0.1:0").unwrap();
         let cfg = config();
         let slot = backend.recv_slot_size;
-        assert!(slot > cfg.max_udp_payload && slot <= MAX_RECV_BUFFER);
+        assert!(slot > cfg.max_udp_payload && slot <= MAX_RECV_BUFFER.max(cfg.recv_buffer_size));
         let gro = backend.state.as_ref().map_or(1, |s| s.gro_segments()) * cfg.max_udp_payload;
         assert!(slot >= gro.min(MAX_RECV_BUFFER));
         assert_eq!(
             backend.recv_memory(),
             cfg.recv_buffers.clamp(1, BATCH_SIZE) * slot
         );
+    }
+
+    /// A GRO batch of at least `zero_copy_min` bytes goes on in the very buffer the kernel
+    /// filled, split per datagram; a small receive is copied per datagram into allocations of
+    /// its own; over the budget a batch is copied too, and lending resumes once the lent
+    /// buffer's pieces are dropped.
+    #[test]
+    fn a_gro_batch_is_lent_in_its_receive_buffer_within_the_budget() {
+        let mut cfg = IoConfig::for_tests(4, 64 * 1024, 8, 64 * 1024);
+        cfg.zero_copy_min = 16 * 1024;
+        let mut b = PollBackend::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), &cfg).unwrap();
+        // One buffer may be lent at a time.
+        cfg.recv_memory_budget = b.recv_slot_size;
+        let mut b = {
+            drop(b);
+            PollBackend::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), &cfg).unwrap()
+        };
+        if b.state.as_ref().map_or(1, |s| s.gro_segments()) < 20 {
+            // Linux has had UDP GRO since 5.0; elsewhere quinn-udp may not offer it.
+            assert!(!cfg!(target_os = "linux"), "no UDP GRO on Linux");
+            eprintln!("skipped: this socket has no UDP GRO, so no receive holds a batch");
+            return;
+        }
+        let mut a = PollBackend::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), &cfg).unwrap();
+        let b_addr = b.local_addr().unwrap();
+        let batch: Vec<u8> = (0..20u8).flat_map(|i| payload(i * 10, 1200)).collect();
+
+        // Where the next receive lands (one message: the first buffer); compared, never read.
+        let slot0 = b.rx.initialised_mut().next().unwrap().as_ptr() as usize;
+        send(&mut a, b_addr, &batch, Some(1200));
+        let first = receive(&mut b, 20);
+        assert_eq!(b.stats().recv_zero_copy, 1, "one receive, lent");
+        assert_eq!(
+            first[0].1.as_ptr() as usize,
+            slot0,
+            "lent in the buffer the kernel filled"
+        );
+        assert_ne!(
+            b.rx.initialised_mut().next().unwrap().as_ptr() as usize,
+            slot0,
+            "another buffer took its place"
+        );
+        assert_eq!(b.stats().recv_buffers_lent, 1);
+        // Addresses compared only: the datagrams lie back to back in one buffer, in order.
+        let base = first[0].1.as_ptr() as usize;
+        for (i, (_, d)) in first.iter().enumerate() {
+            assert_eq!(
+                d.as_ptr() as usize - base,
+                i * 1200,
+                "datagram {i} is a slice of the buffer"
+            );
+            assert_eq!(&d[..], &batch[i * 1200..(i + 1) * 1200]);
+        }
+
+        // The budget is used: the next batch is copied, each datagram on its own.
+        send(&mut a, b_addr, &batch, Some(1200));
+        let second = receive(&mut b, 20);
+        assert_eq!(b.stats().recv_zero_copy, 1, "over the budget: copied");
+        assert!(second.iter().all(|(_, d)| d.capacity() == 1200));
+        assert!(second.iter().zip(&first).all(|((_, x), (_, y))| x == y));
+
+        // A small receive is copied whatever the budget.
+        send(&mut a, b_addr, b"small", None);
+        let small = receive(&mut b, 1);
+        assert_eq!((&small[0].1[..], small[0].1.capacity()), (&b"small"[..], 5));
+
+        // Every piece of the lent buffer dropped: it comes back and lending resumes.
+        drop(first);
+        send(&mut a, b_addr, &batch, Some(1200));
+        let third = receive(&mut b, 20);
+        assert_eq!(b.stats().recv_zero_copy, 2, "lent again");
+        assert_eq!(b.stats().recv_buffers_lent, 1);
+        assert!(third.iter().zip(&second).all(|((_, x), (_, y))| x == y));
     }
 
     /// `rebind` serves the new socket at once and closes the old one (its port is free at once:

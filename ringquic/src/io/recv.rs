@@ -14,11 +14,12 @@
 //!
 //! * [`deliver_copied`]: each datagram is copied into its own exact-size allocation (the rule
 //!   quinn-proto's accounting assumes). The receive buffer stays with the backend. Used for a
-//!   receive of one datagram, a batch smaller than [`POOLED_MIN`], and whenever the budget
-//!   below is used up.
+//!   receive of one datagram, a batch smaller than the backend's threshold ([`POOLED_MIN`],
+//!   `zero_copy_threshold`), and whenever the budget below is used up.
 //! * [`Lender::copy_in`] then [`deliver_lent`]: a receive of several datagrams (a GRO batch) is
 //!   copied into one pooled buffer, which is split per datagram and lent out.
-//! * [`deliver_lent`] of the kernel's own buffer (io_uring zero-copy receive, `RxSlots`).
+//! * [`deliver_lent`] of the buffer the kernel filled (zero-copy receive, `RxSlots`: io_uring's
+//!   provided buffers, the poll backend's `recvmmsg` buffers).
 //!
 //! A lent buffer lives until the last piece of it is dropped. [`Lender`] bounds how many are
 //! out at once (the receive memory budget) and takes a buffer back for reuse once no piece of
@@ -147,7 +148,9 @@ pub(crate) struct Lender {
     /// Bytes at the start of a fresh buffer that are zeroed (io_uring reads a receive's header
     /// area, which the kernel may leave partly unwritten).
     zeroed: usize,
-    lent: Vec<BytesMut>,
+    /// The head of each lent buffer, with the size buffers had when it was lent (a
+    /// [`Lender::resize`] since makes it smaller than `size`).
+    lent: Vec<(BytesMut, usize)>,
     max_lent: usize,
     spare: Vec<BytesMut>,
 }
@@ -202,7 +205,7 @@ impl Lender {
     /// the head before `start` stays here to track it. The caller checked [`Lender::has_room`].
     pub(crate) fn lend(&mut self, mut buf: BytesMut, start: usize) -> BytesMut {
         let head = buf.split_to(start.min(buf.len()));
-        self.lent.push(head);
+        self.lent.push((head, self.size));
         buf
     }
 
@@ -216,16 +219,30 @@ impl Lender {
         Some(self.lend(b, 0))
     }
 
+    /// Buffers of `size` bytes, the first `zeroed` of a fresh one zeroed, at most `max_lent`
+    /// out, from now on. Spares are freed; buffers lent before still count until no one holds
+    /// them, and are then freed instead of kept ([`Lender::sweep`]).
+    pub(crate) fn resize(&mut self, size: usize, zeroed: usize, max_lent: usize) {
+        self.size = size;
+        self.zeroed = zeroed.min(size);
+        self.max_lent = max_lent;
+        self.spare.clear();
+    }
+
     /// Take back every lent buffer no one holds any more. O(lent), at most `max_lent`.
     pub(crate) fn sweep(&mut self) {
         let size = self.size;
         let spare = &mut self.spare;
-        self.lent.retain_mut(|head| {
+        self.lent.retain_mut(|(head, lent_size)| {
             head.clear();
             // Succeeds only when the head is the allocation's last handle; it then covers the
             // whole buffer again, from its start.
-            if !head.try_reclaim(size) {
+            if !head.try_reclaim(*lent_size) {
                 return true;
+            }
+            if *lent_size != size {
+                // Lent before a `resize`: freed, not kept.
+                return false;
             }
             if spare.len() < MAX_SPARE {
                 spare.push(std::mem::take(head));

@@ -45,8 +45,7 @@ pub(crate) struct IoConfig {
     /// The largest UDP payload quinn-proto will write (`EndpointConfig::max_udp_payload_size`).
     pub max_udp_payload: usize,
     /// Receives of at least this many payload bytes skip the copy out of the kernel's buffer
-    /// (io_uring only; see `EndpointBuilder::zero_copy_threshold`).
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    /// (io_uring and poll; see `EndpointBuilder::zero_copy_threshold`).
     pub zero_copy_min: usize,
     /// Bytes of receive buffers that may be lent out at once (`recv.rs`).
     pub recv_memory_budget: usize,
