@@ -9,7 +9,7 @@ use common::*;
 
 use std::{net::UdpSocket, sync::Arc, time::Duration};
 
-use ringquic::{BackendKind, Endpoint, EndpointError, QuicLbConfig, TransportConfig};
+use ringquic::{BackendKind, Endpoint, EndpointError, EndpointIoStats, QuicLbConfig, TransportConfig};
 
 const SHARDS: usize = 4;
 const CLIENTS: usize = 8;
@@ -33,6 +33,23 @@ fn sharded_with(
         .server_config(server_config_with(cert, t.clone()))
         .bind(localhost())
         .expect("sharded endpoint")
+}
+
+/// The sharded endpoint's summed stats once forwarding is accounted for. Each shard publishes
+/// its counters at the end of its own turns, so one snapshot of them all can count a forwarded
+/// datagram in at its target before the shard that sent it has published its count out; once
+/// both have, every datagram counted in was counted out. Waits (at most 2 s) for a snapshot
+/// where that holds; the caller asserts it.
+async fn forwarding_settled(server: &Endpoint) -> EndpointIoStats {
+    let mut io = server.io_stats();
+    for _ in 0..200 {
+        if io.forwarded_in + io.forward_drops <= io.forwarded_out {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        io = server.io_stats();
+    }
+    io
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +108,7 @@ async fn spread_and_move(b: BackendKind, steering: bool) {
         }
         let after = futures::future::join_all(conns.iter().map(|c| echoes(c, b"sharded", 5))).await;
         let alive = after.iter().filter(|ok| **ok).count();
-        let io = server.io_stats();
+        let io = forwarding_settled(&server).await;
         eprintln!(
             "{b}, steering {steering}: connections per shard {per_shard:?}; {alive} of {total} echo after \
              their clients moved; forwarded {} (dropped {}), unsteered shards {}",
@@ -316,7 +333,7 @@ async fn a_group_change_under_the_program_is_forwarded_and_counted() {
             .iter()
             .map(|s| s.handshakes.accepted_handshakes)
             .collect();
-        let io = server.io_stats();
+        let io = forwarding_settled(&server).await;
         eprintln!(
             "{b}: connections per shard {per_shard:?}; {alive} of {total} echo; forwarded {} \
              (dropped {}), unsteered shards {}",
