@@ -248,8 +248,9 @@ impl EndpointBuilder {
     /// dropped (a stream chunk or datagram the application has not read holds the whole
     /// buffer), so lending is bounded by [`EndpointBuilder::recv_memory_budget`]. `0` lends every
     /// receive (within the budget); `usize::MAX` copies every receive. The RIO backend always
-    /// copies (its buffers are one registered region). Default [`DEFAULT_ZERO_COPY_THRESHOLD`]; [`EndpointIoStats::recv_zero_copy`]
-    /// counts the receives lent.
+    /// copies (its buffers are one registered region). Default
+    /// [`DEFAULT_ZERO_COPY_THRESHOLD`]; [`EndpointIoStats::recv_zero_copy`] counts the receives
+    /// lent.
     pub fn zero_copy_threshold(mut self, bytes: usize) -> Self {
         self.zero_copy_min = bytes;
         self
@@ -258,10 +259,10 @@ impl EndpointBuilder {
     /// The receive memory budget: at most `bytes` of receive buffers lent to quinn-proto and
     /// the application at once, endpoint-wide. Lent buffers are the ones the kernel filled
     /// (zero-copy receive: io_uring, poll) and the pooled buffers a GRO batch is copied into
-    /// (io_uring over its zero-copy share, RIO); io_uring splits the budget evenly between the
-    /// two. A buffer comes back, and is reused
-    /// instead of allocating a new one, once quinn-proto and the application hold no piece of
-    /// it. While the budget is used up, each datagram is copied into an allocation of its own
+    /// (io_uring over its zero-copy share, poll for batches under the threshold, RIO); io_uring
+    /// splits the budget evenly between the two, poll shares it. A buffer comes back, and is
+    /// reused instead of allocating a new one, once quinn-proto and the application hold no
+    /// piece of it. While the budget is used up, each datagram is copied into an allocation of its own
     /// size instead, which quinn-proto's own accounting covers.
     ///
     /// This is what bounds the memory a peer can make the endpoint hold by having it keep

@@ -189,16 +189,18 @@ impl RxSlots {
     /// `recvmmsg` through quinn-udp, whose pool is made with `zeroed == size`). What a call
     /// writes there is initialised too, so [`RxSlots::filled`] and [`RxSlots::lend`] may then
     /// be called with any length up to `zeroed`.
+    ///
+    /// Why the slices are sound: every buffer in the pool has capacity for `size` ≥ `zeroed`
+    /// bytes (made with that capacity by the lender, or reclaimed whole by it), and its first
+    /// `zeroed` bytes are initialised: zeroed when the allocation was made, and only ever
+    /// overwritten with initialised bytes since (by the kernel, by quinn-proto's in-place
+    /// decryption, by these slices' writers). No piece of a buffer in the pool is lent: a lent
+    /// buffer leaves the pool, and one is reclaimed only once no other handle to it exists.
     pub(crate) fn initialised_mut(&mut self) -> impl Iterator<Item = &mut [u8]> {
         let zeroed = self.zeroed;
         self.bufs.iter_mut().map(move |b| {
-            // SAFETY: every buffer in the pool has capacity for `size` ≥ `zeroed` bytes (made
-            // with that capacity by the lender, or reclaimed whole by it), and its first
-            // `zeroed` bytes are initialised: zeroed when the allocation was made, and only
-            // ever overwritten with initialised bytes since (by the kernel, by quinn-proto's
-            // in-place decryption, by this slice's writers). No piece of it is lent: a lent
-            // buffer leaves the pool, and a reclaimed one is reclaimed only once no other
-            // handle to it exists. The `&mut self` borrow makes this slice the only access.
+            // SAFETY: capacity ≥ `zeroed` and those bytes initialised, no lent piece (the doc
+            // above); the `&mut self` borrow makes this slice the only access.
             unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr(), zeroed) }
         })
     }
@@ -236,13 +238,8 @@ impl RxSlots {
     /// The kernel holds buffer `id` no longer (a completion returned it) and has written every
     /// byte of `[zeroed, len)` (the zeroed prefix needs no write).
     pub(crate) unsafe fn filled(&self, id: usize, len: usize) -> Option<&[u8]> {
-        if !self.valid(id, len) {
-            return None;
-        }
-        let buf = &self.bufs[id];
-        // SAFETY: `len` ≤ capacity (checked); bytes below `zeroed` were initialised when the
-        // buffer was made, the caller promises the kernel wrote the rest and writes no more.
-        Some(unsafe { std::slice::from_raw_parts(buf.as_ptr(), len) })
+        // SAFETY: the caller keeps this function's contract, which is `prefix`'s.
+        unsafe { prefix(&self.bufs, self.size, id, len) }
     }
 
     /// [`RxSlots::filled`], with the pool's lender beside it: a receive that is not lent can be
@@ -255,12 +252,8 @@ impl RxSlots {
         id: usize,
         len: usize,
     ) -> Option<(&[u8], &mut Lender)> {
-        if !self.valid(id, len) {
-            return None;
-        }
-        let buf = &self.bufs[id];
-        // SAFETY: as in `filled`, whose contract the caller keeps.
-        let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr(), len) };
+        // SAFETY: the caller keeps this function's contract, which is `prefix`'s.
+        let bytes = unsafe { prefix(&self.bufs, self.size, id, len) }?;
         Some((bytes, &mut self.lender))
     }
 
@@ -282,6 +275,18 @@ impl RxSlots {
         unsafe { buf.set_len(payload.end) };
         Some(self.lender.lend(buf, payload.start))
     }
+}
+
+/// The first `len` bytes of `bufs[id]`, a buffer of capacity ≥ `size`; `None` when `id` or
+/// `len` is out of range (a bad completion is dropped, never trusted).
+///
+/// # Safety
+/// Nothing writes buffer `id` any more (the kernel returned it) and every byte below `len` is
+/// initialised: below the pool's `zeroed` prefix from its making, above it written by the kernel.
+unsafe fn prefix(bufs: &[BytesMut], size: usize, id: usize, len: usize) -> Option<&[u8]> {
+    let buf = bufs.get(id).filter(|_| len <= size)?;
+    // SAFETY: `len` ≤ `size` ≤ capacity (checked); initialised and unwritten (the contract).
+    Some(unsafe { std::slice::from_raw_parts(buf.as_ptr(), len) })
 }
 
 /// The TX buffers of one endpoint.

@@ -9,11 +9,12 @@
 //!   receiving because of its work bound leaves `readable` set, and the next turn polls with a
 //!   zero timeout instead of sleeping.
 //! * **Receive** uses up to [`quinn_udp::BATCH_SIZE`] pooled buffers ([`RxSlots`]), each large
-//!   enough for a whole GRO batch (≤ 64 KiB), one `recvmmsg` filling several. A receive of at
-//!   least `zero_copy_threshold` bytes (a GRO batch) is lent as it is, the buffer the kernel
-//!   filled split per datagram, and a spare takes its slot, within the receive memory budget
-//!   (`recv.rs`); a smaller one, or one over the budget, is copied per datagram into
-//!   allocations of its own, and the buffer stays.
+//!   enough for a whole GRO batch, one `recvmmsg` filling several. A receive of at least
+//!   `zero_copy_threshold` bytes (a GRO batch) is lent as it is, the buffer the kernel filled
+//!   split per datagram, and a spare takes its slot, within the receive memory budget
+//!   (`recv.rs`). A smaller one, or one over the budget, is copied as `recv::deliver` copies
+//!   (a batch of 16 KiB or more into a pooled buffer of the same budget, anything else per
+//!   datagram), and the buffer stays.
 //! * **Send** tries the system call right away. A send that would block is parked in a FIFO,
 //!   which is bounded by construction (it only holds TX buffers, and there are `tx_buffers` of
 //!   them), and flushed, in order, when the socket reports writability. Interest in writability
@@ -130,11 +131,9 @@ pub(crate) struct PollBackend {
     recv_buffer_size: usize,
     /// Receive system calls per turn at most.
     max_recv_calls: usize,
-    /// `recv_slots` buffers of `recv_slot_size` bytes each, every byte initialised; lent whole
-    /// for a large receive (`recv.rs`).
+    /// As many buffers as one receive call fills (at most `BATCH_SIZE`), each large enough for
+    /// a whole GRO batch, every byte initialised; lent whole for a large receive (`recv.rs`).
     rx: RxSlots,
-    recv_slot_size: usize,
-    recv_slots: usize,
     /// Receives of at least this many bytes are lent, smaller ones copied
     /// (`IoConfig::zero_copy_min`).
     zero_copy_min: usize,
@@ -158,8 +157,8 @@ impl fmt::Debug for PollBackend {
             .field("readable", &self.readable)
             .field("writable", &self.writable)
             .field("closed", &self.closed)
-            .field("recv_slots", &self.recv_slots)
-            .field("recv_slot_size", &self.recv_slot_size)
+            .field("recv_slots", &self.rx.buf_count())
+            .field("recv_slot_size", &self.rx.buf_size())
             .field("tx_free", &self.tx.free_count())
             .field("pending", &self.pending.len())
             .field("stats", &self.stats)
@@ -199,9 +198,11 @@ impl PollBackend {
             .register(&mut socket, SOCKET, Interest::READABLE)?;
 
         let max_payload = cfg.max_udp_payload.clamp(1, MAX_RECV_BUFFER - 1);
-        let recv_slot_size = recv_slot_size(cfg.recv_buffer_size, max_payload, state.as_ref());
-        let recv_slots = cfg.recv_buffers.clamp(1, BATCH_SIZE);
-        let rx = new_rx_slots(recv_slots, recv_slot_size, cfg.recv_memory_budget)?;
+        let rx = new_rx_slots(
+            cfg.recv_buffers.clamp(1, BATCH_SIZE),
+            recv_slot_size(cfg.recv_buffer_size, max_payload, state.as_ref()),
+            cfg.recv_memory_budget,
+        )?;
 
         Ok(Self {
             socket,
@@ -219,8 +220,6 @@ impl PollBackend {
             recv_buffer_size: cfg.recv_buffer_size,
             max_recv_calls: MAX_RECV_CALLS_PER_TURN,
             rx,
-            recv_slot_size,
-            recv_slots,
             zero_copy_min: cfg.zero_copy_min,
             recv_memory_budget: cfg.recv_memory_budget,
             recv_meta: [quinn_udp::RecvMeta::default(); BATCH_SIZE],
@@ -362,8 +361,8 @@ impl PollBackend {
     /// Receive until the socket would block or `max_recv_calls` system calls were made (then
     /// `readable` stays set, so the next turn does not sleep).
     fn recv_bounded(&mut self, on_recv: &mut dyn FnMut(RecvMeta, BytesMut)) -> io::Result<()> {
-        let slots = self.recv_slots;
-        let slot_size = self.recv_slot_size;
+        let slots = self.rx.buf_count();
+        let slot_size = self.rx.buf_size();
 
         for _ in 0..self.max_recv_calls {
             let received = {
@@ -457,7 +456,7 @@ impl PollBackend {
         if len >= self.zero_copy_min {
             // SAFETY: the receive call has returned, so nothing writes buffer `slot` any more,
             // and the pool was made with every byte initialised (`new_rx_slots`), so the first
-            // `len` ≤ `recv_slot_size` bytes are.
+            // `len` ≤ buffer size bytes are.
             if let Some(data) = unsafe { self.rx.lend(slot, 0..len) } {
                 self.stats.recv_zero_copy += 1;
                 recv::deliver_lent(data, Some(stride), meta, &mut self.stats, on_recv);
@@ -670,12 +669,10 @@ impl IoBackend for PollBackend {
         // A socket with GRO where the old one had none needs bigger receive buffers. Buffers
         // lent before still count against the budget until they come back (`RxSlots::regrow`).
         let slot_size = recv_slot_size(self.recv_buffer_size, self.max_payload, state.as_ref());
-        if slot_size > self.recv_slot_size
-            && self
-                .rx
-                .regrow(slot_size, slot_size, self.recv_memory_budget / slot_size)
-        {
-            self.recv_slot_size = slot_size;
+        if slot_size > self.rx.buf_size() {
+            // Refused only for a zero size, which `recv_slot_size` never gives.
+            self.rx
+                .regrow(slot_size, slot_size, self.recv_memory_budget / slot_size);
         }
         self.state = state;
         // Look for data and try pending sends on the next turn, whatever edges the new
@@ -1125,7 +1122,7 @@ mod tests {
     fn receive_memory_holds_a_gro_batch() {
         let backend = bind("127.0.0.1:0").unwrap();
         let cfg = config();
-        let slot = backend.recv_slot_size;
+        let slot = backend.rx.buf_size();
         assert!(slot > cfg.max_udp_payload && slot <= MAX_RECV_BUFFER.max(cfg.recv_buffer_size));
         let gro = backend.state.as_ref().map_or(1, |s| s.gro_segments()) * cfg.max_udp_payload;
         assert!(slot >= gro.min(MAX_RECV_BUFFER));
@@ -1146,7 +1143,7 @@ mod tests {
         // One buffer may be lent at a time.
         cfg.recv_memory_budget = 64 * 1024;
         let mut b = PollBackend::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), &cfg).unwrap();
-        assert_eq!(b.recv_slot_size, 64 * 1024);
+        assert_eq!(b.rx.buf_size(), 64 * 1024);
         if b.state.as_ref().map_or(1, |s| s.gro_segments()) < 20 {
             // Linux has had UDP GRO since 5.0; elsewhere quinn-udp may not offer it.
             if cfg!(target_os = "linux") {
