@@ -110,7 +110,9 @@ impl Impair {
 }
 
 /// Counters of one direction. `forwarded` counts datagrams actually sent on (duplicates and
-/// corrupted copies included); the others count decisions.
+/// corrupted copies included); the others count decisions. `forwarded` is counted before the
+/// `send_to` (and taken back if it fails), so a test that saw the peer react to a datagram
+/// also sees it counted.
 #[derive(Debug, Default)]
 pub struct DirCounters {
     pub received: AtomicU64,
@@ -515,9 +517,11 @@ impl Worker {
             Some((up, _)) if d == Dir::ToServer as usize => up,
             _ => &self.sock,
         };
-        match sock.send_to(data, to) {
-            Ok(_) => bump(&c.forwarded),
-            Err(_) => bump(&c.send_failed),
+        // Counted first: the receiver may act on the datagram before this thread runs again.
+        bump(&c.forwarded);
+        if sock.send_to(data, to).is_err() {
+            c.forwarded.fetch_sub(1, Ordering::Relaxed);
+            bump(&c.send_failed);
         }
     }
 
