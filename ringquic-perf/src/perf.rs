@@ -27,6 +27,37 @@ pub const CLOSE_DONE: u32 = 0;
 const PAYLOAD_CHUNK: usize = 64 * 1024;
 static ZEROS: [u8; PAYLOAD_CHUNK] = [0; PAYLOAD_CHUNK];
 
+/// Set (to anything) to have each side of a connection that carried more than 1 MiB print its
+/// packet and frame counts to stderr when it is done (the client when its timed part ends, the
+/// server when the connection closes): how many ACKs the receiver sent, in how many sends the
+/// data left, which the CPU columns do not show. A diagnostic for `bulk` and `streams`.
+pub const CONN_STATS_ENV: &str = "RINGQUIC_PERF_CONN_STATS";
+
+/// Prints `side`'s line of what [`CONN_STATS_ENV`] asks for, if it is set.
+pub fn report_conn_stats<C: ConnOps>(side: &str, conn: &C) {
+    if std::env::var_os(CONN_STATS_ENV).is_none() {
+        return;
+    }
+    let s = conn.stats();
+    if s.udp_rx.bytes + s.udp_tx.bytes < 1 << 20 {
+        return;
+    }
+    eprintln!(
+        "{side} connection: rx {} datagrams / {} bytes ({} STREAM, {} ACK frames); \
+         tx {} datagrams in {} sends ({} ACK frames); rtt {:?}, cwnd {}, lost {}",
+        s.udp_rx.datagrams,
+        s.udp_rx.bytes,
+        s.frame_rx.stream,
+        s.frame_rx.acks,
+        s.udp_tx.datagrams,
+        s.udp_tx.ios,
+        s.frame_tx.acks,
+        s.path.rtt,
+        s.path.cwnd,
+        s.path.lost_packets,
+    );
+}
+
 /// Serves perf requests on every connection `endpoint` accepts, until it is closed.
 pub async fn serve<E: EndpointOps>(endpoint: E) {
     while let Some(handshake) = endpoint.accept().await {
@@ -59,6 +90,7 @@ pub async fn serve_connection<C: ConnOps>(conn: C) {
             let _ = answer_bi(send, recv).await;
         });
     }
+    report_conn_stats("server", &conn);
 }
 
 async fn answer_bi<S: SendOps, R: RecvOps>(mut send: S, mut recv: R) -> Result<()> {

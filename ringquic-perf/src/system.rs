@@ -66,8 +66,8 @@ pub trait ConnOps: Clone + Send + Sync + 'static {
     fn accept_uni(&self) -> impl Future<Output = Result<Self::Recv>> + Send;
     /// Queues an unreliable datagram (dropping the oldest queued one if the buffer is full).
     fn send_datagram(&self, data: Bytes) -> Result<()>;
-    /// How many DATAGRAM frames this connection has transmitted so far.
-    fn datagrams_transmitted(&self) -> u64;
+    /// The connection's statistics (quinn-proto's, for both systems).
+    fn stats(&self) -> quinn_proto::ConnectionStats;
     /// Receives the next datagram.
     fn read_datagram(&self) -> impl Future<Output = Result<Bytes>> + Send;
     /// The largest datagram payload the peer accepts now, if datagrams are supported.
@@ -145,8 +145,8 @@ macro_rules! impl_quic_ops {
             fn send_datagram(&self, data: Bytes) -> Result<()> {
                 Ok($q::Connection::send_datagram(self, data)?)
             }
-            fn datagrams_transmitted(&self) -> u64 {
-                $q::Connection::stats(self).frame_tx.datagram
+            fn stats(&self) -> quinn_proto::ConnectionStats {
+                $q::Connection::stats(self)
             }
             async fn read_datagram(&self) -> Result<Bytes> {
                 Ok($q::Connection::read_datagram(self).await?)

@@ -93,7 +93,7 @@ impl Workload for Datagrams {
         let mut sent = 0u64;
         let mut idle = 0u32;
         while start.elapsed() < self.duration {
-            let queued = sent.saturating_sub(conn.datagrams_transmitted());
+            let queued = sent.saturating_sub(conn.stats().frame_tx.datagram);
             let room = WINDOW.saturating_sub(queued).min(BURST);
             if room == 0 {
                 // Full: give the connection a moment (first by yielding, then by sleeping).

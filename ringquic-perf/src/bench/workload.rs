@@ -76,6 +76,7 @@ impl<E: EndpointOps> Client<E> {
         let start = Instant::now();
         let result = work(conn.clone()).await;
         let elapsed = start.elapsed();
+        perf::report_conn_stats("client", &conn);
         conn.close(perf::CLOSE_DONE, b"done");
         Ok((result?, elapsed))
     }
