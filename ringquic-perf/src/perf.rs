@@ -35,7 +35,10 @@ pub const CONN_STATS_ENV: &str = "RINGQUIC_PERF_CONN_STATS";
 
 /// Prints `side`'s line of what [`CONN_STATS_ENV`] asks for, if it is set.
 pub fn report_conn_stats<C: ConnOps>(side: &str, conn: &C) {
-    if std::env::var_os(CONN_STATS_ENV).is_none() {
+    // Read once per process: the server asks at every connection's end (thousands in `handshakes`).
+    static ENABLED: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| std::env::var_os(CONN_STATS_ENV).is_some());
+    if !*ENABLED {
         return;
     }
     let s = conn.stats();
