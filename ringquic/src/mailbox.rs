@@ -143,7 +143,8 @@ impl<T> Mailbox<T> {
     }
 }
 
-#[cfg(test)]
+// Not under the loom cfg: a `Mailbox` built outside `loom::model` panics there.
+#[cfg(all(test, not(ringquic_loom)))]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
@@ -205,10 +206,9 @@ mod tests {
 /// a command queued and no wakeup latched for it. A lost wakeup leaves the modelled I/O thread
 /// blocked on its "eventfd" with every producer finished, which loom reports as a deadlock.
 ///
-/// Run (test builds only; a target dir of its own, since the cfg rebuilds every dependency):
-/// `RUSTFLAGS="--cfg ringquic_loom" cargo test -p ringquic --lib --target-dir target/loom mailbox::loom_model`
-/// (only this module: under the cfg a `Mailbox` built outside `loom::model` panics, so the
-/// crate's other tests would fail).
+/// Run from the repository's root (test builds only; `ringquic/loom` is a small crate that
+/// includes this file and `sync.rs`, so the cfg rebuilds loom's dependencies, not ringquic's):
+/// `RUSTFLAGS="--cfg ringquic_loom" cargo test --manifest-path ringquic/loom/Cargo.toml --target-dir target/loom`
 ///
 /// The `broken_*` tests run the same model against deliberately wrong orders (the flag cleared
 /// after taking the queue; the flag swapped before queueing; the loop sleeping without checking
