@@ -238,7 +238,11 @@ fn bench_smoke() {
             "--stream-size",
             "256K",
             "--duration",
-            "1s",
+            "500ms",
+            // Two runs, so the systems still alternate and the table shows medians and spread;
+            // the default three made this the suite's longest test (~50 s).
+            "--runs",
+            "2",
             "--connections",
             "4",
             "--json",
