@@ -94,7 +94,7 @@ mkdir -p "$work"
 cargo test -p ringquic --features "$RQ_FEATURES" --target "$TARGET" --no-run --message-format=json \
   >"$work/build.json" 2>"$work/build.log" || { tail -30 "$work/build.log"; exit 1; }
 # Test binaries only (`"test":true` in the artifact's profile): `cargo test` also builds the
-# examples, which are programs, not tests (tests/examples.rs runs them itself).
+# examples, which are programs, not tests (tests/suite/examples.rs runs them itself).
 mapfile -t exes < <(grep '"test":true' "$work/build.json" | grep -o '"executable":"[^"]*\.exe"' | sed 's/^"executable":"//; s/"$//' | sort -u)
 if [ "${#exes[@]}" = 0 ]; then
   echo "no test executables found in the cargo output"
@@ -118,7 +118,7 @@ unset DISPLAY
 #    at an endpoint with four 2 KiB receive buffers. Under Wine the poll backend runs in its
 #    plain mode (one recvfrom per datagram through wineserver) and the flood starves the real
 #    connection until it idles out; on Linux both backends pass it.
-EXPECTED_ALWAYS="a_receive_flood_larger_than_the_buffer_pool"
+EXPECTED_ALWAYS="robust_exhaustion::a_receive_flood_larger_than_the_buffer_pool"
 #  * When the poll backend cannot be created under this Wine (Wine 8 has no IP_RECVECN /
 #    IPV6_RECVECN, which quinn-udp's UdpSocketState::new requires, and answers WSAEOPNOTSUPP to
 #    IPV6_V6ONLY on an IPv4 socket), no endpoint can run: the poll backend's own tests, the one

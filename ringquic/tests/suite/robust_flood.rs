@@ -4,7 +4,7 @@
 //! floods of *valid* client Initials (captured from a real client, replayed from many ports, as
 //! a spoofing attacker would) against the two admission controls: the `max_incoming` cap and
 //! address validation (Retry). Every test runs on every backend.
-mod common;
+use crate::common;
 use common::hashed::{recv_hashed, send_hashed_while, MAX_HASHED};
 use common::impair::Rng;
 use common::process::{in_child, rss_kib};
@@ -289,7 +289,7 @@ fn serve(
 fn transfer_survives_a_garbage_and_fake_initial_flood() {
     if !in_child(
         "RINGQUIC_TEST_CHILD_FLOOD",
-        "transfer_survives_a_garbage_and_fake_initial_flood",
+        "robust_flood::transfer_survives_a_garbage_and_fake_initial_flood",
     ) {
         return;
     }

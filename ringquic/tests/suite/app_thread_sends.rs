@@ -4,7 +4,7 @@
 //! whose runtime ends, or is not driven, before the send ran still goes out.
 #![cfg(target_os = "linux")]
 
-mod common;
+use crate::common;
 use common::impair::{Impair, ImpairedRelay};
 use common::*;
 

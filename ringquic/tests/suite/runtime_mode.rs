@@ -3,7 +3,7 @@
 //! either side (or both) on the runtime; the settings it refuses; and its shutdown, whether the
 //! endpoint or the runtime goes first.
 #![cfg(unix)]
-mod common;
+use crate::common;
 use common::*;
 
 use std::time::{Duration, Instant};

@@ -1,5 +1,5 @@
 //! Interoperability with stock quinn 0.11, both ways, with a transfer.
-mod common;
+use crate::common;
 use common::*;
 
 const SIZE: usize = 8 << 20;

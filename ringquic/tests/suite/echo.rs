@@ -1,5 +1,5 @@
 //! Handshake, bidirectional echo, and the runtime-agnostic futures.
-mod common;
+use crate::common;
 use common::*;
 
 use ringquic::Endpoint;

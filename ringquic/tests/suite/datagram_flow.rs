@@ -2,7 +2,7 @@
 //! hold the connection's packets instead of letting quinn-proto drop unread datagrams, and the
 //! hold never stalls the connection: streams keep working while datagrams pile up, and a
 //! reader that stops reading releases it.
-mod common;
+use crate::common;
 use common::*;
 
 use std::time::{Duration, Instant};

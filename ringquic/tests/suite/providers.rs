@@ -2,7 +2,7 @@
 //! and an echo with TLS configurations built on each provider compiled in, on every backend.
 //! (CI builds with `--all-features`, so both run there.)
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

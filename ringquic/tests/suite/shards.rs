@@ -4,7 +4,7 @@
 //! is refused with a typed error. Linux only (the kernel steering).
 #![cfg(target_os = "linux")]
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::{net::UdpSocket, sync::Arc, time::Duration};
@@ -201,7 +201,7 @@ fn zero_shards_means_one_per_cpu() {
     assert_eq!(ep.shard_io_stats().len(), cpus);
 }
 
-/// A sharded server with QUIC-LB connection IDs (whose layout `tests/quic_lb.rs` decodes):
+/// A sharded server with QUIC-LB connection IDs (whose layout `tests/suite/quic_lb.rs` decodes):
 /// the builder installs a generator per shard, and connections land and work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_lb_ids_on_a_sharded_endpoint() {

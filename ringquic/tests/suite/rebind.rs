@@ -3,7 +3,7 @@
 //! NAT (passive migration: the relay forwards from a new port), with ringquic and stock quinn
 //! peers; and the rebinds that cannot be done (a closed endpoint, a socket that is not a bound
 //! UDP socket), which fail at once with a typed error.
-mod common;
+use crate::common;
 
 use std::{
     net::SocketAddr,

@@ -1,5 +1,5 @@
 //! Application tasks on the endpoint's I/O thread (`Endpoint::spawn`).
-mod common;
+use crate::common;
 use common::*;
 
 use ringquic::Endpoint;

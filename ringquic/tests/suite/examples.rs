@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-#[path = "common/example_bin.rs"]
+#[path = "../common/example_bin.rs"]
 mod example_bin;
 
 /// Kills the server when the test ends, however it ends.

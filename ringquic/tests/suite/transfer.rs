@@ -1,6 +1,6 @@
 //! Data integrity at volume: a 256 MiB stream hashed at both ends, 100 concurrent streams,
 //! unreliable datagrams. Each runs on every backend.
-mod common;
+use crate::common;
 use common::hashed::{spawn_hashed_receiver, write_hashed};
 use common::impair::Rng;
 use common::*;

@@ -2,7 +2,7 @@
 //! and a sender whose TX buffers are all in flight. The endpoint keeps running, counts what it
 //! had to drop or wait for in `Endpoint::stats()`, holds memory bounded (flow control), and
 //! recovers when the pressure ends. Every test runs on every backend.
-mod common;
+use crate::common;
 use common::hashed::{random_bytes, send_hashed, send_hashed_while, sha256, spawn_hashed_receiver};
 use common::impair::Rng;
 use common::*;

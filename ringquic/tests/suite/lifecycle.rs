@@ -1,5 +1,5 @@
 //! Closing, idle timeouts, shutdown without leftovers, adopted sockets, construction errors.
-mod common;
+use crate::common;
 use common::process::{in_child, io_threads, run_child};
 use common::*;
 
@@ -54,7 +54,7 @@ async fn idle_timeout_reaches_the_other_side() {
 fn dropping_the_endpoint_joins_its_thread() {
     if !in_child(
         "RINGQUIC_TEST_CHILD_THREADS",
-        "dropping_the_endpoint_joins_its_thread",
+        "lifecycle::dropping_the_endpoint_joins_its_thread",
     ) {
         return;
     }
@@ -217,7 +217,7 @@ fn unknown_backend_in_the_environment_is_an_error() {
         return;
     }
     run_child(
-        "unknown_backend_in_the_environment_is_an_error",
+        "lifecycle::unknown_backend_in_the_environment_is_an_error",
         &[("RINGQUIC_TEST_CHILD", "1"), ("RINGQUIC_BACKEND", "bogus")],
     );
 }
@@ -234,7 +234,7 @@ fn environment_selects_the_backend() {
         .chain(cfg!(target_os = "linux").then_some("uring"))
     {
         run_child(
-            "environment_selects_the_backend",
+            "lifecycle::environment_selects_the_backend",
             &[("RINGQUIC_TEST_CHILD_BACKEND", name), ("RINGQUIC_BACKEND", name)],
         );
     }

@@ -1,5 +1,5 @@
 //! Streams as tokio `AsyncRead`/`AsyncWrite` and as `futures-io` traits (feature-gated).
-mod common;
+use crate::common;
 #[allow(unused_imports)]
 use common::*;
 

@@ -1,6 +1,6 @@
 //! The I/O thread's tuning options: busy-poll, CPU pinning, io_uring SQPOLL. Each one carries a
 //! real exchange over loopback; out-of-range values are typed errors, never panics.
-mod common;
+use crate::common;
 use common::*;
 
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! (written here from the draft, sharing no code with ringquic's generator), which gets the
 //! configured server ID and shard back from every packet the client sends, long headers and
 //! short alike, as a load balancer in front of the server would.
-mod common;
+use crate::common;
 use common::*;
 
 use std::{

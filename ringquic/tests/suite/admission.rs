@@ -1,5 +1,5 @@
 //! Admission control: address validation with Retry, and the cap on pending handshakes.
-mod common;
+use crate::common;
 use common::*;
 
 use std::future::IntoFuture;

@@ -6,7 +6,7 @@
 //! 4-tuple to some socket, and connections held elsewhere are lost: the control run shows it.
 #![cfg(target_os = "linux")]
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::{net::UdpSocket, time::Duration};
