@@ -19,13 +19,8 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n=== reliability: %s (%ss)\n' "$*" "$SECONDS"; }
 fail() { echo "FAILED: $*" >&2; exit 1; }
-# Run a `cargo test --no-run` command, show its output on stderr, print the test executable.
-test_binary() {
-  local out
-  out=$("$@" 2>&1) || { echo "$out" >&2; return 1; }
-  echo "$out" >&2
-  sed -n 's/.*Executable .*(\(.*\)).*/\1/p' <<<"$out" | tail -1
-}
+# The test executable a `cargo test --no-run` command builds (cargo's output on stderr).
+test_binary() { python3 .ci/test_binaries.py --package-dir ringquic -- "$@"; }
 
 TEST=churn_connections_and_endpoints_without_leaks
 HOST=$(rustc -vV | sed -n 's/^host: //p')

@@ -17,36 +17,20 @@ backend.
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
 
+from test_binaries import test_executables
+
 PACKAGE = "ringquic"
 
 
-def test_executables(root):
-    """(target name, kind, executable) of PACKAGE's test binaries in the workspace build."""
-    cmd = [
-        "cargo", "test", "--workspace", "--all-features", "--no-run", "--message-format=json",
-    ]
-    out = subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.PIPE, text=True).stdout
-    found = []
-    for line in out.splitlines():
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            continue
-        if msg.get("reason") != "compiler-artifact" or not msg.get("executable"):
-            continue
-        if not msg["profile"]["test"]:
-            continue  # examples and binaries: programs, not tests
-        manifest = msg.get("manifest_path", "")
-        if os.path.dirname(manifest) != os.path.join(root, PACKAGE):
-            continue
-        found.append((msg["target"]["name"], tuple(msg["target"]["kind"]), msg["executable"]))
-    return sorted(set(found))
+def ringquic_test_executables(root):
+    """(target name, kinds, executable) of PACKAGE's test binaries in the workspace build."""
+    cmd = ["cargo", "test", "--workspace", "--all-features", "--no-run"]
+    return test_executables(cmd, cwd=root, package_dir=os.path.join(root, PACKAGE))
 
 
 def main():
@@ -62,7 +46,7 @@ def main():
             sys.exit(f"--env {kv}: expected VAR=VALUE")
         env[var] = value
 
-    exes = test_executables(root)
+    exes = ringquic_test_executables(root)
     if args.test:
         exes = [e for e in exes if e[0] in args.test and "test" in e[1]]
         missing = set(args.test) - {e[0] for e in exes}

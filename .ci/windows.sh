@@ -91,15 +91,11 @@ fi
 step "build the ringquic test binaries for Windows"
 work="target/$TARGET/wine-ci"
 mkdir -p "$work"
-cargo test -p ringquic --features "$RQ_FEATURES" --target "$TARGET" --no-run --message-format=json \
-  >"$work/build.json" 2>"$work/build.log" || { tail -30 "$work/build.log"; exit 1; }
-# Test binaries only (`"test":true` in the artifact's profile): `cargo test` also builds the
-# examples, which are programs, not tests (tests/suite/examples.rs runs them itself).
-mapfile -t exes < <(grep '"test":true' "$work/build.json" | grep -o '"executable":"[^"]*\.exe"' | sed 's/^"executable":"//; s/"$//' | sort -u)
-if [ "${#exes[@]}" = 0 ]; then
-  echo "no test executables found in the cargo output"
-  exit 1
-fi
+# Test binaries only: `cargo test` also builds the examples, which are programs, not tests
+# (tests/suite/examples.rs runs them itself).
+python3 .ci/test_binaries.py --package-dir ringquic -- cargo test -p ringquic --features "$RQ_FEATURES" \
+  --target "$TARGET" --no-run >"$work/exes.txt" 2>"$work/build.log" || { tail -30 "$work/build.log"; exit 1; }
+mapfile -t exes <"$work/exes.txt"
 
 # Rust's std imports ProcessPrng from bcryptprimitives.dll, which Wine 8 lacks: put a stand-in
 # beside the executables (they all live in the same deps directory).
