@@ -7,7 +7,8 @@ Runs CARGO-COMMAND with `--message-format=json` added (cargo's own output goes t
 prints the path of each test executable it built, one per line, sorted: the artifacts whose
 profile is a test profile (`cargo test` also builds the examples, which are programs, not
 tests), only of the package whose Cargo.toml is in DIR if one is given (a directory, not a
-name: the porting check's crate under porting/ is called ringquic too). Fails if the command fails or built none.
+name: the porting check's crate under porting/ is called ringquic too). Fails if the command
+fails or built none.
 
 The one reader of cargo's artifact messages for CI: `.ci/rerun_tests.py` (the poll and uring
 passes), `.ci/reliability.sh` (the LeakSanitizer and valgrind churn binaries) and

@@ -9,7 +9,7 @@
 //! `RINGQUIC_CHURN_LEAK_CANARY=1` leaks 4 KiB on purpose, so that `.ci/reliability.sh` can check
 //! its leak checker really reports a leak.
 mod common;
-use common::process::{env_usize, in_child, io_threads, io_threads_after, rss_kib};
+use common::process::{env_usize, in_child, io_threads, io_threads_after, rss_kib, test_name};
 use common::*;
 
 use std::time::{Duration, Instant};
@@ -93,7 +93,7 @@ async fn one_endpoint_pair(b: BackendKind, round: usize, conns: usize, shards: u
 fn churn_connections_and_endpoints_without_leaks() {
     if !in_child(
         "RINGQUIC_TEST_CHILD_CHURN",
-        "churn_connections_and_endpoints_without_leaks",
+        &test_name(module_path!(), "churn_connections_and_endpoints_without_leaks"),
     ) {
         return;
     }

@@ -1,7 +1,18 @@
 //! This test process: running one test alone in a child process, environment knobs, resident
 //! memory, and the I/O threads alive.
 
-/// Run the test `name` of this binary alone in a child process with `env` set, show its
+/// The name the test harness knows test `test` by, written in the module `module` (pass
+/// `module_path!()`): the module path without the crate's name, then the test, as `--exact`
+/// wants it (`lifecycle::dropping_the_endpoint_joins_its_thread` in the `suite` binary, the bare
+/// test name in a binary of its own). Moving a test file between binaries changes nothing.
+pub fn test_name(module: &str, test: &str) -> String {
+    match module.split_once("::") {
+        Some((_crate, path)) => format!("{path}::{test}"),
+        None => test.to_string(),
+    }
+}
+
+/// Run the test `name` (see [`test_name`]) of this binary alone in a child process with `env` set, show its
 /// stderr, and check that it ran and passed.
 pub fn run_child(name: &str, env: &[(&str, &str)]) {
     let out = std::process::Command::new(std::env::current_exe().expect("test executable"))

@@ -1,6 +1,6 @@
 //! Closing, idle timeouts, shutdown without leftovers, adopted sockets, construction errors.
 use crate::common;
-use common::process::{in_child, io_threads, run_child};
+use common::process::{in_child, io_threads, run_child, test_name};
 use common::*;
 
 use std::{sync::Arc, time::Duration};
@@ -54,7 +54,7 @@ async fn idle_timeout_reaches_the_other_side() {
 fn dropping_the_endpoint_joins_its_thread() {
     if !in_child(
         "RINGQUIC_TEST_CHILD_THREADS",
-        "lifecycle::dropping_the_endpoint_joins_its_thread",
+        &test_name(module_path!(), "dropping_the_endpoint_joins_its_thread"),
     ) {
         return;
     }
@@ -217,7 +217,7 @@ fn unknown_backend_in_the_environment_is_an_error() {
         return;
     }
     run_child(
-        "lifecycle::unknown_backend_in_the_environment_is_an_error",
+        &test_name(module_path!(), "unknown_backend_in_the_environment_is_an_error"),
         &[("RINGQUIC_TEST_CHILD", "1"), ("RINGQUIC_BACKEND", "bogus")],
     );
 }
@@ -234,7 +234,7 @@ fn environment_selects_the_backend() {
         .chain(cfg!(target_os = "linux").then_some("uring"))
     {
         run_child(
-            "lifecycle::environment_selects_the_backend",
+            &test_name(module_path!(), "environment_selects_the_backend"),
             &[("RINGQUIC_TEST_CHILD_BACKEND", name), ("RINGQUIC_BACKEND", name)],
         );
     }

@@ -7,7 +7,7 @@
 use crate::common;
 use common::hashed::{recv_hashed, send_hashed_while, MAX_HASHED};
 use common::impair::Rng;
-use common::process::{in_child, rss_kib};
+use common::process::{in_child, rss_kib, test_name};
 use common::*;
 
 use std::{
@@ -289,7 +289,10 @@ fn serve(
 fn transfer_survives_a_garbage_and_fake_initial_flood() {
     if !in_child(
         "RINGQUIC_TEST_CHILD_FLOOD",
-        "robust_flood::transfer_survives_a_garbage_and_fake_initial_flood",
+        &test_name(
+            module_path!(),
+            "transfer_survives_a_garbage_and_fake_initial_flood",
+        ),
     ) {
         return;
     }
