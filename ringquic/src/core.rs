@@ -11,7 +11,7 @@
 
 use std::{
     collections::VecDeque,
-    sync::{atomic::Ordering, Arc},
+    sync::{atomic::Ordering, Arc, MutexGuard},
     task::Waker,
     time::{Duration, Instant},
 };
@@ -25,7 +25,10 @@ use crate::{
     handles::{HandleMap, HandleSet},
     handoff,
     io::{IoBackend, RecvMeta},
-    shared::{AcceptReply, Command, ConnectionInner, EndpointShared, Offer, ShardLink, MAX_FORWARDED_QUEUED},
+    shared::{
+        AcceptReply, Command, ConnState, ConnectionInner, EndpointShared, Offer, ShardLink,
+        MAX_FORWARDED_QUEUED,
+    },
     wakers::wake_all,
     ConnectionError, EndpointIoStats, TransportError, TransportErrorCode,
 };
@@ -95,6 +98,79 @@ fn shard_of(datagram: &[u8], offset: usize, shards: usize) -> Option<usize> {
     Some(usize::from(octet) % shards.max(1))
 }
 
+/// Queue `ch` to be driven this turn, once.
+fn mark_dirty(dirty: &mut VecDeque<ConnectionHandle>, in_dirty: &mut HandleSet, ch: ConnectionHandle) {
+    if in_dirty.insert(ch) {
+        dirty.push_back(ch);
+    }
+}
+
+/// Remember when `ch`'s held packets must be fed in at the latest (`dgramflow.rs`).
+fn note_hold(held_until: &mut HandleMap<Instant>, ch: ConnectionHandle, until: Option<Instant>) {
+    match until {
+        Some(t) => {
+            held_until.insert(ch, t);
+        }
+        None => {
+            held_until.remove(&ch);
+        }
+    }
+}
+
+/// One connection's lock, held while a run of its received events is handed to it
+/// ([`Core::route_received`]).
+struct Run<'a> {
+    ch: ConnectionHandle,
+    st: MutexGuard<'a, ConnState>,
+    now: Instant,
+    /// Only a connection whose application reads datagrams is paced (`dgramflow.rs`).
+    paced: bool,
+}
+
+impl<'a> Run<'a> {
+    fn start(ch: ConnectionHandle, conn: &'a ConnectionInner) -> Self {
+        let st = conn.lock();
+        let now = Instant::now();
+        let paced = st.dgram_flow.reading(now) || st.dgram_flow.holding();
+        Self { ch, st, now, paced }
+    }
+
+    fn feed(&mut self, ev: proto::ConnectionEvent, stats: &mut EndpointIoStats) {
+        let st = &mut *self.st;
+        if !self.paced {
+            st.inner.handle_event(ev);
+            return;
+        }
+        // The count of DATAGRAM frames is read before every packet: a turn's run of packets for
+        // one connection can be hundreds long, and a count read once per run let quinn-proto's
+        // buffer overflow (10% lost in the bench, against 0.2%).
+        let received = st.inner.stats().frame_rx.datagram;
+        match st.dgram_flow.admit(ev, received, self.now) {
+            Admit::Process(ev) => {
+                for held in st.dgram_flow.take_held() {
+                    st.inner.handle_event(held);
+                }
+                st.inner.handle_event(ev);
+            }
+            Admit::Held => {}
+            Admit::Dropped => stats.datagram_backpressure_drops += 1,
+        }
+    }
+
+    /// The run is over: the lock is released and the connection queued to be driven.
+    fn finish(
+        self,
+        dirty: &mut VecDeque<ConnectionHandle>,
+        in_dirty: &mut HandleSet,
+        held_until: &mut HandleMap<Instant>,
+    ) {
+        let hold = self.st.dgram_flow.deadline();
+        drop(self.st);
+        note_hold(held_until, self.ch, hold);
+        mark_dirty(dirty, in_dirty, self.ch);
+    }
+}
+
 /// Hand a datagram to the shard that owns its connection: through that shard's mailbox, which
 /// wakes it. Bounded by [`MAX_FORWARDED_QUEUED`] per target; past it, or if the target has
 /// exited, the datagram is dropped and counted.
@@ -147,7 +223,7 @@ pub(crate) fn internal_error(reason: String) -> ConnectionError {
     })
 }
 
-/// Capacity of the received-events queue kept between turns (a few GRO batches' worth).
+/// Capacity of the received-datagram queue kept between turns (a few GRO batches' worth).
 const MAX_RETAINED_EVENTS: usize = 1024;
 
 /// Everything but the backend, so the receive callback can borrow it while the backend runs.
@@ -165,8 +241,6 @@ pub(crate) struct Core {
     in_waiting_tx: HandleSet,
     /// This turn's datagrams, routed through the endpoint after the wait under one lock.
     rx: Vec<(RecvMeta, BytesMut)>,
-    /// Connection events from this turn's datagrams, not yet handed to their connections.
-    received: Vec<(ConnectionHandle, proto::ConnectionEvent)>,
     /// New connection attempts from this turn's datagrams, admitted after routing.
     incoming: Vec<proto::Incoming>,
     woken: Vec<Waker>,
@@ -224,7 +298,6 @@ impl Core {
             waiting_tx: Vec::new(),
             in_waiting_tx: HandleSet::default(),
             rx: Vec::new(),
-            received: Vec::new(),
             incoming: Vec::new(),
             woken: Vec::new(),
             max_segments,
@@ -270,7 +343,6 @@ impl Core {
     /// whose timer is due, and those that waited for a TX buffer if one is free now.
     pub(crate) fn end_turn(&mut self, io: &mut dyn IoBackend) {
         self.route_received();
-        self.deliver_received();
         self.expire_timers();
         self.retry_waiting_tx(io);
     }
@@ -302,14 +374,7 @@ impl Core {
 
     /// Remember when `ch`'s held packets must be fed in at the latest (`dgramflow.rs`).
     fn note_hold(&mut self, ch: ConnectionHandle, until: Option<Instant>) {
-        match until {
-            Some(t) => {
-                self.held_until.insert(ch, t);
-            }
-            None => {
-                self.held_until.remove(&ch);
-            }
-        }
+        note_hold(&mut self.held_until, ch, until);
     }
 
     /// Shutting down: when the flush of closes gives up.
@@ -527,37 +592,21 @@ impl Core {
         });
     }
 
-    /// Route this turn's datagrams through the endpoint, then admit the new connection
-    /// attempts among them.
+    /// Route this turn's datagrams through the endpoint, handing each connection event to its
+    /// connection as it comes out, then admit the new connection attempts among them.
+    ///
+    /// Connection state lives behind a mutex the application also takes, so a run of events
+    /// for one connection (a GRO batch is ~40 datagrams) is handed over under one lock, held
+    /// while the endpoint decodes the next datagram. The events are not queued first: each is
+    /// 216 bytes, and a queue of them cost the receiving thread 6% of its samples in the
+    /// `streams` bench in copies and page faults (docs/PERFORMANCE.md).
     fn route_received(&mut self) {
         if self.rx.is_empty() {
             return;
         }
         let now = Instant::now();
         let mut rx = std::mem::take(&mut self.rx);
-        for (meta, data) in rx.drain(..) {
-            if let Some(link) = &self.shard {
-                if let Some(owner) = shard_of(&data, link.shard_offset, link.peers.len()) {
-                    if owner != link.index {
-                        forward(link, owner, meta, data, &mut self.stats);
-                        continue;
-                    }
-                }
-            }
-            let ep = &mut self.ep;
-            match ep
-                .inner
-                .handle(now, meta.remote, meta.local_ip, meta.ecn, data, &mut ep.buf)
-            {
-                // Queued, and handed over per connection below: one connection lock for a
-                // whole GRO batch instead of one per datagram (the application contends for it).
-                Some(DatagramEvent::ConnectionEvent(ch, ev)) => self.received.push((ch, ev)),
-                Some(DatagramEvent::NewConnection(incoming)) => self.incoming.push(incoming),
-                Some(DatagramEvent::Response(t)) => ep.queue_response(t),
-                None => {}
-            }
-            ep.buf.clear();
-        }
+        self.route(now, &mut rx);
         if rx.capacity() > MAX_RETAINED_EVENTS {
             rx.shrink_to(MAX_RETAINED_EVENTS);
         }
@@ -569,57 +618,59 @@ impl Core {
         self.incoming = incoming;
     }
 
-    /// Hand the connection events queued by [`Core::route_received`] to their connections, in
-    /// arrival order, taking each connection's lock once per run of events.
-    fn deliver_received(&mut self) {
-        let mut received = std::mem::take(&mut self.received);
-        let mut events = received.drain(..).peekable();
-        while let Some((ch, ev)) = events.next() {
-            let Some(conn) = self.conns.get(&ch) else {
-                continue;
-            };
-            let hold = {
-                let mut guard = conn.lock();
-                let st = &mut *guard;
-                let now = Instant::now();
-                // Only a connection whose application reads datagrams is paced. Its count of
-                // DATAGRAM frames is read before every packet: a turn's run of packets for one
-                // connection can be hundreds long, and a count read once per run let quinn-proto's
-                // buffer overflow (10% lost in the bench, against 0.2%).
-                let paced = st.dgram_flow.reading(now) || st.dgram_flow.holding();
-                let mut next = Some(ev);
-                while let Some(ev) = next
-                    .take()
-                    .or_else(|| events.next_if(|(n, _)| *n == ch).map(|(_, e)| e))
-                {
-                    if !paced {
-                        st.inner.handle_event(ev);
+    /// [`Core::route_received`]'s loop: every datagram through the endpoint, each connection's
+    /// run of events under one lock.
+    fn route(&mut self, now: Instant, rx: &mut Vec<(RecvMeta, BytesMut)>) {
+        let Self {
+            conns,
+            ep,
+            shard,
+            stats,
+            incoming,
+            dirty,
+            in_dirty,
+            held_until,
+            ..
+        } = self;
+        let mut run: Option<Run<'_>> = None;
+        for (meta, data) in rx.drain(..) {
+            if let Some(link) = shard {
+                if let Some(owner) = shard_of(&data, link.shard_offset, link.peers.len()) {
+                    if owner != link.index {
+                        // Not under a connection's lock: the target's mailbox has a lock of its own.
+                        if let Some(done) = run.take() {
+                            done.finish(dirty, in_dirty, held_until);
+                        }
+                        forward(link, owner, meta, data, stats);
                         continue;
                     }
-                    let received = st.inner.stats().frame_rx.datagram;
-                    match st.dgram_flow.admit(ev, received, now) {
-                        Admit::Process(ev) => {
-                            for held in st.dgram_flow.take_held() {
-                                st.inner.handle_event(held);
-                            }
-                            st.inner.handle_event(ev);
+                }
+            }
+            match ep
+                .inner
+                .handle(now, meta.remote, meta.local_ip, meta.ecn, data, &mut ep.buf)
+            {
+                Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
+                    if run.as_ref().is_none_or(|r| r.ch != ch) {
+                        if let Some(done) = run.take() {
+                            done.finish(dirty, in_dirty, held_until);
                         }
-                        Admit::Held => {}
-                        Admit::Dropped => self.stats.datagram_backpressure_drops += 1,
+                        // An event for a connection already forgotten is dropped.
+                        run = conns.get(&ch).map(|conn| Run::start(ch, conn));
+                    }
+                    if let Some(r) = &mut run {
+                        r.feed(ev, stats);
                     }
                 }
-                st.dgram_flow.deadline()
-            };
-            self.note_hold(ch, hold);
-            self.mark_dirty(ch);
+                Some(DatagramEvent::NewConnection(inc)) => incoming.push(inc),
+                Some(DatagramEvent::Response(t)) => ep.queue_response(t),
+                None => {}
+            }
+            ep.buf.clear();
         }
-        drop(events);
-        // A flood can queue tens of thousands of events in one turn; do not keep that much
-        // capacity for the endpoint's life.
-        if received.capacity() > MAX_RETAINED_EVENTS {
-            received.shrink_to(MAX_RETAINED_EVENTS);
+        if let Some(done) = run {
+            done.finish(dirty, in_dirty, held_until);
         }
-        self.received = received;
     }
 
     /// `ch` is closed and has just transmitted `sent` times, or waits for its peer's answer.
@@ -645,9 +696,7 @@ impl Core {
     }
 
     fn mark_dirty(&mut self, ch: ConnectionHandle) {
-        if self.in_dirty.insert(ch) {
-            self.dirty.push_back(ch);
-        }
+        mark_dirty(&mut self.dirty, &mut self.in_dirty, ch);
     }
 
     /// Decide what happens to a new incoming connection: Retry it (address validation), refuse
